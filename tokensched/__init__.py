@@ -1,0 +1,56 @@
+"""tokensched: a typed finite-state-machine scheduler for LLM inference.
+
+The public API lives here; everything else is internal. Importing this package
+imports neither torch nor any executor, and has no side effects.
+"""
+
+from tokensched.config import RequestSpec, SamplingParams, SchedulerConfig, StepFailurePolicy
+from tokensched.errors import (
+    CapacityError,
+    ExecutorError,
+    IllegalTransition,
+    InvalidRequest,
+    InvariantViolation,
+    QueueFull,
+    TokenschedError,
+    UnknownRequest,
+)
+from tokensched.executor import Executor, RequestMirror, available_executors, load_executor
+from tokensched.plan import (
+    PLACEHOLDER_TOKEN,
+    FinishReason,
+    NewRequestData,
+    RequestOutput,
+    ScheduledRequest,
+    StepPlan,
+    StepResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PLACEHOLDER_TOKEN",
+    "CapacityError",
+    "Executor",
+    "ExecutorError",
+    "FinishReason",
+    "IllegalTransition",
+    "InvalidRequest",
+    "InvariantViolation",
+    "NewRequestData",
+    "QueueFull",
+    "RequestMirror",
+    "RequestOutput",
+    "RequestSpec",
+    "SamplingParams",
+    "ScheduledRequest",
+    "SchedulerConfig",
+    "StepFailurePolicy",
+    "StepPlan",
+    "StepResult",
+    "TokenschedError",
+    "UnknownRequest",
+    "__version__",
+    "available_executors",
+    "load_executor",
+]

@@ -1,0 +1,102 @@
+"""User-facing configuration and request models, validated at the edge with pydantic.
+
+Everything inside the scheduler trusts these values; everything outside gets a
+clear :class:`pydantic.ValidationError` (or :class:`~tokensched.errors.InvalidRequest`
+from :meth:`Scheduler.submit`) that names the field at fault.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class SamplingParams(BaseModel):
+    """How to pick the next token. ``temperature == 0`` means greedy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(default=0.0, ge=0.0, le=100.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, description="0 disables top-k")
+    seed: int | None = Field(default=None, description="per-request seed for reproducible sampling")
+    logprobs: bool = Field(default=False, description="return the log-probability of each sampled token")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+
+
+class RequestSpec(BaseModel):
+    """One generation request as a caller submits it.
+
+    ``prompt_token_ids`` may be long (200k tokens for a coding agent); it is
+    validated once here and never copied per step afterwards.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=256)
+    prompt_token_ids: list[NonNegativeInt] = Field(min_length=1)
+    max_tokens: int = Field(default=16, ge=1)
+    stop_token_ids: frozenset[int] = frozenset()
+    eos_token_id: int | None = Field(default=None, ge=0)
+    ignore_eos: bool = False
+    priority: int = Field(default=0, description="lower runs first under the priority policy")
+    session_id: str | None = Field(default=None, description="turns of one session share their prefix")
+    arrival_time: float | None = Field(default=None, ge=0.0, description="defaults to the scheduler clock at submit")
+    ttft_deadline: float | None = Field(default=None, gt=0.0, description="seconds after arrival (SLO policy)")
+    sampling: SamplingParams = GREEDY
+
+
+class StepFailurePolicy(StrEnum):
+    """What happens to a step's requests when the executor fails the step."""
+
+    RETRY = "retry"  # recompute from the last applied state, up to max_step_retries
+    ERROR = "error"  # finish them with reason "error"
+
+
+class SchedulerConfig(BaseModel):
+    """Sizes and budgets of one scheduler instance.
+
+    The KV pool is ``num_blocks`` blocks of ``block_size`` tokens; an executor
+    reports how many blocks its memory holds and the engine passes that here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_blocks: int = Field(ge=1)
+    block_size: int = Field(default=16, ge=1, le=4096)
+    max_model_len: int = Field(default=262_144, ge=1)
+    max_batched_tokens: int = Field(default=8192, ge=1, description="token budget of one step")
+    max_running: int = Field(default=1024, ge=1, description="requests in the running set at most")
+    max_waiting: int | None = Field(default=None, ge=1, description="submit raises QueueFull beyond this")
+    max_steps_in_flight: int = Field(default=2, ge=1, le=16)
+    enable_prefix_caching: bool = True
+    long_prefill_chunk: int | None = Field(
+        default=None, ge=1, description="cap on one request's prefill tokens per step (default: the token budget)"
+    )
+    num_speculative_tokens: int = Field(default=0, ge=0, le=16, description="draft tokens verified per decode step")
+    on_step_failure: StepFailurePolicy = StepFailurePolicy.RETRY
+    max_step_retries: int = Field(default=2, ge=0)
+    preemption: Literal["recompute"] = "recompute"
+
+    @model_validator(mode="after")
+    def _budget_fits_a_decode(self) -> SchedulerConfig:
+        if self.max_batched_tokens < 1 + self.num_speculative_tokens:
+            raise ValueError(
+                f"max_batched_tokens={self.max_batched_tokens} cannot hold one decode with "
+                f"{self.num_speculative_tokens} draft tokens"
+            )
+        return self
+
+    @property
+    def num_tokens_capacity(self) -> int:
+        return self.num_blocks * self.block_size

@@ -1,0 +1,146 @@
+"""The executor side of the contract: the Protocol, a mirror of request state, discovery.
+
+An executor runs :class:`~tokensched.plan.StepPlan` s in launch order and hands
+back :class:`~tokensched.plan.StepResult` s in the same order. Launch and
+collect are separate so that a host can plan step k+1 while step k runs.
+
+Executors are plug-ins found through the ``tokensched.executors`` entry-point
+group, so ``load_executor("sim")`` works without importing torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from tokensched.config import SamplingParams
+from tokensched.errors import InvalidRequest, TokenschedError
+from tokensched.plan import PLACEHOLDER_TOKEN, StepPlan, StepResult
+
+ENTRY_POINT_GROUP = "tokensched.executors"
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs plans. ``block_size`` and ``num_kv_blocks`` size the scheduler's pool."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def num_kv_blocks(self) -> int: ...
+
+    def launch(self, plan: StepPlan) -> None:
+        """Start running ``plan``; must not wait for it to finish."""
+
+    def collect(self) -> StepResult:
+        """Wait for the oldest launched step and return its result.
+
+        Raises :class:`~tokensched.errors.ExecutorError` (carrying the step id)
+        when that step failed; the next call returns the step after it.
+        """
+
+    def now(self) -> float:
+        """Seconds on the executor's clock (virtual for the simulator)."""
+
+    def wait_until(self, t: float) -> None:
+        """Idle until the clock reads ``t`` (the simulator jumps there)."""
+
+
+class WallClock:
+    """Mixin: the real clock, for executors that run on real hardware."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def wait_until(self, t: float) -> None:
+        delay = t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+
+@attrs.define(slots=True)
+class MirroredRequest:
+    """An executor's copy of one running request, rebuilt from plans and results."""
+
+    request_id: str
+    token_ids: list[int]  # prompt, then every output token the executor has seen accepted
+    block_ids: list[int]
+    sampling: SamplingParams
+    num_prompt_tokens: int
+
+
+class RequestMirror:
+    """Keeps per-request block tables and token histories from compact plans.
+
+    Call :meth:`begin` with each plan before running it (drops removed
+    requests, adds new ones, applies block-table deltas and returns the plan's
+    tokens with placeholders resolved), and :meth:`finish` with the result you
+    are about to return (appends accepted tokens so the next placeholder
+    resolves).
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[str, MirroredRequest] = {}
+
+    def begin(self, plan: StepPlan) -> list[int]:
+        requests = self.requests
+        for request_id in plan.removed_request_ids:
+            requests.pop(request_id, None)
+        for new in plan.new_requests:
+            tokens = list(new.token_ids)
+            requests[new.request_id] = MirroredRequest(
+                request_id=new.request_id,
+                token_ids=tokens,
+                block_ids=list(new.block_ids),
+                sampling=new.sampling,
+                num_prompt_tokens=len(tokens) - new.num_output_tokens,
+            )
+        for request_id, length in plan.truncated_block_tables.items():
+            del requests[request_id].block_ids[length:]
+        tokens = plan.token_ids
+        resolved: list[int] | None = None
+        offsets = plan.token_offsets
+        for i, request_id in enumerate(plan.request_ids):
+            try:
+                mirrored = requests[request_id]
+            except KeyError:
+                raise InvalidRequest(f"step {plan.step_id}: request {request_id!r} was never sent in full") from None
+            new_blocks = plan.new_block_ids[i]
+            if new_blocks:
+                mirrored.block_ids.extend(new_blocks)
+            lo = offsets[i]
+            if tokens[lo] == PLACEHOLDER_TOKEN:
+                if resolved is None:
+                    resolved = list(tokens)
+                resolved[lo] = mirrored.token_ids[-1]
+        return tokens if resolved is None else resolved
+
+    def finish(self, plan: StepPlan, result: StepResult) -> None:
+        requests = self.requests
+        for request_id, sampled in zip(plan.request_ids, result.sampled_token_ids, strict=True):
+            if sampled:
+                requests[request_id].token_ids.extend(sampled)
+
+    def block_table(self, request_id: str) -> Sequence[int]:
+        return self.requests[request_id].block_ids
+
+
+def available_executors() -> list[str]:
+    """Names registered under the ``tokensched.executors`` entry-point group."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def load_executor(name: str) -> type:
+    """The executor class registered as ``name`` (imports its package only now)."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            loaded = ep.load()
+            if not isinstance(loaded, type):
+                raise TokenschedError(f"entry point {name!r} does not name a class: {loaded!r}")
+            return loaded
+    raise TokenschedError(f"no executor named {name!r}; installed: {', '.join(available_executors()) or 'none'}")

@@ -1,0 +1,168 @@
+"""The one contract between the scheduler and executors: StepPlan in, StepResult out.
+
+A plan is plain data. It is compact on purpose: a request entering the running
+set is sent in full once (:class:`NewRequestData`); from then on each step
+sends only what changed for it (its new tokens, their KV slots, blocks appended
+to its table). Executors rebuild whatever per-request view they need with
+:class:`~tokensched.executor.RequestMirror`.
+
+Layout of the per-step columns: index ``i`` names the i-th scheduled request;
+its tokens are ``token_ids[token_offsets[i]:token_offsets[i + 1]]`` at positions
+``num_computed_tokens[i] + j`` and their KV goes to the same slice of
+``slot_mapping`` (``slot = block_id * block_size + offset``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from enum import StrEnum
+
+import attrs
+
+from tokensched.config import SamplingParams
+
+PLACEHOLDER_TOKEN = -1
+"""Stands for "the last token this request sampled in its previous step".
+
+With overlap, step k+1 is planned before step k's tokens are known; the
+executor, which produced them, substitutes them when it runs step k+1.
+"""
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # eos or a stop token
+    LENGTH = "length"  # max_tokens or max_model_len
+    ABORT = "abort"  # the caller aborted it
+    ERROR = "error"  # the executor failed its step and it was not retried
+
+
+@attrs.frozen(slots=True)
+class NewRequestData:
+    """Everything an executor must know about a request entering the running set.
+
+    Sent when a request is first scheduled and again when it resumes after a
+    preemption (then ``token_ids`` holds the prompt and every output so far, and
+    ``num_output_tokens`` says how many of them are outputs).
+    """
+
+    request_id: str
+    token_ids: Sequence[int]
+    block_ids: tuple[int, ...]
+    num_cached_tokens: int  # prefix served from the prefix cache; KV already present
+    num_output_tokens: int
+    sampling: SamplingParams
+
+
+@attrs.frozen(slots=True)
+class ScheduledRequest:
+    """A per-request view of a plan, for executors that prefer objects to columns."""
+
+    request_id: str
+    token_ids: list[int]
+    start_position: int
+    slot_mapping: list[int]
+    new_block_ids: tuple[int, ...]
+    sample: bool
+    draft_token_ids: tuple[int, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def positions(self) -> range:
+        return range(self.start_position, self.start_position + len(self.token_ids))
+
+
+NO_BLOCKS: tuple[int, ...] = ()
+NO_DRAFTS: tuple[int, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class StepPlan:
+    """One step: which tokens of which requests to compute, and where their KV goes.
+
+    Columns are parallel lists over the scheduled requests (batch order). New
+    requests in ``new_requests`` are also scheduled (they appear in the columns).
+    ``removed_request_ids`` are requests the executor may forget (finished,
+    aborted or preempted since the previous plan); their state must be dropped
+    before this plan's new requests are added, since a preempted request can
+    come back in the same plan.
+    ``truncated_block_tables`` maps a request to the length its block table
+    shrank to (speculative rollback) before ``new_block_ids`` are appended.
+    """
+
+    step_id: int
+    block_size: int
+    new_requests: tuple[NewRequestData, ...]
+    removed_request_ids: tuple[str, ...]
+    request_ids: list[str]
+    num_computed_tokens: list[int]
+    token_offsets: list[int]  # len(request_ids) + 1 entries, starting at 0
+    token_ids: list[int]
+    slot_mapping: list[int]
+    new_block_ids: list[tuple[int, ...]]
+    sample: list[bool]
+    draft_token_ids: list[tuple[int, ...]]
+    truncated_block_tables: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.request_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def num_scheduled_tokens(self, index: int) -> int:
+        return self.token_offsets[index + 1] - self.token_offsets[index]
+
+    def requests(self) -> Iterator[ScheduledRequest]:
+        """Per-request views (allocates; fine for executors, not for the scheduler's hot path)."""
+        offsets = self.token_offsets
+        for i, request_id in enumerate(self.request_ids):
+            lo, hi = offsets[i], offsets[i + 1]
+            yield ScheduledRequest(
+                request_id=request_id,
+                token_ids=self.token_ids[lo:hi],
+                start_position=self.num_computed_tokens[i],
+                slot_mapping=self.slot_mapping[lo:hi],
+                new_block_ids=self.new_block_ids[i],
+                sample=self.sample[i],
+                draft_token_ids=self.draft_token_ids[i],
+            )
+
+
+@attrs.frozen(slots=True)
+class StepResult:
+    """What an executor reports for one plan, in the plan's request order.
+
+    ``sampled_token_ids[i]`` is empty for a request that did not sample (a
+    non-final prefill chunk), one token for a plain decode, and for speculative
+    verification the accepted drafts followed by the bonus token (1 to k+1).
+    ``draft_token_ids[i]`` proposes drafts for the request's next step (empty
+    when the executor has none). ``logprobs[i]`` pairs with ``sampled_token_ids[i]``
+    when the request asked for them.
+    """
+
+    step_id: int
+    sampled_token_ids: list[list[int]]
+    draft_token_ids: list[list[int]] | None = None
+    logprobs: list[list[float]] | None = None
+    elapsed: float | None = None  # seconds the step took on the executor's clock, if known
+
+
+@attrs.frozen(slots=True)
+class RequestOutput:
+    """New tokens for one request after a step, and whether it finished."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    logprobs: list[float] | None = None
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
