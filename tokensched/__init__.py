@@ -5,6 +5,7 @@ imports neither torch nor any executor, and has no side effects.
 """
 
 from tokensched.config import RequestSpec, SamplingParams, SchedulerConfig, StepFailurePolicy
+from tokensched.engine import Engine
 from tokensched.errors import (
     CapacityError,
     ExecutorError,
@@ -25,12 +26,15 @@ from tokensched.plan import (
     StepPlan,
     StepResult,
 )
+from tokensched.scheduler import Scheduler
+from tokensched.stats import SchedulerStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PLACEHOLDER_TOKEN",
     "CapacityError",
+    "Engine",
     "Executor",
     "ExecutorError",
     "FinishReason",
@@ -44,7 +48,9 @@ __all__ = [
     "RequestSpec",
     "SamplingParams",
     "ScheduledRequest",
+    "Scheduler",
     "SchedulerConfig",
+    "SchedulerStats",
     "StepFailurePolicy",
     "StepPlan",
     "StepResult",

@@ -1,0 +1,77 @@
+"""The overlapped loop over any executor: plan step k+1 while step k runs, apply results in order.
+
+Used by the benchmark, the server and the examples. An engine with its own
+loop embeds only the :class:`~tokensched.scheduler.Scheduler` instead (see
+``examples/embed.py``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from tokensched.config import SchedulerConfig
+from tokensched.errors import ExecutorError, TokenschedError
+from tokensched.executor import Executor
+from tokensched.plan import RequestOutput
+from tokensched.policies.base import Policy
+from tokensched.scheduler import Scheduler
+
+
+class Engine:
+    """Drives one scheduler with one executor, keeping up to ``max_steps_in_flight`` steps launched."""
+
+    def __init__(self, scheduler: Scheduler, executor: Executor) -> None:
+        if scheduler.config.block_size != executor.block_size:
+            raise TokenschedError(
+                f"scheduler block_size {scheduler.config.block_size} != executor block_size {executor.block_size}"
+            )
+        if scheduler.config.num_blocks > executor.num_kv_blocks:
+            raise TokenschedError(
+                f"scheduler has {scheduler.config.num_blocks} blocks but the executor holds {executor.num_kv_blocks}"
+            )
+        self.scheduler = scheduler
+        self.executor = executor
+        self._launched: deque[int] = deque()
+
+    @classmethod
+    def create(cls, executor: Executor, policy: Policy | None = None, **config: object) -> Engine:
+        """A scheduler sized by the executor (its block size, block count and clock) and an engine over it."""
+        settings: dict[str, object] = {"num_blocks": executor.num_kv_blocks, "block_size": executor.block_size}
+        settings.update(config)
+        scheduler = Scheduler(SchedulerConfig.model_validate(settings), policy=policy, clock=executor.now)
+        return cls(scheduler, executor)
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._launched)
+
+    def launch_ready(self) -> int:
+        """Plan and launch steps until the scheduler has nothing more or the in-flight limit is reached."""
+        launched = 0
+        while True:
+            plan = self.scheduler.plan()
+            if plan is None:
+                return launched
+            self.executor.launch(plan)
+            self._launched.append(plan.step_id)
+            launched += 1
+
+    def step(self) -> list[RequestOutput]:
+        """Launch what can run, then wait for the oldest step and apply it; [] when nothing is in flight."""
+        self.launch_ready()
+        if not self._launched:
+            return []
+        step_id = self._launched.popleft()
+        try:
+            result = self.executor.collect()
+        except ExecutorError as error:
+            return self.scheduler.fail(error.step_id if error.step_id == step_id else step_id, error)
+        return self.scheduler.complete(result)
+
+    def run(self) -> Iterator[list[RequestOutput]]:
+        """Step until every submitted request has finished; yields each step's outputs."""
+        while self.scheduler.has_work:
+            if self.launch_ready() == 0 and not self._launched:
+                raise TokenschedError("the scheduler has unfinished requests but planned no step (a bug)")
+            yield self.step()

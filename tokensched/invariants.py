@@ -1,0 +1,72 @@
+"""Whole-scheduler invariants: what ``Scheduler.check_invariants`` proves after any call.
+
+O(everything): for tests and debugging, never the hot path.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from tokensched.errors import InvariantViolation
+from tokensched.machines.blocks import BlockState
+from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Waiting
+
+if TYPE_CHECKING:
+    from tokensched.scheduler import Scheduler
+
+
+def check_scheduler(s: Scheduler) -> None:
+    problems: list[str] = []
+    holders: Counter[int] = Counter()
+    bs = s.config.block_size
+    waiting_ids = [r.request_id for r in s.waiting]
+    if len(set(waiting_ids)) != len(waiting_ids):
+        problems.append("a request is queued twice")
+    if set(waiting_ids) & set(s.running):
+        problems.append("a request is both waiting and running")
+    if set(waiting_ids) | set(s.running) != set(s.live):
+        problems.append("live requests are not exactly the waiting and the running ones")
+    if len(s.running) > s.config.max_running:
+        problems.append(f"{len(s.running)} running > max_running {s.config.max_running}")
+    if len(s.steps) > s.config.max_steps_in_flight:
+        problems.append(f"{len(s.steps)} steps in flight > {s.config.max_steps_in_flight}")
+    for r in s.waiting:
+        if not isinstance(r.state, Waiting | Preempted):
+            problems.append(f"waiting request {r.request_id!r} in state {type(r.state).__name__}")
+    for rid, r in s.running.items():
+        state = r.state
+        if not isinstance(state, Prefilling | Decoding):
+            problems.append(f"running request {rid!r} in state {type(state).__name__}")
+            continue
+        holders.update(state.blocks)
+        if len(set(state.blocks)) != len(state.blocks):
+            problems.append(f"request {rid!r} holds a block twice")
+        if not state.num_computed <= state.num_scheduled <= len(r.tokens) + 1 + s.config.num_speculative_tokens:
+            problems.append(f"request {rid!r}: computed {state.num_computed}, scheduled {state.num_scheduled}")
+        if len(state.blocks) < -(-state.num_scheduled // bs):
+            problems.append(f"request {rid!r}: {len(state.blocks)} blocks for {state.num_scheduled} positions")
+        if r.num_output_tokens > r.max_tokens:
+            problems.append(f"request {rid!r}: {r.num_output_tokens} outputs > max_tokens {r.max_tokens}")
+        for i, block in enumerate(state.blocks):
+            bstate = s.pool.state(block)
+            if bstate not in (BlockState.OWNED, BlockState.COMMITTED):
+                problems.append(f"request {rid!r} holds block {block} in state {bstate.name}")
+            if i < state.num_committed:
+                if bstate is not BlockState.COMMITTED:
+                    problems.append(f"request {rid!r}: block {block} should be committed")
+                elif s.pool.block_hash(block) != r.block_hashes[i]:
+                    problems.append(f"request {rid!r}: block {block} hash does not match its tokens")
+            elif bstate is not BlockState.OWNED:
+                problems.append(f"request {rid!r}: uncommitted block {block} in state {bstate.name}")
+        if r.inflight_steps < 0 or r.inflight_samples < 0:
+            problems.append(f"request {rid!r}: negative in-flight counters")
+    for rid, r in s.live.items():
+        if isinstance(r.state, Finished):
+            problems.append(f"finished request {rid!r} is still live")
+    try:
+        s.pool.check_invariants(dict(holders))
+    except InvariantViolation as e:
+        problems.append(str(e))
+    if problems:
+        raise InvariantViolation("; ".join(problems[:10]))

@@ -1,0 +1,493 @@
+"""The scheduler: continuous batching with chunked prefill, prefix caching, preemption and overlap.
+
+One step, as :meth:`Scheduler.plan` builds it, under a token budget:
+
+1. Every running request gets its next tokens, oldest admission first: a
+   decode gets one position (plus its drafts), a prefill the next chunk the
+   budget leaves. Decodes are never held back for a prefill, so a 200k-token
+   prompt streams in chunks while decodes keep running.
+2. A request that needs a block when none is free makes the policy pick a
+   victim among the requests not yet in this step (itself included); the
+   victim is preempted for recompute.
+3. If nothing was preempted, waiting requests are admitted in policy order,
+   each served from the prefix cache as far as its chained block hashes match.
+
+:meth:`Scheduler.complete` applies a step's result: positions become computed,
+full blocks are committed to the prefix cache, sampled tokens are appended and
+checked against the stop conditions, and the blocks of finished requests are
+released, held PENDING while a later step in flight may touch them. Every
+public method validates before it changes anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
+from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
+from tokensched.invariants import check_scheduler
+from tokensched.machines.blocks import BlockPool
+from tokensched.machines.prefix import extend_hashes, shared_prefix_blocks
+from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
+from tokensched.machines.step import StepTracker
+from tokensched.plan import NO_BLOCKS, NO_DRAFTS, FinishReason, NewRequestData, RequestOutput, StepPlan, StepResult
+from tokensched.policies.base import Policy, PolicyContext
+from tokensched.policies.fcfs import FCFSPolicy
+from tokensched.queue import WaitingQueue
+from tokensched.stats import SchedulerStats
+from tokensched.step_builder import StepBuilder
+from tokensched.validation import validate_result
+
+MAX_SESSIONS = 4096  # sessions whose last turn is remembered for prefix reuse (LRU)
+
+
+class Scheduler:
+    """Owns every machine and is the only thing that moves them; never waits on a device."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        policy: Policy | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config
+        self.policy: Policy = policy if policy is not None else FCFSPolicy()
+        self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
+        self.pool = BlockPool(config.num_blocks)
+        self.steps = StepTracker(config.max_steps_in_flight)
+        self.live: dict[str, Request] = {}
+        self.waiting = WaitingQueue(self.policy.dynamic)
+        self.running: dict[str, Request] = {}
+        self._removed: list[str] = []
+        self._truncated: dict[str, int] = {}
+        self._sessions: OrderedDict[str, Request] = OrderedDict()
+        self._seq = 0
+        self._bs = config.block_size
+        self._caching = config.enable_prefix_caching
+        self._chunk = config.long_prefill_chunk or config.max_batched_tokens
+        self._k_spec = config.num_speculative_tokens
+        self._admit_reserve = max(1, config.num_blocks // 100)  # keep 1% free for running decodes
+        self._hit_tokens = 0
+        self._query_tokens = 0
+        self._preemptions = 0
+        self._finished = 0
+        self._aborted = 0
+        self._failed_steps = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.live) or len(self.steps) > 0
+
+    # ================================================================ intake
+    def submit(self, spec: RequestSpec) -> None:
+        """Queue a request. Raises InvalidRequest, CapacityError or QueueFull, and then changes nothing."""
+        cfg = self.config
+        rid = spec.request_id
+        if rid in self.live:
+            raise InvalidRequest(f"request {rid!r}: a live request already has this id")
+        prompt_len = len(spec.prompt_token_ids)
+        if prompt_len + spec.max_tokens > cfg.max_model_len:
+            raise InvalidRequest(
+                f"request {rid!r}: prompt ({prompt_len} tokens) + max_tokens ({spec.max_tokens}) "
+                f"exceeds max_model_len ({cfg.max_model_len})"
+            )
+        worst = -(-(prompt_len + spec.max_tokens - 1 + self._k_spec) // self._bs)
+        if worst > cfg.num_blocks:
+            raise CapacityError(
+                f"request {rid!r} needs up to {worst} KV blocks but the pool has {cfg.num_blocks}: it can never fit"
+            )
+        if cfg.max_waiting is not None and len(self.waiting) >= cfg.max_waiting:
+            raise QueueFull(f"request {rid!r}: {len(self.waiting)} requests are waiting (max_waiting)")
+        arrival = spec.arrival_time if spec.arrival_time is not None else self.clock()
+        request = Request.from_spec(spec, arrival, self._seq)
+        self._seq += 1
+        if self._caching:
+            self._hash_prompt(request)
+        self.live[rid] = request
+        self._enqueue(request)
+
+    def _hash_prompt(self, request: Request) -> None:
+        """Chained block hashes of the prompt, reusing the session's previous turn where it matches."""
+        hashes = request.block_hashes
+        sid = request.session_id
+        previous = self._sessions.get(sid) if sid is not None else None
+        if previous is not None:
+            shared = shared_prefix_blocks(previous.tokens, request.tokens, self._bs)
+            hashes.extend(previous.block_hashes[:shared])
+        extend_hashes(hashes, request.tokens, self._bs)
+
+    def _enqueue(self, request: Request) -> None:
+        self.waiting.push(request, self.policy.admission_key(request, self._policy_context()))
+
+    def _policy_context(self) -> PolicyContext:
+        return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._estimate_cached)
+
+    def _estimate_cached(self, request: Request) -> int:
+        """Cached prefix tokens by binary search over the hash chain: O(log n) dict look-ups.
+
+        Blocks are released tail first, so the cached part of a chain is (almost
+        always) a prefix; admission itself walks the chain exactly.
+        """
+        hashes = request.block_hashes
+        cached = self.pool.cached_block
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if cached(hashes[mid - 1]) is not None:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * self._bs
+
+    def abort(self, request_id: str) -> RequestOutput:
+        """Finish a live request with reason ABORT; its blocks go back (held while a step may use them)."""
+        request = self.live.get(request_id)
+        if request is None:
+            raise UnknownRequest(f"request {request_id!r} is not live (never submitted, or already finished)")
+        state = request.state
+        if type(state) is Prefilling or type(state) is Decoding:
+            self._finish(request, FinishReason.ABORT, self.steps.newest_step_id, "abort")
+        else:
+            self.waiting.remove(request)
+            self._retire(request, FinishReason.ABORT, "abort")
+        self._aborted += 1
+        return RequestOutput(request_id, [], FinishReason.ABORT, None, request.num_output_tokens)
+
+    # ============================================================== planning
+    def plan(self) -> StepPlan | None:
+        """The next step, or None when nothing can run now (idle, or max steps in flight)."""
+        if self.steps.full or not (self.running or self.waiting):
+            return None
+        builder = StepBuilder(self.steps.next_step_id, self._bs)
+        budget, preempted = self._schedule_running(builder)
+        if not preempted and budget > 0 and self.waiting:
+            self._admit_waiting(builder, budget)
+        if not builder:
+            return None
+        self.steps.open(builder.step())
+        removed = tuple(self._removed)
+        self._removed.clear()
+        truncated, self._truncated = self._truncated, {}
+        return builder.plan(removed, truncated)
+
+    def _schedule_running(self, builder: StepBuilder) -> tuple[int, bool]:
+        """Give every running request its next tokens; returns the budget left and whether anyone was preempted."""
+        bs = self._bs
+        pool = self.pool
+        budget = self.config.max_batched_tokens
+        chunk_cap = self._chunk
+        k_spec = self._k_spec
+        step_id = builder.step_id
+        preempted = False
+        for request in list(self.running.values()):
+            if budget <= 0:
+                break
+            state = request.state
+            if type(state) is not Prefilling and type(state) is not Decoding:
+                continue  # preempted earlier in this loop
+            if k_spec and request.inflight_steps:
+                continue  # its drafts come with the result still in flight
+            pos = state.num_scheduled
+            known = len(request.tokens)
+            room = request.max_tokens - (known - request.num_prompt_tokens) - request.inflight_samples
+            drafts = NO_DRAFTS
+            if pos < known - 1 or (pos == known - 1 and type(state) is Prefilling):
+                n = min(known - pos, budget, chunk_cap)  # a prefill chunk (prompt, or recompute)
+                is_sample = pos + n == known
+            else:
+                n = 1  # a decode; its input is a placeholder while the previous step is in flight
+                is_sample = True
+                if k_spec and request.draft_tokens:
+                    drafts = tuple(request.draft_tokens[: min(k_spec, room - 1, budget - 1)])
+                    n += len(drafts)
+            if is_sample and room <= 0:
+                continue  # max_tokens reached by steps in flight
+            blocks = state.blocks
+            need = (pos + n + bs - 1) // bs - len(blocks)
+            if need > 0 and pool.num_free < need:
+                preempted = True
+                if not self._make_room(need, request, step_id):
+                    continue
+            if need == 1:
+                new_blocks: tuple[int, ...] = (pool.allocate_one(),)
+                blocks.append(new_blocks[0])
+            elif need > 1:
+                new_blocks = tuple(pool.allocate(need))
+                blocks.extend(new_blocks)
+            else:
+                new_blocks = NO_BLOCKS
+            builder.add(request, blocks, pos, n, new_blocks, is_sample, drafts)
+            state.num_scheduled = pos + n
+            request.planned_in = step_id
+            request.inflight_steps += 1
+            if is_sample:
+                request.inflight_samples += 1 + len(drafts)
+            budget -= n
+        return budget, preempted
+
+    def _make_room(self, need: int, requester: Request, step_id: int) -> bool:
+        """Preempt policy-chosen victims not yet in this step until ``need`` blocks are free.
+
+        Returns False when the requester cannot be served now: the policy chose
+        it, or no victim is left (the missing blocks are PENDING for a step in
+        flight and settle when it completes).
+        """
+        ctx = self._policy_context()
+        victim_key = self.policy.victim_key
+        hold = self.steps.newest_step_id
+        while self.pool.num_free < need:
+            victims = [r for r in self.running.values() if r.planned_in != step_id]
+            if not victims:
+                return False
+            victim = max(victims, key=lambda r: victim_key(r, ctx))
+            self._preempt(victim, hold)
+            if victim is requester:
+                return False
+        return True
+
+    def _admit_waiting(self, builder: StepBuilder, budget: int) -> None:
+        """Admit waiting requests in policy order while budget, slots and blocks allow."""
+        bs = self._bs
+        pool = self.pool
+        cfg = self.config
+        waiting = self.waiting
+        if self.policy.dynamic:
+            ctx = self._policy_context()
+            key = self.policy.admission_key
+            waiting.resort(lambda r: key(r, ctx))
+        while waiting and budget > 0 and len(self.running) < cfg.max_running:
+            request = waiting.head()
+            tokens = request.tokens
+            known = len(tokens)
+            matched = pool.match_prefix(request.block_hashes) if self._caching else []
+            if len(matched) * bs >= known:
+                matched.pop()  # always compute at least the last token, to sample from it
+            cached = len(matched) * bs
+            uncached_blocks = (known + bs - 1) // bs - len(matched)
+            revived = sum(1 for b in matched if pool.refcount(b) == 0)
+            if uncached_blocks + revived + self._admit_reserve > pool.num_free and self.running:
+                break  # head of line waits for room for its whole prompt
+            n = min(known - cached, budget, self._chunk)
+            need = (cached + n + bs - 1) // bs - len(matched)
+            if need + revived > pool.num_free:
+                break
+            waiting.pop_head()
+            pool.share(matched)
+            blocks = matched + pool.allocate(need)
+            transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, len(matched)))
+            self.running[request.request_id] = request
+            request.num_cached_tokens = cached
+            self._hit_tokens += cached
+            self._query_tokens += known
+            builder.new_requests.append(
+                NewRequestData(
+                    request_id=request.request_id,
+                    token_ids=tokens,
+                    block_ids=tuple(blocks),
+                    num_cached_tokens=cached,
+                    num_output_tokens=known - request.num_prompt_tokens,
+                    sampling=request.sampling,
+                )
+            )
+            is_sample = cached + n == known
+            builder.add(request, blocks, cached, n, NO_BLOCKS, is_sample)
+            request.planned_in = builder.step_id
+            request.inflight_steps += 1
+            if is_sample:
+                request.inflight_samples += 1
+            budget -= n
+
+    # ============================================================= results
+    def complete(self, result: StepResult) -> list[RequestOutput]:
+        """Apply the oldest step's result; returns new tokens per request and finishes."""
+        step = self.steps.oldest(result.step_id, "complete")
+        validate_result(step, result, self._k_spec)
+        step.move("complete")
+        now = self.clock()
+        hold = self._hold_after(step.step_id)
+        outputs: list[RequestOutput] = []
+        bs = self._bs
+        caching = self._caching
+        pool = self.pool
+        drafts_in = result.draft_token_ids
+        logprobs_in = result.logprobs
+        for i, request in enumerate(step.requests):
+            if request.epoch != step.epochs[i]:
+                continue  # left the running set (finished, aborted, preempted) after this step was planned
+            state = request.state
+            assert type(state) is Prefilling or type(state) is Decoding
+            request.inflight_steps -= 1
+            sampled = result.sampled_token_ids[i]
+            nd = step.num_drafts[i]
+            if nd:
+                state.num_computed += step.num_tokens[i] - nd + len(sampled) - 1
+                state.num_scheduled = state.num_computed
+                self._roll_back_blocks(request, state, hold)
+            else:
+                state.num_computed += step.num_tokens[i]
+            if caching:
+                self._commit_full_blocks(request, state)
+            if not step.samples[i]:
+                continue
+            request.inflight_samples -= 1 + nd
+            reason, kept = self._append_tokens(request, sampled)
+            if caching and len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
+                extend_hashes(request.block_hashes, request.tokens, bs)
+            if type(state) is Prefilling:
+                decoding = Decoding(
+                    state.blocks, state.num_computed, state.num_scheduled, state.num_cached, state.num_committed
+                )
+                transition(request, "first_token", decoding)
+                request.first_token_time = now
+            if drafts_in is not None and reason is None:
+                request.draft_tokens = drafts_in[i][: self._k_spec]
+            outputs.append(
+                RequestOutput(
+                    request.request_id,
+                    sampled if reason is None else sampled[:kept],
+                    reason,
+                    logprobs_in[i] if logprobs_in is not None and request.sampling.logprobs else None,
+                    request.num_output_tokens,
+                    request.num_cached_tokens,
+                )
+            )
+            if reason is not None:
+                request.finish_time = now
+                self._finish(request, reason, hold, "finish")
+        step.move("apply")
+        self.steps.close(step)
+        pool.step_completed(step.step_id)
+        return outputs
+
+    def _append_tokens(self, request: Request, sampled: list[int]) -> tuple[FinishReason | None, int]:
+        """Append sampled tokens up to the first stop; returns why the request finished (if it did) and how many."""
+        tokens = request.tokens
+        eos = request.eos_token_id
+        stop = request.stop_token_ids
+        limit = request.num_prompt_tokens + request.max_tokens
+        max_len = self.config.max_model_len
+        for kept, token in enumerate(sampled, 1):
+            tokens.append(token)
+            if token == eos or token in stop:
+                return FinishReason.STOP, kept
+            if len(tokens) >= limit or len(tokens) >= max_len:
+                return FinishReason.LENGTH, kept
+        return None, len(sampled)
+
+    def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
+        full = state.num_computed // self._bs
+        committed = state.num_committed
+        if committed >= full:
+            return
+        hashes = request.block_hashes
+        if len(hashes) < full:
+            extend_hashes(hashes, request.tokens, self._bs)
+        blocks = state.blocks
+        commit = self.pool.commit
+        for b in range(committed, full):
+            commit(blocks[b], hashes[b])
+        state.num_committed = full
+
+    def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding, hold: int | None) -> None:
+        """After speculative verification, give back blocks that only held rejected drafts."""
+        keep = (state.num_computed + self._bs - 1) // self._bs
+        blocks = state.blocks
+        if len(blocks) > keep:
+            self.pool.release(blocks[keep:], hold)
+            del blocks[keep:]
+            self._truncated[request.request_id] = keep
+
+    def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
+        """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""
+        step = self.steps.oldest(step_id, "fail")
+        step.move("fail")
+        self._failed_steps += 1
+        hold = self._hold_after(step_id)
+        retry = self.config.on_step_failure is StepFailurePolicy.RETRY
+        outputs: list[RequestOutput] = []
+        now = self.clock()
+        for i, request in enumerate(step.requests):
+            if request.epoch != step.epochs[i]:
+                continue
+            request.num_failures += 1
+            if retry and request.num_failures <= self.config.max_step_retries:
+                self._preempt(request, hold)  # recompute from what the prefix cache kept
+            else:
+                request.finish_time = now
+                self._finish(request, FinishReason.ERROR, hold, "finish")
+                outputs.append(
+                    RequestOutput(request.request_id, [], FinishReason.ERROR, None, request.num_output_tokens)
+                )
+        self.steps.close(step)
+        self.pool.step_completed(step_id)
+        return outputs
+
+    def _hold_after(self, step_id: int) -> int | None:
+        """The step a block let go while ``step_id`` is being retired must wait for, if any."""
+        newest = self.steps.newest_step_id
+        return None if newest is None or newest == step_id else newest
+
+    # ================================================== leaving the running set
+    def _preempt(self, request: Request, hold: int | None) -> None:
+        state = request.state
+        self.pool.release(held_blocks(state), hold)
+        transition(request, "preempt", Preempted())
+        self._leave_running(request)
+        request.num_preemptions += 1
+        self._preemptions += 1
+        self._enqueue(request)
+
+    def _finish(self, request: Request, reason: FinishReason, hold: int | None, event: str) -> None:
+        self.pool.release(held_blocks(request.state), hold)
+        self._leave_running(request)
+        self._retire(request, reason, event)
+
+    def _leave_running(self, request: Request) -> None:
+        del self.running[request.request_id]
+        self._removed.append(request.request_id)
+        self._truncated.pop(request.request_id, None)
+        request.epoch += 1
+        request.inflight_steps = 0
+        request.inflight_samples = 0
+        request.draft_tokens = []
+
+    def _retire(self, request: Request, reason: FinishReason, event: str) -> None:
+        transition(request, event, Finished(reason))
+        del self.live[request.request_id]
+        self._finished += 1
+        sid = request.session_id
+        if sid is not None and self._caching:
+            self._sessions[sid] = request
+            self._sessions.move_to_end(sid)
+            if len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+
+    # ========================================================== inspection
+    def get(self, request_id: str) -> Request:
+        request = self.live.get(request_id)
+        if request is None:
+            raise UnknownRequest(f"request {request_id!r} is not live")
+        return request
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            num_steps_in_flight=len(self.steps),
+            num_free_blocks=self.pool.num_free,
+            num_pending_blocks=self.pool.num_pending,
+            num_total_blocks=self.config.num_blocks,
+            prefix_hit_tokens=self._hit_tokens,
+            prefix_query_tokens=self._query_tokens,
+            num_preemptions=self._preemptions,
+            num_finished=self._finished,
+            num_aborted=self._aborted,
+            num_failed_steps=self._failed_steps,
+            num_steps=self.steps.next_step_id,
+        )
+
+    def check_invariants(self) -> None:
+        """Raise :class:`~tokensched.errors.InvariantViolation` if any machine is inconsistent."""
+        check_scheduler(self)

@@ -1,0 +1,118 @@
+"""Accumulates one step's columns while the scheduler walks its requests.
+
+Kept separate from the algorithm so that :mod:`tokensched.scheduler` reads like
+the policy it implements, while this module keeps the per-request cost of
+filling a :class:`~tokensched.plan.StepPlan` to a few list appends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tokensched.machines.request import Request
+from tokensched.machines.step import Step
+from tokensched.plan import NO_DRAFTS, PLACEHOLDER_TOKEN, NewRequestData, StepPlan
+
+
+class StepBuilder:
+    __slots__ = (
+        "block_size",
+        "drafts",
+        "epochs",
+        "new_blocks",
+        "new_requests",
+        "num_computed",
+        "num_drafts",
+        "num_tokens",
+        "offsets",
+        "request_ids",
+        "requests",
+        "sample",
+        "slots",
+        "step_id",
+        "token_ids",
+    )
+
+    def __init__(self, step_id: int, block_size: int) -> None:
+        self.step_id = step_id
+        self.block_size = block_size
+        self.new_requests: list[NewRequestData] = []
+        self.request_ids: list[str] = []
+        self.num_computed: list[int] = []
+        self.offsets = [0]
+        self.token_ids: list[int] = []
+        self.slots: list[int] = []
+        self.new_blocks: list[tuple[int, ...]] = []
+        self.sample: list[bool] = []
+        self.drafts: list[tuple[int, ...]] = []
+        self.requests: list[Request] = []
+        self.epochs: list[int] = []
+        self.num_tokens: list[int] = []
+        self.num_drafts: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def add(
+        self,
+        request: Request,
+        blocks: Sequence[int],
+        pos: int,
+        n: int,
+        new_blocks: tuple[int, ...],
+        is_sample: bool,
+        drafts: tuple[int, ...] = NO_DRAFTS,
+    ) -> None:
+        """Schedule positions ``pos .. pos+n-1`` of ``request`` (the last ``len(drafts)`` are drafts)."""
+        bs = self.block_size
+        tokens = request.tokens
+        token_ids = self.token_ids
+        if n == 1:
+            token_ids.append(tokens[pos] if pos < len(tokens) else PLACEHOLDER_TOKEN)
+            self.slots.append(blocks[pos // bs] * bs + pos % bs)
+        else:
+            real = n - len(drafts)
+            if pos < len(tokens):
+                token_ids.extend(tokens[pos : pos + real])
+            else:
+                token_ids.append(PLACEHOLDER_TOKEN)
+            if drafts:
+                token_ids.extend(drafts)
+            slots = self.slots
+            end = pos + n
+            while pos < end:  # one range per block touched
+                block_end = min(end, (pos // bs + 1) * bs)
+                base = blocks[pos // bs] * bs - (pos // bs) * bs
+                slots.extend(range(base + pos, base + block_end))
+                pos = block_end
+            pos = end - n
+        self.request_ids.append(request.request_id)
+        self.num_computed.append(pos)
+        self.offsets.append(len(token_ids))
+        self.new_blocks.append(new_blocks)
+        self.sample.append(is_sample)
+        self.drafts.append(drafts)
+        self.requests.append(request)
+        self.epochs.append(request.epoch)
+        self.num_tokens.append(n)
+        self.num_drafts.append(len(drafts))
+
+    def step(self) -> Step:
+        return Step(self.step_id, self.requests, self.epochs, self.num_tokens, self.num_drafts, self.sample)
+
+    def plan(self, removed: tuple[str, ...], truncated: dict[str, int]) -> StepPlan:
+        return StepPlan(
+            step_id=self.step_id,
+            block_size=self.block_size,
+            new_requests=tuple(self.new_requests),
+            removed_request_ids=removed,
+            request_ids=self.request_ids,
+            num_computed_tokens=self.num_computed,
+            token_offsets=self.offsets,
+            token_ids=self.token_ids,
+            slot_mapping=self.slots,
+            new_block_ids=self.new_blocks,
+            sample=self.sample,
+            draft_token_ids=self.drafts,
+            truncated_block_tables=truncated,
+        )
