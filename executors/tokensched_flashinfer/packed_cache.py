@@ -1,0 +1,49 @@
+"""A paged latent cache whose latent and rope key share one tensor per layer.
+
+FlashInfer's Blackwell kernel (``trtllm-gen``) reads the KV cache as one
+``[num_blocks, block_size, kv_lora_rank + rope_dim]`` tensor. This cache
+allocates exactly that and exposes ``ckv[layer]`` and ``kpe[layer]`` as the two
+adjacent slices of it, so everything written through
+:meth:`~tokensched_torch.cache.PagedLatentCache.write` lands in the packed
+tensor and FlashInfer recognises the pair as one packed view (no copy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tokensched_torch.cache import PagedLatentCache
+from tokensched_torch.model import MLAConfig
+
+
+class PackedLatentCache(PagedLatentCache):
+    """:class:`PagedLatentCache` with ``ckv``/``kpe`` as views of one packed tensor per layer.
+
+    The parent's constructor is not called: it would allocate the split
+    tensors this class replaces. The attribute set is the parent's (a test
+    checks it stays so) plus ``packed``.
+    """
+
+    def __init__(
+        self,
+        cfg: MLAConfig,
+        num_blocks: int,
+        block_size: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"num_blocks={num_blocks} and block_size={block_size} must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.kv_lora_rank = cfg.kv_lora_rank
+        self.rope_dim = cfg.qk_rope_head_dim
+        width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
+        self.packed: list[Tensor] = [
+            torch.zeros(num_blocks, block_size, width, device=torch.device(device), dtype=dtype)
+            for _ in range(cfg.num_layers)
+        ]
+        self.ckv = [layer[..., : cfg.kv_lora_rank] for layer in self.packed]
+        self.kpe = [layer[..., cfg.kv_lora_rank :] for layer in self.packed]
