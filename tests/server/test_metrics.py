@@ -1,0 +1,92 @@
+"""The Prometheus exposition: well-formed text, cumulative buckets, gauges from the stats snapshot."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tokensched.server.metrics import Histogram, ServerMetrics
+from tokensched.stats import SchedulerStats
+
+SAMPLE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_]+="[^"]*"(,[a-zA-Z_]+="[^"]*")*\})? -?[0-9.e+-]+$|^.* \+?Inf$'
+)
+
+
+def parse(text: str) -> dict[str, float]:
+    """Sample lines as name{labels} -> value; fails on anything that is not a comment or a sample."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        assert SAMPLE.match(line), f"not a Prometheus sample: {line!r}"
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    return samples
+
+
+def stats(**overrides: int) -> SchedulerStats:
+    fields = dict(
+        num_running=3, num_waiting=2, num_steps_in_flight=1, num_free_blocks=75, num_pending_blocks=0,
+        num_total_blocks=100, prefix_hit_tokens=30, prefix_query_tokens=120, num_preemptions=4, num_finished=9,
+        num_aborted=1, num_failed_steps=0, num_steps=50,
+    )  # fmt: skip
+    return SchedulerStats(**(fields | overrides))
+
+
+def test_histogram_buckets_are_cumulative_and_end_at_inf() -> None:
+    h = Histogram("x_seconds", "help", (0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 3.0):
+        h.observe(value)
+    h.observe(0.5, times=2)
+    samples = parse("\n".join(h.render()))
+    assert samples['x_seconds_bucket{le="0.1"}'] == 2  # le is inclusive
+    assert samples['x_seconds_bucket{le="1"}'] == 5
+    assert samples['x_seconds_bucket{le="+Inf"}'] == 6
+    assert samples["x_seconds_count"] == 6
+    assert samples["x_seconds_sum"] == pytest.approx(0.05 + 0.1 + 0.5 * 3 + 3.0)
+
+
+def test_buckets_must_increase() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Histogram("x", "help", (1.0, 0.5))
+
+
+def test_the_exposition_reports_scheduler_state_and_latencies() -> None:
+    metrics = ServerMetrics()
+    metrics.on_first_token(0.2)
+    metrics.on_tokens(0.03, 3)  # three tokens 30 ms after the first: 10 ms each
+    metrics.on_finished("length", 0.5, prompt_tokens=7, generation_tokens=4)
+    metrics.on_finished("abort", 0.1, prompt_tokens=5, generation_tokens=0)
+    metrics.on_rejected("queue_full")
+    samples = parse(metrics.render(stats()))
+    assert samples["tokensched_num_requests_running"] == 3
+    assert samples["tokensched_num_requests_waiting"] == 2
+    assert samples["tokensched_kv_cache_usage_perc"] == pytest.approx(0.25)
+    assert samples["tokensched_prefix_cache_hit_rate"] == pytest.approx(0.25)
+    assert samples["tokensched_prefix_cache_hits_total"] == 30
+    assert samples["tokensched_num_preemptions_total"] == 4
+    assert samples["tokensched_time_to_first_token_seconds_count"] == 1
+    assert samples["tokensched_inter_token_latency_seconds_count"] == 3
+    assert samples['tokensched_inter_token_latency_seconds_bucket{le="0.01"}'] == 3
+    assert samples["tokensched_e2e_request_latency_seconds_count"] == 2
+    assert samples['tokensched_request_success_total{finished_reason="length"}'] == 1
+    assert samples['tokensched_request_success_total{finished_reason="abort"}'] == 1
+    assert samples['tokensched_request_rejected_total{reason="queue_full"}'] == 1
+    assert samples["tokensched_prompt_tokens_total"] == 12
+    assert samples["tokensched_generation_tokens_total"] == 4
+
+
+def test_every_family_is_declared_once_with_help_and_type() -> None:
+    text = ServerMetrics().render(stats())
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    helps = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+    assert len(types) == len(set(types)) == len(helps)
+    assert text.endswith("\n")
+
+
+def test_without_a_snapshot_only_server_side_families_are_reported() -> None:
+    samples = parse(ServerMetrics().render(None))
+    assert "tokensched_num_requests_running" not in samples
+    assert samples["tokensched_time_to_first_token_seconds_count"] == 0
