@@ -1,0 +1,96 @@
+import statistics
+
+import pytest
+from pydantic import ValidationError
+
+from tokensched.workloads import Arrivals, CodingAgentConfig, CodingAgentGenerator, CodingAgentSource
+
+
+def _sessions(count: int, config: CodingAgentConfig | None = None, seed: int = 1) -> list:  # type: ignore[type-arg]
+    generator = CodingAgentGenerator(config or CodingAgentConfig(), seed)
+    return [generator.sample_session(f"s{i}") for i in range(count)]
+
+
+def test_first_turn_is_45k_to_50k_tokens() -> None:
+    firsts = [s.turns[0].new_tokens for s in _sessions(2_000)]
+    assert min(firsts) >= 45_000
+    assert max(firsts) <= 50_000
+    assert statistics.fmean(firsts) == pytest.approx(47_500, rel=0.01)
+
+
+def test_each_later_turn_adds_about_800_tokens_plus_the_previous_answer() -> None:
+    growth = []
+    for session in _sessions(500):
+        lengths = session.prompt_lengths()
+        for k in range(1, len(lengths)):
+            added = lengths[k] - lengths[k - 1] - session.turns[k - 1].output_tokens
+            assert added == session.turns[k].new_tokens
+            growth.append(added)
+    assert min(growth) >= 600 and max(growth) <= 1_000
+    assert statistics.fmean(growth) == pytest.approx(800, rel=0.02)
+
+
+def test_sessions_run_10_to_15_turns_uniformly() -> None:
+    counts = [len(s.turns) for s in _sessions(3_000)]
+    assert set(counts) == set(range(10, 16))
+    for turns in range(10, 16):
+        assert counts.count(turns) / len(counts) == pytest.approx(1 / 6, abs=0.03)
+
+
+def test_think_time_median_matches_config_and_first_turn_has_none() -> None:
+    sessions = _sessions(500)
+    assert all(s.turns[0].think_time == 0 for s in sessions)
+    pauses = [t.think_time for s in sessions for t in s.turns[1:]]
+    assert statistics.median(pauses) == pytest.approx(5.0, rel=0.08)
+
+
+def test_context_cap_ends_sessions_before_a_turn_would_pass_it() -> None:
+    config = CodingAgentConfig(max_context_tokens=55_000)
+    sessions = _sessions(300, config)
+    for session in sessions:
+        last_prompt = session.prompt_lengths()[-1]
+        assert last_prompt + session.turns[-1].output_tokens <= 55_000
+    assert statistics.fmean(len(s.turns) for s in sessions) < 8  # the cap binds before the planned turns end
+
+
+def test_rate_arrivals_offer_the_target_tpm() -> None:
+    duration = 20 * 3_600.0
+    source = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=2_500_000), duration, seed=5)
+    trace = source.take(1_000_000)
+    starts = [s.start_time or 0.0 for s in trace.sessions]
+    assert starts == sorted(starts)
+    assert all(s.start_time is not None and 0 <= s.start_time < duration for s in trace.sessions)
+    offered_tpm = sum(s.input_tokens() for s in trace.sessions) / (duration / 60)
+    assert offered_tpm == pytest.approx(2_500_000, rel=0.06)
+
+
+def test_same_sessions_at_every_load_level_only_start_times_differ() -> None:
+    low = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=500_000), 3_600, seed=2).take(20)
+    high = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=3_000_000), 3_600, seed=2).take(20)
+    assert [s.turns for s in low.sessions] == [s.turns for s in high.sessions]
+    assert [s.start_time for s in low.sessions] != [s.start_time for s in high.sessions]
+
+
+def test_same_seed_same_sessions_other_seed_other_sessions() -> None:
+    def trace(seed: int) -> str:
+        source = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=1e6), 600, seed=seed)
+        return source.take(10).model_dump_json()
+
+    assert trace(4) == trace(4)
+    assert trace(4) != trace(5)
+
+
+def test_concurrency_arrivals_stagger_only_the_first_sessions() -> None:
+    source = CodingAgentSource(CodingAgentConfig(), Arrivals(concurrency=3, stagger_s=8), 600, seed=0)
+    sessions = source.take(5).sessions
+    assert all(s.start_time is not None and 0 <= s.start_time <= 8 for s in sessions[:3])
+    assert all(s.start_time is None for s in sessions[3:])
+
+
+def test_config_rejects_inverted_ranges_and_ambiguous_arrivals() -> None:
+    with pytest.raises(ValidationError, match="min_turns"):
+        CodingAgentConfig(min_turns=5, max_turns=4)
+    with pytest.raises(ValidationError, match="exactly one"):
+        Arrivals(target_tpm=1e6, concurrency=4)
+    with pytest.raises(ValidationError, match="exactly one"):
+        Arrivals()

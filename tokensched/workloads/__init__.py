@@ -1,0 +1,39 @@
+"""Workloads for benchmarks: synthetic coding-agent sessions and recorded JSONL traces.
+
+A workload is played closed-loop by :class:`SessionWorkload`: the driver
+submits what it releases and tells it when each request finishes, which
+releases that session's next turn after its think time.
+"""
+
+from tokensched.workloads.coding_agent import Arrivals, CodingAgentConfig, CodingAgentGenerator, CodingAgentSource
+from tokensched.workloads.distributions import LogNormal
+from tokensched.workloads.sessions import SessionSource, SessionWorkload, TraceSource, WorkloadCounts, prompt_tokens
+from tokensched.workloads.trace import (
+    SessionRecord,
+    Trace,
+    TraceError,
+    TraceHeader,
+    TurnRecord,
+    read_trace,
+    write_trace,
+)
+
+__all__ = [
+    "Arrivals",
+    "CodingAgentConfig",
+    "CodingAgentGenerator",
+    "CodingAgentSource",
+    "LogNormal",
+    "SessionRecord",
+    "SessionSource",
+    "SessionWorkload",
+    "Trace",
+    "TraceError",
+    "TraceHeader",
+    "TraceSource",
+    "TurnRecord",
+    "WorkloadCounts",
+    "prompt_tokens",
+    "read_trace",
+    "write_trace",
+]

@@ -1,0 +1,277 @@
+"""Plays sessions closed-loop: a turn is released only after the previous answer plus think time.
+
+The driver asks :meth:`SessionWorkload.next_release_time` when to wake up,
+submits what :meth:`SessionWorkload.release` returns, and reports each finished
+request through :meth:`SessionWorkload.on_finished` with the answer's token
+ids. The next turn's prompt is the previous prompt, those exact answer tokens
+and the turn's new tokens, so the scheduler's prefix cache sees a true prefix.
+
+Prompt tokens are pseudo-random 16-bit ids drawn from each session's own seed
+(reduced modulo the vocabulary when it is smaller), so they are identical on
+every replay and two sessions never share a block by accident; only the
+optional shared system prompt is common to all of them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import attrs
+
+from tokensched.config import RequestSpec
+from tokensched.errors import UnknownRequest
+from tokensched.plan import FinishReason
+from tokensched.workloads.trace import SessionRecord, Trace, TraceError, TraceHeader
+
+
+class SessionSource(Protocol):
+    """Sessions in start order; ``None`` when there are no more."""
+
+    @property
+    def header(self) -> TraceHeader: ...
+
+    def next_session(self) -> SessionRecord | None: ...
+
+
+class TraceSource:
+    """Replays the sessions of a recorded :class:`~tokensched.workloads.trace.Trace`."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.header = trace.header
+        sessions = list(trace.sessions)
+        if trace.header.arrival == "rate":
+            missing = [s.session_id for s in sessions if s.start_time is None]
+            if missing:
+                raise TraceError(f"rate-arrival trace has sessions without start_time: {missing[:5]}")
+            sessions.sort(key=lambda s: s.start_time or 0.0)
+        self._sessions: Iterator[SessionRecord] = iter(sessions)
+
+    def next_session(self) -> SessionRecord | None:
+        return next(self._sessions, None)
+
+
+def prompt_tokens(seed: int | str, count: int, vocab_size: int) -> list[int]:
+    """``count`` reproducible token ids below ``vocab_size`` (fast: one ``randbytes`` call)."""
+    return _draw(random.Random(seed), count, vocab_size)
+
+
+def _draw(rng: random.Random, count: int, vocab_size: int) -> list[int]:
+    if count <= 0:
+        return []
+    words = array("H", rng.randbytes(2 * count))
+    if sys.byteorder == "big":  # the same ids on every machine
+        words.byteswap()
+    tokens = words.tolist()
+    if vocab_size < 1 << 16:
+        tokens = [token % vocab_size for token in tokens]
+    return tokens
+
+
+@attrs.define(slots=True)
+class _LiveSession:
+    record: SessionRecord
+    rng: random.Random  # the session's prompt-token stream
+    context: list[int] = attrs.field(factory=list)  # every token of the conversation so far
+    turn: int = 0  # index of the next turn to release (or of the one in flight)
+    request_id: str | None = None  # the turn in flight
+
+
+@attrs.define(slots=True)
+class WorkloadCounts:
+    """How far the sessions got (for reports)."""
+
+    sessions_started: int = 0
+    sessions_completed: int = 0  # ran every turn
+    sessions_capped: int = 0  # the next turn would have passed the context cap
+    sessions_failed: int = 0  # a turn finished with "abort" or "error"
+    requests_released: int = 0
+    prompt_tokens_released: int = 0
+
+
+class SessionWorkload:
+    """Turns a stream of sessions into timed :class:`~tokensched.config.RequestSpec` s, closed-loop.
+
+    Nothing is released at or after ``header.duration_s``; sessions cut off
+    there simply stop. ``ttft_deadline_s``, if given, is set on every request
+    (for SLO-aware policies).
+
+    Answer lengths can reach the scheduler two ways. By default each request
+    asks for exactly its planned length (``max_tokens``, EOS ignored), which
+    works with any executor. With ``eos_token_id`` the scheduler is not told:
+    requests ask for up to ``max_tokens`` (within the context cap) and stop at
+    EOS, and the executor must end each answer at
+    :meth:`planned_output_tokens` (``SimExecutor(output_lengths=...)`` does).
+    """
+
+    def __init__(
+        self,
+        source: SessionSource,
+        *,
+        ttft_deadline_s: float | None = None,
+        eos_token_id: int | None = None,
+        max_tokens: int = 32_768,
+    ) -> None:
+        if ttft_deadline_s is not None and not ttft_deadline_s > 0:
+            raise ValueError(f"ttft_deadline_s must be positive, got {ttft_deadline_s}")
+        if eos_token_id is not None and eos_token_id < 0:
+            raise ValueError(f"eos_token_id must be non-negative, got {eos_token_id}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        self._eos = eos_token_id
+        self._max_tokens = max_tokens
+        self.header = source.header
+        self.counts = WorkloadCounts()
+        self._source = source
+        self._deadline = ttft_deadline_s
+        self._end = source.header.duration_s
+        self._pending: list[tuple[float, int, _LiveSession]] = []  # (release time, tie-break, session)
+        self._sequence = 0
+        self._in_flight: dict[str, _LiveSession] = {}
+        self._started: list[SessionRecord] = []
+        self._shared_prefix = prompt_tokens(
+            f"tokensched/shared-prefix/{source.header.shared_prefix_seed}",
+            source.header.shared_prefix_tokens,
+            source.header.vocab_size,
+        )
+        self._concurrent = source.header.arrival == "concurrency"
+        self._upcoming: SessionRecord | None = None  # open loop: the next session to start
+        if self._concurrent:
+            for _ in range(source.header.concurrency or 0):
+                session = source.next_session()
+                if session is None:
+                    break
+                self._schedule_start(session, session.start_time or 0.0)
+        else:
+            self._upcoming = source.next_session()
+
+    @classmethod
+    def from_trace(cls, trace: Trace, *, ttft_deadline_s: float | None = None) -> SessionWorkload:
+        return cls(TraceSource(trace), ttft_deadline_s=ttft_deadline_s)
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def num_active_sessions(self) -> int:
+        """Sessions with a turn in flight or scheduled (under fixed concurrency: at most ``concurrency``)."""
+        return len(self._in_flight) + len(self._pending)
+
+    def planned_output_tokens(self, request_id: str) -> int | None:
+        """The answer length the trace plans for a request in flight (``None`` if unknown)."""
+        live = self._in_flight.get(request_id)
+        return None if live is None else live.record.turns[live.turn].output_tokens
+
+    def next_release_time(self) -> float | None:
+        """When the next request becomes due; ``None`` if none ever will without a completion."""
+        times = []
+        if self._pending:
+            times.append(self._pending[0][0])
+        if self._upcoming is not None and self._upcoming.start_time is not None:
+            times.append(self._upcoming.start_time)
+        t = min(times, default=None)
+        return t if t is not None and t < self._end else None
+
+    def release(self, now: float) -> list[RequestSpec]:
+        """Every request due at or before ``now``, in release order, with its true arrival time."""
+        while self._upcoming is not None and (self._upcoming.start_time or 0.0) <= now:
+            self._schedule_start(self._upcoming, self._upcoming.start_time or 0.0)
+            self._upcoming = self._source.next_session()
+        released: list[RequestSpec] = []
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            at, _, live = heapq.heappop(pending)
+            if at >= self._end:
+                continue
+            released.append(self._make_request(live, at))
+        return released
+
+    def on_finished(
+        self,
+        request_id: str,
+        output_token_ids: Sequence[int],
+        now: float,
+        finish_reason: FinishReason | None = None,
+    ) -> None:
+        """Record a finished turn; schedule the session's next turn after its think time."""
+        live = self._in_flight.pop(request_id, None)
+        if live is None:
+            raise UnknownRequest(f"request {request_id!r} was not released by this workload or already finished")
+        live.request_id = None
+        if finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+            self.counts.sessions_failed += 1
+            self._session_ended(now)
+            return
+        live.context.extend(output_token_ids)
+        live.turn += 1
+        turns = live.record.turns
+        if live.turn >= len(turns):
+            self.counts.sessions_completed += 1
+            self._session_ended(now)
+            return
+        turn = turns[live.turn]
+        if len(live.context) + turn.new_tokens + turn.output_tokens > self.header.max_context_tokens:
+            self.counts.sessions_capped += 1
+            self._session_ended(now)
+            return
+        self._push(now + turn.think_time, live)
+
+    def trace(self) -> Trace:
+        """The sessions started so far, as a trace that replays this run."""
+        return Trace(header=self.header, sessions=tuple(self._started))
+
+    def _schedule_start(self, record: SessionRecord, at: float) -> None:
+        if self._concurrent and record.start_time != at:
+            record = record.model_copy(update={"start_time": at})
+        self._push(at, _LiveSession(record=record, rng=random.Random(record.token_seed)))
+
+    def _push(self, at: float, live: _LiveSession) -> None:
+        heapq.heappush(self._pending, (at, self._sequence, live))
+        self._sequence += 1
+
+    def _session_ended(self, now: float) -> None:
+        if self._concurrent and now < self._end:
+            session = self._source.next_session()
+            if session is not None:
+                self._schedule_start(session, now)
+
+    def _make_request(self, live: _LiveSession, at: float) -> RequestSpec:
+        record = live.record
+        turn = record.turns[live.turn]
+        vocab = self.header.vocab_size
+        if live.turn == 0:
+            self._started.append(record)
+            self.counts.sessions_started += 1
+            shared = self._shared_prefix[: turn.new_tokens]
+            live.context = shared + _draw(live.rng, turn.new_tokens - len(shared), vocab)
+        else:
+            live.context.extend(_draw(live.rng, turn.new_tokens, vocab))
+        request_id = f"{record.session_id}/{live.turn}"
+        live.request_id = request_id
+        self._in_flight[request_id] = live
+        self.counts.requests_released += 1
+        self.counts.prompt_tokens_released += len(live.context)
+        prompt_len = len(live.context)
+        planned = turn.output_tokens
+        if self._eos is None:
+            max_tokens, ignore_eos = planned, True
+        else:
+            room = self.header.max_context_tokens - prompt_len
+            max_tokens, ignore_eos = max(planned, min(self._max_tokens, room)), False
+        # Every field here is valid by construction, and validating a 50k-token prompt costs ~2 ms
+        # (5 s over an hour of traffic), so the spec is built unvalidated from a copy of the context.
+        return RequestSpec.model_construct(
+            request_id=request_id,
+            prompt_token_ids=list(live.context),
+            max_tokens=max_tokens,
+            eos_token_id=self._eos,
+            ignore_eos=ignore_eos,
+            session_id=record.session_id,
+            arrival_time=at,
+            ttft_deadline=self._deadline,
+        )

@@ -1,0 +1,165 @@
+"""Recorded workloads as JSON Lines: one header line, then one line per session.
+
+A trace holds the *structure* of a run, not its token ids: when each session
+starts, how many new tokens each turn adds, how long each answer is and how long
+the agent thinks between turns, plus the seeds that regenerate every prompt
+token. Answers are produced by the executor at replay time and fed back in, so a
+replay through the same executor and policy is identical to the recorded run,
+and a replay through another policy sees exactly the same demand.
+
+Example::
+
+    {"kind": "header", "arrival": "rate", "target_tpm": 2500000.0, ...}
+    {"kind": "session", "session_id": "s000000", "start_time": 3.1, "token_seed": 42, "turns": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tokensched.errors import TokenschedError
+
+TRACE_VERSION: Literal[1] = 1
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+class TraceError(TokenschedError, ValueError):
+    """A trace file that cannot be read: bad JSON, a missing header, a malformed record."""
+
+
+class TurnRecord(BaseModel):
+    """One turn: ``new_tokens`` appended after the previous answer, then an answer of ``output_tokens``.
+
+    For the first turn ``new_tokens`` is the whole first prompt and ``think_time``
+    is 0; for later turns ``think_time`` is the pause between the previous answer
+    finishing and this turn being sent (the agent running tools, the user typing).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    new_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=1)
+    think_time: float = Field(default=0.0, ge=0.0)
+
+
+class SessionRecord(BaseModel):
+    """One agent session: its turns and the seed of its prompt tokens.
+
+    ``start_time`` is when the first turn arrives. Under fixed concurrency only the
+    first ``concurrency`` sessions start at their recorded time; each later one
+    starts when a running session ends, and its recorded start is informational.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["session"] = "session"
+    session_id: str = Field(min_length=1)
+    start_time: float | None = Field(default=None, ge=0.0)
+    token_seed: int = Field(ge=0)
+    turns: tuple[TurnRecord, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _first_turn_has_a_prompt(self) -> SessionRecord:
+        if self.turns[0].new_tokens < 1:
+            raise ValueError(f"session {self.session_id!r}: the first turn needs at least one prompt token")
+        return self
+
+    def prompt_lengths(self) -> list[int]:
+        """Prompt length of each turn if every answer has its planned length."""
+        lengths: list[int] = []
+        context = 0
+        for turn in self.turns:
+            context += turn.new_tokens
+            lengths.append(context)
+            context += turn.output_tokens
+        return lengths
+
+    def input_tokens(self) -> int:
+        """Prompt tokens this session sends over all its turns (what TPM counts)."""
+        return sum(self.prompt_lengths())
+
+
+class TraceHeader(BaseModel):
+    """How sessions arrive and how their prompt tokens are made."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["header"] = "header"
+    version: Literal[1] = TRACE_VERSION
+    arrival: Literal["rate", "concurrency"]
+    target_tpm: float | None = Field(default=None, gt=0.0, description="input tokens per minute (rate arrivals)")
+    concurrency: int | None = Field(default=None, ge=1, description="sessions kept running (concurrency arrivals)")
+    duration_s: float = Field(gt=0.0, description="no session starts and no turn is sent from this time on")
+    vocab_size: int = Field(default=65_536, ge=2)
+    shared_prefix_tokens: int = Field(default=0, ge=0, description="system prompt opening every session")
+    shared_prefix_seed: int = Field(default=0, ge=0)
+    max_context_tokens: int = Field(default=200_000, ge=2)
+    seed: int | None = Field(default=None, description="the generator seed, if synthetic (informational)")
+
+    @model_validator(mode="after")
+    def _arrival_matches_its_parameter(self) -> TraceHeader:
+        if self.arrival == "rate" and self.target_tpm is None:
+            raise ValueError("rate arrivals need target_tpm")
+        if self.arrival == "concurrency" and self.concurrency is None:
+            raise ValueError("concurrency arrivals need concurrency")
+        return self
+
+
+class Trace(BaseModel):
+    """A header and the sessions of one run, in start order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    header: TraceHeader
+    sessions: tuple[SessionRecord, ...] = ()
+
+    def save(self, path: str | Path) -> None:
+        write_trace(path, self.header, self.sessions)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        header, sessions = read_trace(path)
+        return cls(header=header, sessions=tuple(sessions))
+
+
+def write_trace(path: str | Path, header: TraceHeader, sessions: Iterable[SessionRecord]) -> None:
+    """Write ``header`` then one line per session (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        out.write(header.model_dump_json() + "\n")
+        for session in sessions:
+            out.write(session.model_dump_json() + "\n")
+
+
+def read_trace(path: str | Path) -> tuple[TraceHeader, list[SessionRecord]]:
+    """The header and the sessions of a trace file (read eagerly; errors name the line)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise TraceError(f"cannot read trace {path}: {exc}") from exc
+    records = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not records:
+        raise TraceError(f"{path}: empty trace (expected a header line)")
+    number, line = records[0]
+    header = _parse(TraceHeader, path, number, line)
+    sessions = [_parse(SessionRecord, path, number, line) for number, line in records[1:]]
+    return header, sessions
+
+
+def _parse(model: type[_Model], path: Path, number: int, line: str) -> _Model:
+    try:
+        return model.model_validate_json(line)
+    except ValidationError as exc:
+        try:
+            kind = json.loads(line).get("kind", "?")
+        except (json.JSONDecodeError, AttributeError):
+            kind = "?"
+        raise TraceError(f"{path}:{number}: not a valid {model.__name__} (kind={kind!r}): {exc}") from exc
