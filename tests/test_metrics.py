@@ -1,0 +1,124 @@
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from tokensched.errors import InvalidRequest, UnknownRequest
+from tokensched.metrics import Distribution, MetricsCollector, percentile
+from tokensched.plan import FinishReason, RequestOutput
+
+
+@dataclass(frozen=True)
+class Stats:
+    num_waiting: int
+    num_running: int
+    kv_usage: float
+    prefix_hit_tokens: int
+    prefix_query_tokens: int
+    num_preemptions: int
+
+
+def out(request_id: str, tokens: int, *, done: bool = False, cached: int = 0) -> RequestOutput:
+    return RequestOutput(
+        request_id=request_id,
+        new_token_ids=list(range(tokens)),
+        finish_reason=FinishReason.STOP if done else None,
+        num_cached_tokens=cached,
+    )
+
+
+@pytest.fixture
+def timeline() -> MetricsCollector:
+    """A hand-made run: window [10, 70), two GPUs, the run stops at t=80."""
+    m = MetricsCollector(num_gpus=2, window_start=10.0, window_end=70.0, sample_interval_s=30.0)
+    m.on_stats(0.0, Stats(0, 0, 0.0, 0, 0, 0))
+    m.on_arrival("A", 100, 5.0)  # before the window: counts for throughput only
+    m.on_arrival("B", 1_000, 10.0)
+    m.on_stats(10.0, Stats(1, 4, 0.2, 100, 200, 1))
+    m.on_outputs([out("A", 1), out("B", 1, cached=600)], 12.0)
+    m.on_outputs([out("B", 1, cached=600)], 12.5)
+    m.on_outputs([out("A", 1, done=True), out("B", 2, done=True, cached=600)], 13.5)  # B: two tokens at once
+    m.on_arrival("C", 500, 20.0)
+    m.on_outputs([out("C", 0)], 23.0)  # a prefill chunk: no token yet
+    m.on_outputs([out("C", 1)], 26.0)
+    m.on_outputs([out("C", 1)], 27.0)
+    m.on_outputs([out("C", 1, done=True)], 28.0)
+    m.on_stats(40.0, Stats(3, 6, 0.5, 400, 800, 2))
+    m.on_arrival("D", 200, 60.0)  # never gets a token
+    m.on_stats(70.0, Stats(2, 5, 0.8, 700, 1_200, 4))
+    m.on_arrival("E", 300, 75.0)  # after the window
+    m.on_outputs([out("E", 1)], 76.0)
+    m.on_stats(80.0, Stats(9, 9, 1.0, 800, 1_500, 5))
+    return m
+
+
+def test_latencies_count_requests_arriving_in_the_window(timeline: MetricsCollector) -> None:
+    s = timeline.summarize(end_time=80.0)
+    assert (s.num_requests, s.num_first_token, s.num_finished, s.num_censored) == (3, 2, 2, 1)
+    assert s.ttft_s.count == 3
+    assert s.ttft_s.p50 == pytest.approx(6.0)  # B: 2, C: 6, D: at least 80 - 60 = 20
+    assert s.ttft_s.mean == pytest.approx(28 / 3)
+    assert s.ttft_s.max == pytest.approx(20.0)
+    # B: 0.5 s for one token, then 1.0 s for two; C: 1.0 s twice
+    assert sorted([s.itl_s.min, s.itl_s.p50, s.itl_s.max]) == pytest.approx([0.5, 0.75, 1.0])
+    assert s.itl_s.count == 4
+    assert s.tpot_s.p50 == pytest.approx(0.75)  # B: 1.5 s / 3, C: 2 s / 2
+    assert s.tps_per_user.min == pytest.approx(1.0)
+    assert s.tps_per_user.max == pytest.approx(2.0)
+
+
+def test_throughput_is_per_minute_and_per_gpu(timeline: MetricsCollector) -> None:
+    s = timeline.summarize(end_time=80.0)
+    assert (s.window_start_s, s.window_end_s) == (10.0, 70.0)
+    assert s.tpm == pytest.approx(1_700)  # B + C + D arrived over one minute
+    assert s.tpm_per_gpu == pytest.approx(850)
+    assert s.served_tpm == pytest.approx(1_600)  # A, B and C got their first token in the window
+    assert s.output_tps == pytest.approx(9 / 60)  # A 2 + B 4 + C 3 tokens; E's came after the window
+    assert s.output_tps_per_gpu == pytest.approx(9 / 120)
+
+
+def test_cache_preemption_and_queue_figures_use_the_window(timeline: MetricsCollector) -> None:
+    s = timeline.summarize(end_time=80.0)
+    assert s.prefix_cache_hit_rate == pytest.approx(600 / 1_000)  # counters at t=70 minus t=10
+    assert s.cached_prompt_fraction == pytest.approx(600 / 1_500)
+    assert s.num_preemptions == 3
+    assert (s.queue_len_mean, s.queue_len_max) == (pytest.approx(2.0), 3)
+    assert (s.running_mean, s.running_max) == (pytest.approx(5.0), 6)
+    assert (s.kv_usage_mean, s.kv_usage_max) == (pytest.approx(0.5), pytest.approx(0.8))
+    assert [p.t for p in s.timeline] == [0.0, 10.0, 40.0, 70.0, 80.0]
+    assert timeline.next_sample_time == pytest.approx(110.0)
+
+
+def test_summary_is_json_with_nan_as_null() -> None:
+    m = MetricsCollector()
+    m.on_arrival("x", 10, 0.0)
+    s = m.summarize(end_time=1.0)
+    data = json.loads(s.model_dump_json())
+    assert data["num_censored"] == 1
+    assert data["itl_s"]["p50"] is None
+    assert math.isnan(s.prefix_cache_hit_rate)
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 90) == pytest.approx(3.7)
+    assert percentile(values, 100) == 4.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+    empty = Distribution.of([])
+    assert empty.count == 0 and math.isnan(empty.p99)
+
+
+def test_collector_refuses_unknown_and_duplicate_requests() -> None:
+    m = MetricsCollector()
+    m.on_arrival("x", 10, 0.0)
+    with pytest.raises(InvalidRequest, match="twice"):
+        m.on_arrival("x", 10, 1.0)
+    with pytest.raises(UnknownRequest, match="never arrived"):
+        m.on_outputs([out("y", 1)], 1.0)
+    with pytest.raises(ValueError, match="empty window"):
+        MetricsCollector(window_start=5.0, window_end=5.0)

@@ -1,0 +1,324 @@
+"""Serving metrics from timestamped request outputs: latency, throughput, cache and queue figures.
+
+A :class:`MetricsCollector` is fed by whoever runs the engine: each arrival,
+each step's :class:`~tokensched.plan.RequestOutput` s with the executor clock
+reading when they were collected, and now and then the scheduler's stats. It
+summarises into a :class:`MetricsSummary` (pydantic, JSON-serialisable).
+
+Only requests that *arrive* inside the measurement window count towards
+latencies and offered load, so a warm-up (sessions still ramping up) and the
+drain after the last arrival do not blur a load level. A request in the window
+that never got its first token is counted with the time it had waited so far,
+a lower bound: its true TTFT is at least that, so the percentiles can only be
+too kind, never too harsh, and ``num_censored`` says how many such bounds are in.
+
+Definitions (``n`` = output tokens of a request):
+
+- TTFT: first token time minus arrival time.
+- ITL: the gap between consecutive deliveries of a request divided by the tokens
+  delivered (one sample per delivery; speculative steps deliver several).
+- TPOT: ``(last - first token time) / (n - 1)``; TPS per user is its inverse,
+  the decode speed one user sees.
+- TPM: prompt tokens arriving per minute; ``served_tpm`` counts them when their
+  prefill completes instead (whenever they arrived). Per-GPU figures divide by ``num_gpus``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+import attrs
+from pydantic import BaseModel, ConfigDict
+
+from tokensched.errors import InvalidRequest, UnknownRequest
+from tokensched.plan import RequestOutput
+
+_TIMELINE_POINTS = 200
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of sorted values, interpolating linearly (numpy's default)."""
+    if not sorted_values:
+        return math.nan
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within [0, 100], got {q}")
+    position = (len(sorted_values) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+class Distribution(BaseModel):
+    """Summary of a sample; every figure is NaN when the sample is empty."""
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    mean: float
+    min: float
+    p10: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Distribution:
+        data = sorted(values)
+        if not data:
+            nan = math.nan
+            return cls(count=0, mean=nan, min=nan, p10=nan, p50=nan, p90=nan, p99=nan, max=nan)
+        return cls(
+            count=len(data),
+            mean=math.fsum(data) / len(data),
+            min=data[0],
+            p10=percentile(data, 10),
+            p50=percentile(data, 50),
+            p90=percentile(data, 90),
+            p99=percentile(data, 99),
+            max=data[-1],
+        )
+
+
+class TimelinePoint(BaseModel):
+    """The scheduler's queues and KV pool at one moment."""
+
+    model_config = ConfigDict(frozen=True)
+
+    t: float
+    waiting: int
+    running: int
+    kv_usage: float
+
+
+class MetricsSummary(BaseModel):
+    """Everything measured over one window of one run. Times in seconds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    window_start_s: float
+    window_end_s: float
+    num_gpus: int
+    num_requests: int  # arrived in the window
+    num_first_token: int
+    num_finished: int
+    num_censored: int  # in the window, no first token by the end: TTFT counted as a lower bound
+    ttft_s: Distribution
+    itl_s: Distribution
+    tpot_s: Distribution
+    tps_per_user: Distribution
+    tpm: float
+    tpm_per_gpu: float
+    served_tpm: float
+    output_tps: float
+    output_tps_per_gpu: float
+    prefix_cache_hit_rate: float  # scheduler counters: hit tokens / looked-up tokens (NaN if no lookups)
+    cached_prompt_fraction: float  # per request: cached prompt tokens / prompt tokens
+    num_preemptions: int
+    kv_usage_mean: float
+    kv_usage_max: float
+    queue_len_mean: float
+    queue_len_max: int
+    running_mean: float
+    running_max: int
+    timeline: list[TimelinePoint]
+
+
+class StatsLike(Protocol):
+    """The scheduler statistics the collector reads (``Scheduler.stats()`` provides them)."""
+
+    @property
+    def num_waiting(self) -> int: ...
+    @property
+    def num_running(self) -> int: ...
+    @property
+    def kv_usage(self) -> float: ...
+    @property
+    def prefix_hit_tokens(self) -> int: ...
+    @property
+    def prefix_query_tokens(self) -> int: ...
+    @property
+    def num_preemptions(self) -> int: ...
+
+
+@attrs.define(slots=True)
+class _Request:
+    arrival: float
+    prompt_tokens: int
+    in_window: bool
+    first_token: float = -1.0
+    last_token: float = -1.0
+    num_output: int = 0
+    num_cached: int = 0
+    finished: bool = False
+
+
+@attrs.frozen(slots=True)
+class _Sample:
+    t: float
+    waiting: int
+    running: int
+    kv_usage: float
+    hit_tokens: int
+    query_tokens: int
+    preemptions: int
+
+
+class MetricsCollector:
+    """Accumulates one run's timeline; cheap per output so it can sit on the engine's hot path."""
+
+    def __init__(
+        self,
+        *,
+        num_gpus: int = 1,
+        window_start: float = 0.0,
+        window_end: float = math.inf,
+        sample_interval_s: float = 1.0,
+    ) -> None:
+        if num_gpus < 1:
+            raise ValueError(f"num_gpus must be at least 1, got {num_gpus}")
+        if not window_start < window_end:
+            raise ValueError(f"empty window [{window_start}, {window_end})")
+        if not sample_interval_s > 0:
+            raise ValueError(f"sample_interval_s must be positive, got {sample_interval_s}")
+        self.num_gpus = num_gpus
+        self.window_start = window_start
+        self.window_end = window_end
+        self.sample_interval_s = sample_interval_s
+        self.next_sample_time = 0.0  # call on_stats once the clock reaches this
+        self._requests: dict[str, _Request] = {}
+        self._itl: list[float] = []
+        self._window_output_tokens = 0
+        self._samples: list[_Sample] = []
+
+    def on_arrival(self, request_id: str, prompt_tokens: int, arrival_time: float) -> None:
+        if request_id in self._requests:
+            raise InvalidRequest(f"request {request_id!r} arrived twice")
+        in_window = self.window_start <= arrival_time < self.window_end
+        self._requests[request_id] = _Request(arrival_time, prompt_tokens, in_window)
+
+    def on_outputs(self, outputs: Iterable[RequestOutput], now: float) -> None:
+        """Record the tokens of one step, all delivered at ``now``."""
+        requests = self._requests
+        counted = self.window_start <= now < self.window_end
+        for output in outputs:
+            try:
+                request = requests[output.request_id]
+            except KeyError:
+                raise UnknownRequest(f"output for request {output.request_id!r}, which never arrived") from None
+            delivered = len(output.new_token_ids)
+            if delivered:
+                if request.num_output == 0:
+                    request.first_token = now
+                elif request.in_window:
+                    self._itl.append((now - request.last_token) / delivered)
+                request.last_token = now
+                request.num_output += delivered
+                if counted:
+                    self._window_output_tokens += delivered
+            if output.num_cached_tokens > request.num_cached:
+                request.num_cached = output.num_cached_tokens
+            if output.finish_reason is not None:
+                request.finished = True
+
+    def on_stats(self, now: float, stats: StatsLike) -> None:
+        """Record a sample of the scheduler's state (call when ``now >= next_sample_time``, and at the end)."""
+        self._samples.append(
+            _Sample(
+                t=now,
+                waiting=stats.num_waiting,
+                running=stats.num_running,
+                kv_usage=stats.kv_usage,
+                hit_tokens=stats.prefix_hit_tokens,
+                query_tokens=stats.prefix_query_tokens,
+                preemptions=stats.num_preemptions,
+            )
+        )
+        self.next_sample_time = now + self.sample_interval_s
+
+    def summarize(self, end_time: float) -> MetricsSummary:
+        """The summary of the window, clipped to ``end_time`` (the clock when the run stopped)."""
+        start = self.window_start
+        end = min(self.window_end, end_time)
+        span = max(end - start, 1e-9)
+        window = [r for r in self._requests.values() if r.in_window]
+        ttft: list[float] = []
+        censored = 0
+        tpot: list[float] = []
+        served_tokens = 0
+        for r in self._requests.values():
+            if r.num_output and start <= r.first_token < end:
+                served_tokens += r.prompt_tokens
+        for r in window:
+            if r.num_output:
+                ttft.append(r.first_token - r.arrival)
+            else:
+                ttft.append(max(end_time - r.arrival, 0.0))
+                censored += 1
+            if r.num_output >= 2 and r.last_token > r.first_token:
+                tpot.append((r.last_token - r.first_token) / (r.num_output - 1))
+        started = [r for r in window if r.num_output]
+        prompt_started = sum(r.prompt_tokens for r in started)
+        samples = [s for s in self._samples if start <= s.t <= end] or self._samples[-1:]
+        first, last = _counter_bounds(self._samples, start, end)
+        hits = last.hit_tokens - first.hit_tokens if first and last else 0
+        queries = last.query_tokens - first.query_tokens if first and last else 0
+        offered_tpm = sum(r.prompt_tokens for r in window) / span * 60
+        served_tpm = served_tokens / span * 60
+        output_tps = self._window_output_tokens / span
+        return MetricsSummary(
+            window_start_s=start,
+            window_end_s=end,
+            num_gpus=self.num_gpus,
+            num_requests=len(window),
+            num_first_token=len(started),
+            num_finished=sum(1 for r in window if r.finished),
+            num_censored=censored,
+            ttft_s=Distribution.of(ttft),
+            itl_s=Distribution.of(self._itl),
+            tpot_s=Distribution.of(tpot),
+            tps_per_user=Distribution.of(1 / t for t in tpot),
+            tpm=offered_tpm,
+            tpm_per_gpu=offered_tpm / self.num_gpus,
+            served_tpm=served_tpm,
+            output_tps=output_tps,
+            output_tps_per_gpu=output_tps / self.num_gpus,
+            prefix_cache_hit_rate=hits / queries if queries else math.nan,
+            cached_prompt_fraction=sum(r.num_cached for r in started) / prompt_started if prompt_started else math.nan,
+            num_preemptions=last.preemptions - first.preemptions if first and last else 0,
+            kv_usage_mean=_mean(s.kv_usage for s in samples),
+            kv_usage_max=max((s.kv_usage for s in samples), default=math.nan),
+            queue_len_mean=_mean(s.waiting for s in samples),
+            queue_len_max=max((s.waiting for s in samples), default=0),
+            running_mean=_mean(s.running for s in samples),
+            running_max=max((s.running for s in samples), default=0),
+            timeline=_timeline(self._samples),
+        )
+
+
+def _counter_bounds(samples: list[_Sample], start: float, end: float) -> tuple[_Sample | None, _Sample | None]:
+    """The last sample at or before ``start`` and the last at or before ``end`` (cumulative counters)."""
+    first: _Sample | None = None
+    last: _Sample | None = None
+    for sample in samples:
+        if sample.t <= start or first is None:
+            first = sample
+        if sample.t <= end or last is None:
+            last = sample
+    return first, last
+
+
+def _mean(values: Iterable[float]) -> float:
+    data = list(values)
+    return math.fsum(data) / len(data) if data else math.nan
+
+
+def _timeline(samples: list[_Sample]) -> list[TimelinePoint]:
+    stride = max(1, math.ceil(len(samples) / _TIMELINE_POINTS))
+    picked = samples[::stride]
+    if samples and picked[-1] is not samples[-1]:
+        picked.append(samples[-1])
+    return [TimelinePoint(t=s.t, waiting=s.waiting, running=s.running, kv_usage=s.kv_usage) for s in picked]
