@@ -266,7 +266,7 @@ class Scheduler:
                 matched.pop()  # always compute at least the last token, to sample from it
             cached = len(matched) * bs
             uncached_blocks = (known + bs - 1) // bs - len(matched)
-            revived = sum(1 for b in matched if pool.refcount(b) == 0)
+            revived = pool.count_evictable(matched)
             if uncached_blocks + revived + self._admit_reserve > pool.num_free and self.running:
                 break  # head of line waits for room for its whole prompt
             n = min(known - cached, budget, self._chunk)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
+from operator import itemgetter
 
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
 
@@ -99,19 +100,32 @@ class BlockPool:
         return block if s in (_COMMITTED, _EVICTABLE) else None
 
     def match_prefix(self, hashes: Sequence[int]) -> list[int]:
-        """Longest run of shareable blocks for a chain of block hashes (no state change)."""
-        index = self._index
-        state = self._state
-        matched: list[int] = []
-        for h in hashes:
-            block = index.get(h)
-            if block is None:
-                break
-            s = state[block]
-            if s != _COMMITTED and s != _EVICTABLE:
-                break
-            matched.append(block)
+        """Longest run of shareable blocks for a chain of block hashes (no state change).
+
+        Batched through C-level ``map``/``itemgetter`` rather than a Python loop:
+        a 200k-token prompt is 12.5k look-ups and this is on the admission path.
+        """
+        found = list(map(self._index.get, hashes))
+        try:
+            found = found[: found.index(None)]
+        except ValueError:
+            pass
+        if not found:
+            return []
+        matched: list[int] = found  # type: ignore[assignment]  # no None left
+        states = bytes(itemgetter(*matched)(self._state)) if len(matched) > 1 else bytes([self._state[matched[0]]])
+        if min(states) < _COMMITTED or max(states) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
+            cut = next(i for i, s in enumerate(states) if s != _COMMITTED and s != _EVICTABLE)
+            matched = matched[:cut]
         return matched
+
+    def count_evictable(self, blocks: Sequence[int]) -> int:
+        """How many of ``blocks`` are EVICTABLE (sharing them takes them out of the free count)."""
+        if not blocks:
+            return 0
+        if len(blocks) == 1:
+            return int(self._state[blocks[0]] == _EVICTABLE)
+        return bytes(itemgetter(*blocks)(self._state)).count(_EVICTABLE)
 
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
@@ -152,18 +166,24 @@ class BlockPool:
         self._hash[block] = block_hash
         self._index.setdefault(block_hash, block)
 
-    def share(self, blocks: Iterable[int]) -> None:
+    def share(self, blocks: Sequence[int]) -> None:
         """Take one more reference on each of ``blocks`` (a prefix-cache hit)."""
-        blocks = list(blocks)
+        if not blocks:
+            return
+        states = bytes(itemgetter(*blocks)(self._state)) if len(blocks) > 1 else bytes([self._state[blocks[0]]])
+        if min(states) < _COMMITTED or max(states) > _EVICTABLE:
+            bad = next(b for b, s in zip(blocks, states, strict=True) if s != _COMMITTED and s != _EVICTABLE)
+            raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
+        refcount = self._refcount
+        if _EVICTABLE in states:
+            state = self._state
+            lru = self._evictable
+            for block in blocks:
+                if state[block] == _EVICTABLE:
+                    del lru[block]
+                    state[block] = _COMMITTED
         for block in blocks:
-            s = self._state[block]
-            if s != _COMMITTED and s != _EVICTABLE:
-                raise IllegalTransition(f"block {block}", BlockState(s).name, "share")
-        for block in blocks:
-            if self._state[block] == _EVICTABLE:
-                del self._evictable[block]
-                self._state[block] = _COMMITTED
-            self._refcount[block] += 1
+            refcount[block] += 1
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).

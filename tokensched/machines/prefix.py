@@ -47,7 +47,7 @@ def shared_prefix_blocks(previous: Sequence[int], tokens: Sequence[int], block_s
     n = min(len(previous), len(tokens)) // block_size * block_size
     if n == 0:
         return 0
-    if tokens[:n] == previous[:n]:
+    if tokens[:n] == (previous if len(previous) == n else previous[:n]):
         return n // block_size
     lo, hi = 0, n // block_size  # binary search for the first differing block
     while lo < hi:
