@@ -12,8 +12,9 @@ Registered as the ``sim`` executor (``tokensched.load_executor("sim")``). Calibr
 """
 
 from tokensched_sim.cost import BatchShape, CostModel, Deployment, Efficiency
-from tokensched_sim.executor import OutputLengths, SimExecutor, SimStats
+from tokensched_sim.executor import SimExecutor
 from tokensched_sim.presets import GPUS, MODELS, Dtype, GPUSpec, ModelSpec, gpu_preset, model_preset
+from tokensched_sim.tokens import OutputLengths, SimStats
 
 __all__ = [
     "GPUS",

@@ -19,11 +19,14 @@ the executor, with tiny constants).
 from __future__ import annotations
 
 import math
+from itertools import compress, islice, repeat
+from operator import add, gt, mul, sub
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tokensched.plan import StepPlan
 from tokensched_sim.presets import Dtype, GPUSpec, ModelSpec, gpu_preset, model_preset
 
 _GIB = 1 << 30
@@ -153,6 +156,34 @@ class BatchShape:
             decode_pairs=q * decode_context_tokens + num_decode_requests * q * (q + 1) // 2,
             decode_kv_tokens=decode_context_tokens + num_decode_requests * q,
         )
+
+    @classmethod
+    def from_plan(cls, plan: StepPlan) -> BatchShape:
+        """The sums over a plan's columns, with C-level builtins; only prefill chunks are visited in Python.
+
+        Totals over all requests are ``sum(q*c) + (sum(q*q) + sum(q)) / 2``
+        pairs and ``sum(c) + sum(q)`` KV tokens; the prefill chunks' share is
+        taken out, and the rest is decode.
+        """
+        computed = plan.num_computed_tokens
+        drafts = plan.draft_token_ids
+        n, t = len(computed), plan.num_tokens
+        sum_c = sum(computed)
+        has_drafts = any(drafts)
+        logits = sum(plan.sample) + (sum(map(len, compress(drafts, plan.sample))) if has_drafts else 0)
+        if t == n:  # one token each: every request is a decode
+            return cls(t, logits, 0, 0, 0, sum_c + t, sum_c + t)
+        offsets = plan.token_offsets
+        qs = list(map(sub, islice(offsets, 1, None), offsets))
+        pairs = sum(map(mul, qs, computed)) + (sum(map(mul, qs, qs)) + t) // 2
+        limits = map(add, map(len, drafts), repeat(1)) if has_drafts else repeat(1)
+        pre_pairs = pre_kv = pre_ctx = 0
+        for i in compress(range(n), map(gt, qs, limits)):
+            q, c = qs[i], computed[i]
+            pre_pairs += q * c + q * (q + 1) // 2
+            pre_kv += c + q
+            pre_ctx += c
+        return cls(t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv)
 
 
 PHASES = ("attn_proj", "prefill_attn", "decode_attn", "dense_mlp", "moe", "lm_head")

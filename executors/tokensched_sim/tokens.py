@@ -1,0 +1,205 @@
+"""The simulator's tokens: seeded random ids, EOS forced at each request's target length, speculative acceptance.
+
+Random ids are drawn uniformly from the vocabulary without the EOS id, so a
+request ends exactly where the workload says (or at ``max_tokens`` when it has
+no target). Drafts are random non-EOS ids too; verifying ``d`` drafts accepts
+each with probability ``alpha`` until the first rejection and then adds one
+bonus token, so a verification yields ``1 + alpha + ... + alpha^d`` tokens on
+average. Every draw comes from one ``random.Random(seed)`` in plan order, so
+the same seed and the same plans give the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from tokensched.errors import InvalidRequest
+from tokensched.plan import StepPlan
+
+OutputLengths = Mapping[str, int] | Callable[[str], int | None]
+"""A request's target output length by id (EOS is forced at it); ``None`` or missing: no EOS."""
+
+_NO_TARGET = 1 << 62
+
+
+@attrs.define(slots=True)
+class SimStats:
+    """Running totals of what the simulated device did."""
+
+    num_steps: int = 0
+    busy_s: float = 0.0  # modelled seconds the device spent running steps
+    num_tokens: int = 0  # query tokens computed
+    num_sampled_tokens: int = 0
+    num_drafts_verified: int = 0  # drafts scheduled for verification
+    num_drafts_tested: int = 0  # drafts reached before the first rejection (each accepted with probability alpha)
+    num_drafts_accepted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted over tested drafts: the per-draft acceptance probability, alpha."""
+        return self.num_drafts_accepted / self.num_drafts_tested if self.num_drafts_tested else 0.0
+
+
+@attrs.frozen(slots=True)
+class Sampled:
+    """One step's tokens, in plan order, and what the cost model needs to know about them."""
+
+    tokens: list[list[int]]
+    drafts: list[list[int]] | None
+    logprobs: list[list[float]] | None
+    num_proposing: int  # requests that got drafts proposed (the draft head ran for them)
+    proposing_kv_tokens: int  # their context after this step
+
+
+class TokenSource:
+    """Per-request targets and the RNG; ``admit`` each plan, then ``sample`` it."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        eos_token_id: int,
+        output_lengths: OutputLengths | None,
+        num_speculative_tokens: int,
+        acceptance_rate: float,
+        seed: int,
+        stats: SimStats,
+    ) -> None:
+        if not 0 <= eos_token_id < vocab_size:
+            raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary [0, {vocab_size})")
+        if not 0.0 <= acceptance_rate <= 1.0:
+            raise ValueError(f"acceptance_rate must be in [0, 1], got {acceptance_rate}")
+        if num_speculative_tokens < 0:
+            raise ValueError(f"num_speculative_tokens must be >= 0, got {num_speculative_tokens}")
+        self.eos_token_id = eos_token_id
+        self.num_speculative_tokens = num_speculative_tokens
+        self.acceptance_rate = acceptance_rate
+        self.stats = stats
+        self._lengths = output_lengths
+        self._rng = random.Random(seed)
+        self._span = vocab_size - 1  # ids other than EOS
+        self._uniform_logprob = -math.log(vocab_size - 1)
+        self._left: dict[str, int] = {}  # request id -> outputs until EOS
+        self._logprobs: set[str] = set()  # requests that asked for logprobs
+
+    def target_output_length(self, request_id: str) -> int | None:
+        lengths = self._lengths
+        if lengths is None:
+            return None
+        if callable(lengths):
+            return lengths(request_id)
+        return lengths.get(request_id)
+
+    def admit(self, plan: StepPlan) -> None:
+        """Forget removed requests, then start new (or resumed) ones from the outputs they already have."""
+        left, logprobs = self._left, self._logprobs
+        for request_id in plan.removed_request_ids:
+            left.pop(request_id, None)
+            logprobs.discard(request_id)
+        for new in plan.new_requests:
+            target = self.target_output_length(new.request_id)
+            left[new.request_id] = _NO_TARGET if target is None else target - new.num_output_tokens
+            if new.sampling.logprobs:
+                logprobs.add(new.request_id)
+            else:
+                logprobs.discard(new.request_id)
+
+    def sample(self, plan: StepPlan) -> Sampled:
+        """Tokens (and drafts, and logprobs where asked) for every request in ``plan``."""
+        try:
+            if self.num_speculative_tokens or any(plan.draft_token_ids):
+                sampled = self._sample_speculative(plan)
+            else:
+                sampled = self._sample_plain(plan)
+        except KeyError as exc:
+            raise InvalidRequest(f"step {plan.step_id}: request {exc.args[0]!r} was never sent in full") from None
+        if self._logprobs:
+            logprobs = self._logprobs_of(plan, sampled.tokens)
+            if logprobs is not None:
+                sampled = attrs.evolve(sampled, logprobs=logprobs)
+        self.stats.num_sampled_tokens += sum(map(len, sampled.tokens))
+        return sampled
+
+    def _sample_plain(self, plan: StepPlan) -> Sampled:
+        """The hot path: one token per sampling request, no drafts."""
+        left = self._left
+        rand = self._rng.random
+        span, eos = self._span, self.eos_token_id
+        out: list[list[int]] = []
+        append = out.append
+        for request_id, sample in zip(plan.request_ids, plan.sample, strict=True):
+            n = left[request_id]
+            if not sample:
+                append([])
+            elif n > 1:
+                left[request_id] = n - 1
+                t = int(rand() * span)
+                append([t + (t >= eos)])
+            else:
+                left[request_id] = 0
+                append([eos])
+        return Sampled(out, None, None, 0, 0)
+
+    def _sample_speculative(self, plan: StepPlan) -> Sampled:
+        """Verify the plan's drafts, then propose ``num_speculative_tokens`` new ones per sampling request."""
+        left = self._left
+        rand = self._rng.random
+        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        draws = range(k)
+        out: list[list[int]] = []
+        proposals: list[list[int]] | None = [] if k else None
+        proposing = proposing_kv = verified = tested = accepted_total = 0
+        offsets = plan.token_offsets
+        for i, (request_id, sample, drafts) in enumerate(
+            zip(plan.request_ids, plan.sample, plan.draft_token_ids, strict=True)
+        ):
+            n = left[request_id]
+            if not sample:
+                out.append([])
+                if proposals is not None:
+                    proposals.append([])
+                continue
+            d = len(drafts)
+            accepted = 0
+            if d:
+                while accepted < d and rand() < alpha:
+                    accepted += 1
+                verified += d
+                tested += accepted + (accepted < d)
+                accepted_total += accepted
+            if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
+                out.append([*drafts[: max(n - 1, 0)], eos])
+                n = 0
+            else:
+                t = int(rand() * span)
+                out.append([*drafts[:accepted], t + (t >= eos)])
+                n -= accepted + 1
+            left[request_id] = n
+            if proposals is not None:
+                if n:
+                    raw = [int(rand() * span) for _ in draws]
+                    proposals.append([t + (t >= eos) for t in raw])
+                    proposing += 1
+                    proposing_kv += plan.num_computed_tokens[i] + offsets[i + 1] - offsets[i]
+                else:
+                    proposals.append([])
+        stats = self.stats
+        stats.num_drafts_verified += verified
+        stats.num_drafts_tested += tested
+        stats.num_drafts_accepted += accepted_total
+        return Sampled(out, proposals, None, proposing, proposing_kv)
+
+    def _logprobs_of(self, plan: StepPlan, tokens: list[list[int]]) -> list[list[float]] | None:
+        """Log-probabilities under the simulator's own distribution: uniform ids; a forced EOS is certain."""
+        wanted = self._logprobs
+        if not any(request_id in wanted for request_id in plan.request_ids):
+            return None
+        uniform, eos = self._uniform_logprob, self.eos_token_id
+        return [
+            [0.0 if t == eos else uniform for t in toks] if request_id in wanted else []
+            for request_id, toks in zip(plan.request_ids, tokens, strict=True)
+        ]

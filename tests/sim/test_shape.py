@@ -1,0 +1,46 @@
+"""BatchShape.from_plan's C-level sums agree with the per-request definition."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.sim.helpers import Entry, make_plan
+from tokensched_sim import BatchShape
+
+entries = st.lists(
+    st.builds(
+        lambda c, extra, drafts, sample: Entry("r", c, len(drafts) + 1 + extra, sample, tuple(drafts)),
+        st.integers(0, 200_000),
+        st.one_of(st.just(0), st.integers(0, 5000)),
+        st.lists(st.integers(1, 100), max_size=4),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def naive(batch: list[Entry]) -> BatchShape:
+    pre_pairs = pre_kv = pre_ctx = dec_pairs = dec_kv = logits = 0
+    for e in batch:
+        q, c = e.num_tokens, e.computed
+        pairs = sum(c + j + 1 for j in range(q))  # query j attends to c + j + 1 keys
+        if q <= 1 + len(e.drafts):
+            dec_pairs, dec_kv = dec_pairs + pairs, dec_kv + c + q
+        else:
+            pre_pairs, pre_kv, pre_ctx = pre_pairs + pairs, pre_kv + c + q, pre_ctx + c
+        logits += (1 + len(e.drafts)) if e.sample else 0
+    return BatchShape(sum(e.num_tokens for e in batch), logits, pre_pairs, pre_kv, pre_ctx, dec_pairs, dec_kv)
+
+
+@settings(max_examples=150, deadline=None)
+@given(entries)
+def test_from_plan_matches_the_per_request_sums(batch: list[Entry]) -> None:
+    batch = [Entry(f"r{i}", e.computed, e.num_tokens, e.sample, e.drafts) for i, e in enumerate(batch)]
+    assert BatchShape.from_plan(make_plan(0, batch)) == naive(batch)
+
+
+def test_pure_decode_fast_path() -> None:
+    batch = [Entry("a", 10, 1), Entry("b", 20, 1, sample=False)]
+    assert BatchShape.from_plan(make_plan(0, batch)) == BatchShape(2, 1, 0, 0, 0, 11 + 21, 11 + 21)
