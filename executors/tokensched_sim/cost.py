@@ -281,6 +281,7 @@ class CostModel:
             )
         self.kv_budget_bytes = budget
         self.num_kv_tokens = int(budget // self.kv_bytes_per_token)
+        self._fold_efficiency()
 
     def num_kv_blocks(self, block_size: int) -> int:
         """KV blocks of ``block_size`` tokens that fit one rank's memory (every rank holds the same tokens)."""
@@ -330,11 +331,50 @@ class CostModel:
         )
         return total + terms.network_s / e.network + terms.num_allreduces * e.allreduce_latency_s
 
+    def _fold_efficiency(self) -> None:
+        """Whole-model constants with the efficiencies applied, so ``step_time`` is a dozen multiply-adds."""
+        e = self.efficiency
+        x_mm, x_attn, x_mem = 1 / e.matmul, 1 / e.attention, 1 / e.memory
+        n, nd, nm = self.num_layers, self.num_dense_layers, self.num_moe_layers
+        self._f_proj = (n * self._proj_c * x_mm, n * self._proj_m * x_mem)
+        self._f_attn = (n * self._pre_pair_c * x_attn, n * self._pre_ctx_c * x_attn, n * self._dec_pair_c * x_attn)
+        self._f_kv = n * self._kv_m * x_mem
+        self._f_mlp = (nd * self._mlp_c * x_mm, nd * self._mlp_m * x_mem)
+        self._f_moe = (nm * self._moe_c * x_mm, nm * self._moe_always_m * x_mem, nm * self._expert_m * x_mem)
+        self._f_head = (self._head_c * x_mm, self._head_m * x_mem)
+        self._f_net = n * self._ar_per_layer * self._ar_s / e.network
+        self._f_const = n * self._ar_per_layer * e.allreduce_latency_s + e.step_overhead_s
+
     def step_time(self, shape: BatchShape) -> float:
-        """Modelled seconds of one step of the target model, fixed overhead included."""
-        if shape.num_tokens == 0:
+        """Modelled seconds of one step of the target model, fixed overhead included.
+
+        Equal to ``time_from_terms(terms(shape)) + step_overhead_s``, evaluated
+        from precomputed whole-model constants: this runs once per simulated step.
+        """
+        t = shape.num_tokens
+        if not t:
             return 0.0
-        return self.time_from_terms(self.terms(shape)) + self.efficiency.step_overhead_s
+        proj_c, proj_m = self._f_proj
+        total = self._f_const + t * self._f_net + (t * proj_c if t * proj_c > proj_m else proj_m)
+        pre_c, ctx_c, dec_c = self._f_attn
+        if shape.prefill_pairs:
+            c = shape.prefill_pairs * pre_c + shape.prefill_context_tokens * ctx_c
+            m = shape.prefill_kv_tokens * self._f_kv
+            total += c if c > m else m
+        if shape.decode_pairs:
+            c, m = shape.decode_pairs * dec_c, shape.decode_kv_tokens * self._f_kv
+            total += c if c > m else m
+        if self.num_dense_layers:
+            c, m = self._f_mlp
+            total += t * c if t * c > m else m
+        if self.num_moe_layers:
+            c, always, per_expert = self._f_moe
+            c, m = t * c, always + self.experts_touched(t) * per_expert
+            total += c if c > m else m
+        if shape.num_logits:
+            c, m = self._f_head
+            total += shape.num_logits * c if shape.num_logits * c > m else m
+        return total
 
     def draft_time(self, num_requests: int, kv_tokens: int, num_drafts: int) -> float:
         """Seconds to propose ``num_drafts`` tokens each for ``num_requests`` requests with a small draft head.

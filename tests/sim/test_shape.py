@@ -1,12 +1,13 @@
-"""BatchShape.from_plan's C-level sums agree with the per-request definition."""
+"""The fast paths agree with their definitions: plan sums per request, step time phase by phase."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sim.helpers import Entry, make_plan
-from tokensched_sim import BatchShape
+from tokensched_sim import BatchShape, CostModel, Deployment, Efficiency
 
 entries = st.lists(
     st.builds(
@@ -44,3 +45,20 @@ def test_from_plan_matches_the_per_request_sums(batch: list[Entry]) -> None:
 def test_pure_decode_fast_path() -> None:
     batch = [Entry("a", 10, 1), Entry("b", 20, 1, sample=False)]
     assert BatchShape.from_plan(make_plan(0, batch)) == BatchShape(2, 1, 0, 0, 0, 11 + 21, 11 + 21)
+
+
+MODELS = [
+    CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4)),
+    CostModel(Deployment(model="deepseek-v3", gpu="h200", tp=8, efficiency=Efficiency(matmul=0.3, memory=0.9))),
+    CostModel(Deployment(model="dense-8b", gpu="h100", tp=2)),
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(entries, st.sampled_from(range(len(MODELS))))
+def test_fast_step_time_equals_the_phase_by_phase_roofline(batch: list[Entry], which: int) -> None:
+    model = MODELS[which]
+    shape = naive([Entry(f"r{i}", e.computed, e.num_tokens, e.sample, e.drafts) for i, e in enumerate(batch)])
+    slow = model.time_from_terms(model.terms(shape)) + model.efficiency.step_overhead_s
+    assert model.step_time(shape) == pytest.approx(slow, rel=1e-12)
+    assert sum(model.breakdown(shape).values()) == pytest.approx(slow, rel=1e-12)
