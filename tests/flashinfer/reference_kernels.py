@@ -135,7 +135,7 @@ def reference_attention(
 
 
 def _kernel_type(name: str, uses_dense: bool) -> type[_TorchKernel]:
-    real = _wrapper._BACKEND_TYPES[name]
+    real: Any = _wrapper._BACKEND_TYPES[name]
     attrs = {"_backend": name, "_plan_capabilities": real._plan_capabilities, "uses_dense": uses_dense}
     return type(f"TorchKernel[{name}]", (_TorchKernel,), attrs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
@@ -17,8 +18,7 @@ DEEPSEEK = MLAShape(num_heads=16, head_dim_ckv=512, head_dim_kpe=64, page_size=6
 
 
 def _shape(**changes: Any) -> MLAShape:
-    fields = dict(num_heads=16, head_dim_ckv=512, head_dim_kpe=64, page_size=64, dtype=torch.bfloat16, packed=True)
-    return MLAShape(**(fields | changes))
+    return attrs.evolve(DEEPSEEK, **changes)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,15 @@ import torch
 
 from tests.flashinfer.reference_kernels import torch_kernels
 from tests.flashinfer.side_by_side import run_side_by_side, shared_prefix_workload
-from tokensched import ExecutorError, RequestSpec, SchedulerConfig, StepPlan, available_executors, load_executor
+from tokensched import (
+    ExecutorError,
+    RequestSpec,
+    SchedulerConfig,
+    StepFailurePolicy,
+    StepPlan,
+    available_executors,
+    load_executor,
+)
 from tokensched.engine import Engine
 from tokensched.scheduler import Scheduler
 from tokensched_flashinfer import FlashInferExecutor, FlashInferUnavailable, PackedLatentCache
@@ -161,7 +169,7 @@ def test_engine_runs_to_completion_and_a_refused_step_fails_through_the_schedule
         assert all(out.num_output_tokens == 4 for out in finished)
 
         monkeypatch.setattr(fi.mla._batch_mla._wrapper._BACKEND_TYPES["fa2"], "refuse", {"fa2"})
-        sched = Scheduler(SchedulerConfig(num_blocks=32, block_size=16, on_step_failure="error"))
+        sched = Scheduler(SchedulerConfig(num_blocks=32, block_size=16, on_step_failure=StepFailurePolicy.ERROR))
         sched.submit(RequestSpec(request_id="x", prompt_token_ids=[1, 2, 3]))
         plan = sched.plan()
         assert plan is not None
