@@ -3,10 +3,10 @@ import statistics
 import pytest
 from pydantic import ValidationError
 
-from tokensched.workloads import Arrivals, CodingAgentConfig, CodingAgentGenerator, CodingAgentSource
+from tokensched.workloads import Arrivals, CodingAgentConfig, CodingAgentGenerator, CodingAgentSource, SessionRecord
 
 
-def _sessions(count: int, config: CodingAgentConfig | None = None, seed: int = 1) -> list:  # type: ignore[type-arg]
+def _sessions(count: int, config: CodingAgentConfig | None = None, seed: int = 1) -> list[SessionRecord]:
     generator = CodingAgentGenerator(config or CodingAgentConfig(), seed)
     return [generator.sample_session(f"s{i}") for i in range(count)]
 
@@ -64,11 +64,14 @@ def test_rate_arrivals_offer_the_target_tpm() -> None:
     assert offered_tpm == pytest.approx(2_500_000, rel=0.06)
 
 
-def test_same_sessions_at_every_load_level_only_start_times_differ() -> None:
-    low = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=500_000), 3_600, seed=2).take(20)
-    high = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=3_000_000), 3_600, seed=2).take(20)
-    assert [s.turns for s in low.sessions] == [s.turns for s in high.sessions]
-    assert [s.start_time for s in low.sessions] != [s.start_time for s in high.sessions]
+def test_same_new_sessions_at_every_load_level_only_start_times_differ() -> None:
+    def new_sessions(tpm: float) -> list[SessionRecord]:
+        trace = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=tpm), 3_600, seed=2).take(100)
+        return [s for s in trace.sessions if s.join_turn == 0][:20]
+
+    low, high = new_sessions(500_000), new_sessions(3_000_000)
+    assert [s.turns for s in low] == [s.turns for s in high]
+    assert [s.start_time for s in low] != [s.start_time for s in high]
 
 
 def test_same_seed_same_sessions_other_seed_other_sessions() -> None:
@@ -81,7 +84,8 @@ def test_same_seed_same_sessions_other_seed_other_sessions() -> None:
 
 
 def test_concurrency_arrivals_stagger_only_the_first_sessions() -> None:
-    source = CodingAgentSource(CodingAgentConfig(), Arrivals(concurrency=3, stagger_s=8), 600, seed=0)
+    arrivals = Arrivals(concurrency=3, stagger_s=8, steady_start=False)
+    source = CodingAgentSource(CodingAgentConfig(), arrivals, 600, seed=0)
     sessions = source.take(5).sessions
     assert all(s.start_time is not None and 0 <= s.start_time <= 8 for s in sessions[:3])
     assert all(s.start_time is None for s in sessions[3:])

@@ -127,14 +127,13 @@ def test_concurrency_keeps_that_many_sessions_running() -> None:
     specs = play(workload, latency=1.0, observe=lambda now: active.append(workload.num_active_sessions))
     assert max(active) == 4
     assert active.count(4) > 0.9 * len(active)  # replaced as soon as one ends, until the duration
-    first_turns = [s for s in specs if s.request_id.endswith("/0")]
-    assert len(first_turns) == workload.counts.sessions_started > 20
+    assert len({s.session_id for s in specs}) == workload.counts.sessions_started > 20
     assert all(s.arrival_time is not None and s.arrival_time < 120.0 for s in specs)
 
 
 def test_released_prompts_arrive_at_the_target_tpm() -> None:
     duration = 3_600.0
-    source = CodingAgentSource(SMALL, Arrivals(target_tpm=250_000), duration, seed=9)
+    source = CodingAgentSource(SMALL, Arrivals(target_tpm=250_000, steady_start=False), duration, seed=9)
     specs = play(SessionWorkload(source), latency=2.0)
     offered = sum(len(s.prompt_token_ids) for s in specs if (s.arrival_time or 0.0) >= 600) / ((duration - 600) / 60)
     assert offered == pytest.approx(250_000, rel=0.08)
@@ -142,3 +141,32 @@ def test_released_prompts_arrive_at_the_target_tpm() -> None:
 
 def test_answer_tokens_of_the_helper_are_deterministic() -> None:
     assert answer_tokens("a/1", 4) == answer_tokens("a/1", 4)
+
+
+def _early_tpm(arrivals: Arrivals, minutes: float) -> float:
+    workload = SessionWorkload(CodingAgentSource(SMALL, arrivals, minutes * 60, seed=4))
+    specs = play(workload, latency=11.0)  # about the nominal turn time in-progress sessions are placed with
+    return sum(len(s.prompt_token_ids) for s in specs) / minutes
+
+
+def test_steady_start_offers_the_target_tpm_from_the_first_minute() -> None:
+    target = 1_000_000
+    assert _early_tpm(Arrivals(target_tpm=target), minutes=5) == pytest.approx(target, rel=0.2)
+    assert _early_tpm(Arrivals(target_tpm=target, steady_start=False), minutes=5) < 0.7 * target
+
+
+def test_sessions_in_progress_join_with_their_whole_conversation_uncached() -> None:
+    source = CodingAgentSource(SMALL, Arrivals(target_tpm=1_000_000), 600.0, seed=4)
+    assert source.num_in_progress > 5
+    workload = SessionWorkload(source)
+    specs = play(workload, latency=2.0, until=30.0)
+    joined = [s for s in specs if s.session_id and s.session_id.startswith("p")]
+    assert joined
+    records = {r.session_id: r for r in workload.trace().sessions}
+    for spec in joined:
+        record = records[spec.session_id or ""]
+        if spec.request_id != f"{record.session_id}/{record.join_turn}":
+            continue
+        assert record.join_turn >= 1
+        assert spec.arrival_time == record.start_time
+        assert len(spec.prompt_token_ids) == record.prompt_lengths()[record.join_turn]

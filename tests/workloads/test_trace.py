@@ -52,7 +52,8 @@ def test_every_line_is_one_json_record_header_first(tmp_path: Path) -> None:
 
 
 def test_replay_under_another_latency_keeps_demand_but_shifts_later_turns() -> None:
-    trace = CodingAgentSource(SMALL, Arrivals(target_tpm=100_000), 300.0, seed=8).take(1_000)
+    arrivals = Arrivals(target_tpm=100_000, steady_start=False)
+    trace = CodingAgentSource(SMALL, arrivals, 300.0, seed=8).take(1_000)
     fast = play(SessionWorkload.from_trace(trace), latency=1.0)
     slow = play(SessionWorkload.from_trace(trace), latency=3.0)
     first = {s.request_id: s.arrival_time for s in fast if s.request_id.endswith("/0")}

@@ -5,7 +5,14 @@ submits what it releases and tells it when each request finishes, which
 releases that session's next turn after its think time.
 """
 
-from tokensched.workloads.coding_agent import Arrivals, CodingAgentConfig, CodingAgentGenerator, CodingAgentSource
+from tokensched.workloads.arrivals import Arrivals, CodingAgentSource
+from tokensched.workloads.coding_agent import (
+    CodingAgentConfig,
+    CodingAgentGenerator,
+    SessionStatistics,
+    nominal_turn_offsets,
+    session_statistics,
+)
 from tokensched.workloads.distributions import LogNormal
 from tokensched.workloads.sessions import SessionSource, SessionWorkload, TraceSource, WorkloadCounts, prompt_tokens
 from tokensched.workloads.trace import (
@@ -26,6 +33,7 @@ __all__ = [
     "LogNormal",
     "SessionRecord",
     "SessionSource",
+    "SessionStatistics",
     "SessionWorkload",
     "Trace",
     "TraceError",
@@ -33,7 +41,9 @@ __all__ = [
     "TraceSource",
     "TurnRecord",
     "WorkloadCounts",
+    "nominal_turn_offsets",
     "prompt_tokens",
     "read_trace",
+    "session_statistics",
     "write_trace",
 ]

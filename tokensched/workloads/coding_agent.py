@@ -10,26 +10,25 @@ Answers follow a clipped lognormal fitted to a mean of ~450, a median of ~293
 and a p99 of ~2,230 tokens. A context that would pass 200k tokens ends the
 session, as an agent would then compact or start over.
 
-Arrivals are either open-loop sessions at a target TPM (input tokens per
-minute, counted over every turn's whole prompt) or a fixed number of sessions
-kept running. Either way a session's next turn is released only when its
-previous answer has finished (see :mod:`tokensched.workloads.sessions`).
-
-Sessions and their start times come from two separate seeded streams, so a
-sweep over load levels with one seed offers the same sessions at each level,
-only closer together.
+When sessions start is :mod:`tokensched.workloads.arrivals`' business; a
+session's next turn is released only when its previous answer has finished
+(see :mod:`tokensched.workloads.sessions`).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 
+import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.workloads.distributions import LogNormal
-from tokensched.workloads.trace import SessionRecord, Trace, TraceHeader, TurnRecord
+from tokensched.workloads.trace import SessionRecord, TurnRecord
 
-_MEAN_ESTIMATE_SAMPLES = 4096
+_ESTIMATE_SAMPLES = 4096
+NOMINAL_FIRST_TOKEN_S = 2.0  # a warm turn's prefill and queueing, for placing in-progress sessions only
+NOMINAL_SECONDS_PER_OUTPUT_TOKEN = 0.02  # a loaded decode step
 
 
 class CodingAgentConfig(BaseModel):
@@ -80,45 +79,59 @@ class CodingAgentConfig(BaseModel):
         return LogNormal.from_median(self.think_time_median_s, self.think_time_sigma)
 
 
-class Arrivals(BaseModel):
-    """How sessions arrive: exactly one of ``target_tpm`` (open loop) and ``concurrency`` (closed loop)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    target_tpm: float | None = Field(default=None, gt=0.0, description="input tokens per minute over all turns")
-    concurrency: int | None = Field(default=None, ge=1, description="sessions kept running at once")
-    stagger_s: float = Field(default=10.0, ge=0.0, description="the first concurrent sessions start spread over this")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Arrivals:
-        if (self.target_tpm is None) == (self.concurrency is None):
-            raise ValueError("set exactly one of target_tpm and concurrency")
-        return self
-
-
 class CodingAgentGenerator:
-    """Samples sessions from a :class:`CodingAgentConfig` with a seeded stream."""
+    """Samples sessions from a :class:`CodingAgentConfig` with a seeded stream.
 
-    def __init__(self, config: CodingAgentConfig, seed: int) -> None:
+    ``stream`` names an independent sequence for the same seed (the arrivals
+    module keeps sessions already in progress at t=0 apart from new ones).
+    """
+
+    def __init__(self, config: CodingAgentConfig, seed: int, stream: str = "sessions") -> None:
         self.config = config
-        self._rng = random.Random(f"tokensched/coding-agent/sessions/{seed}")
+        self._rng = random.Random(f"tokensched/coding-agent/{stream}/{seed}")
         self._outputs = config.output_lengths()
         self._think = config.think_times()
 
     def sample_session(self, session_id: str, start_time: float | None = None) -> SessionRecord:
         return _sample(self.config, self._rng, self._outputs, self._think, session_id, start_time)
 
-    @staticmethod
-    def mean_input_tokens(config: CodingAgentConfig, seed: int, samples: int = _MEAN_ESTIMATE_SAMPLES) -> float:
-        """Expected prompt tokens per session over all its turns (Monte Carlo, its own seeded stream).
 
-        Estimated rather than derived so that clipping and the context cap are
-        accounted for whatever the configuration.
-        """
-        rng = random.Random(f"tokensched/coding-agent/mean/{seed}")
-        outputs, think = config.output_lengths(), config.think_times()
-        total = sum(_sample(config, rng, outputs, think, "estimate", None).input_tokens() for _ in range(samples))
-        return total / samples
+@attrs.frozen(slots=True)
+class SessionStatistics:
+    """Expectations over sessions, estimated by sampling (so clipping and the context cap count)."""
+
+    mean_input_tokens: float  # prompt tokens a session sends over all its turns
+    mean_span_s: float  # nominal first-to-last-answer time (see :func:`nominal_turn_offsets`)
+    max_span_s: float
+
+
+@functools.lru_cache(maxsize=32)
+def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _ESTIMATE_SAMPLES) -> SessionStatistics:
+    """Monte Carlo over ``samples`` sessions from their own seeded stream (cached: sweeps ask again)."""
+    generator = CodingAgentGenerator(config, seed, stream="estimate")
+    tokens = 0
+    spans = []
+    for _ in range(samples):
+        session = generator.sample_session("estimate")
+        tokens += session.input_tokens()
+        spans.append(nominal_turn_offsets(session)[-1] + _nominal_service_s(session.turns[-1].output_tokens))
+    return SessionStatistics(tokens / samples, sum(spans) / samples, max(spans))
+
+
+def nominal_turn_offsets(session: SessionRecord) -> list[float]:
+    """When each turn would be sent, from the session's start, if answers took a nominal time.
+
+    Only used to place sessions that are already in progress when a run begins;
+    during the run answers take what the executor says.
+    """
+    offsets = [0.0]
+    for previous, turn in zip(session.turns, session.turns[1:], strict=False):
+        offsets.append(offsets[-1] + _nominal_service_s(previous.output_tokens) + turn.think_time)
+    return offsets
+
+
+def _nominal_service_s(output_tokens: int) -> float:
+    return NOMINAL_FIRST_TOKEN_S + NOMINAL_SECONDS_PER_OUTPUT_TOKEN * output_tokens
 
 
 def _sample(
@@ -132,7 +145,9 @@ def _sample(
     num_turns = rng.randint(config.min_turns, config.max_turns)
     first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
     answer = min(outputs.sample_int(rng), config.max_context_tokens - first)
-    turns = [TurnRecord(new_tokens=first, output_tokens=answer, think_time=0.0)]
+    # Every field is in range by construction; skipping validation halves the cost of sampling.
+    turn = TurnRecord.model_construct
+    turns = [turn(new_tokens=first, output_tokens=answer, think_time=0.0)]
     context = first + answer
     for _ in range(num_turns - 1):
         new_tokens = rng.randint(config.new_tokens_min, config.new_tokens_max)
@@ -140,69 +155,7 @@ def _sample(
         pause = think.sample(rng)
         if context + new_tokens + answer > config.max_context_tokens:
             break  # the agent would compact here; the session ends
-        turns.append(TurnRecord(new_tokens=new_tokens, output_tokens=answer, think_time=pause))
+        turns.append(turn(new_tokens=new_tokens, output_tokens=answer, think_time=pause))
         context += new_tokens + answer
     token_seed = rng.getrandbits(62)
     return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=tuple(turns))
-
-
-class CodingAgentSource:
-    """Sessions in start order, for :class:`~tokensched.workloads.sessions.SessionWorkload`.
-
-    Under a target TPM, sessions start as a Poisson process whose rate makes
-    the expected input tokens per minute equal the target, and the source ends
-    at ``duration_s``. Under fixed concurrency the first ``concurrency``
-    sessions start spread over ``stagger_s`` and the source never ends (each
-    later session starts when a running one ends).
-    """
-
-    def __init__(self, config: CodingAgentConfig, arrivals: Arrivals, duration_s: float, seed: int) -> None:
-        self.header = TraceHeader(
-            arrival="rate" if arrivals.target_tpm is not None else "concurrency",
-            target_tpm=arrivals.target_tpm,
-            concurrency=arrivals.concurrency,
-            duration_s=duration_s,
-            vocab_size=config.vocab_size,
-            shared_prefix_tokens=config.shared_prefix_tokens,
-            shared_prefix_seed=seed,
-            max_context_tokens=config.max_context_tokens,
-            seed=seed,
-        )
-        self._generator = CodingAgentGenerator(config, seed)
-        self._arrival_rng = random.Random(f"tokensched/coding-agent/arrivals/{seed}")
-        self._arrivals = arrivals
-        self._duration = duration_s
-        self._count = 0
-        self._clock = 0.0
-        self._sessions_per_second = 0.0
-        if arrivals.target_tpm is not None:
-            per_session = CodingAgentGenerator.mean_input_tokens(config, seed)
-            self._sessions_per_second = arrivals.target_tpm / 60.0 / per_session
-
-    @property
-    def sessions_per_second(self) -> float:
-        """The Poisson rate under a target TPM (0 under fixed concurrency)."""
-        return self._sessions_per_second
-
-    def next_session(self) -> SessionRecord | None:
-        start: float | None
-        if self._arrivals.concurrency is not None:
-            if self._count < self._arrivals.concurrency:
-                start = self._arrival_rng.uniform(0.0, self._arrivals.stagger_s)
-            else:
-                start = None
-        else:
-            self._clock += self._arrival_rng.expovariate(self._sessions_per_second)
-            if self._clock >= self._duration:
-                return None
-            start = self._clock
-        session = self._generator.sample_session(f"s{self._count:06d}", start)
-        self._count += 1
-        return session
-
-    def take(self, limit: int) -> Trace:
-        """The first ``limit`` sessions as a trace (stops early when the source ends)."""
-        sessions: list[SessionRecord] = []
-        while len(sessions) < limit and (session := self.next_session()) is not None:
-            sessions.append(session)
-        return Trace(header=self.header, sessions=tuple(sessions))

@@ -132,7 +132,7 @@ class SessionWorkload:
         self._pending: list[tuple[float, int, _LiveSession]] = []  # (release time, tie-break, session)
         self._sequence = 0
         self._in_flight: dict[str, _LiveSession] = {}
-        self._started: list[SessionRecord] = []
+        self._taken: list[SessionRecord] = []  # in the order taken from the source, as a replay takes them
         self._shared_prefix = prompt_tokens(
             f"tokensched/shared-prefix/{source.header.shared_prefix_seed}",
             source.header.shared_prefix_tokens,
@@ -222,13 +222,15 @@ class SessionWorkload:
         self._push(now + turn.think_time, live)
 
     def trace(self) -> Trace:
-        """The sessions started so far, as a trace that replays this run."""
-        return Trace(header=self.header, sessions=tuple(self._started))
+        """The sessions taken from the source so far, as a trace that replays this run."""
+        return Trace(header=self.header, sessions=tuple(self._taken))
 
     def _schedule_start(self, record: SessionRecord, at: float) -> None:
         if self._concurrent and record.start_time != at:
             record = record.model_copy(update={"start_time": at})
-        self._push(at, _LiveSession(record=record, rng=random.Random(record.token_seed)))
+        self._taken.append(record)
+        live = _LiveSession(record=record, rng=random.Random(record.token_seed), turn=record.join_turn)
+        self._push(at, live)
 
     def _push(self, at: float, live: _LiveSession) -> None:
         heapq.heappush(self._pending, (at, self._sequence, live))
@@ -244,11 +246,15 @@ class SessionWorkload:
         record = live.record
         turn = record.turns[live.turn]
         vocab = self.header.vocab_size
-        if live.turn == 0:
-            self._started.append(record)
+        if live.turn == record.join_turn:
             self.counts.sessions_started += 1
-            shared = self._shared_prefix[: turn.new_tokens]
-            live.context = shared + _draw(live.rng, turn.new_tokens - len(shared), vocab)
+            first = record.turns[0].new_tokens
+            shared = self._shared_prefix[:first]
+            context = shared + _draw(live.rng, first - len(shared), vocab)
+            for earlier, joined in zip(record.turns, record.turns[1 : live.turn + 1], strict=False):
+                context += _draw(live.rng, earlier.output_tokens, vocab)  # an answer from before the run
+                context += _draw(live.rng, joined.new_tokens, vocab)
+            live.context = context
         else:
             live.context.extend(_draw(live.rng, turn.new_tokens, vocab))
         request_id = f"{record.session_id}/{live.turn}"

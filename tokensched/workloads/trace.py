@@ -51,9 +51,15 @@ class TurnRecord(BaseModel):
 class SessionRecord(BaseModel):
     """One agent session: its turns and the seed of its prompt tokens.
 
-    ``start_time`` is when the first turn arrives. Under fixed concurrency only the
-    first ``concurrency`` sessions start at their recorded time; each later one
-    starts when a running session ends, and its recorded start is informational.
+    ``start_time`` is when its first released turn arrives. Under fixed
+    concurrency only the first ``concurrency`` sessions start at their recorded
+    time; each later one starts when a running session ends, and its recorded
+    start is informational.
+
+    ``join_turn`` > 0 marks a session already in progress when the run begins:
+    its first request is turn ``join_turn`` with the whole conversation so far
+    (earlier answers drawn from the session's token seed), and nothing of it is
+    cached, as after a server restart.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,16 +68,21 @@ class SessionRecord(BaseModel):
     session_id: str = Field(min_length=1)
     start_time: float | None = Field(default=None, ge=0.0)
     token_seed: int = Field(ge=0)
+    join_turn: int = Field(default=0, ge=0)
     turns: tuple[TurnRecord, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _first_turn_has_a_prompt(self) -> SessionRecord:
+    def _consistent(self) -> SessionRecord:
         if self.turns[0].new_tokens < 1:
             raise ValueError(f"session {self.session_id!r}: the first turn needs at least one prompt token")
+        if self.join_turn >= len(self.turns):
+            raise ValueError(
+                f"session {self.session_id!r}: join_turn={self.join_turn} but it has {len(self.turns)} turns"
+            )
         return self
 
     def prompt_lengths(self) -> list[int]:
-        """Prompt length of each turn if every answer has its planned length."""
+        """Prompt length of each turn if every answer has its planned length (all turns, joined or not)."""
         lengths: list[int] = []
         context = 0
         for turn in self.turns:
@@ -81,8 +92,8 @@ class SessionRecord(BaseModel):
         return lengths
 
     def input_tokens(self) -> int:
-        """Prompt tokens this session sends over all its turns (what TPM counts)."""
-        return sum(self.prompt_lengths())
+        """Prompt tokens this session sends over the turns it runs (what TPM counts)."""
+        return sum(self.prompt_lengths()[self.join_turn :])
 
 
 class TraceHeader(BaseModel):
