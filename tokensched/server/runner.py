@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 
 import attrs
@@ -104,10 +104,13 @@ class EngineRunner:
         *,
         realtime: float | None = None,
         check_invariants: bool = False,
-        **config: object,
+        config: Mapping[str, object] | None = None,
     ) -> EngineRunner:
-        """A runner over a scheduler sized by the executor (block size, block count, clock); ``config`` overrides."""
-        engine = Engine.create(executor, policy, **config)
+        """A runner over a scheduler sized by the executor (block size, block count, clock).
+
+        ``config`` sets any other :class:`~tokensched.SchedulerConfig` field (``max_waiting``, ``max_model_len``...).
+        """
+        engine = Engine.create(executor, policy, **(config or {}))
         return cls(engine.scheduler, executor, realtime=realtime, check_invariants=check_invariants)
 
     @property
@@ -224,11 +227,11 @@ class EngineRunner:
     def _step(self) -> None:
         if self._realtime is not None and self._anchor is None:
             self._anchor = (self.executor.now(), time.perf_counter())
-        outputs = self._engine.step()
-        if not outputs and self._engine.num_in_flight == 0:
-            # nothing could be planned (every waiting request blocked): wait for an abort or a new request
+        if self._engine.num_in_flight == 0 and self._engine.launch_ready() == 0:
+            # work, but none of it can be planned now (every waiting request blocked): wait for a command
             self._drain(wait=self._STALL_WAIT_S)
             return
+        outputs = self._engine.step()
         self.steps += 1
         if self._check_invariants:
             self.scheduler.check_invariants()

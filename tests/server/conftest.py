@@ -1,0 +1,86 @@
+"""Live servers on an ephemeral loopback port, over the simulated GPU or the tiny torch model.
+
+Every request these tests send goes to 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import attrs
+import httpx
+import pytest
+
+from tokensched.server import EngineRunner, ServerSettings, Tokenizer, create_app
+from tokensched.server.launch import BackgroundServer, sim_backend
+
+MODEL = "tokensched"
+
+
+@attrs.frozen
+class Live:
+    url: str
+    runner: EngineRunner
+    tokenizer: Tokenizer
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+
+@contextmanager
+def live_server(runner: EngineRunner, tokenizer: Tokenizer, **settings: object) -> Iterator[Live]:
+    """Serve ``runner`` on 127.0.0.1:<free port>; on exit, check the engine thread never crashed."""
+    app = create_app(runner, tokenizer, ServerSettings.model_validate({"model_name": MODEL} | settings))
+    with BackgroundServer(app, host="127.0.0.1", port=0) as server:
+        yield Live(server.url, runner, tokenizer)
+        assert runner.error is None, f"the engine thread crashed: {runner.error!r}"
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+    assert not runner.running
+
+
+def sim(**config: object) -> tuple[EngineRunner, Tokenizer]:
+    """The simulated 8B model on one H100, paced to wall time, invariants checked after every step.
+
+    ``config`` sets SchedulerConfig fields (``max_waiting=1``...).
+    """
+    return sim_backend(num_kv_blocks=1024, realtime=1.0, check_invariants=True, config=config)
+
+
+@pytest.fixture
+def sim_server() -> Iterator[Live]:
+    with live_server(*sim()) as live:
+        yield live
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def scrape(live: Live) -> dict[str, float]:
+    """``/metrics`` as name{labels} -> value."""
+    samples: dict[str, float] = {}
+    for line in httpx.get(live.url + "/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def idle_and_empty(live: Live) -> bool:
+    """No request left and every KV block back in the pool."""
+    stats = live.runner.stats
+    return (
+        stats.num_running == 0
+        and stats.num_waiting == 0
+        and stats.num_steps_in_flight == 0
+        and stats.num_free_blocks == stats.num_total_blocks
+    )
