@@ -343,7 +343,8 @@ class CostModel:
         self._f_moe = (nm * self._moe_c * x_mm, nm * self._moe_always_m * x_mem, nm * self._expert_m * x_mem)
         self._f_head = (self._head_c * x_mm, self._head_m * x_mem)
         self._f_net = n * self._ar_per_layer * self._ar_s / e.network
-        self._f_const = n * self._ar_per_layer * e.allreduce_latency_s + e.step_overhead_s
+        self._f_allreduce_latency = n * self._ar_per_layer * e.allreduce_latency_s
+        self._f_const = self._f_allreduce_latency + e.step_overhead_s
 
     def step_time(self, shape: BatchShape) -> float:
         """Modelled seconds of one step of the target model, fixed overhead included.
@@ -376,22 +377,40 @@ class CostModel:
             total += shape.num_logits * c if shape.num_logits * c > m else m
         return total
 
+    def draft_layer_counts(self) -> tuple[int, int, int]:
+        """(attention, dense-MLP, MoE) layers of the draft head: ``draft_layers`` layers of the target's kind."""
+        n = self.deployment.draft_layers
+        return (n, 0, n) if self.num_moe_layers else (n, n, 0)
+
     def draft_time(self, num_requests: int, kv_tokens: int, num_drafts: int) -> float:
         """Seconds to propose ``num_drafts`` tokens each for ``num_requests`` requests with a small draft head.
 
-        The draft head is ``draft_layers`` layers of the target's kind (an
-        MTP/EAGLE-style module) plus the lm_head, run once per draft token.
+        The draft head (:meth:`draft_layer_counts`, an MTP/EAGLE-style module)
+        plus the lm_head runs once per draft token, sequentially; the j-th pass
+        attends over ``kv_tokens + j * num_requests`` tokens. Equal to summing
+        ``time_from_terms(terms(shape_j, draft_layer_counts()))`` over the passes.
         """
-        if not num_requests or not num_drafts:
+        r = num_requests
+        if not r or not num_drafts:
             return 0.0
-        n = self.deployment.draft_layers
-        layers = (n, 0, n) if self.num_moe_layers else (n, n, 0)
-        cost = 0.0
-        for j in range(num_drafts):
-            grown = kv_tokens + j * num_requests
-            shape = BatchShape(num_requests, num_requests, decode_pairs=grown, decode_kv_tokens=grown)
-            cost += self.time_from_terms(self.terms(shape, layers))
-        return cost
+        n_attn, n_dense, n_moe = self.draft_layer_counts()
+        a = n_attn / self.num_layers
+        proj_c, proj_m = self._f_proj
+        once = (r * proj_c if r * proj_c > proj_m else proj_m) * a
+        if n_moe:
+            c, always, per_expert = self._f_moe
+            c, m = r * c, always + self.experts_touched(r) * per_expert
+            once += (c if c > m else m) * n_moe / self.num_moe_layers
+        else:
+            c, m = self._f_mlp
+            once += (r * c if r * c > m else m) * n_dense / self.num_dense_layers
+        c, m = self._f_head
+        once += r * c if r * c > m else m
+        once += (r * self._f_net + self._f_allreduce_latency) * a
+        # One query per request: pairs == KV tokens, so compute and traffic grow together over the passes.
+        _, _, dec_c = self._f_attn
+        kv_total = num_drafts * kv_tokens + r * num_drafts * (num_drafts - 1) // 2
+        return num_drafts * once + (dec_c if dec_c > self._f_kv else self._f_kv) * a * kv_total
 
     def breakdown(self, shape: BatchShape) -> dict[str, float]:
         """Seconds per phase with efficiencies applied (for reports and tests), plus network and overhead."""

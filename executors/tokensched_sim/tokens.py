@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
+from itertools import repeat
+from operator import add, ge
 
 import attrs
 
@@ -149,19 +151,15 @@ class TokenSource:
         left = self._left
         rand = self._rng.random
         span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
-        draws = range(k)
         out: list[list[int]] = []
-        proposals: list[list[int]] | None = [] if k else None
-        proposing = proposing_kv = verified = tested = accepted_total = 0
-        offsets = plan.token_offsets
+        proposing: list[int] = []  # indices of requests that get drafts
+        verified = tested = accepted_total = 0
         for i, (request_id, sample, drafts) in enumerate(
             zip(plan.request_ids, plan.sample, plan.draft_token_ids, strict=True)
         ):
             n = left[request_id]
             if not sample:
                 out.append([])
-                if proposals is not None:
-                    proposals.append([])
                 continue
             d = len(drafts)
             accepted = 0
@@ -179,19 +177,24 @@ class TokenSource:
                 out.append([*drafts[:accepted], t + (t >= eos)])
                 n -= accepted + 1
             left[request_id] = n
-            if proposals is not None:
-                if n:
-                    raw = [int(rand() * span) for _ in draws]
-                    proposals.append([t + (t >= eos) for t in raw])
-                    proposing += 1
-                    proposing_kv += plan.num_computed_tokens[i] + offsets[i + 1] - offsets[i]
-                else:
-                    proposals.append([])
+            if n:
+                proposing.append(i)
         stats = self.stats
         stats.num_drafts_verified += verified
         stats.num_drafts_tested += tested
         stats.num_drafts_accepted += accepted_total
-        return Sampled(out, proposals, None, proposing, proposing_kv)
+        if not k:
+            return Sampled(out, None, None, 0, 0)
+        # All drafts in one draw (one comprehension, not one per request), then skip over the EOS id.
+        raw = [int(rand() * span) for _ in range(len(proposing) * k)]
+        flat = list(map(add, raw, map(ge, raw, repeat(eos))))
+        proposals: list[list[int]] = [[] for _ in out]
+        offsets, computed = plan.token_offsets, plan.num_computed_tokens
+        kv = 0
+        for j, i in enumerate(proposing):
+            proposals[i] = flat[j * k : j * k + k]
+            kv += computed[i] + offsets[i + 1] - offsets[i]
+        return Sampled(out, proposals, None, len(proposing), kv)
 
     def _logprobs_of(self, plan: StepPlan, tokens: list[list[int]]) -> list[list[float]] | None:
         """Log-probabilities under the simulator's own distribution: uniform ids; a forced EOS is certain."""

@@ -62,3 +62,16 @@ def test_fast_step_time_equals_the_phase_by_phase_roofline(batch: list[Entry], w
     slow = model.time_from_terms(model.terms(shape)) + model.efficiency.step_overhead_s
     assert model.step_time(shape) == pytest.approx(slow, rel=1e-12)
     assert sum(model.breakdown(shape).values()) == pytest.approx(slow, rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(range(len(MODELS))), st.integers(1, 300), st.integers(0, 10**7), st.integers(1, 5))
+def test_fast_draft_time_equals_the_sum_of_its_passes(which: int, requests: int, kv: int, drafts: int) -> None:
+    model = MODELS[which]
+    layers = model.draft_layer_counts()
+    slow = 0.0
+    for j in range(drafts):
+        grown = kv + j * requests
+        shape = BatchShape(requests, requests, decode_pairs=grown, decode_kv_tokens=grown)
+        slow += model.time_from_terms(model.terms(shape, layers))
+    assert model.draft_time(requests, kv, drafts) == pytest.approx(slow, rel=1e-12)
