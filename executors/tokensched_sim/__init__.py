@@ -11,9 +11,10 @@ Registered as the ``sim`` executor (``tokensched.load_executor("sim")``). Calibr
 :mod:`tokensched_sim.calibrate` (not imported here, so ``python -m tokensched_sim.calibrate`` runs cleanly).
 """
 
-from tokensched_sim.cost import BatchShape, CostModel, Deployment, Efficiency
+from tokensched_sim.cost import CostModel, Deployment, Efficiency
 from tokensched_sim.executor import SimExecutor
 from tokensched_sim.presets import GPUS, MODELS, Dtype, GPUSpec, ModelSpec, gpu_preset, model_preset
+from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats
 
 __all__ = [

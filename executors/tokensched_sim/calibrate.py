@@ -31,7 +31,8 @@ from pathlib import Path
 
 import attrs
 
-from tokensched_sim.cost import ATTENTION_PHASES, PHASES, BatchShape, CostModel, Deployment, Efficiency, Terms
+from tokensched_sim.cost import ATTENTION_PHASES, PHASES, CostModel, Deployment, Efficiency, Terms
+from tokensched_sim.shape import BatchShape
 
 FACTORS = ("matmul", "attention", "memory", "network", "step_overhead_s")
 _COUNT_COLUMNS = (

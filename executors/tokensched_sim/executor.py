@@ -21,7 +21,8 @@ import attrs
 
 from tokensched.errors import TokenschedError
 from tokensched.plan import StepPlan, StepResult
-from tokensched_sim.cost import BatchShape, CostModel, Deployment
+from tokensched_sim.cost import CostModel, Deployment
+from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
 
 

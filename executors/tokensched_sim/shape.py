@@ -1,0 +1,91 @@
+"""The sums over one step's requests that the cost model needs, taken from a plan or from totals.
+
+For a request computing ``q`` new tokens after ``c`` cached ones, causal
+attention covers ``q*c + q*(q+1)/2`` query-key pairs and reads ``c + q``
+tokens of KV. Requests computing at most ``1 + drafts`` tokens are decodes
+(memory-bound attention kernels); the rest are prefill chunks.
+"""
+
+from __future__ import annotations
+
+from itertools import compress, islice, repeat
+from operator import add, gt, mul, sub
+
+import attrs
+
+from tokensched.plan import StepPlan
+
+
+@attrs.frozen(slots=True)
+class BatchShape:
+    """The sums over one step's requests that the cost model needs (see the module docstring)."""
+
+    num_tokens: int  # query tokens in the step (prefill + decode + draft)
+    num_logits: int  # positions whose logits are computed (sampled tokens and verified drafts)
+    prefill_pairs: int = 0
+    prefill_kv_tokens: int = 0
+    prefill_context_tokens: int = 0  # cached prefix ahead of the prefill chunks (MLA up-projects it)
+    decode_pairs: int = 0
+    decode_kv_tokens: int = 0
+
+    @classmethod
+    def from_counts(
+        cls,
+        *,
+        num_prefill_tokens: int = 0,
+        num_prefill_requests: int = 0,
+        prefill_context_tokens: int = 0,
+        num_decode_requests: int = 0,
+        decode_context_tokens: int = 0,
+        num_speculative_tokens: int = 0,
+    ) -> BatchShape:
+        """A shape from totals (as in a CSV of measurements), splitting them evenly between requests.
+
+        ``decode_context_tokens`` is the sum of decode requests' cached tokens
+        before this step; each decode computes ``1 + num_speculative_tokens``.
+        """
+        if num_prefill_tokens and not num_prefill_requests:
+            num_prefill_requests = 1
+        pre_pairs = 0
+        if num_prefill_requests:
+            n = num_prefill_tokens / num_prefill_requests
+            c = prefill_context_tokens / num_prefill_requests
+            pre_pairs = round(num_prefill_requests * (n * c + n * (n + 1) / 2))
+        q = 1 + num_speculative_tokens
+        return cls(
+            num_tokens=num_prefill_tokens + num_decode_requests * q,
+            num_logits=num_prefill_requests + num_decode_requests * q,
+            prefill_pairs=pre_pairs,
+            prefill_kv_tokens=prefill_context_tokens + num_prefill_tokens,
+            prefill_context_tokens=prefill_context_tokens,
+            decode_pairs=q * decode_context_tokens + num_decode_requests * q * (q + 1) // 2,
+            decode_kv_tokens=decode_context_tokens + num_decode_requests * q,
+        )
+
+    @classmethod
+    def from_plan(cls, plan: StepPlan) -> BatchShape:
+        """The sums over a plan's columns, with C-level builtins; only prefill chunks are visited in Python.
+
+        Totals over all requests are ``sum(q*c) + (sum(q*q) + sum(q)) / 2``
+        pairs and ``sum(c) + sum(q)`` KV tokens; the prefill chunks' share is
+        taken out, and the rest is decode.
+        """
+        computed = plan.num_computed_tokens
+        drafts = plan.draft_token_ids
+        n, t = len(computed), plan.num_tokens
+        sum_c = sum(computed)
+        has_drafts = any(drafts)
+        logits = sum(plan.sample) + (sum(map(len, compress(drafts, plan.sample))) if has_drafts else 0)
+        if t == n:  # one token each: every request is a decode
+            return cls(t, logits, 0, 0, 0, sum_c + t, sum_c + t)
+        offsets = plan.token_offsets
+        qs = list(map(sub, islice(offsets, 1, None), offsets))
+        pairs = sum(map(mul, qs, computed)) + (sum(map(mul, qs, qs)) + t) // 2
+        limits = map(add, map(len, drafts), repeat(1)) if has_drafts else repeat(1)
+        pre_pairs = pre_kv = pre_ctx = 0
+        for i in compress(range(n), map(gt, qs, limits)):
+            q, c = qs[i], computed[i]
+            pre_pairs += q * c + q * (q + 1) // 2
+            pre_kv += c + q
+            pre_ctx += c
+        return cls(t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv)
