@@ -42,7 +42,7 @@ def check_scheduler(s: Scheduler) -> None:
         holders.update(state.blocks)
         if len(set(state.blocks)) != len(state.blocks):
             problems.append(f"request {rid!r} holds a block twice")
-        if not state.num_computed <= state.num_scheduled <= len(r.tokens) + 1 + s.config.num_speculative_tokens:
+        if not state.num_computed <= state.num_scheduled <= len(r.tokens) + r.inflight_samples:
             problems.append(f"request {rid!r}: computed {state.num_computed}, scheduled {state.num_scheduled}")
         if len(state.blocks) < -(-state.num_scheduled // bs):
             problems.append(f"request {rid!r}: {len(state.blocks)} blocks for {state.num_scheduled} positions")

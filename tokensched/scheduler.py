@@ -327,14 +327,16 @@ class Scheduler:
                 self._roll_back_blocks(request, state, hold)
             else:
                 state.num_computed += step.num_tokens[i]
-            if caching:
-                self._commit_full_blocks(request, state)
             if not step.samples[i]:
+                if caching:
+                    self._commit_full_blocks(request, state)
                 continue
             request.inflight_samples -= 1 + nd
             reason, kept = self._append_tokens(request, sampled)
-            if caching and len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
-                extend_hashes(request.block_hashes, request.tokens, bs)
+            if caching:
+                if len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
+                    extend_hashes(request.block_hashes, request.tokens, bs)
+                self._commit_full_blocks(request, state)
             if type(state) is Prefilling:
                 decoding = Decoding(
                     state.blocks, state.num_computed, state.num_scheduled, state.num_cached, state.num_committed
@@ -377,7 +379,8 @@ class Scheduler:
         return None, len(sampled)
 
     def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
-        full = state.num_computed // self._bs
+        # Accepted drafts are computed before they are appended; a stop among them ends the request.
+        full = min(state.num_computed, len(request.tokens)) // self._bs
         committed = state.num_committed
         if committed >= full:
             return

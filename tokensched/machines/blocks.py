@@ -20,6 +20,7 @@ leaves the pool exactly as it was. Hot operations are O(1) per block.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
@@ -106,10 +107,8 @@ class BlockPool:
         a 200k-token prompt is 12.5k look-ups and this is on the admission path.
         """
         found = list(map(self._index.get, hashes))
-        try:
+        with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
             found = found[: found.index(None)]
-        except ValueError:
-            pass
         if not found:
             return []
         matched: list[int] = found  # type: ignore[assignment]  # no None left
