@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -82,3 +84,35 @@ def test_an_api_key_guards_the_v1_routes_but_not_health_or_metrics() -> None:
         assert len(answer.choices[0].text) == 2
         assert httpx.get(live.url + "/health", timeout=10).status_code == 200
         assert httpx.get(live.url + "/metrics", timeout=10).status_code == 200
+
+
+def test_the_session_header_names_the_requests_session(sim_server: Live) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "turn one"}], "max_tokens": 4000, "stream": True}
+    with httpx.stream(
+        "POST", sim_server.v1 + "/chat/completions", json=body, headers={"X-Session-ID": "s-42"}, timeout=30.0
+    ) as response:
+        lines = response.iter_lines()
+        first = json.loads(next(lines).removeprefix("data: "))
+        assert sim_server.runner.scheduler.get(first["id"]).session_id == "s-42"
+    too_long = httpx.post(
+        sim_server.v1 + "/chat/completions", json=body | {"stream": False}, headers={"X-Session-ID": "s" * 300}
+    )
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["param"] == "session_id"
+
+
+def test_a_later_turn_reports_the_prompt_tokens_the_prefix_cache_served(sim_server: Live) -> None:
+    api = client(sim_server)
+    history: list[dict[str, str]] = [{"role": "system", "content": "You answer briefly. " * 10}]
+    history.append({"role": "user", "content": "first question"})
+    first = api.chat.completions.create(model=MODEL, messages=history, max_tokens=8)  # type: ignore[arg-type]
+    history += [{"role": "assistant", "content": first.choices[0].message.content or ""}]
+    history += [{"role": "user", "content": "second question"}]
+    second = api.chat.completions.create(model=MODEL, messages=history, max_tokens=8)  # type: ignore[arg-type]
+    assert first.usage is not None and second.usage is not None
+    assert first.usage.prompt_tokens_details is not None and second.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    # the first turn's whole blocks (system prompt and question) come from the cache
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= (first.usage.prompt_tokens // 16) * 16 - 16
+    assert cached % 16 == 0

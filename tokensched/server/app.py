@@ -49,13 +49,16 @@ from tokensched.server.wire import (
     CompletionResponse,
     ErrorInfo,
     FinishReasonWire,
+    GenerationRequest,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 
 Body = TypeVar("Body", bound=BaseModel)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SESSION_ID_MAX = 256
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer; nobody reads it
 
 
@@ -121,6 +124,16 @@ def create_app(
             body = model.model_validate_json(raw)
         except ValidationError as exc:
             raise from_validation_error(exc) from None
+        if isinstance(body, GenerationRequest) and body.session_id is None and settings.session_header is not None:
+            session = request.headers.get(settings.session_header)
+            if session:
+                if len(session) > SESSION_ID_MAX:
+                    raise ApiError(
+                        400,
+                        f"the {settings.session_header} header is over {SESSION_ID_MAX} characters",
+                        param="session_id",
+                    )
+                body = body.model_copy(update={"session_id": session})
         name = getattr(body, "model", settings.model_name)
         if name != settings.model_name:
             raise ApiError(
@@ -221,7 +234,12 @@ def create_app(
 
 def _usage(generation: Generation) -> Usage:
     prompt, completion = generation.prompt_tokens, generation.completion_tokens
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=generation.cached_tokens),
+    )
 
 
 def _sse(payload: BaseModel | dict[str, object]) -> str:

@@ -75,6 +75,7 @@ class _Choice:
     decoder: StreamDecoder
     stop: StopMatcher
     num_tokens: int = 0
+    num_cached_tokens: int = 0
     last_token_at: float | None = None
     finish_reason: FinishReasonWire | None = None
 
@@ -140,6 +141,11 @@ class Generation:
     def completion_tokens(self) -> int:
         return sum(c.num_tokens for c in self._choices.values())
 
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens the prefix cache served (as of each choice's latest admission)."""
+        return sum(c.num_cached_tokens for c in self._choices.values())
+
     async def deltas(self) -> AsyncIterator[Delta]:
         """Text as it becomes safe to send, until every choice has finished."""
         while self._unfinished:
@@ -164,6 +170,8 @@ class Generation:
 
     def _apply(self, choice: _Choice, output: RequestOutput, now: float) -> Delta | None:
         token_ids = output.new_token_ids
+        if output.num_cached_tokens:
+            choice.num_cached_tokens = output.num_cached_tokens
         if token_ids:
             self._time_tokens(choice, len(token_ids), now)
             if output.finish_reason is FinishReason.STOP and token_ids[-1] == self._tokenizer.eos_token_id:

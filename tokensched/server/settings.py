@@ -24,3 +24,8 @@ class ServerSettings(BaseModel):
     default_max_tokens: int = Field(default=256, ge=1, description="when a request names no max_tokens")
     max_stop_sequences: int = Field(default=8, ge=0)
     retry_after_s: int = Field(default=1, ge=1, description="the Retry-After a 429 carries")
+    session_header: str | None = Field(
+        default="X-Session-ID",
+        min_length=1,
+        description="header naming the session a request belongs to, when its body has no session_id",
+    )
