@@ -1,0 +1,372 @@
+"""The scheduler's behaviours, one by one, with a hand-driven loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokensched import (
+    PLACEHOLDER_TOKEN,
+    CapacityError,
+    Engine,
+    ExecutorError,
+    FinishReason,
+    IllegalTransition,
+    InvalidRequest,
+    QueueFull,
+    RequestOutput,
+    RequestSpec,
+    Scheduler,
+    SchedulerConfig,
+    StepPlan,
+    StepResult,
+    UnknownRequest,
+)
+from tokensched.machines.blocks import BlockState
+from tokensched.machines.request import Decoding, Preempted, Prefilling
+from tokensched.policies import PriorityPolicy
+from tokensched.testing import FakeExecutor
+
+
+def make(**overrides: object) -> Scheduler:
+    settings: dict[str, object] = {"num_blocks": 32, "block_size": 4, "max_batched_tokens": 16, "max_model_len": 512}
+    settings.update(overrides)
+    return Scheduler(SchedulerConfig.model_validate(settings), clock=lambda: 0.0)
+
+
+def spec(rid: str, prompt: list[int], max_tokens: int = 4, **kw: object) -> RequestSpec:
+    return RequestSpec.model_validate({"request_id": rid, "prompt_token_ids": prompt, "max_tokens": max_tokens, **kw})
+
+
+def answer(plan: StepPlan, token: int = 5) -> StepResult:
+    return StepResult(plan.step_id, [[token] if s else [] for s in plan.sample])
+
+
+def run_to_end(s: Scheduler, token: int = 5) -> list[RequestOutput]:
+    outputs: list[RequestOutput] = []
+    for _ in range(1000):
+        plan = s.plan()
+        if plan is None:
+            break
+        outputs += s.complete(answer(plan, token))
+        s.check_invariants()
+    assert not s.has_work
+    return outputs
+
+
+def rows(plan: StepPlan) -> dict[str, tuple[int, list[int]]]:
+    return {
+        rid: (plan.num_computed_tokens[i], plan.token_ids[plan.token_offsets[i] : plan.token_offsets[i + 1]])
+        for i, rid in enumerate(plan.request_ids)
+    }
+
+
+# ---------------------------------------------------------------- intake
+def test_submit_refuses_bad_requests_and_changes_nothing() -> None:
+    s = make(num_blocks=8, max_waiting=1)
+    with pytest.raises(InvalidRequest, match="max_model_len"):
+        s.submit(spec("a", [1] * 500, max_tokens=100))
+    with pytest.raises(CapacityError, match="can never fit"):
+        s.submit(spec("b", [1] * 40, max_tokens=10))
+    s.submit(spec("c", [1, 2, 3]))
+    with pytest.raises(InvalidRequest, match="already has this id"):
+        s.submit(spec("c", [1, 2, 3]))
+    with pytest.raises(QueueFull):
+        s.submit(spec("d", [1, 2, 3]))
+    assert list(s.live) == ["c"]
+    s.check_invariants()
+
+
+def test_request_spec_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="prompt_token_ids"):
+        spec("a", [])
+    with pytest.raises(ValueError, match="prompt_token_ids"):
+        spec("a", [-1])
+    with pytest.raises(ValueError, match="top_p"):
+        spec("a", [1], sampling={"top_p": 0.0})
+    with pytest.raises(ValueError, match="max_tokens"):
+        spec("a", [1], max_tokens=0)
+
+
+def test_unknown_request_abort_raises() -> None:
+    with pytest.raises(UnknownRequest, match="nope"):
+        make().abort("nope")
+
+
+# ------------------------------------------------------------- batching
+def test_prefill_is_chunked_and_decodes_keep_running() -> None:
+    s = make(num_blocks=64, max_batched_tokens=8)
+    s.submit(spec("short", [1, 2, 3], max_tokens=20))
+    s.complete(answer(s.plan()))  # short prefilled, now decoding
+    s.submit(spec("long", list(range(100, 140)), max_tokens=2))
+    chunks = []
+    while True:
+        plan = s.plan()
+        assert plan is not None
+        got = rows(plan)
+        assert "short" in got, "a decode was held back for a prefill"
+        assert plan.num_tokens <= 8
+        chunks.append(len(got.get("long", (0, []))[1]))
+        s.complete(answer(plan))
+        if type(s.get("long").state) is Decoding:
+            break
+    assert sum(chunks) == 40 and max(chunks) == 7  # 8-token budget minus the decode
+
+
+def test_long_prefill_chunk_caps_one_request() -> None:
+    s = make(num_blocks=64, max_batched_tokens=16, long_prefill_chunk=5)
+    s.submit(spec("a", list(range(1, 13))))
+    sizes = []
+    while type(s.get("a").state) is not Decoding:
+        plan = s.plan()
+        assert plan is not None
+        sizes.append(plan.num_tokens)
+        s.complete(answer(plan))
+    assert sizes == [5, 5, 2]
+
+
+def test_max_running_limits_admission() -> None:
+    s = make(max_running=2)
+    for i in range(3):
+        s.submit(spec(f"r{i}", [1, 2]))
+    plan = s.plan()
+    assert plan is not None and plan.request_ids == ["r0", "r1"]
+
+
+# --------------------------------------------------------- stop conditions
+def test_stop_conditions() -> None:
+    s = make()
+    s.submit(spec("eos", [1, 2], max_tokens=10, eos_token_id=9))
+    s.submit(spec("ignore", [1, 2], max_tokens=3, eos_token_id=9, ignore_eos=True))
+    s.submit(spec("stop", [1, 2], max_tokens=10, stop_token_ids=[9]))
+    outs = run_to_end(s, token=9)
+    finished = {o.request_id: (o.finish_reason, o.num_output_tokens) for o in outs if o.finished}
+    assert finished == {
+        "eos": (FinishReason.STOP, 1),
+        "ignore": (FinishReason.LENGTH, 3),
+        "stop": (FinishReason.STOP, 1),
+    }
+
+
+def test_max_model_len_finishes_with_length() -> None:
+    s = make(max_model_len=6)
+    s.submit(spec("a", [1, 2, 3, 4], max_tokens=2))
+    outs = run_to_end(s)
+    assert outs[-1].finish_reason is FinishReason.LENGTH and outs[-1].num_output_tokens == 2
+
+
+# ------------------------------------------------------------ prefix cache
+def test_session_turn_reuses_prompt_and_answer_blocks() -> None:
+    s = make(num_blocks=64)
+    first = list(range(1, 18))  # 17 tokens: 4 full blocks
+    s.submit(spec("t1", first, max_tokens=4, session_id="s"))
+    run_to_end(s, token=7)
+    second = [*first, 7, 7, 7, 7, 50, 51]
+    s.submit(spec("t2", second, max_tokens=1, session_id="s"))
+    plan = s.plan()
+    assert plan is not None
+    new = plan.new_requests[0]
+    # prompt + 3 computed answer tokens = 20 positions = 5 full blocks cached
+    assert new.num_cached_tokens == 20
+    assert plan.num_computed_tokens == [20] and plan.token_ids == second[20:]
+    assert s.stats().prefix_hit_tokens == 20
+
+
+def test_identical_prompt_shares_committed_blocks() -> None:
+    s = make(num_blocks=64)
+    s.submit(spec("a", list(range(1, 10)), max_tokens=8))
+    s.complete(answer(s.plan()))
+    s.submit(spec("b", list(range(1, 10)), max_tokens=1))
+    plan = s.plan()
+    assert plan is not None and plan.new_requests[0].num_cached_tokens == 8
+    shared = s.get("a").blocks[:2]
+    assert s.get("b").blocks[:2] == shared
+    assert [s.pool.refcount(b) for b in shared] == [2, 2]
+    s.check_invariants()
+
+
+def test_whole_prompt_cached_still_computes_last_token() -> None:
+    s = make(num_blocks=64)
+    s.submit(spec("a", list(range(1, 9)), max_tokens=4))
+    run_to_end(s)
+    s.submit(spec("b", list(range(1, 9)), max_tokens=1))
+    plan = s.plan()
+    assert plan is not None
+    assert plan.new_requests[0].num_cached_tokens == 4 and plan.token_ids == [5, 6, 7, 8]
+
+
+def test_prefix_caching_off_shares_nothing() -> None:
+    s = make(enable_prefix_caching=False)
+    s.submit(spec("a", list(range(1, 10))))
+    run_to_end(s)
+    s.submit(spec("b", list(range(1, 10))))
+    plan = s.plan()
+    assert plan is not None and plan.new_requests[0].num_cached_tokens == 0
+    assert s.pool.counts()[BlockState.EVICTABLE] == 0
+
+
+# ------------------------------------------------------------- preemption
+def test_preemption_by_recompute_then_resume() -> None:
+    s = make(num_blocks=6, block_size=2, max_batched_tokens=32)
+    s.submit(spec("old", [1, 2, 3], max_tokens=6))
+    s.submit(spec("new", [4, 5, 6], max_tokens=6))
+    preempted = False
+    resumed_with_outputs = False
+    outputs: list[RequestOutput] = []
+    for _ in range(100):
+        plan = s.plan()
+        if plan is None:
+            break
+        preempted |= s.stats().num_preemptions > 0
+        if preempted and "new" in {n.request_id for n in plan.new_requests}:
+            resumed = next(n for n in plan.new_requests if n.request_id == "new")
+            resumed_with_outputs |= resumed.num_output_tokens > 0  # prompt and outputs so far are recomputed
+            assert len(resumed.token_ids) == 3 + resumed.num_output_tokens
+        outputs += s.complete(answer(plan))
+        s.check_invariants()
+    assert preempted, "the pool was too small for both: someone had to be preempted"
+    assert resumed_with_outputs
+    done = {o.request_id: o.num_output_tokens for o in outputs if o.finished}
+    assert done == {"old": 6, "new": 6}
+
+
+def test_priority_policy_preempts_the_least_urgent() -> None:
+    s = Scheduler(
+        SchedulerConfig(num_blocks=6, block_size=2, max_batched_tokens=32, max_model_len=64),
+        policy=PriorityPolicy(),
+        clock=lambda: 0.0,
+    )
+    s.submit(spec("low", [1, 2, 3], max_tokens=6, priority=5))
+    s.submit(spec("high", [4, 5, 6], max_tokens=6, priority=0))
+    for _ in range(100):
+        plan = s.plan()
+        if plan is None:
+            break
+        s.complete(answer(plan))
+        if s.stats().num_preemptions:
+            break
+    assert isinstance(s.get("low").state, Preempted)
+    assert isinstance(s.get("high").state, Prefilling | Decoding)
+
+
+# ---------------------------------------------------------------- overlap
+def test_overlap_uses_placeholders_and_discards_work_of_finished_requests() -> None:
+    s = make(max_steps_in_flight=2)
+    s.submit(spec("a", [1, 2, 3], max_tokens=5, eos_token_id=9))
+    p0 = s.plan()
+    p1 = s.plan()
+    assert p0 is not None and p1 is not None
+    assert s.plan() is None, "two steps in flight is the limit"
+    assert rows(p1)["a"] == (3, [PLACEHOLDER_TOKEN])
+    outs = s.complete(answer(p0, token=9))  # EOS: finished while p1 is in flight
+    assert outs[0].finish_reason is FinishReason.STOP
+    held = s.pool.num_pending
+    assert held == 1, "the block p1 writes into must not be handed out while p1 runs"
+    s.check_invariants()
+    assert s.complete(answer(p1)) == []  # discarded
+    assert s.pool.num_pending == 0
+    s.check_invariants()
+
+
+def test_results_must_arrive_in_order() -> None:
+    s = make(max_steps_in_flight=2)
+    s.submit(spec("a", [1, 2, 3]))
+    p0, p1 = s.plan(), s.plan()
+    assert p0 is not None and p1 is not None
+    with pytest.raises(InvalidRequest, match="in order"):
+        s.complete(answer(p1))
+    s.complete(answer(p0))
+    s.complete(answer(p1))
+
+
+def test_max_tokens_counts_steps_in_flight() -> None:
+    s = make(max_steps_in_flight=3)
+    s.submit(spec("a", [1, 2, 3], max_tokens=2))
+    plans = [s.plan(), s.plan(), s.plan()]
+    assert plans[2] is None, "a third step would sample past max_tokens"
+
+
+# ----------------------------------------------------------- speculation
+def test_speculative_drafts_accepted_prefix_and_rollback() -> None:
+    s = make(num_blocks=32, block_size=2, num_speculative_tokens=3)
+    s.submit(spec("a", [1, 2, 3], max_tokens=20))
+    p = s.plan()
+    assert p is not None
+    s.complete(StepResult(p.step_id, [[10]], draft_token_ids=[[11, 12, 13]]))
+    p = s.plan()
+    assert p is not None
+    assert rows(p)["a"] == (3, [10, 11, 12, 13]) and p.draft_token_ids == [(11, 12, 13)]
+    blocks_before = len(s.get("a").blocks)
+    assert blocks_before == 4  # positions 0..6
+    outs = s.complete(StepResult(p.step_id, [[11, 99]], draft_token_ids=[[1, 1, 1]]))  # 1 accepted + bonus
+    assert outs[0].new_token_ids == [11, 99]
+    state = s.get("a").state
+    assert isinstance(state, Decoding) and state.num_computed == 5
+    assert len(state.blocks) == 3, "the block holding only rejected drafts went back"
+    p = s.plan()
+    assert p is not None and p.truncated_block_tables == {"a": 3}
+    s.check_invariants()
+
+
+def test_speculative_accept_count_is_validated() -> None:
+    s = make(num_speculative_tokens=2)
+    s.submit(spec("a", [1, 2, 3], max_tokens=20))
+    p = s.plan()
+    assert p is not None
+    with pytest.raises(InvalidRequest, match="expected 1 to 1"):
+        s.complete(StepResult(p.step_id, [[1, 2]]))
+
+
+# ----------------------------------------------------------------- faults
+@pytest.mark.parametrize("policy", ["retry", "error"])
+def test_failed_step_retries_or_errors_without_leaks(policy: str) -> None:
+    s = make(on_step_failure=policy, max_step_retries=1)
+    s.submit(spec("a", [1, 2, 3]))
+    p = s.plan()
+    assert p is not None
+    outs = s.fail(p.step_id, RuntimeError("boom"))
+    s.check_invariants()
+    if policy == "error":
+        assert [o.finish_reason for o in outs] == [FinishReason.ERROR]
+        assert not s.has_work
+    else:
+        assert outs == [] and isinstance(s.get("a").state, Preempted)
+        run_to_end(s)
+    assert s.pool.counts()[BlockState.OWNED] == 0
+
+
+def test_engine_reports_executor_failures_through_fail() -> None:
+    ex = FakeExecutor(num_kv_blocks=32, block_size=4, fail_prob=1.0)
+    engine = Engine.create(ex, on_step_failure="error")
+    engine.scheduler.submit(spec("a", [1, 2, 3]))
+    outs = [o for step in engine.run() for o in step]
+    assert [o.finish_reason for o in outs] == [FinishReason.ERROR]
+    with pytest.raises(ExecutorError):
+        raise ExecutorError(0, "the error type carries its step id")
+
+
+def test_abort_while_in_flight_holds_blocks_until_the_step_completes() -> None:
+    s = make()
+    s.submit(spec("a", [1, 2, 3, 4, 5]))
+    p = s.plan()
+    assert p is not None
+    out = s.abort("a")
+    assert out.finish_reason is FinishReason.ABORT
+    assert s.pool.num_pending == 2 and s.pool.num_free == 30
+    assert s.complete(answer(p)) == []
+    assert s.pool.num_free == 32
+    p2 = s.plan()
+    assert p2 is None
+    s.submit(spec("b", [1]))
+    p3 = s.plan()
+    assert p3 is not None and p3.removed_request_ids == ("a",)
+
+
+def test_illegal_transition_names_request_state_and_event() -> None:
+    s = make()
+    s.submit(spec("a", [1, 2]))
+    request = s.get("a")
+    from tokensched.machines.request import Finished, transition
+
+    with pytest.raises(IllegalTransition, match=r"request 'a'.*'first_token'.*'waiting'"):
+        transition(request, "first_token", Decoding([], 0, 0, 0, 0))
+    assert not isinstance(request.state, Finished)
