@@ -22,7 +22,7 @@ from tokensched import (
     UnknownRequest,
 )
 from tokensched.machines.blocks import BlockState
-from tokensched.machines.request import Decoding, Preempted, Prefilling
+from tokensched.machines.request import Decoding, Preempted, Prefilling, held_blocks
 from tokensched.policies import PriorityPolicy
 from tokensched.testing import FakeExecutor
 
@@ -178,8 +178,8 @@ def test_identical_prompt_shares_committed_blocks() -> None:
     s.submit(spec("b", list(range(1, 10)), max_tokens=1))
     plan = s.plan()
     assert plan is not None and plan.new_requests[0].num_cached_tokens == 8
-    shared = s.get("a").blocks[:2]
-    assert s.get("b").blocks[:2] == shared
+    shared = held_blocks(s.get("a").state)[:2]
+    assert held_blocks(s.get("b").state)[:2] == shared
     assert [s.pool.refcount(b) for b in shared] == [2, 2]
     s.check_invariants()
 
@@ -295,7 +295,7 @@ def test_speculative_drafts_accepted_prefix_and_rollback() -> None:
     p = s.plan()
     assert p is not None
     assert rows(p)["a"] == (3, [10, 11, 12, 13]) and p.draft_token_ids == [(11, 12, 13)]
-    blocks_before = len(s.get("a").blocks)
+    blocks_before = len(held_blocks(s.get("a").state))
     assert blocks_before == 4  # positions 0..6
     outs = s.complete(StepResult(p.step_id, [[11, 99]], draft_token_ids=[[1, 1, 1]]))  # 1 accepted + bonus
     assert outs[0].new_token_ids == [11, 99]

@@ -170,14 +170,6 @@ class Request:
     def is_finished(self) -> bool:
         return type(self.state) is Finished
 
-    @property
-    def blocks(self) -> list[int]:
-        """The block table if the state holds one, else an empty list (for inspection, not the hot path)."""
-        state = self.state
-        if isinstance(state, Prefilling | Decoding):
-            return state.blocks
-        return []
-
 
 def transition(request: Request, event: str, new_state: RequestState) -> None:
     """Move ``request`` to ``new_state`` by ``event``, or raise and change nothing."""

@@ -38,7 +38,7 @@ from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.errors import CapacityError, ExecutorError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.executor import Executor, RequestMirror
 from tokensched.machines.blocks import BlockState
-from tokensched.machines.request import Preempted, Waiting
+from tokensched.machines.request import Preempted, Waiting, held_blocks
 from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestOutput, StepPlan, StepResult
 from tokensched.policies.base import Policy
 from tokensched.policies.fcfs import FCFSPolicy
@@ -117,7 +117,9 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         s = self.s
         pool = s.pool
         return (
-            sorted((rid, type(r.state).__name__, tuple(r.tokens), tuple(r.blocks)) for rid, r in s.live.items()),
+            sorted(
+                (rid, type(r.state).__name__, tuple(r.tokens), tuple(held_blocks(r.state))) for rid, r in s.live.items()
+            ),
             [r.request_id for r in s.waiting],
             bytes(pool.state(b) for b in range(pool.num_blocks)),
             tuple(pool.refcount(b) for b in range(pool.num_blocks)),
