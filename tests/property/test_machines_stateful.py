@@ -93,7 +93,6 @@ class RequestMachine(RuleBasedStateMachine):
     @invariant()
     def only_states_that_own_blocks_hold_them(self) -> None:
         assert held_blocks(self.request.state) == self.blocks
-        assert self.request.blocks == self.blocks
 
 
 TestRequestMachine = RequestMachine.TestCase
