@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 from tokensched.errors import InvalidRequest, UnknownRequest
-from tokensched.metrics import Distribution, MetricsCollector, percentile
+from tokensched.metrics import Distribution, MetricsCollector, MetricsSummary, percentile
 from tokensched.plan import FinishReason, RequestOutput
 
 
@@ -90,7 +90,7 @@ def test_cache_preemption_and_queue_figures_use_the_window(timeline: MetricsColl
     assert timeline.next_sample_time == pytest.approx(110.0)
 
 
-def test_summary_is_json_with_nan_as_null() -> None:
+def test_summary_is_json_with_nan_as_null_and_reads_back() -> None:
     m = MetricsCollector()
     m.on_arrival("x", 10, 0.0)
     s = m.summarize(end_time=1.0)
@@ -98,6 +98,8 @@ def test_summary_is_json_with_nan_as_null() -> None:
     assert data["num_censored"] == 1
     assert data["itl_s"]["p50"] is None
     assert math.isnan(s.prefix_cache_hit_rate)
+    back = MetricsSummary.model_validate_json(s.model_dump_json())
+    assert math.isnan(back.itl_s.p50) and back.model_dump_json() == s.model_dump_json()
 
 
 def test_percentile_interpolates_like_numpy() -> None:

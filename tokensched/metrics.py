@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import attrs
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from tokensched.errors import InvalidRequest, UnknownRequest
 from tokensched.plan import RequestOutput
 
 _TIMELINE_POINTS = 200
+
+MaybeNaN = Annotated[float, BeforeValidator(lambda value: math.nan if value is None else value)]
+"""A float that may be NaN (no data): JSON writes NaN as null, and null reads back as NaN."""
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -57,13 +60,13 @@ class Distribution(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     count: int
-    mean: float
-    min: float
-    p10: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
+    mean: MaybeNaN
+    min: MaybeNaN
+    p10: MaybeNaN
+    p50: MaybeNaN
+    p90: MaybeNaN
+    p99: MaybeNaN
+    max: MaybeNaN
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Distribution:
@@ -107,6 +110,7 @@ class MetricsSummary(BaseModel):
     num_finished: int
     num_censored: int  # in the window, no first token by the end: TTFT counted as a lower bound
     ttft_s: Distribution
+    ttft_slo_attainment: MaybeNaN  # share of requests whose TTFT met ``ttft_slo_s`` (NaN without a target)
     itl_s: Distribution
     tpot_s: Distribution
     tps_per_user: Distribution
@@ -115,14 +119,14 @@ class MetricsSummary(BaseModel):
     served_tpm: float
     output_tps: float
     output_tps_per_gpu: float
-    prefix_cache_hit_rate: float  # scheduler counters: hit tokens / looked-up tokens (NaN if no lookups)
-    cached_prompt_fraction: float  # per request: cached prompt tokens / prompt tokens
+    prefix_cache_hit_rate: MaybeNaN  # scheduler counters: hit tokens / looked-up tokens (NaN if no lookups)
+    cached_prompt_fraction: MaybeNaN  # per request: cached prompt tokens / prompt tokens
     num_preemptions: int
-    kv_usage_mean: float
-    kv_usage_max: float
-    queue_len_mean: float
+    kv_usage_mean: MaybeNaN
+    kv_usage_max: MaybeNaN
+    queue_len_mean: MaybeNaN
     queue_len_max: int
-    running_mean: float
+    running_mean: MaybeNaN
     running_max: int
     timeline: list[TimelinePoint]
 
@@ -177,6 +181,7 @@ class MetricsCollector:
         window_start: float = 0.0,
         window_end: float = math.inf,
         sample_interval_s: float = 1.0,
+        ttft_slo_s: float | None = None,
     ) -> None:
         if num_gpus < 1:
             raise ValueError(f"num_gpus must be at least 1, got {num_gpus}")
@@ -188,6 +193,7 @@ class MetricsCollector:
         self.window_start = window_start
         self.window_end = window_end
         self.sample_interval_s = sample_interval_s
+        self.ttft_slo_s = ttft_slo_s
         self.next_sample_time = 0.0  # call on_stats once the clock reaches this
         self._requests: dict[str, _Request] = {}
         self._itl: list[float] = []
@@ -278,6 +284,7 @@ class MetricsCollector:
             num_finished=sum(1 for r in window if r.finished),
             num_censored=censored,
             ttft_s=Distribution.of(ttft),
+            ttft_slo_attainment=_share_within(ttft, self.ttft_slo_s),
             itl_s=Distribution.of(self._itl),
             tpot_s=Distribution.of(tpot),
             tps_per_user=Distribution.of(1 / t for t in tpot),
@@ -309,6 +316,12 @@ def _counter_bounds(samples: list[_Sample], start: float, end: float) -> tuple[_
         if sample.t <= end or last is None:
             last = sample
     return first, last
+
+
+def _share_within(values: list[float], limit: float | None) -> float:
+    if limit is None or not values:
+        return math.nan
+    return sum(1 for v in values if v <= limit) / len(values)
 
 
 def _mean(values: Iterable[float]) -> float:
