@@ -59,3 +59,12 @@ def test_the_example_serves_and_answers_one_chat(flags: list[str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("served on http://127.0.0.1:")
+
+
+def test_neither_tokensched_nor_the_serve_command_imports_fastapi_until_it_runs() -> None:
+    probe = (
+        "import sys, tokensched, tokensched.server, tokensched.server.cli; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

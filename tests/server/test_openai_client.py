@@ -114,5 +114,6 @@ def test_a_later_turn_reports_the_prompt_tokens_the_prefix_cache_served(sim_serv
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     # the first turn's whole blocks (system prompt and question) come from the cache
     cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached is not None
     assert cached >= (first.usage.prompt_tokens // 16) * 16 - 16
     assert cached % 16 == 0
