@@ -1,10 +1,12 @@
 """A hypothesis state machine drives the real Scheduler with the torch executor on a tiny model.
 
-Rules submit requests (sharing prefixes, so the prefix cache hits), abort them
+``TorchSchedulerMachine``: rules submit requests (sharing prefixes, so the prefix cache hits), abort them
 and run steps with up to two in flight over a pool small enough to force
 preemption. Whatever the interleaving, the scheduler's invariants hold after
 every rule, and every request's tokens are a prefix of plain greedy decoding
 with the dense reference forward (all of them, once it has finished).
+``TorchExecutorSchedulerMachine`` runs the scheduler's own machine from
+:mod:`tokensched.testing` with this executor.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
 
-from tokensched import CapacityError, FinishReason, RequestSpec, Scheduler, SchedulerConfig  # noqa: E402
+from tokensched import CapacityError, Executor, FinishReason, RequestSpec, Scheduler, SchedulerConfig  # noqa: E402
+from tokensched.testing import SchedulerStateMachine  # noqa: E402
 from tokensched_torch import MLAConfig, MLAModel, TorchExecutor, greedy_reference  # noqa: E402
 
 MODEL = MLAModel(MLAConfig()).double()
@@ -140,10 +143,6 @@ class TorchSchedulerMachine(RuleBasedStateMachine):
 
 class SpeculativeTorchSchedulerMachine(TorchSchedulerMachine):
     num_speculative_tokens = 2
-    # Until the scheduler commits accepted-draft blocks after appending their tokens, and stops two
-    # requests from preempting each other forever in an 8-block pool with drafts (see the report).
-    enable_prefix_caching = False
-    num_blocks = 12
 
 
 _settings = settings(
@@ -153,3 +152,38 @@ TestTorchScheduler = TorchSchedulerMachine.TestCase
 TestTorchScheduler.settings = _settings
 TestSpeculativeTorchScheduler = SpeculativeTorchSchedulerMachine.TestCase
 TestSpeculativeTorchScheduler.settings = _settings
+
+
+class TorchExecutorSchedulerMachine(SchedulerStateMachine):
+    """The scheduler's own state machine (tokensched.testing) with this executor in place of the fake.
+
+    Its checks (positions computed exactly once per residency, overlap safety,
+    liveness, no leaks) run against real plans executed by a real model; on top,
+    every request's outputs so far must be plain greedy decoding.
+    """
+
+    def make_executor(self, config: SchedulerConfig, seed: int) -> Executor:
+        return TorchExecutor(
+            model=MODEL,
+            num_blocks=config.num_blocks,
+            block_size=config.block_size,
+            dtype=torch.float64,
+            seed=seed,
+            num_speculative_tokens=config.num_speculative_tokens,
+        )
+
+    @invariant()
+    def outputs_are_greedy(self) -> None:
+        if self.scheduler is None:
+            return
+        for model in self.models.values():
+            prompt = list(model.spec.prompt_token_ids)
+            outputs = model.tokens[len(prompt) :]
+            if outputs:
+                assert outputs == greedy(prompt, len(outputs)), model.spec.request_id
+
+
+TestSchedulerMachineWithTorchExecutor = TorchExecutorSchedulerMachine.TestCase
+TestSchedulerMachineWithTorchExecutor.settings = settings(
+    max_examples=30, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
+)
