@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import attrs
 import httpx
@@ -17,6 +18,13 @@ from tokensched.server import EngineRunner, ServerSettings, Tokenizer, create_ap
 from tokensched.server.launch import BackgroundServer, sim_backend
 
 MODEL = "tokensched"
+TEST_TIMEOUT_S = 120  # a hung server fails its test instead of the whole run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent == Path(__file__).parent and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S))
 
 
 @attrs.frozen

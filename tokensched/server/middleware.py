@@ -53,7 +53,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(scope, receive, send, size)
+                await self._reject(scope, receive, send, declared)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -70,13 +70,13 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
         if self.on_reject is not None:
             self.on_reject()
+        size = f"of {declared} bytes " if declared is not None else ""
         error = ApiError(
             413,
-            f"request body of {size}{'+' if _content_length(scope) is None else ''} bytes exceeds the limit "
-            f"of {self.max_bytes} bytes",
+            f"request body {size}exceeds the limit of {self.max_bytes} bytes",
             code="request_too_large",
             headers={"Connection": "close"},
         )
