@@ -143,21 +143,24 @@ class MLAAttentionBackend(Protocol):
 
 @attrs.frozen(slots=True)
 class _Group:
-    """Requests (or one long request's slice of query rows) padded into one SDPA call."""
+    """Requests (or one long request's slice of query rows) padded into one attention call."""
 
     token_index: Tensor  # [B, Q] rows of q_latent/q_pe (pads point at row 0)
     kv_slots: Tensor  # [B, L] cache slots of positions 0..L-1 (pads point at slot 0, masked)
-    mask: Tensor  # [B, 1, Q, L] True where the query may attend
+    mask: Tensor  # [B, Q, L] True where the query may attend
     valid: Tensor  # [B, Q] real query rows
     dest: Tensor  # token rows of the valid entries, in valid order
+    short: bool  # decodes and verification: few query rows per request
 
 
 class TorchMLAAttention:
-    """The reference backend: gathers each request's latents through its block table and runs SDPA.
+    """The reference backend: gathers each request's latents through its block table and attends.
 
-    Heads share one latent key/value (MQA), so keys and values are expanded
-    (views, no copies) across heads. Short queries (decodes, verification) are
-    padded into one batched call; longer ones run alone, their query rows cut
+    Heads share one latent key/value (MQA). Short queries (decodes,
+    verification: at most ``batch_query_len`` rows) are padded into one batch
+    and attend with two batched matmuls, every head's rows against the one
+    shared latent (no per-head copies of the cache). Longer queries run alone
+    through SDPA with the latent expanded across heads (a view), their rows cut
     into slices of at most ``max_query_rows`` so the mask stays small.
     """
 
@@ -174,15 +177,26 @@ class TorchMLAAttention:
         for n in meta.qo_lens_host:
             indptr.append(indptr[-1] + n)
         batched = [i for i, n in enumerate(meta.qo_lens_host) if 0 < n <= self.batch_query_len]
-        groups: list[list[tuple[int, int, int]]] = [[(i, 0, meta.qo_lens_host[i]) for i in batched]] if batched else []
+        groups: list[_Group] = []
+        if batched:
+            groups.append(
+                self._build_group(meta, indptr, [(i, 0, meta.qo_lens_host[i]) for i in batched], device, True)
+            )
         for i, n in enumerate(meta.qo_lens_host):
             if n > self.batch_query_len:
-                groups.extend([(i, lo, min(n, lo + self.max_query_rows))] for lo in range(0, n, self.max_query_rows))
-        self._groups = [self._build_group(meta, indptr, g, device) for g in groups]
+                for lo in range(0, n, self.max_query_rows):
+                    hi = min(n, lo + self.max_query_rows)
+                    groups.append(self._build_group(meta, indptr, [(i, lo, hi)], device, False))
+        self._groups = groups
         self._num_tokens = meta.num_tokens
 
     def _build_group(
-        self, meta: MLAStepMetadata, indptr: list[int], members: list[tuple[int, int, int]], device: torch.device
+        self,
+        meta: MLAStepMetadata,
+        indptr: list[int],
+        members: list[tuple[int, int, int]],
+        device: torch.device,
+        short: bool,
     ) -> _Group:
         """``members`` are (request, first query row, end query row) within that request."""
         bs = meta.block_size
@@ -207,9 +221,10 @@ class TorchMLAAttention:
         return _Group(
             token_index=token_index.to(device),
             kv_slots=kv_slots.to(device),
-            mask=mask[:, None].to(device),
+            mask=mask.to(device),
             valid=valid.to(device),
             dest=token_index[valid].to(device),
+            short=short,
         )
 
     def forward(self, layer_idx: int, q_latent: Tensor, q_pe: Tensor, ckv_cache: Tensor, kpe_cache: Tensor) -> Tensor:
@@ -219,12 +234,30 @@ class TorchMLAAttention:
         q = torch.cat((q_latent, q_pe.to(q_latent.dtype)), dim=-1)
         out = q_latent.new_empty(num_tokens, num_heads, rank)
         for g in self._groups:
-            batch = g.token_index.shape[0]
-            qg = q[g.token_index].transpose(1, 2)  # [B, H, Q, D]
             ckv = ckv_flat[g.kv_slots].to(q.dtype)  # [B, L, R]
-            k = torch.cat((ckv, kpe_flat[g.kv_slots].to(q.dtype)), dim=-1)[:, None]
-            k = k.expand(batch, num_heads, *k.shape[2:])
-            v = ckv[:, None].expand(batch, num_heads, *ckv.shape[1:])
-            o = F.scaled_dot_product_attention(qg, k, v, attn_mask=g.mask, scale=self.sm_scale)
-            out[g.dest] = o.transpose(1, 2)[g.valid]
+            k = torch.cat((ckv, kpe_flat[g.kv_slots].to(q.dtype)), dim=-1)  # [B, L, R + rope]
+            qg = q[g.token_index]  # [B, Q, H, D]
+            o = self._short(qg, k, ckv, g.mask) if g.short else self._long(qg, k, ckv, g.mask)
+            out[g.dest] = o[g.valid]
         return out
+
+    def _short(self, q: Tensor, k: Tensor, ckv: Tensor, mask: Tensor) -> Tensor:
+        """Every head's rows against the shared latent: [B, Q*H, D] @ [B, D, L], then [B, Q*H, L] @ [B, L, R]."""
+        batch, q_len, num_heads, dim = q.shape
+        scores = torch.bmm(q.reshape(batch, q_len * num_heads, dim), k.transpose(1, 2))
+        scores = scores.view(batch, q_len, num_heads, -1)
+        if scores.element_size() < 4:  # softmax of half-precision scores in float32
+            scores = scores.float()
+        scores = (scores * self.sm_scale).masked_fill(~mask[:, :, None, :], float("-inf"))
+        probs = scores.softmax(dim=-1).to(ckv.dtype).view(batch, q_len * num_heads, -1)
+        return torch.bmm(probs, ckv).view(batch, q_len, num_heads, -1)
+
+    def _long(self, q: Tensor, k: Tensor, ckv: Tensor, mask: Tensor) -> Tensor:
+        """SDPA with the latent expanded across heads (a view): [B, H, Q, D] against [B, H, L, D]."""
+        batch, _, num_heads, _ = q.shape
+        keys = k[:, None].expand(batch, num_heads, *k.shape[1:])
+        values = ckv[:, None].expand(batch, num_heads, *ckv.shape[1:])
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=mask[:, None], scale=self.sm_scale
+        )
+        return o.transpose(1, 2)
