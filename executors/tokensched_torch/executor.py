@@ -50,7 +50,10 @@ class TorchExecutor(WallClock):
     ``num_speculative_tokens > 0`` makes it propose that many drafts per request
     after every sampling step (with ``drafter``, by default n-gram prompt lookup);
     the scheduler's ``num_speculative_tokens`` should match. ``attention`` swaps
-    the attention backend (the FlashInfer executor passes its own).
+    the attention backend (the FlashInfer executor passes its own). A ``model``
+    passed in is moved to ``device`` and ``dtype`` in place (``nn.Module.to``).
+    Sampling draws are fixed by (request seed, position), so a seeded request
+    samples the same tokens however it is batched, chunked or preempted.
     """
 
     def __init__(

@@ -144,3 +144,20 @@ def test_logprobs_are_the_models_log_softmax_at_each_sampled_token(model: MLAMod
 
 def test_registered_as_the_torch_entry_point() -> None:
     assert load_executor("torch") is TorchExecutor
+
+
+def test_speculative_sampling_is_deterministic_for_a_given_workload(model: MLAModel) -> None:
+    rng = random.Random(7)
+    hot = SamplingParams(temperature=0.7, top_k=20, seed=5)
+    requests = [
+        RequestSpec(request_id=f"r{i}", prompt_token_ids=repetitive_prompt(rng, 10 + i), max_tokens=10, sampling=hot)
+        for i in range(3)
+    ]
+
+    def run() -> dict[str, list[int]]:
+        ex = executor(model, num_speculative_tokens=2)
+        return run_engine(ex, requests, num_speculative_tokens=2, max_steps_in_flight=2).tokens
+
+    first = run()
+    assert first == run()
+    assert all(len(tokens) == 10 for tokens in first.values())

@@ -95,3 +95,13 @@ def test_ngram_drafter_proposes_what_followed_the_latest_match() -> None:
     assert drafter.propose([1, 2, 3], 2) == []
     assert drafter.propose([4, 4], 3) == [4]
     assert drafter.propose([1, 2, 1, 2], 0) == []
+
+
+def test_random_verification_preserves_the_target_distribution() -> None:
+    """Accepting draft d with probability p(d), else drawing from p without d, emits tokens distributed as p."""
+    p = torch.tensor([0.1, 0.2, 0.3, 0.15, 0.25], dtype=torch.float64)
+    logits = torch.log(p)[None].repeat(2, 1)
+    n = 4000
+    firsts = [choose_tokens(logits, [SampleRequest(0, (2,), HOT, seed=s, first_position=0)])[0][0][0] for s in range(n)]
+    freq = [firsts.count(v) / n for v in range(5)]
+    assert freq == pytest.approx(p.tolist(), abs=0.03)
