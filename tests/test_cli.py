@@ -101,6 +101,8 @@ def test_bad_options_are_reported_without_a_traceback(tmp_path: Path) -> None:
     assert level.exit_code == 2 and "not a load level" in level.output
     window = runner.invoke(app, ["bench", "--duration", "10", "--warmup", "20", "--out", str(tmp_path)])
     assert window.exit_code == 2 and "warmup_s" in window.output
+    preset = runner.invoke(app, ["bench", "--gpu", "tpu-v9", "--out", str(tmp_path)])
+    assert preset.exit_code == 2 and "tpu-v9" in preset.output
 
 
 def test_help_lists_the_bench_subcommand() -> None:

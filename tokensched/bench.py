@@ -171,6 +171,12 @@ def _simulator() -> Any:
     return importlib.import_module(executor_class.__module__.partition(".")[0])
 
 
+def make_deployment(config: BenchConfig) -> Any:
+    """The simulator's ``Deployment`` for ``config``; raises ValueError for unknown presets or dtypes."""
+    sim = _simulator()
+    return sim.Deployment(model=config.model, gpu=config.gpu, tp=config.tp, kv_dtype=config.kv_dtype)
+
+
 def run_bench(
     config: BenchConfig,
     *,
@@ -186,7 +192,7 @@ def run_bench(
     sim = _simulator()
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     profile = PROFILES[config.policy]
-    deployment = sim.Deployment(model=config.model, gpu=config.gpu, tp=config.tp, kv_dtype=config.kv_dtype)
+    deployment = make_deployment(config)
     stop = config.duration_s + config.drain_s
     probe = sim.CostModel(deployment)
     capacity = probe.num_kv_blocks(config.block_size) * config.block_size

@@ -156,14 +156,17 @@ def plot_sweep(report: SweepReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, (latency, interactivity) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for policy in report.policies:
+    styles = [("o", "-"), ("s", "--"), ("^", "-."), ("D", ":"), ("v", "-"), ("P", "--")]
+    for index, policy in enumerate(report.policies):
         curve = report.curve(policy)
         if not curve:
             continue
+        marker, line = styles[index % len(styles)]  # identical curves stay visible on top of each other
+        style = {"marker": marker, "linestyle": line, "label": policy, "markerfacecolor": "none"}
         x = [report.level_of(r) / (1e6 if report.level_kind != "concurrency" else 1) for r in curve]
-        latency.plot(x, [r.metrics.ttft_s.p50 for r in curve], marker="o", label=policy)
+        latency.plot(x, [r.metrics.ttft_s.p50 for r in curve], **style)
         per_gpu = [r.metrics.served_tpm / r.metrics.num_gpus / 1e3 for r in curve]
-        interactivity.plot(per_gpu, [r.metrics.tps_per_user.p50 for r in curve], marker="o", label=policy)
+        interactivity.plot(per_gpu, [r.metrics.tps_per_user.p50 for r in curve], **style)
     unit = "sessions" if report.level_kind == "concurrency" else "offered TPM (millions)"
     latency.set(xlabel=unit, ylabel="TTFT p50 (s)", title="Time to first token vs load", yscale="log")
     interactivity.set(

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tokensched.bench import PROFILES, BenchConfig
+from tokensched.bench import PROFILES, BenchConfig, make_deployment
 from tokensched.benchrun import SweepReport, format_level, parse_level, plot_sweep, sweep
 from tokensched.errors import TokenschedError
 from tokensched.workloads import Trace
@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_POLICIES = "vllm,sglang,slo"
+DEFAULT_POLICIES = "vllm,sglang,prefix-aware,slo"
 DEFAULT_LEVELS = "0.5M,1M,1.5M,2M,2.5M,3M"
 
 
@@ -88,6 +88,7 @@ def bench(
             seed=seed,
             block_size=block_size,
         )
+        make_deployment(base)  # unknown presets fail here, before any run
         trace = Trace.load(trace_in) if trace_in is not None else None
     except (ValueError, TokenschedError) as exc:
         raise typer.BadParameter(str(exc)) from exc
