@@ -65,7 +65,7 @@ def test_trace_recorded_by_the_cli_replays_to_the_same_metrics(tmp_path: Path) -
     assert second.exit_code == 0, second.output
     recorded = SweepReport.model_validate_json((tmp_path / "a" / "bench.json").read_text())
     replayed = SweepReport.model_validate_json((tmp_path / "b" / "bench.json").read_text())
-    assert replayed.level_kind == "trace"
+    assert replayed.level_kind == "tpm" and replayed.trace is not None
     assert replayed.results[0].metrics.model_dump_json() == recorded.results[0].metrics.model_dump_json()
 
 

@@ -34,10 +34,10 @@ class SweepReport(BaseModel):
 
     version: str
     base: BenchConfig
-    level_kind: Literal["tpm", "concurrency", "trace"]
+    level_kind: Literal["tpm", "concurrency"]
     levels: list[float]
     policies: list[str]
-    trace: str | None
+    trace: str | None  # set when the sweep replayed a recorded trace
     results: list[BenchResult]
     sim_time_s: float
     wall_s: float
@@ -79,9 +79,10 @@ def sweep(
     (``NAME-LEVEL.jsonl`` when there are several levels).
     """
     wall_start, cpu_start = time.perf_counter(), time.process_time()
+    kind: Literal["tpm", "concurrency"]
     if trace is not None:
         header = trace.header
-        kind: Literal["tpm", "concurrency", "trace"] = "trace"
+        kind = "concurrency" if header.concurrency is not None else "tpm"
         levels = [header.target_tpm or float(header.concurrency or 0)]
     else:
         kind = "concurrency" if base.concurrency is not None else "tpm"
@@ -90,7 +91,7 @@ def sweep(
     results: list[BenchResult] = []
     for level in levels:
         for index, policy in enumerate(policies):
-            config = _configure(base, policy, level, kind, trace)
+            config = _configure(base, policy, level, trace)
             report = None if progress is None else _bind(progress, policy, level)
             result, recorded = run_bench(config, trace=trace, progress=report)
             results.append(result)
@@ -113,12 +114,12 @@ def sweep(
     )
 
 
-def _configure(base: BenchConfig, policy: str, level: float, kind: str, trace: Trace | None) -> BenchConfig:
+def _configure(base: BenchConfig, policy: str, level: float, trace: Trace | None) -> BenchConfig:
     update: dict[str, Any] = {"policy": policy}
     if trace is not None:
         header = trace.header
         update |= {"target_tpm": header.target_tpm, "concurrency": header.concurrency}
-    elif kind == "concurrency":
+    elif base.concurrency is not None:
         update["concurrency"] = round(level)
     else:
         update["target_tpm"] = float(level)

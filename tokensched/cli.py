@@ -57,7 +57,9 @@ def bench(
     ttft_slo: Annotated[float, typer.Option(help="TTFT target in seconds (SLO policy, attainment)")] = 10.0,
     block_size: Annotated[int, typer.Option(help="KV block size in tokens")] = 64,
     out: Annotated[Path, typer.Option(help="output folder for bench.json and bench.png")] = Path("out"),
-    trace_in: Annotated[Path | None, typer.Option(help="replay this JSONL trace (levels are ignored)")] = None,
+    trace_in: Annotated[
+        Path | None, typer.Option(help="replay this JSONL trace instead of --levels (same --duration etc. as recorded)")
+    ] = None,
     trace_out: Annotated[Path | None, typer.Option(help="record the workload as JSONL here")] = None,
     plot: Annotated[bool, typer.Option(help="write bench.png (needs matplotlib)")] = True,
 ) -> None:
@@ -133,7 +135,7 @@ def _run_with_progress(
 
 def _curve_table(report: SweepReport, policy: str) -> Table:
     curve = report.curve(policy)
-    level_name = {"tpm": "target", "concurrency": "sessions", "trace": "trace"}[report.level_kind]
+    level_name = "sessions" if report.level_kind == "concurrency" else "target"
     table = Table(title=f"[bold]{policy}[/bold]", caption=curve[0].profile if curve else None, caption_justify="left")
     headers = (level_name, "TPM (/GPU)", "TTFT p50", "TTFT p99", "SLO met", "ITL p50", "TPS/user")
     for name in (*headers, "tok/s/GPU", "cache hit", "preempt", "queue", "KV"):
