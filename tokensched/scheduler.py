@@ -148,7 +148,7 @@ class Scheduler:
             raise UnknownRequest(f"request {request_id!r} is not live (never submitted, or already finished)")
         state = request.state
         if type(state) is Prefilling or type(state) is Decoding:
-            self._finish(request, FinishReason.ABORT, self.steps.newest_step_id, "abort")
+            self._finish(request, FinishReason.ABORT, "abort")
         else:
             self.waiting.remove(request)
             self._retire(request, FinishReason.ABORT, "abort")
@@ -228,21 +228,23 @@ class Scheduler:
         return budget, preempted
 
     def _make_room(self, need: int, requester: Request, step_id: int) -> bool:
-        """Preempt policy-chosen victims not yet in this step until ``need`` blocks are free.
+        """Preempt policy-chosen victims until ``need`` blocks are free.
 
-        Returns False when the requester cannot be served now: the policy chose
-        it, or no victim is left (the missing blocks are PENDING for a step in
-        flight and settle when it completes).
+        Victims are requests not yet in this step and not in a step in flight:
+        the blocks of a request in flight would only go PENDING, so preempting
+        it frees nothing now (and two requests could preempt each other
+        forever). The requester itself may be the policy's choice. Returns
+        False when the requester cannot be served now: it was chosen, or no
+        victim is left and it waits for the steps in flight to complete.
         """
         ctx = self._policy_context()
         victim_key = self.policy.victim_key
-        hold = self.steps.newest_step_id
         while self.pool.num_free < need:
-            victims = [r for r in self.running.values() if r.planned_in != step_id]
-            if not victims:
-                return False
+            victims = [
+                r for r in self.running.values() if r is requester or (r.planned_in != step_id and not r.inflight_steps)
+            ]
             victim = max(victims, key=lambda r: victim_key(r, ctx))
-            self._preempt(victim, hold)
+            self._preempt(victim)
             if victim is requester:
                 return False
         return True
@@ -306,7 +308,6 @@ class Scheduler:
         validate_result(step, result, self._k_spec)
         step.move("complete")
         now = self.clock()
-        hold = self._hold_after(step.step_id)
         outputs: list[RequestOutput] = []
         bs = self._bs
         caching = self._caching
@@ -324,7 +325,7 @@ class Scheduler:
             if nd:
                 state.num_computed += step.num_tokens[i] - nd + len(sampled) - 1
                 state.num_scheduled = state.num_computed
-                self._roll_back_blocks(request, state, hold)
+                self._roll_back_blocks(request, state)
             else:
                 state.num_computed += step.num_tokens[i]
             if not step.samples[i]:
@@ -357,7 +358,7 @@ class Scheduler:
             )
             if reason is not None:
                 request.finish_time = now
-                self._finish(request, reason, hold, "finish")
+                self._finish(request, reason, "finish")
         step.move("apply")
         self.steps.close(step)
         pool.step_completed(step.step_id)
@@ -393,12 +394,12 @@ class Scheduler:
             commit(blocks[b], hashes[b])
         state.num_committed = full
 
-    def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding, hold: int | None) -> None:
+    def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
         """After speculative verification, give back blocks that only held rejected drafts."""
         keep = (state.num_computed + self._bs - 1) // self._bs
         blocks = state.blocks
         if len(blocks) > keep:
-            self.pool.release(blocks[keep:], hold)
+            self.pool.release(blocks[keep:], self._hold_for(request))
             del blocks[keep:]
             self._truncated[request.request_id] = keep
 
@@ -407,7 +408,6 @@ class Scheduler:
         step = self.steps.oldest(step_id, "fail")
         step.move("fail")
         self._failed_steps += 1
-        hold = self._hold_after(step_id)
         retry = self.config.on_step_failure is StepFailurePolicy.RETRY
         outputs: list[RequestOutput] = []
         now = self.clock()
@@ -415,11 +415,12 @@ class Scheduler:
             if request.epoch != step.epochs[i]:
                 continue
             request.num_failures += 1
+            request.inflight_steps -= 1  # the failed step touches nothing any more
             if retry and request.num_failures <= self.config.max_step_retries:
-                self._preempt(request, hold)  # recompute from what the prefix cache kept
+                self._preempt(request)  # recompute from what the prefix cache kept
             else:
                 request.finish_time = now
-                self._finish(request, FinishReason.ERROR, hold, "finish")
+                self._finish(request, FinishReason.ERROR, "finish")
                 outputs.append(
                     RequestOutput(request.request_id, [], FinishReason.ERROR, None, request.num_output_tokens)
                 )
@@ -427,23 +428,25 @@ class Scheduler:
         self.pool.step_completed(step_id)
         return outputs
 
-    def _hold_after(self, step_id: int) -> int | None:
-        """The step a block let go while ``step_id`` is being retired must wait for, if any."""
-        newest = self.steps.newest_step_id
-        return None if newest is None or newest == step_id else newest
+    def _hold_for(self, request: Request) -> int | None:
+        """The step that blocks ``request`` lets go must wait for: the newest in flight, if it is in one.
+
+        Only a step that includes the request writes into its own blocks; a
+        stale step that merely reads a shared block has its result discarded.
+        """
+        return self.steps.newest_step_id if request.inflight_steps else None
 
     # ================================================== leaving the running set
-    def _preempt(self, request: Request, hold: int | None) -> None:
-        state = request.state
-        self.pool.release(held_blocks(state), hold)
+    def _preempt(self, request: Request) -> None:
+        self.pool.release(held_blocks(request.state), self._hold_for(request))
         transition(request, "preempt", Preempted())
         self._leave_running(request)
         request.num_preemptions += 1
         self._preemptions += 1
         self._enqueue(request)
 
-    def _finish(self, request: Request, reason: FinishReason, hold: int | None, event: str) -> None:
-        self.pool.release(held_blocks(request.state), hold)
+    def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
+        self.pool.release(held_blocks(request.state), self._hold_for(request))
         self._leave_running(request)
         self._retire(request, reason, event)
 

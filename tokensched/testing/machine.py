@@ -105,7 +105,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         self.launched: deque[tuple[StepPlan, list[Row]]] = deque()
         self.models: dict[str, RequestModel] = {}
         self.mirror = RequestMirror()
-        self.step_blocks: dict[int, dict[int, set[tuple[str, int]]]] = {}  # step -> block -> (request, residency)
+        # in-flight step -> block -> (request, residency, writes?) for every block its rows read or write
+        self.step_blocks: dict[int, dict[int, set[tuple[str, int, bool]]]] = {}
         self.next_id = 0
 
     @property
@@ -289,7 +290,7 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         bs = plan.block_size
         in_flight_blocks = self.step_blocks
         rows: list[Row] = []
-        used: dict[int, set[tuple[str, int]]] = {}
+        used: dict[int, set[tuple[str, int, bool]]] = {}
         for i, rid in enumerate(plan.request_ids):
             model = self.models[rid]
             lo, hi = plan.token_offsets[i], plan.token_offsets[i + 1]
@@ -304,32 +305,41 @@ class SchedulerStateMachine(RuleBasedStateMachine):
                     assert j == 0 and pos >= len(model.tokens), f"{rid}: placeholder at {pos}"
                 else:
                     assert pos < len(model.tokens) and token == model.tokens[pos], f"{rid}: wrong token at {pos}"
-            table = self.mirror.block_table(rid)
-            for block in table:
-                used.setdefault(block, set()).add((rid, model.residency))
-            for slot in plan.slot_mapping[lo:hi]:
-                block = slot // bs
+            written = {slot // bs for slot in plan.slot_mapping[lo:hi]}
+            for block in self.mirror.block_table(rid):
+                used.setdefault(block, set()).add((rid, model.residency, block in written))
+            for block in written:
                 for step_id, blocks in in_flight_blocks.items():
-                    others = blocks.get(block, set()) - {(rid, model.residency)}
-                    assert not others, f"step {plan.step_id} writes block {block} that step {step_id} uses for {others}"
+                    for other, residency, writes in blocks.get(block, ()):
+                        if (other, residency) == (rid, model.residency):
+                            continue
+                        # A step in flight still writes this block, or reads it for a result that counts.
+                        assert writes or not self._is_stale(other, residency), (
+                            f"step {plan.step_id} writes block {block} for {rid} while step {step_id} "
+                            f"uses it for {other}"
+                        )
             model.scheduled = start + (hi - lo)
             rows.append(Row(plan.step_id, rid, model.residency, start, hi - lo, nd, plan.sample[i]))
         in_flight_blocks[plan.step_id] = used
         return rows
+
+    def _is_stale(self, request_id: str, residency: int) -> bool:
+        """Whether a row planned for ``request_id`` in ``residency`` will be discarded when its result comes."""
+        model = self.models[request_id]
+        request = self.s.live.get(request_id)
+        return (
+            model.finish is not None
+            or model.residency != residency
+            or (request is not None and isinstance(request.state, Waiting | Preempted))
+        )
 
     def _check_result(self, rows: list[Row], result: StepResult, outputs: list[RequestOutput]) -> None:
         by_id = {out.request_id: out for out in outputs}
         assert len(by_id) == len(outputs), "two outputs for one request"
         for row, sampled in zip(rows, result.sampled_token_ids, strict=True):
             model = self.models[row.request_id]
-            request = self.s.live.get(row.request_id)
             out = by_id.pop(row.request_id, None)
-            stale = (
-                model.finish is not None  # finished or aborted after the step was planned
-                or model.residency != row.residency  # preempted and admitted again since
-                or (request is not None and isinstance(request.state, Waiting | Preempted))  # preempted since
-            )
-            if stale:
+            if self._is_stale(row.request_id, row.residency):  # finished, aborted or preempted since planned
                 assert out is None, f"{row.request_id}: output from a stale step"
                 continue
             assert model.computed == row.start, f"{row.request_id}: applied from {row.start}, computed {model.computed}"
