@@ -255,12 +255,14 @@ class Scheduler:
         pool = self.pool
         cfg = self.config
         waiting = self.waiting
-        if self.policy.dynamic:
+        if self.policy.dynamic and waiting.needs_resort():
             ctx = self._policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))
         while waiting and budget > 0 and len(self.running) < cfg.max_running:
             request = waiting.head()
+            if pool.num_free <= request.blocked_at_free:
+                break  # nothing was freed since it last did not fit: skip the 12k-block match
             tokens = request.tokens
             known = len(tokens)
             matched = pool.match_prefix(request.block_hashes) if self._caching else []
@@ -269,12 +271,14 @@ class Scheduler:
             cached = len(matched) * bs
             uncached_blocks = (known + bs - 1) // bs - len(matched)
             revived = pool.count_evictable(matched)
-            if uncached_blocks + revived + self._admit_reserve > pool.num_free and self.running:
-                break  # head of line waits for room for its whole prompt
             n = min(known - cached, budget, self._chunk)
             need = (cached + n + bs - 1) // bs - len(matched)
-            if need + revived > pool.num_free:
-                break
+            if need + revived > pool.num_free or (
+                self.running and uncached_blocks + revived + self._admit_reserve > pool.num_free
+            ):
+                request.blocked_at_free = pool.num_free
+                break  # the head of the line waits for room for its whole prompt
+            request.blocked_at_free = -1
             waiting.pop_head()
             pool.share(matched)
             blocks = matched + pool.allocate(need)

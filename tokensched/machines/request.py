@@ -138,6 +138,7 @@ class Request:
     finish_time: float | None = None
     num_cached_tokens: int = 0  # prefix-cache hit at its latest admission
     planned_in: int = -1  # the latest step it was planned in
+    blocked_at_free: int = -1  # free blocks when it last could not be admitted
 
     @classmethod
     def from_spec(cls, spec: RequestSpec, arrival_time: float, seq: int) -> Request:
