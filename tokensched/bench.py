@@ -20,7 +20,6 @@ run stops there (requests still without a first token are counted as censored).
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
-from tokensched.executor import load_executor
+from tokensched.executor import executor_package
 from tokensched.metrics import MaybeNaN, MetricsCollector, MetricsSummary
 from tokensched.plan import FinishReason
 from tokensched.policies import FCFSPolicy, Policy, PrefixAwarePolicy, SLOPolicy
@@ -160,15 +159,8 @@ class BenchResult(BaseModel):
 
 
 def _simulator() -> Any:
-    """The simulator's package, found through the ``sim`` executor entry point.
-
-    tokensched never imports an executor by name (executors depend on it, not
-    the reverse); the bench needs the simulator's ``Deployment`` and
-    ``CostModel`` besides its executor class, so it takes them from the package
-    that the entry point names.
-    """
-    executor_class = load_executor("sim")
-    return importlib.import_module(executor_class.__module__.partition(".")[0])
+    """The simulator's package (its ``Deployment`` and ``CostModel`` besides the executor), via its entry point."""
+    return executor_package("sim")
 
 
 def make_deployment(config: BenchConfig) -> Any:

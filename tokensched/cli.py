@@ -20,6 +20,7 @@ from rich.table import Table
 from tokensched.bench import PROFILES, BenchConfig, make_deployment
 from tokensched.benchrun import SweepReport, format_level, parse_level, plot_sweep, sweep
 from tokensched.errors import TokenschedError
+from tokensched.server.cli import serve_command
 from tokensched.workloads import Trace
 
 app = typer.Typer(
@@ -175,6 +176,19 @@ def _percent(value: float) -> str:
 
 def _number(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+@app.command()
+def specs(
+    check: Annotated[bool, typer.Option(help="exit 1 if docs/machines is stale instead of writing it")] = False,
+) -> None:
+    """Regenerate the machines' Mermaid diagrams and docs (docs/machines/) from specs/."""
+    from tokensched.machines.specdoc import main as specdoc_main
+
+    raise typer.Exit(specdoc_main(["--check"] if check else []))
+
+
+app.command("serve")(serve_command)
 
 
 def main() -> None:

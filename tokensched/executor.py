@@ -10,9 +10,11 @@ group, so ``load_executor("sim")`` works without importing torch.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from types import ModuleType
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -144,3 +146,13 @@ def load_executor(name: str) -> type:
                 raise TokenschedError(f"entry point {name!r} does not name a class: {loaded!r}")
             return loaded
     raise TokenschedError(f"no executor named {name!r}; installed: {', '.join(available_executors()) or 'none'}")
+
+
+def executor_package(name: str) -> ModuleType:
+    """The package of the executor registered as ``name``, for its own config types.
+
+    tokensched never imports an executor by name (executors depend on it, not
+    the reverse); callers that need, say, the simulator's ``Deployment`` beside
+    its executor class take it from the package its entry point names.
+    """
+    return importlib.import_module(load_executor(name).__module__.partition(".")[0])

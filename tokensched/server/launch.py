@@ -3,8 +3,9 @@
 ``sim_backend`` serves the simulated GPU (printable one-character tokens,
 paced to wall time so latencies look like the simulated hardware's);
 ``torch_backend`` serves the tiny MLA model on CPU (real tokens from random
-weights, byte-level). Both import their executor only when called, so the
-server never needs torch unless asked for it.
+weights, byte-level). Both find their executor through its entry point when
+called, so the server never needs torch unless asked for it, and tokensched
+never imports an executor by name.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Self
 import uvicorn
 from fastapi import FastAPI
 
+from tokensched.executor import executor_package
 from tokensched.policies.base import Policy
 from tokensched.server.runner import EngineRunner
 from tokensched.server.settings import ServerSettings
@@ -45,10 +47,9 @@ def sim_backend(
     sequence unless a workload tells it when. ``config`` sets
     :class:`~tokensched.SchedulerConfig` fields beyond the pool's size.
     """
-    from tokensched_sim import Deployment, SimExecutor
-
-    executor = SimExecutor(
-        Deployment(model=model, gpu=gpu, tp=tp),
+    sim = executor_package("sim")
+    executor = sim.SimExecutor(
+        sim.Deployment(model=model, gpu=gpu, tp=tp),
         block_size=block_size,
         eos_token_id=SIM_EOS_TOKEN_ID,
         seed=seed,
@@ -69,12 +70,11 @@ def torch_backend(
     config: Mapping[str, object] | None = None,
 ) -> tuple[EngineRunner, Tokenizer]:
     """The tiny MLA model (vocabulary: the 256 bytes) on ``device``, stepping on a worker thread."""
-    from tokensched_torch import MLAConfig, TorchExecutor
-
-    model_config = MLAConfig.tiny(init_seed=seed)
+    torch_executor = executor_package("torch")
+    model_config = torch_executor.MLAConfig.tiny(init_seed=seed)
     if model_config.vocab_size < BYTE_VOCAB_SIZE:
         raise ValueError(f"the tiny model's vocabulary ({model_config.vocab_size}) cannot hold the 256 bytes")
-    executor = TorchExecutor(
+    executor = torch_executor.TorchExecutor(
         model_config, num_blocks=num_blocks, block_size=block_size, device=device, seed=seed, background=True
     )
     runner = EngineRunner.create(executor, policy, check_invariants=check_invariants, config=config)
