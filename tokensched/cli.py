@@ -50,7 +50,9 @@ def bench(
     model: Annotated[str, typer.Option(help="model preset of the simulator")] = "kimi-k2.5",
     gpu: Annotated[str, typer.Option(help="GPU preset of the simulator")] = "b200",
     tp: Annotated[int, typer.Option(help="tensor-parallel GPUs")] = 4,
-    kv_dtype: Annotated[str | None, typer.Option(help="KV cache dtype override, e.g. fp8")] = None,
+    kv_dtype: Annotated[
+        str, typer.Option(help="KV cache dtype: fp8 (how MLA models are served on Blackwell) or bf16")
+    ] = "fp8",
     duration: Annotated[float, typer.Option(help="simulated seconds of measured arrivals")] = 300.0,
     warmup: Annotated[float, typer.Option(help="simulated seconds before measuring")] = 60.0,
     drain: Annotated[float, typer.Option(help="simulated seconds of load after the measured window")] = 30.0,
