@@ -65,6 +65,23 @@ class WallClock:
             time.sleep(delay)
 
 
+class VirtualClock:
+    """Mixin: a clock that moves only when the executor says so (simulators, test doubles).
+
+    Subclasses advance ``_clock`` as steps complete; ``wait_until`` jumps it
+    forward across idle time.
+    """
+
+    _clock: float = 0.0
+
+    def now(self) -> float:
+        return self._clock
+
+    def wait_until(self, t: float) -> None:
+        if t > self._clock:
+            self._clock = t
+
+
 @attrs.define(slots=True)
 class MirroredRequest:
     """An executor's copy of one running request, rebuilt from plans and results."""

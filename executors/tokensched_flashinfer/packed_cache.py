@@ -20,29 +20,16 @@ from tokensched_torch.model import MLAConfig
 class PackedLatentCache(PagedLatentCache):
     """:class:`PagedLatentCache` with ``ckv``/``kpe`` as views of one packed tensor per layer.
 
-    The parent's constructor is not called: it would allocate the split
-    tensors this class replaces. The attribute set is the parent's (a test
-    checks it stays so) plus ``packed``.
+    Only the allocation differs from the parent; the attribute set is the
+    parent's (a test checks it stays so) plus ``packed``.
     """
 
-    def __init__(
-        self,
-        cfg: MLAConfig,
-        num_blocks: int,
-        block_size: int,
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"num_blocks={num_blocks} and block_size={block_size} must be positive")
-        self.num_blocks = num_blocks
-        self.block_size = block_size
-        self.kv_lora_rank = cfg.kv_lora_rank
-        self.rope_dim = cfg.qk_rope_head_dim
+    packed: list[Tensor]
+
+    def _allocate(self, cfg: MLAConfig, device: torch.device, dtype: torch.dtype) -> None:
         width = cfg.kv_lora_rank + cfg.qk_rope_head_dim
-        self.packed: list[Tensor] = [
-            torch.zeros(num_blocks, block_size, width, device=torch.device(device), dtype=dtype)
+        self.packed = [
+            torch.zeros(self.num_blocks, self.block_size, width, device=device, dtype=dtype)
             for _ in range(cfg.num_layers)
         ]
         self.ckv = [layer[..., : cfg.kv_lora_rank] for layer in self.packed]

@@ -20,6 +20,7 @@ from collections import deque
 import attrs
 
 from tokensched.errors import TokenschedError
+from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
 from tokensched_sim.shape import BatchShape
@@ -32,7 +33,7 @@ class _InFlight:
     result: StepResult
 
 
-class SimExecutor:
+class SimExecutor(VirtualClock):
     """An :class:`~tokensched.executor.Executor` whose device is a cost model on a virtual clock.
 
     >>> from tokensched_sim import Deployment, SimExecutor
@@ -88,7 +89,6 @@ class SimExecutor:
         self.eos_token_id = eos_token_id
         self.num_speculative_tokens = num_speculative_tokens
         self.acceptance_rate = acceptance_rate
-        self._clock = 0.0
         self._busy_until = 0.0
         self._in_flight: deque[_InFlight] = deque()
 
@@ -101,13 +101,6 @@ class SimExecutor:
     @property
     def num_kv_blocks(self) -> int:
         return self._num_kv_blocks
-
-    def now(self) -> float:
-        return self._clock
-
-    def wait_until(self, t: float) -> None:
-        if t > self._clock:
-            self._clock = t
 
     def launch(self, plan: StepPlan) -> None:
         """Sample the step's tokens now (launch order fixes the RNG order) and queue its result."""

@@ -34,15 +34,15 @@ class PagedLatentCache:
         self.block_size = block_size
         self.kv_lora_rank = cfg.kv_lora_rank
         self.rope_dim = cfg.qk_rope_head_dim
-        device = torch.device(device)
-        self.ckv: list[Tensor] = [
-            torch.zeros(num_blocks, block_size, cfg.kv_lora_rank, device=device, dtype=dtype)
-            for _ in range(cfg.num_layers)
-        ]
-        self.kpe: list[Tensor] = [
-            torch.zeros(num_blocks, block_size, cfg.qk_rope_head_dim, device=device, dtype=dtype)
-            for _ in range(cfg.num_layers)
-        ]
+        self.ckv: list[Tensor]
+        self.kpe: list[Tensor]
+        self._allocate(cfg, torch.device(device), dtype)
+
+    def _allocate(self, cfg: MLAConfig, device: torch.device, dtype: torch.dtype) -> None:
+        """Make ``ckv`` and ``kpe``, one tensor per layer each (a subclass may lay them out otherwise)."""
+        shape = (self.num_blocks, self.block_size)
+        self.ckv = [torch.zeros(*shape, cfg.kv_lora_rank, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.kpe = [torch.zeros(*shape, self.rope_dim, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
 
     @property
     def num_slots(self) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
+from tests.torch.checks import greedy_result as torch_greedy_result
 from tokensched import RequestSpec, SchedulerConfig, StepPlan, StepResult
 from tokensched.executor import MirroredRequest
 from tokensched.scheduler import Scheduler
@@ -55,20 +56,7 @@ def greedy_result(
     plan: StepPlan, forward: StepForward, drafter: NgramDrafter | None, history: Mapping[str, MirroredRequest], k: int
 ) -> StepResult:
     """Greedy tokens from all-row logits (verified drafts, then one more), and drafts for the next step."""
-    argmax = forward.logits.argmax(dim=-1).tolist()
-    sampled: list[list[int]] = []
-    for i in range(plan.num_requests):
-        if not plan.sample[i]:
-            sampled.append([])
-            continue
-        drafts = plan.draft_token_ids[i]
-        first = plan.token_offsets[i + 1] - len(drafts) - 1
-        tokens = [argmax[first]]
-        for j, draft in enumerate(drafts):
-            if tokens[-1] != draft:
-                break
-            tokens.append(argmax[first + j + 1])
-        sampled.append(tokens)
+    sampled = torch_greedy_result(plan, forward).sampled_token_ids
     proposals = None
     if drafter is not None:
         proposals = [

@@ -12,11 +12,11 @@ import random
 from collections import deque
 
 from tokensched.errors import ExecutorError
-from tokensched.executor import RequestMirror
+from tokensched.executor import RequestMirror, VirtualClock
 from tokensched.plan import StepPlan, StepResult
 
 
-class FakeExecutor:
+class FakeExecutor(VirtualClock):
     """Runs plans instantly on a virtual clock of ``step_time`` seconds per step.
 
     ``eos_prob``: chance a sampled token is ``eos_token_id``; ``accept_prob``:
@@ -46,7 +46,6 @@ class FakeExecutor:
         self.accept_prob = accept_prob
         self.fail_prob = fail_prob
         self.step_time = step_time
-        self.clock = 0.0
         self.mirror = RequestMirror()
         self._queue: deque[tuple[StepPlan, StepResult | ExecutorError]] = deque()
         self.computed: list[tuple[int, str, int]] = []  # (step id, request id, position) per computed token
@@ -60,12 +59,6 @@ class FakeExecutor:
     @property
     def num_kv_blocks(self) -> int:
         return self._num_kv_blocks
-
-    def now(self) -> float:
-        return self.clock
-
-    def wait_until(self, t: float) -> None:
-        self.clock = max(self.clock, t)
 
     def launch(self, plan: StepPlan) -> None:
         self.launched.append(plan.step_id)
@@ -113,7 +106,7 @@ class FakeExecutor:
 
     def collect(self) -> StepResult:
         _, outcome = self._queue.popleft()
-        self.clock += self.step_time
+        self._clock += self.step_time
         if isinstance(outcome, ExecutorError):
             raise outcome
         return outcome
