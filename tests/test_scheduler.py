@@ -370,3 +370,60 @@ def test_illegal_transition_names_request_state_and_event() -> None:
     with pytest.raises(IllegalTransition, match=r"request 'a'.*'first_token'.*'waiting'"):
         transition(request, "first_token", Decoding([], 0, 0, 0, 0))
     assert not isinstance(request.state, Finished)
+
+
+# ------------------------------------------------------- session retention
+def retention_scheduler(now: list[float]) -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(
+            num_blocks=12, block_size=4, max_batched_tokens=64, max_model_len=64, session_kv_retention_s=5.0
+        ),
+        clock=lambda: now[0],
+    )
+
+
+def test_retention_keeps_a_finished_turn_for_its_session_while_others_run() -> None:
+    now = [0.0]
+    s = retention_scheduler(now)
+    s.submit(spec("busy", [9, 9, 9], max_tokens=30))  # keeps the scheduler from being idle
+    s.submit(spec("t1", list(range(1, 21)), max_tokens=1, session_id="s"))  # 20 tokens: 5 blocks
+    plan = s.plan()
+    assert plan is not None
+    s.complete(answer(plan))  # t1 finishes; its 5 blocks stay cached, protected for session "s"
+    assert s.pool.counts()[BlockState.EVICTABLE] == 5
+    s.submit(spec("cold", list(range(30, 54)), max_tokens=1))  # 6 blocks: fits only by evicting t1's
+    plan = s.plan()
+    assert plan is not None and "cold" not in plan.request_ids, "a cold request evicted a retained session"
+    s.complete(answer(plan))
+    s.submit(spec("t2", [*range(1, 21), 5, 60, 61], max_tokens=1, session_id="s"))
+    plan = s.plan()
+    assert plan is not None
+    warm = next(n for n in plan.new_requests if n.request_id == "t2")
+    assert warm.num_cached_tokens == 20, "the session's next turn found its history cached"
+    s.check_invariants()
+
+
+def test_retention_ends_after_its_window_so_nothing_starves() -> None:
+    now = [0.0]
+    s = retention_scheduler(now)
+    s.submit(spec("busy", [9, 9, 9], max_tokens=30))
+    s.submit(spec("t1", list(range(1, 21)), max_tokens=1, session_id="s"))
+    s.complete(answer(s.plan()))  # type: ignore[arg-type]
+    s.submit(spec("cold", list(range(30, 54)), max_tokens=1))
+    plan = s.plan()
+    assert plan is not None and "cold" not in plan.request_ids
+    s.complete(answer(plan))
+    now[0] = 5.5  # past the window
+    plan = s.plan()
+    assert plan is not None and "cold" in plan.request_ids
+    s.check_invariants()
+
+
+def test_retention_never_idles_the_scheduler() -> None:
+    now = [0.0]
+    s = retention_scheduler(now)
+    s.submit(spec("t1", list(range(1, 21)), max_tokens=1, session_id="s"))
+    s.complete(answer(s.plan()))  # type: ignore[arg-type]
+    s.submit(spec("cold", list(range(30, 60)), max_tokens=1))  # needs 8 blocks: evicts t1's to run now
+    plan = s.plan()
+    assert plan is not None and plan.request_ids == ["cold"]

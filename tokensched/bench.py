@@ -76,6 +76,13 @@ PROFILES: dict[str, PolicyProfile] = {
             lambda _: PrefixAwarePolicy(),
         ),
         PolicyProfile(
+            "retain",
+            "tokensched: longest cached prefix first, and a finished turn's KV kept 10 s for its session's next "
+            "turn (session_kv_retention_s=10); default budget (8192 tokens per step)",
+            lambda _: PrefixAwarePolicy(),
+            {"session_kv_retention_s": 10.0},
+        ),
+        PolicyProfile(
             "slo",
             "tokensched: earliest TTFT deadline first (arrival + ttft_slo_s); requests whose TTFT is met "
             "are preempted first; tokensched's default budget (8192 tokens per step)",

@@ -31,7 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_POLICIES = "vllm,sglang,prefix-aware,slo"
+DEFAULT_POLICIES = "vllm,sglang,prefix-aware,retain"
 DEFAULT_LEVELS = "0.5M,1M,1.5M,2M,2.5M,3M"
 
 

@@ -94,6 +94,11 @@ class SchedulerConfig(BaseModel):
     on_step_failure: StepFailurePolicy = StepFailurePolicy.RETRY
     max_step_retries: int = Field(default=2, ge=0)
     preemption: Literal["recompute"] = "recompute"
+    session_kv_retention_s: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="protect a finished turn's KV for its session's next turn this long (see tokensched.retention)",
+    )
 
     @model_validator(mode="after")
     def _budget_fits_a_decode(self) -> SchedulerConfig:

@@ -65,12 +65,12 @@ class WaitingQueue:
         self._keys = [p[0] for p in pairs]
         self._requests = [p[2] for p in pairs]
 
-    def head(self) -> Request:
-        return self._requests[0]
+    def at(self, index: int) -> Request:
+        return self._requests[index]
 
-    def pop_head(self) -> Request:
-        self._keys.pop(0)
-        return self._requests.pop(0)
+    def pop_at(self, index: int) -> Request:
+        del self._keys[index]
+        return self._requests.pop(index)
 
     def remove(self, request: Request) -> None:
         for i, r in enumerate(self._requests):

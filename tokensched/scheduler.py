@@ -36,11 +36,13 @@ from tokensched.plan import NO_BLOCKS, NO_DRAFTS, FinishReason, NewRequestData, 
 from tokensched.policies.base import Policy, PolicyContext
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.queue import WaitingQueue
+from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.validation import validate_result
 
 MAX_SESSIONS = 4096  # sessions whose last turn is remembered for prefix reuse (LRU)
+MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
 
 
 class Scheduler:
@@ -69,6 +71,12 @@ class Scheduler:
         self._chunk = config.long_prefill_chunk or config.max_batched_tokens
         self._k_spec = config.num_speculative_tokens
         self._admit_reserve = max(1, config.num_blocks // 100)  # keep 1% free for running decodes
+        retention_s = config.session_kv_retention_s
+        self._retention = (
+            SessionRetention(retention_s, self.pool, self._bs)
+            if retention_s is not None and config.enable_prefix_caching
+            else None
+        )
         self._hit_tokens = 0
         self._query_tokens = 0
         self._preemptions = 0
@@ -259,10 +267,27 @@ class Scheduler:
             ctx = self._policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))
-        while waiting and budget > 0 and len(self.running) < cfg.max_running:
-            request = waiting.head()
-            if pool.num_free <= request.blocked_at_free:
-                break  # nothing was freed since it last did not fit: skip the 12k-block match
+        retention = self._retention
+        now = self.clock() if retention is not None else 0.0
+        index = 0  # past a head held back by retention, only retained sessions' next turns may go first
+        while index < len(waiting) and budget > 0 and len(self.running) < cfg.max_running:
+            request = waiting.at(index)
+            if index and (retention is None or not retention.holds(request.session_id)):
+                if index >= MAX_PASSED_OVER:
+                    break
+                index += 1
+                continue
+            available = pool.num_free
+            protected = 0
+            if retention is not None and len(retention) and self.running:  # work-conserving: never idle for it
+                protected = retention.protected_blocks(request, now)
+                available -= protected
+            if available <= request.blocked_at_free:
+                # nothing was freed since it last did not fit: skip the 12k-block match
+                if protected and index < MAX_PASSED_OVER:
+                    index += 1
+                    continue
+                break
             tokens = request.tokens
             known = len(tokens)
             matched = pool.match_prefix(request.block_hashes) if self._caching else []
@@ -273,13 +298,18 @@ class Scheduler:
             revived = pool.count_evictable(matched)
             n = min(known - cached, budget, self._chunk)
             need = (cached + n + bs - 1) // bs - len(matched)
-            if need + revived > pool.num_free or (
-                self.running and uncached_blocks + revived + self._admit_reserve > pool.num_free
+            if need + revived > available or (
+                self.running and uncached_blocks + revived + self._admit_reserve > available
             ):
-                request.blocked_at_free = pool.num_free
+                request.blocked_at_free = available
+                if protected and index < MAX_PASSED_OVER:
+                    index += 1  # held back by another session's retained cache: let later ones try
+                    continue
                 break  # the head of the line waits for room for its whole prompt
             request.blocked_at_free = -1
-            waiting.pop_head()
+            waiting.pop_at(index)
+            if retention is not None:
+                retention.forget(request.session_id)
             pool.share(matched)
             blocks = matched + pool.allocate(need)
             transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, len(matched)))
@@ -469,6 +499,8 @@ class Scheduler:
         self._finished += 1
         sid = request.session_id
         if sid is not None and self._caching:
+            if self._retention is not None and reason in (FinishReason.STOP, FinishReason.LENGTH):
+                self._retention.retain(request, self.clock())
             self._sessions[sid] = request
             self._sessions.move_to_end(sid)
             if len(self._sessions) > MAX_SESSIONS:

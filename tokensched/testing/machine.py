@@ -185,6 +185,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             event("a preemption happened")
         if self.s.pool.num_pending:
             event("blocks pending release")
+        if self.s._retention is not None and len(self.s._retention):
+            event("a session's KV is retained")
         self.executor.launch(plan)
         self.launched.append((plan, rows))
 

@@ -28,7 +28,10 @@ def scheduler_configs(
 ) -> SchedulerConfig:
     """Small pools and budgets: chunking, preemption and overlap all happen within a few dozen steps."""
     block_size = draw(st.sampled_from([1, 2, 4]))
-    k_spec = draw(st.integers(0, 3)) if speculative is None else (draw(st.integers(1, 3)) if speculative else 0)
+    if speculative is None:  # half the runs without drafts, so decodes overlap (drafts need their last result)
+        k_spec = draw(st.sampled_from([0, 0, 0, 1, 2, 3]))
+    else:
+        k_spec = draw(st.integers(1, 3)) if speculative else 0
     return SchedulerConfig(
         num_blocks=draw(st.integers(12, max_blocks)),
         block_size=block_size,
@@ -41,6 +44,7 @@ def scheduler_configs(
         num_speculative_tokens=k_spec,
         on_step_failure=draw(st.sampled_from(list(StepFailurePolicy))),
         max_step_retries=draw(st.integers(0, 2)),
+        session_kv_retention_s=draw(st.none() | st.sampled_from([0.02, 0.1])),
     )
 
 

@@ -1,0 +1,88 @@
+"""Session KV retention: keep a finished turn's cache for the session's next turn, for a while.
+
+A coding agent's next turn arrives a few seconds after its previous answer,
+and shares all of it. On a cache too small for every active session, plain
+LRU lets a cold first turn (45-50k tokens) evict a warm session's history
+during its think time; the next turn then recomputes 100k+ tokens instead of
+800, and under load every session ends up cold (the cache thrashes).
+
+With retention on, the blocks of a session whose turn just finished are
+protected from admissions of *other* requests for ``window_s`` seconds: a
+waiting request is admitted only if it fits beside them. The session's own
+next turn uses them as usual, and running requests may still evict them when
+they need room (retention never stalls work already admitted). A request that
+has waited ``window_s`` ignores the protection, so nothing starves longer than
+the window, and an idle scheduler ignores it too (it is work-conserving: the
+GPU never waits for a turn that may come).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from tokensched.machines.blocks import BlockPool
+from tokensched.machines.request import Request
+
+
+class SessionRetention:
+    __slots__ = ("_block_size", "_pool", "_until", "window_s")
+
+    def __init__(self, window_s: float, pool: BlockPool, block_size: int) -> None:
+        self.window_s = window_s
+        self._pool = pool
+        self._block_size = block_size
+        self._until: OrderedDict[str, tuple[float, Request]] = OrderedDict()  # deadline order
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def retain(self, request: Request, now: float) -> None:
+        """Protect the cache of ``request``'s session (its turn just finished) until ``now + window_s``."""
+        sid = request.session_id
+        if sid is None:
+            return
+        self._until.pop(sid, None)
+        self._until[sid] = (now + self.window_s, request)
+
+    def holds(self, session_id: str | None) -> bool:
+        """Whether ``session_id``'s cache is retained (its next turn is warm)."""
+        return session_id is not None and session_id in self._until
+
+    def forget(self, session_id: str | None) -> None:
+        """The session's next turn is being admitted: it uses the blocks, they need no protection."""
+        if session_id is not None:
+            self._until.pop(session_id, None)
+
+    def protected_blocks(self, request: Request, now: float) -> int:
+        """Free blocks ``request`` must leave alone: other sessions' retained caches, unless it waited too long."""
+        until = self._until
+        while until and next(iter(until.values()))[0] < now:
+            until.popitem(last=False)
+        if not until or now - request.arrival_time >= self.window_s:
+            return 0
+        own = request.session_id
+        return sum(self._evictable_tail(r) for sid, (_, r) in until.items() if sid != own)
+
+    def _evictable_tail(self, request: Request) -> int:
+        """Blocks of ``request``'s chain that are cached but held by nobody (they count as free).
+
+        Cached blocks form a prefix of the chain (blocks are released tail
+        first), and so do held ones (a shared system prompt), so two binary
+        searches find both ends.
+        """
+        pool = self._pool
+        hashes = request.block_hashes
+
+        def prefix_len(present: bool) -> int:
+            lo, hi = 0, len(hashes)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                block = pool.cached_block(hashes[mid - 1])
+                ok = block is not None and (present or pool.refcount(block) > 0)
+                if ok:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            return lo
+
+        return prefix_len(True) - prefix_len(False)
