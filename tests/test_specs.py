@@ -149,17 +149,20 @@ def _release_event(pool: BlockPool, block: int, hold: int | None) -> str:
     return "release_cached" if _indexed_copy(pool, block) else "release_uncached"
 
 
-def derive_block_table(num_blocks: int = 3) -> tuple[dict[tuple[str, str], set[str]], set[tuple[str, str]], int]:
+Observed = dict[tuple[str, str], set[tuple[str, int, int]]]  # (state, event) -> {(next state, refcount before, after)}
+
+
+def derive_block_table(num_blocks: int = 3) -> tuple[Observed, set[tuple[str, str]], int]:
     """Drive every BlockPool call on every block from every reachable configuration.
 
-    Returns ``(state, event) -> targets observed``, the pairs refused with
+    Returns ``(state, event) -> (target, refcount before, refcount after)`` observed, the pairs refused with
     IllegalTransition, and the number of configurations explored. A refused
     call must change nothing, and a call must move only the blocks it names
     (for ``allocate`` the block it returns, for ``step_completed`` the blocks
     held for that step).
     """
     seen: set[tuple[object, ...]] = set()
-    legal: dict[tuple[str, str], set[str]] = {}
+    legal: Observed = {}
     refused: set[tuple[str, str]] = set()
     todo = deque([_Config(BlockPool(num_blocks))])
 
@@ -176,7 +179,8 @@ def derive_block_table(num_blocks: int = 3) -> tuple[dict[tuple[str, str], set[s
         for b in range(num_blocks):
             after = pool.state(b)
             if b in events:
-                legal.setdefault((before[b][0].name.lower(), events[b]), set()).add(after.name.lower())
+                seen_move = (after.name.lower(), before[b][1], pool.refcount(b))
+                legal.setdefault((before[b][0].name.lower(), events[b]), set()).add(seen_move)
             else:
                 assert (after, pool.refcount(b)) == before[b], f"block {b} moved as a side effect"
         if trial.key() not in seen and max(pool.refcount(b) for b in range(num_blocks)) <= 2:
@@ -243,18 +247,44 @@ def test_block_states_are_the_code_enum(specs: dict[str, MachineSpec]) -> None:
     assert BlockState(0).name.lower() == specs["blocks"].initial
 
 
-def test_block_pool_behaviour_matches_the_spec_table(specs: dict[str, MachineSpec]) -> None:
-    legal, refused, explored = derive_block_table()
+@pytest.fixture(scope="module")
+def block_runs() -> tuple[Observed, set[tuple[str, str]], int]:
+    return derive_block_table()
+
+
+def test_block_pool_behaviour_matches_the_spec_table(
+    specs: dict[str, MachineSpec], block_runs: tuple[Observed, set[tuple[str, str]], int]
+) -> None:
+    legal, refused, explored = block_runs
     assert explored > 100, f"only {explored} pool configurations explored"
-    nondeterministic = {k: v for k, v in legal.items() if len(v) > 1}
+    targets = {k: {target for target, _, _ in v} for k, v in legal.items()}
+    nondeterministic = {k: v for k, v in targets.items() if len(v) > 1}
     assert not nondeterministic, f"one (state, event) led to several states: {nondeterministic}"
-    derived = {k: next(iter(v)) for k, v in legal.items()}
+    derived = {k: next(iter(v)) for k, v in targets.items()}
     expected = specs["blocks"].table()
     missing = {k: v for k, v in expected.items() if k not in derived}
     extra = {k: v for k, v in derived.items() if expected.get(k) != v}
     assert not missing, f"spec transitions the pool never takes: {missing}"
     assert not extra, f"pool transitions the spec does not have: {extra}"
     assert not refused & set(expected), f"the pool refused transitions of the spec: {refused & set(expected)}"
+
+
+def test_block_pool_refcounts_follow_the_spec_effects(
+    specs: dict[str, MachineSpec], block_runs: tuple[Observed, set[tuple[str, str]], int]
+) -> None:
+    """``refcount_up``/``refcount_down``/``refcount_one`` in the spec are what each call does; no effect, no change."""
+    legal, _, _ = block_runs
+    for t in specs["blocks"].transitions:
+        for _, before, after in legal[(t.source, t.event)]:
+            if "refcount_up" in t.effects:
+                expected = before + 1
+            elif "refcount_down" in t.effects:
+                expected = before - 1
+            elif "refcount_one" in t.effects:
+                expected = 1
+            else:
+                expected = before
+            assert after == expected, f"{t.source} --{t.event}-->: refcount {before} -> {after}, spec says {expected}"
 
 
 # ----------------------------------------------------------------- validation

@@ -120,22 +120,39 @@ def fingerprint(node: Node) -> Key:
     )
     requests = tuple(_request_key(rid, r) for rid, r in s.live.items())
     order = (tuple(r.request_id for r in s.waiting), tuple(s.running))
-    return (node.submitted, requests, order, blocks, repr(pool._free), repr(pool._evictable), pending, steps, writes)
+    # Attributes this module does not know stay in whole: a new field can only split states, never merge them.
+    others = tuple((k, repr(v)) for k, v in sorted(vars(s).items()) if k not in _SCHEDULER_KNOWN)
+    lists = (repr(pool._free), repr(pool._evictable))
+    return (node.submitted, requests, order, blocks, lists, pending, steps, writes, others)
+
+
+_SCHEDULER_KNOWN = frozenset(
+    {"config", "policy", "clock", "pool", "steps", "live", "waiting", "running", "_seq"}  # fingerprinted above
+    | {"_removed", "_truncated"}  # only what the next plan reports to the executor
+    | {"_hit_tokens", "_query_tokens", "_preemptions", "_finished", "_aborted", "_failed_steps"}  # statistics
+    | {"_bs", "_caching", "_chunk", "_k_spec", "_admit_reserve"}  # constants
+)
+_REQUEST_SKIPPED = frozenset(
+    {"state", "epoch"}  # fingerprinted as state name + fields, and as current-or-stale per step
+    | {"planned_in"}  # only compared with the step being planned, which is always a new id
+    | {"first_token_time", "finish_time", "num_preemptions", "num_cached_tokens"}  # statistics
+)
 
 
 def _request_key(rid: str, r: Request) -> Key:
     state = r.state
     cursors = tuple(_frozen(getattr(state, f.name)) for f in attrs.fields(type(state)))
-    return (rid, state_name(state), cursors, tuple(r.tokens), r.inflight_steps, r.inflight_samples, r.num_failures)
+    rest = tuple(_frozen(getattr(r, f.name)) for f in attrs.fields(Request) if f.name not in _REQUEST_SKIPPED)
+    return (rid, state_name(state), cursors, rest)
 
 
 def _frozen(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value
+    return tuple(value) if isinstance(value, list) else repr(value) if isinstance(value, dict) else value
 
 
 def _step_key(step: Step, nxt: int) -> Key:
-    rows = zip(step.requests, step.epochs, step.num_tokens, step.samples, strict=True)
-    return (step.step_id - nxt, tuple((r.request_id, r.epoch == e, n, sample) for r, e, n, sample in rows))
+    rows = zip(step.requests, step.epochs, step.num_tokens, step.num_drafts, step.samples, strict=True)
+    return (step.step_id - nxt, tuple((r.request_id, r.epoch == e, *rest) for r, e, *rest in rows), step.state)
 
 
 def _current(s: Scheduler, rid: str, epoch: int) -> bool:
