@@ -248,10 +248,10 @@ class Scheduler:
         ctx = self._policy_context()
         victim_key = self.policy.victim_key
         while self.pool.num_free < need:
-            victims = [
-                r for r in self.running.values() if r is requester or (r.planned_in != step_id and not r.inflight_steps)
-            ]
-            victim = max(victims, key=lambda r: victim_key(r, ctx))
+            victims = [r for r in self.running.values() if r.planned_in != step_id and not r.inflight_steps]
+            if not victims:
+                return False  # nobody can give blocks back now; the steps in flight will
+            victim = max([*victims, requester], key=lambda r: victim_key(r, ctx))
             self._preempt(victim)
             if victim is requester:
                 return False
