@@ -56,5 +56,5 @@ def test_64_concurrent_clients_all_get_complete_answers(sim_server: Live) -> Non
     assert samples["tokensched_time_to_first_token_seconds_count"] == CLIENTS
     assert samples["tokensched_e2e_request_latency_seconds_count"] == CLIENTS
     assert samples["tokensched_generation_tokens_total"] == sum(8 + i % 17 for i in range(CLIENTS))
-    # the chats share their system prompt: the prefix cache served it
-    assert samples["tokensched_prefix_cache_hits_total"] > 0
+    # No prefix-hit assertion here: when all 64 are admitted in the same step, none of the shared system
+    # prompt is committed yet, so hits depend on timing. test_openai_client checks cached tokens in order.
