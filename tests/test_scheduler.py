@@ -427,3 +427,14 @@ def test_retention_never_idles_the_scheduler() -> None:
     s.submit(spec("cold", list(range(30, 60)), max_tokens=1))  # needs 8 blocks: evicts t1's to run now
     plan = s.plan()
     assert plan is not None and plan.request_ids == ["cold"]
+
+
+def test_remembered_sessions_are_bounded_and_forgetting_one_only_costs_rehashing() -> None:
+    s = make(num_blocks=64, max_remembered_sessions=1)
+    for sid in ("a", "b"):
+        s.submit(spec(f"{sid}1", list(range(1, 18)), max_tokens=1, session_id=sid))
+        run_to_end(s)
+    assert list(s._sessions) == ["b"]
+    s.submit(spec("a2", [*range(1, 18), 5, 9], max_tokens=1, session_id="a"))  # "a" was forgotten
+    plan = s.plan()
+    assert plan is not None and plan.new_requests[0].num_cached_tokens == 16  # the cache still serves it

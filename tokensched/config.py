@@ -94,6 +94,12 @@ class SchedulerConfig(BaseModel):
     on_step_failure: StepFailurePolicy = StepFailurePolicy.RETRY
     max_step_retries: int = Field(default=2, ge=0)
     preemption: Literal["recompute"] = "recompute"
+    max_remembered_sessions: int = Field(
+        default=256,
+        ge=0,
+        description="sessions whose last turn (tokens and block hashes) is kept so the next turn skips rehashing; "
+        "each costs about 8 bytes per token of its context",
+    )
     session_kv_retention_s: float | None = Field(
         default=None,
         gt=0.0,

@@ -41,7 +41,6 @@ from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.validation import validate_result
 
-MAX_SESSIONS = 4096  # sessions whose last turn is remembered for prefix reuse (LRU)
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
 
 
@@ -503,7 +502,7 @@ class Scheduler:
                 self._retention.retain(request, self.clock())
             self._sessions[sid] = request
             self._sessions.move_to_end(sid)
-            if len(self._sessions) > MAX_SESSIONS:
+            if len(self._sessions) > self.config.max_remembered_sessions:
                 self._sessions.popitem(last=False)
 
     # ========================================================== inspection
