@@ -438,3 +438,14 @@ def test_remembered_sessions_are_bounded_and_forgetting_one_only_costs_rehashing
     s.submit(spec("a2", [*range(1, 18), 5, 9], max_tokens=1, session_id="a"))  # "a" was forgotten
     plan = s.plan()
     assert plan is not None and plan.new_requests[0].num_cached_tokens == 16  # the cache still serves it
+
+
+def test_releasing_a_block_more_often_than_it_is_held_is_refused_and_changes_nothing() -> None:
+    from tokensched.machines.blocks import BlockPool
+
+    pool = BlockPool(2)
+    block = pool.allocate_one()
+    with pytest.raises(IllegalTransition, match="2 releases, refcount 1"):
+        pool.release([block, block], None)
+    assert pool.refcount(block) == 1 and pool.state(block) is BlockState.OWNED
+    pool.check_invariants({block: 1})

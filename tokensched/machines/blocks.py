@@ -21,7 +21,7 @@ leaves the pool exactly as it was. Hot operations are O(1) per block.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from operator import itemgetter
@@ -197,6 +197,15 @@ class BlockPool:
             s = self._state[block]
             if s != _OWNED and s != _COMMITTED:
                 raise IllegalTransition(f"block {block}", BlockState(s).name, "release")
+        if len(blocks) > 1 and len(set(blocks)) != len(blocks):  # the same block twice: enough references?
+            for block, times in Counter(blocks).items():
+                if times > self._refcount[block]:
+                    raise IllegalTransition(
+                        f"block {block}",
+                        self.state(block).name,
+                        "release",
+                        f"{times} releases, refcount {self._refcount[block]}",
+                    )
         held: list[int] = []
         for block in reversed(blocks):
             rc = self._refcount[block] - 1
