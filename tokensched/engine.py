@@ -66,7 +66,7 @@ class Engine:
         try:
             result = self.executor.collect()
         except ExecutorError as error:
-            return self.scheduler.fail(error.step_id if error.step_id == step_id else step_id, error)
+            return self.scheduler.fail(step_id, error)  # collect() answers for the oldest step launched
         return self.scheduler.complete(result)
 
     def run(self) -> Iterator[list[RequestOutput]]:

@@ -25,12 +25,11 @@ from tokensched.machines.request import Request
 
 
 class SessionRetention:
-    __slots__ = ("_block_size", "_pool", "_until", "window_s")
+    __slots__ = ("_pool", "_until", "window_s")
 
-    def __init__(self, window_s: float, pool: BlockPool, block_size: int) -> None:
+    def __init__(self, window_s: float, pool: BlockPool) -> None:
         self.window_s = window_s
         self._pool = pool
-        self._block_size = block_size
         self._until: OrderedDict[str, tuple[float, Request]] = OrderedDict()  # deadline order
 
     def __len__(self) -> int:
@@ -67,22 +66,8 @@ class SessionRetention:
         """Blocks of ``request``'s chain that are cached but held by nobody (they count as free).
 
         Cached blocks form a prefix of the chain (blocks are released tail
-        first), and so do held ones (a shared system prompt), so two binary
-        searches find both ends.
+        first), and so do held ones (a shared system prompt): the difference of
+        the two lengths.
         """
-        pool = self._pool
         hashes = request.block_hashes
-
-        def prefix_len(present: bool) -> int:
-            lo, hi = 0, len(hashes)
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                block = pool.cached_block(hashes[mid - 1])
-                ok = block is not None and (present or pool.refcount(block) > 0)
-                if ok:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            return lo
-
-        return prefix_len(True) - prefix_len(False)
+        return self._pool.cached_prefix_length(hashes) - self._pool.cached_prefix_length(hashes, held=True)

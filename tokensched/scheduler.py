@@ -72,7 +72,7 @@ class Scheduler:
         self._admit_reserve = max(1, config.num_blocks // 100)  # keep 1% free for running decodes
         retention_s = config.session_kv_retention_s
         self._retention = (
-            SessionRetention(retention_s, self.pool, self._bs)
+            SessionRetention(retention_s, self.pool)
             if retention_s is not None and config.enable_prefix_caching
             else None
         )
@@ -132,21 +132,8 @@ class Scheduler:
         return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._estimate_cached)
 
     def _estimate_cached(self, request: Request) -> int:
-        """Cached prefix tokens by binary search over the hash chain: O(log n) dict look-ups.
-
-        Blocks are released tail first, so the cached part of a chain is (almost
-        always) a prefix; admission itself walks the chain exactly.
-        """
-        hashes = request.block_hashes
-        cached = self.pool.cached_block
-        lo, hi = 0, len(hashes)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if cached(hashes[mid - 1]) is not None:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo * self._bs
+        """Cached prefix tokens, estimated in O(log n) look-ups (admission itself walks the chain exactly)."""
+        return self.pool.cached_prefix_length(request.block_hashes) * self._bs
 
     def abort(self, request_id: str) -> RequestOutput:
         """Finish a live request with reason ABORT; its blocks go back (held while a step may use them)."""
@@ -227,10 +214,6 @@ class Scheduler:
                 new_blocks = NO_BLOCKS
             builder.add(request, blocks, pos, n, new_blocks, is_sample, drafts)
             state.num_scheduled = pos + n
-            request.planned_in = step_id
-            request.inflight_steps += 1
-            if is_sample:
-                request.inflight_samples += 1 + len(drafts)
             budget -= n
         return budget, preempted
 
@@ -328,10 +311,6 @@ class Scheduler:
             )
             is_sample = cached + n == known
             builder.add(request, blocks, cached, n, NO_BLOCKS, is_sample)
-            request.planned_in = builder.step_id
-            request.inflight_steps += 1
-            if is_sample:
-                request.inflight_samples += 1
             budget -= n
 
     # ============================================================= results

@@ -63,7 +63,12 @@ class StepBuilder:
         is_sample: bool,
         drafts: tuple[int, ...] = NO_DRAFTS,
     ) -> None:
-        """Schedule positions ``pos .. pos+n-1`` of ``request`` (the last ``len(drafts)`` are drafts)."""
+        """Schedule positions ``pos .. pos+n-1`` of ``request`` (the last ``len(drafts)`` are drafts).
+
+        Also counts the step against the request: it is planned in this step,
+        has one more step in flight and, if it samples, up to ``1 + len(drafts)``
+        more tokens coming.
+        """
         bs = self.block_size
         tokens = request.tokens
         token_ids = self.token_ids
@@ -96,6 +101,10 @@ class StepBuilder:
         self.epochs.append(request.epoch)
         self.num_tokens.append(n)
         self.num_drafts.append(len(drafts))
+        request.planned_in = self.step_id
+        request.inflight_steps += 1
+        if is_sample:
+            request.inflight_samples += 1 + len(drafts)
 
     def step(self) -> Step:
         return Step(self.step_id, self.requests, self.epochs, self.num_tokens, self.num_drafts, self.sample)

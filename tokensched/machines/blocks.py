@@ -118,6 +118,24 @@ class BlockPool:
             matched = matched[:cut]
         return matched
 
+    def cached_prefix_length(self, hashes: Sequence[int], *, held: bool = False) -> int:
+        """How many leading blocks of a hash chain are cached (and, with ``held``, also referenced).
+
+        A binary search: O(log n) look-ups instead of :meth:`match_prefix`'s walk.
+        It assumes the blocks in question form a prefix of the chain, which holds
+        (almost always) because requests release their blocks tail first; use it
+        for estimates, and :meth:`match_prefix` where exactness matters.
+        """
+        lo, hi = 0, len(hashes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            block = self.cached_block(hashes[mid - 1])
+            if block is not None and (not held or self._refcount[block] > 0):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def count_evictable(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks`` are EVICTABLE (sharing them takes them out of the free count)."""
         if not blocks:
