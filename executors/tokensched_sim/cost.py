@@ -116,14 +116,14 @@ class CostModel:
         peak_attn = g.peak_flops(Dtype.FP8 if d.attention_dtype == "fp8" else Dtype.BF16)
         wb, eb = m.weight_dtype.bytes, m.expert_dtype.bytes
         heads = m.num_heads if dp else m.num_heads // tp
-        share = 1 / tp if dp else 1.0  # the busiest rank's share of the step's requests (balanced DP)
+        self._dp_ranks = tp if dp else 1  # attention terms are scaled per step by the busiest rank's share
         self.num_layers = m.num_layers
         self.num_dense_layers = m.num_layers - m.num_moe_layers
         self.num_moe_layers = m.num_moe_layers
 
         # Weights each rank reads per layer, and seconds per token of their matmuls at peak.
         attn_params = (m.attn_params_sharded if dp else m.attn_params_sharded / tp) + m.attn_params_replicated
-        self._proj_c = 2 * attn_params / peak_w * share
+        self._proj_c = 2 * attn_params / peak_w
         self._proj_m = attn_params * wb / bw
         mlp_params = m.dense_mlp_params / tp
         self._mlp_c = 2 * mlp_params / peak_w
@@ -156,15 +156,13 @@ class CostModel:
             self._pre_ctx_c = 0.0
             kv_heads_rank = m.num_kv_heads if dp else max(m.num_kv_heads / tp, 1.0)  # replicated past their count
             kv_values_rank = round(2 * kv_heads_rank * m.head_dim)
-        self._pre_pair_c *= share
-        self._pre_ctx_c *= share
-        self._dec_pair_c *= share
         self.kv_bytes_per_token_layer = kv_values_rank * kv_dtype.bytes
-        self._kv_m = self.kv_bytes_per_token_layer / bw * share
+        self._kv_m = self.kv_bytes_per_token_layer / bw
 
         # Communication per layer, seconds per step token at peak one-way NVLink, and collectives per layer.
         link = g.nvlink_bytes_per_s / 2
         ring = 2 * (tp - 1) / tp * m.hidden_size * ACTIVATION_BYTES / link if tp > 1 else 0.0
+        self._a2a = False  # whether the MoE layers' traffic is this rank's tokens (all-to-all) or all tokens
         if tp == 1:
             dense_net = moe_net = 0.0
             dense_n = moe_n = 0
@@ -175,7 +173,8 @@ class CostModel:
             dense_net = moe_net = ring
             dense_n = moe_n = 2
             if ep and m.num_experts:  # dispatch + combine: each of this rank's tokens goes to k experts
-                moe_net = share * m.num_experts_per_token * (tp - 1) / tp * m.hidden_size * A2A_BYTES / link
+                moe_net = m.num_experts_per_token * (tp - 1) / tp * m.hidden_size * A2A_BYTES / link
+                self._a2a = True
         self._net_layers = (self.num_dense_layers * dense_net, self.num_moe_layers * moe_net)
         self._coll_layers = (self.num_dense_layers * dense_n, self.num_moe_layers * moe_n)
 
@@ -307,6 +306,19 @@ class CostModel:
             return 0.0
         return self._num_experts * -math.expm1(num_tokens * self._log_miss)
 
+    def dp_share(self, num_requests: int) -> float:
+        """The busiest rank's share of a step's requests under DP attention (1 under attention TP).
+
+        ``n`` requests over ``tp`` ranks leave ``ceil(n / tp)`` on the busiest one;
+        with ``n`` unknown (0) the ranks are taken as perfectly balanced.
+        """
+        ranks = self._dp_ranks
+        if ranks == 1:
+            return 1.0
+        if num_requests <= 0:
+            return 1 / ranks
+        return -(-num_requests // ranks) / num_requests
+
     def _imbalance(self, num_tokens: int) -> float:
         return expert_imbalance(num_tokens, self._k, self._ep_ranks) if self._ep_ranks > 1 else 1.0
 
@@ -314,13 +326,14 @@ class CostModel:
         """Seconds at peak per phase; ``layers`` = (attention, dense-MLP, MoE) layer counts (default: all)."""
         n_attn, n_dense, n_moe = layers or (self.num_layers, self.num_dense_layers, self.num_moe_layers)
         t = shape.num_tokens
-        kv_m = self._kv_m
+        share = self.dp_share(shape.num_requests)
+        kv_m = self._kv_m * share
         imb = self._imbalance(t)
         touched = min(self.experts_touched(t) * imb, self._num_experts)
         compute = (
-            n_attn * t * self._proj_c,
-            n_attn * (shape.prefill_pairs * self._pre_pair_c + shape.prefill_context_tokens * self._pre_ctx_c),
-            n_attn * shape.decode_pairs * self._dec_pair_c,
+            n_attn * t * self._proj_c * share,
+            n_attn * (shape.prefill_pairs * self._pre_pair_c + shape.prefill_context_tokens * self._pre_ctx_c) * share,
+            n_attn * shape.decode_pairs * self._dec_pair_c * share,
             n_dense * t * self._mlp_c,
             n_moe * t * (self._always_c + self._routed_c * imb),
             shape.num_logits * self._head_c,
@@ -334,7 +347,8 @@ class CostModel:
             self._head_m if shape.num_logits else 0.0,
         )
         dense_layers, moe_layers = max(self.num_dense_layers, 1), max(self.num_moe_layers, 1)
-        net = t * (self._net_layers[0] * n_dense / dense_layers + self._net_layers[1] * n_moe / moe_layers)
+        moe_net = self._net_layers[1] * (share if self._a2a else 1.0)
+        net = t * (self._net_layers[0] * n_dense / dense_layers + moe_net * n_moe / moe_layers)
         coll = round(self._coll_layers[0] * n_dense / dense_layers + self._coll_layers[1] * n_moe / moe_layers)
         return Terms(compute, memory, net, coll)
 
@@ -369,7 +383,7 @@ class CostModel:
             nm * self._expert_m * x_mem,
         )
         self._f_head = (self._head_c * x_mm, self._head_m * x_mem)
-        self._f_net = sum(self._net_layers) / e.network
+        self._f_net = (self._net_layers[0] / e.network, self._net_layers[1] / e.network)
         self._f_const = sum(self._coll_layers) * e.allreduce_latency_s + e.step_overhead_s
         if self.draft is not None:
             self._f_draft = (self._draft_c * x_mm, self._draft_m * x_mem)
@@ -385,15 +399,20 @@ class CostModel:
         t = shape.num_tokens
         if not t:
             return 0.0
+        share = 1.0 if self._dp_ranks == 1 else self.dp_share(shape.num_requests)
+        dense_net, moe_net = self._f_net
         proj_c, proj_m = self._f_proj
-        total = self._f_const + t * self._f_net + (t * proj_c if t * proj_c > proj_m else proj_m)
+        proj_c *= share
+        total = self._f_const + t * (dense_net + (moe_net * share if self._a2a else moe_net))
+        total += t * proj_c if t * proj_c > proj_m else proj_m
         pre_c, ctx_c, dec_c = self._f_attn
+        kv = self._f_kv * share
         if shape.prefill_pairs:
-            c = shape.prefill_pairs * pre_c + shape.prefill_context_tokens * ctx_c
-            m = shape.prefill_kv_tokens * self._f_kv
+            c = (shape.prefill_pairs * pre_c + shape.prefill_context_tokens * ctx_c) * share
+            m = shape.prefill_kv_tokens * kv
             total += c if c > m else m
         if shape.decode_pairs:
-            c, m = shape.decode_pairs * dec_c, shape.decode_kv_tokens * self._f_kv
+            c, m = shape.decode_pairs * dec_c * share, shape.decode_kv_tokens * kv
             total += c if c > m else m
         if self.num_dense_layers:
             c, m = self._f_mlp
