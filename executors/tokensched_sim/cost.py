@@ -113,7 +113,9 @@ class CostModel:
         bw = g.hbm_bytes_per_s
         peak_w = g.peak_flops(m.weight_dtype)
         peak_e = g.peak_flops(m.expert_dtype)
-        peak_attn = g.peak_flops(Dtype.FP8 if d.attention_dtype == "fp8" else Dtype.BF16)
+        peak_attn = g.peak_flops(Dtype.BF16)
+        if d.attention_dtype == "fp8":  # FP8 kernels reach their own fraction of the FP8 peak; fold it into the peak
+            peak_attn = g.peak_flops(Dtype.FP8) * d.efficiency.attention_fp8 / d.efficiency.attention
         wb, eb = m.weight_dtype.bytes, m.expert_dtype.bytes
         heads = m.num_heads if dp else m.num_heads // tp
         self._dp_ranks = tp if dp else 1  # attention terms are scaled per step by the busiest rank's share
