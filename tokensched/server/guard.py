@@ -83,6 +83,7 @@ class ConnectionGuard:
                 self.shed.count("connections refused with 503 (all busy)")
                 return False
             self.shed.count("idle connections closed to admit new ones")
+            del self.open[victim]  # now, not at connection_lost: the next admit must not pick it again
             victim.close()
         self.open[protocol] = None
         return True
