@@ -27,7 +27,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("tokensched.server")
 
-FD_RESERVE = 64  # descriptors kept for the listener, logs, the executor and the accept in progress
+LISTEN_BACKLOG = 128
+"""The listen backlog, which is also how many connections asyncio accepts per wake-up
+(``selector_events._accept_connection`` loops ``backlog`` times) before any of them reaches the guard."""
+FD_RESERVE = 3 * LISTEN_BACKLOG + 64
+"""Descriptors kept free below the limit: up to three accept batches in flight (accepted, being evicted, being
+closed) and 64 for the listener, logs and the executor."""
 _SHED_BODY = b'{"error":{"message":"too many open connections","type":"server_overloaded","code":"overloaded"}}'
 _SHED_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from tokensched.executor import executor_package
 from tokensched.policies.base import Policy
-from tokensched.server.guard import ConnectionGuard, guarded_protocol
+from tokensched.server.guard import LISTEN_BACKLOG, ConnectionGuard, guarded_protocol
 from tokensched.server.report import banner
 from tokensched.server.runner import EngineRunner
 from tokensched.server.settings import ServerSettings
@@ -98,6 +98,7 @@ def server_for(app: FastAPI, settings: ServerSettings, *, log_level: str = "info
         timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)),
         timeout_graceful_shutdown=max(1, round(ABORT_GRACE_S + 1)),
         access_log=False,
+        backlog=LISTEN_BACKLOG,
     )
     return GracefulServer(config, app.state.drain, settings.drain_timeout_s, guard)
 

@@ -80,7 +80,18 @@ class GracefulServer(uvicorn.Server):
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
+        if self.guard is not None:
+            self._loop.set_exception_handler(self._loop_exception)
         await super().startup(sockets)  # type: ignore[arg-type]
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        # asyncio logs a traceback for every accept() that finds no free descriptor; count them instead
+        if self.guard is not None and isinstance(context.get("exception"), OSError):
+            message = str(context.get("message", ""))
+            if "out of system resource" in message:
+                self.guard.shed.count("accepts that found no free file descriptor")
+                return
+        loop.default_exception_handler(context)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn would re-raise the signal after shutting down (exit status 143 or 130): a drained stop exits 0
