@@ -1,4 +1,4 @@
-"""SIGTERM drains: live streams end with ``abort`` and ``[DONE]``, the process exits 0 in time; a second signal is final."""
+"""SIGTERM drains: live streams end with ``abort`` and ``[DONE]``, exit 0 in time; a second signal is final."""
 
 from __future__ import annotations
 
