@@ -59,6 +59,7 @@ class Terms:
     memory_s: tuple[float, ...]
     network_s: float  # bytes exchanged between ranks at peak NVLink bandwidth
     num_allreduces: int  # collectives, each paying the fixed latency
+    num_layers: int = 0  # layers run, each paying the latency floor
 
 
 @attrs.frozen(slots=True)
@@ -100,7 +101,7 @@ class CostModel:
 
     >>> cm = CostModel(Deployment(model="dense-8b", gpu="h100", tp=1))
     >>> round(cm.step_time(BatchShape.from_counts(num_decode_requests=1, decode_context_tokens=1000)) * 1e3, 2)
-    6.15
+    9.74
     """
 
     def __init__(self, deployment: Deployment) -> None:
@@ -352,7 +353,7 @@ class CostModel:
         moe_net = self._net_layers[1] * (share if self._a2a else 1.0)
         net = t * (self._net_layers[0] * n_dense / dense_layers + moe_net * n_moe / moe_layers)
         coll = round(self._coll_layers[0] * n_dense / dense_layers + self._coll_layers[1] * n_moe / moe_layers)
-        return Terms(compute, memory, net, coll)
+        return Terms(compute, memory, net, coll, n_attn)
 
     def time_from_terms(self, terms: Terms, efficiency: Efficiency | None = None) -> float:
         """Seconds of a step from its :class:`Terms` and a set of efficiencies."""
@@ -367,7 +368,8 @@ class CostModel:
             + max(c[4] * x_mm, m[4] * x_mem)
             + max(c[5] * x_mm, m[5] * x_mem)
         )
-        return total + terms.network_s / e.network + terms.num_allreduces * e.allreduce_latency_s
+        fixed = terms.num_allreduces * e.allreduce_latency_s + terms.num_layers * e.layer_overhead_s
+        return total + terms.network_s / e.network + fixed
 
     def _fold_efficiency(self) -> None:
         """Whole-model constants with the efficiencies applied, so ``step_time`` is a dozen multiply-adds."""
@@ -386,11 +388,12 @@ class CostModel:
         )
         self._f_head = (self._head_c * x_mm, self._head_m * x_mem)
         self._f_net = (self._net_layers[0] / e.network, self._net_layers[1] / e.network)
-        self._f_const = sum(self._coll_layers) * e.allreduce_latency_s + e.step_overhead_s
+        self._f_const = sum(self._coll_layers) * e.allreduce_latency_s + n * e.layer_overhead_s + e.step_overhead_s
         if self.draft is not None:
             self._f_draft = (self._draft_c * x_mm, self._draft_m * x_mem)
             self._f_draft_attn = max(self._draft_pair_c * x_attn, self._draft_kv_m * x_mem)
-            self._f_draft_net = (self._draft_net / e.network, self._draft_coll * e.allreduce_latency_s)
+            draft_fixed = self._draft_coll * e.allreduce_latency_s + self.draft.num_layers * e.layer_overhead_s
+            self._f_draft_net = (self._draft_net / e.network, draft_fixed)
 
     def step_time(self, shape: BatchShape) -> float:
         """Modelled seconds of one step of the target model, fixed overhead included.
@@ -459,5 +462,5 @@ class CostModel:
             x = 1 / (e.attention if name in ATTENTION_PHASES else e.matmul)
             out[name] = max(terms.compute_s[i] * x, terms.memory_s[i] / e.memory)
         out["allreduce"] = terms.network_s / e.network + terms.num_allreduces * e.allreduce_latency_s
-        out["overhead"] = e.step_overhead_s
+        out["overhead"] = e.step_overhead_s + terms.num_layers * e.layer_overhead_s
         return out

@@ -23,6 +23,11 @@ class Efficiency(BaseModel):
     - ``matmul`` 0.6: an assumption (DeepGEMM's FP8 GEMMs reach up to 1,550 of
       1,979 TFLOP/s, 0.78, on H800 for large shapes; grouped MoE GEMMs less).
     - ``network`` 0.7, ``step_overhead_s``, ``allreduce_latency_s``: assumptions.
+    - ``layer_overhead_s``: the latency floor of one layer's kernels that no
+      roofline term accounts for (launch tails, tiny GEMMs and GEMVs below their
+      roofline). Default 0; the engine profiles take it from TensorRT-LLM's
+      published minimum-latency DeepSeek-R1 run on 8x B200 (see
+      :data:`tokensched_sim.engines.TRTLLM_MIN_LATENCY_LAYER_OVERHEAD_S`).
 
     Fit them to a real GPU with ``python -m tokensched_sim.calibrate measured.csv``.
     """
@@ -36,3 +41,4 @@ class Efficiency(BaseModel):
     network: float = Field(default=0.7, gt=0, le=1)
     step_overhead_s: float = Field(default=5e-4, ge=0, description="launches, sampling, host sync per step")
     allreduce_latency_s: float = Field(default=8e-6, ge=0, description="fixed latency of one all-reduce")
+    layer_overhead_s: float = Field(default=0.0, ge=0, description="latency floor per layer per step")

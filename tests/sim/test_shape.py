@@ -87,5 +87,5 @@ def test_fast_draft_time_equals_the_sum_of_its_passes(which: int, requests: int,
         weights = max(2 * requests * params / (d.gpu.bf16_flops * e.matmul), params * 2 / (bw * e.memory))
         attn = max(grown * pair_flops / (d.gpu.bf16_flops * e.attention), grown * kv_bytes / (bw * e.memory))
         comm = (requests * 2 * ring / e.network + 2 * e.allreduce_latency_s) if tp > 1 else 0.0
-        slow += weights + attn + comm
+        slow += weights + attn + comm + head.num_layers * e.layer_overhead_s
     assert model.draft_time(requests, kv, drafts) == pytest.approx(slow, rel=1e-9)
