@@ -206,14 +206,21 @@ class CostModel:
             + 2 * head_params * wb
         )
         self.kv_bytes_per_token = self.kv_bytes_per_token_layer * m.num_layers  # the target's, per rank
-        self.memory = self._memory(draft_bytes, self.kv_bytes_per_token + draft_kv_token)
+        self.memory = self._memory(draft_bytes, self.kv_bytes_per_token, draft_kv_token)
         self.kv_budget_bytes = self.memory.kv
         self.num_kv_tokens = self.memory.kv_tokens_per_rank
         self._fold_efficiency()
 
     # Memory ----------------------------------------------------------------------------------------
 
-    def _memory(self, draft_bytes: float, cell: float) -> MemoryBreakdown:
+    def _memory(self, draft_bytes: float, target_cell: float, draft_cell: float) -> MemoryBreakdown:
+        """Per-rank memory under the engine's rule; ``*_cell``: KV bytes per token of the target and the draft.
+
+        vLLM and TensorRT-LLM size one pool whose tokens carry every attention layer, the draft's
+        included. SGLang sizes the target's pool first (``profile_max_num_token`` counts only the
+        target's layers) and then allocates the draft worker's cache for as many tokens
+        (``draft_runner_cache_size``) out of the reserve, where it must fit with the rest.
+        """
         d, m, e = self.deployment, self.deployment.model, self.engine
         gpu_bytes = d.gpu.memory_bytes
         fraction, batched, graphs = e.memory_fraction, e.max_num_batched_tokens, e.cuda_graph_max_batch
@@ -230,6 +237,8 @@ class CostModel:
         graph_bytes = graphs * GRAPH_BYTES_PER_BATCH * (2 if d.num_speculative_tokens else 1)
         activations = batched * self._activation_bytes_per_token() + e.max_num_seqs * m.vocab_size / d.tp * 4
         runtime = runtime_bytes(d.tp)
+        separate_draft = e.memory_rule == "static_fraction"
+        cell = target_cell if separate_draft else target_cell + draft_cell
         kv, shortfall = kv_budget(
             e.memory_rule,
             fraction,
@@ -240,7 +249,12 @@ class CostModel:
             cuda_graphs=graph_bytes,
             runtime=runtime,
         )
-        if shortfall > 0 or kv < cell:
+        tokens = int(kv // cell) if kv > 0 else 0
+        if separate_draft and draft_cell:
+            draft_kv = tokens * draft_cell
+            shortfall = max(shortfall, draft_bytes + draft_kv + activations + graph_bytes - (1 - fraction) * gpu_bytes)
+            kv, cell = kv + draft_kv, cell + draft_cell
+        if shortfall > 0 or tokens < 1:
             short = max(shortfall, cell - kv)
             raise DeploymentError(
                 f"{m.name} on {d.tp}x {d.gpu.name} ({d.engine}, {e.memory_rule} {fraction:.3f}): weights take "
@@ -262,7 +276,7 @@ class CostModel:
             runtime=runtime,
             kv=kv,
             kv_bytes_per_token=cell,
-            kv_tokens_per_rank=int(kv // cell),
+            kv_tokens_per_rank=tokens,
         )
 
     def _activation_bytes_per_token(self) -> float:
