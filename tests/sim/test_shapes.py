@@ -85,3 +85,14 @@ def test_dp_attention_serves_more_per_gpu_at_low_per_user_speed() -> None:
     slow_tp, slow_dp = best_at_speed(tp, 100_000, 20, ALPHA), best_at_speed(dp, 100_000, 20, ALPHA)
     assert slow_tp is not None and slow_dp is not None
     assert slow_dp.tokens_per_s_per_gpu > slow_tp.tokens_per_s_per_gpu
+
+
+def test_a_decode_point_is_accepted_tokens_over_verification_plus_drafting() -> None:
+    model = kimi()
+    point = decode_point(model, 12, 40_000, ALPHA)
+    shape = BatchShape.from_counts(num_decode_requests=12, decode_context_tokens=12 * 40_000, num_speculative_tokens=3)
+    step = model.step_time(shape) + model.draft_time(12, 12 * (40_000 + 4), 3)
+    assert point.step_s == pytest.approx(step)
+    assert point.tps_per_user == pytest.approx(KIMI_EAGLE3_ACCEPT_LENGTH / step, rel=1e-6)
+    assert point.tpm_per_gpu == pytest.approx(12 * point.tps_per_user / 4 * 60)
+    assert max_batch(model, 40_000) == model.num_kv_tokens // 40_000
