@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.profiles import PROFILES
@@ -28,6 +30,9 @@ class BenchConfig(BaseModel):
     seed: int = 0
     sample_interval_s: float = Field(default=1.0, gt=0.0, description="queue/KV sampling period")
     num_speculative_tokens: int = Field(default=0, ge=0, le=16)
+    turns: Literal["open", "closed"] = Field(
+        default="open", description="open: turns on a fixed timeline (offered load = label); closed: after answers"
+    )
     workload: CodingAgentConfig = CodingAgentConfig()
 
     @model_validator(mode="after")
@@ -42,4 +47,4 @@ class BenchConfig(BaseModel):
 
     @property
     def arrivals(self) -> Arrivals:
-        return Arrivals(target_tpm=self.target_tpm, concurrency=self.concurrency)
+        return Arrivals(target_tpm=self.target_tpm, concurrency=self.concurrency, turns=self.turns)

@@ -56,6 +56,8 @@ class RunInfo(BaseModel):
     requests_released: int
     requests_rejected: int  # refused at submit (could never fit the KV pool)
     requests_unfinished: int  # still running or waiting when the run stopped
+    rate_scale: float  # session rate / nominal Poisson rate, so the window offers the label (1 without rescaling)
+    stand_in_answers: int  # open-loop turns sent before their previous answer was in
     wall_s: float
     cpu_s: float  # this process's CPU time: the wall time on an idle core
     speedup: MaybeNaN  # simulated seconds per wall-clock second
@@ -111,7 +113,8 @@ def run_bench(
         update={"max_context_tokens": min(config.workload.max_context_tokens, capacity)}
     )
     if trace is None:
-        source: Any = CodingAgentSource(workload_config, config.arrivals, stop, config.seed)
+        window = (config.warmup_s, config.duration_s)
+        source: Any = CodingAgentSource(workload_config, config.arrivals, stop, config.seed, window=window)
     else:
         header = trace.header.model_copy(
             update={"duration_s": stop, "max_context_tokens": min(trace.header.max_context_tokens, capacity)}
@@ -160,6 +163,8 @@ def run_bench(
         requests_released=counts.requests_released,
         requests_rejected=rejected,
         requests_unfinished=len(scheduler.live),
+        rate_scale=workload.header.rate_scale,
+        stand_in_answers=counts.stand_in_answers,
         wall_s=wall,
         cpu_s=cpu,
         speedup=end / wall if wall > 0 else math.inf,
