@@ -81,9 +81,7 @@ class CodingAgentConfig(BaseModel):
 
     def output_lengths(self) -> LogNormal:
         """The lognormal through the published median and p99 (clipped to ``[1, output_max_tokens]``)."""
-        return LogNormal.from_quantiles(
-            self.output_p50, 0.99, self.output_p99, low=1, high=self.output_max_tokens
-        )
+        return LogNormal.from_quantiles(self.output_p50, 0.99, self.output_p99, low=1, high=self.output_max_tokens)
 
     def new_tokens(self) -> LogNormal:
         if self.new_tokens_median == 0:
@@ -138,6 +136,7 @@ class SessionStatistics:
     mean_input_tokens: float  # prompt tokens a session sends over all its turns
     mean_span_s: float  # first turn to last answer at the reference speed (SessionRecord.turn_offsets)
     max_span_s: float
+    median_prompt_tokens: float  # over every turn of every session
 
 
 @functools.lru_cache(maxsize=32)
@@ -146,11 +145,14 @@ def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _EST
     generator = CodingAgentGenerator(config, seed, stream="estimate")
     tokens = 0
     spans = []
+    prompts: list[int] = []
     for _ in range(samples):
         session = generator.sample_session("estimate")
         tokens += session.input_tokens()
+        prompts += session.prompt_lengths()
         spans.append(session.turn_offsets()[-1] + reference_answer_s(session.turns[-1].output_tokens))
-    return SessionStatistics(tokens / samples, sum(spans) / samples, max(spans))
+    prompts.sort()
+    return SessionStatistics(tokens / samples, sum(spans) / samples, max(spans), float(prompts[len(prompts) // 2]))
 
 
 def nominal_turn_offsets(session: SessionRecord) -> list[float]:
