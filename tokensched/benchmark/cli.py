@@ -81,8 +81,11 @@ def bench_command(
             _fail(f"--reproduce: unknown setup {reproduce!r}; known: {', '.join(REPRODUCTIONS)}")
         reproduction = REPRODUCTIONS[reproduce]
         policies, levels = ",".join(reproduction.policies), ",".join(map(format_level, reproduction.levels))
-    elif answer:
-        policies, levels = ",".join(ANSWER_POLICIES), ",".join(map(format_level, ANSWER_LEVELS))
+    elif answer:  # the answer's profiles and levels unless the command line names others
+        if policies == DEFAULT_POLICIES:
+            policies = ",".join(ANSWER_POLICIES)
+        if levels == DEFAULT_LEVELS:
+            levels = ",".join(map(format_level, ANSWER_LEVELS))
     chosen = _split(policies)
     if not chosen:
         _fail(f"--policies: no policy given in {policies!r}; known: {', '.join(PROFILES)}")
