@@ -27,7 +27,7 @@ from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.reproduce import REPRODUCTIONS, Reproduction, compare_table, reproduce_rows
 from tokensched.benchmark.run import KVCapacity, kv_capacity
 from tokensched.benchmark.sweep import SweepReport, format_level, parse_level, sweep
-from tokensched.benchmark.workloads import Trace
+from tokensched.benchmark.workloads import CodingAgentConfig, Trace
 from tokensched.errors import TokenschedError
 
 DEFAULT_POLICIES = "trtllm,vllm,prefix-aware"
@@ -58,6 +58,9 @@ def bench_command(
     ttft_slo: Annotated[float, typer.Option(help="TTFT target in seconds (SLO policy, attainment)")] = 10.0,
     block_size: Annotated[int, typer.Option(help="KV block size in tokens")] = 64,
     turns: Annotated[str, typer.Option(help="open: turns on a fixed timeline; closed: after each answer")] = "open",
+    think_time: Annotated[
+        float, typer.Option(help="median seconds between an answer and the next turn (an assumption: see docs)")
+    ] = 5.0,
     out: Annotated[Path, typer.Option(help="output folder for bench.json and bench.png")] = Path("out"),
     trace_in: Annotated[
         Path | None, typer.Option(help="replay this JSONL trace instead of --levels (same --duration etc. as recorded)")
@@ -80,7 +83,9 @@ def bench_command(
         if reproduce not in REPRODUCTIONS:
             _fail(f"--reproduce: unknown setup {reproduce!r}; known: {', '.join(REPRODUCTIONS)}")
         reproduction = REPRODUCTIONS[reproduce]
-        policies, levels = ",".join(reproduction.policies), ",".join(map(format_level, reproduction.levels))
+        policies = ",".join(reproduction.policies)
+        if levels == DEFAULT_LEVELS:
+            levels = ",".join(map(format_level, reproduction.levels))
     elif answer:  # the answer's profiles and levels unless the command line names others
         if policies == DEFAULT_POLICIES:
             policies = ",".join(ANSWER_POLICIES)
@@ -121,6 +126,7 @@ def bench_command(
             num_speculative_tokens=spec_tokens,
             spec_accept_length=spec_acceptance if spec_tokens else 1.0,
             turns=turns,  # type: ignore[arg-type]  # validated by pydantic
+            workload=CodingAgentConfig(think_time_median_s=think_time),
         )
         capacities = [kv_capacity(base.model_copy(update={"policy": p})) for p in chosen]
         trace = Trace.load(trace_in) if trace_in is not None else None
