@@ -207,7 +207,7 @@ def run_bench(
         sample_interval_s=config.sample_interval_s,
         ttft_slo_s=config.ttft_slo_s,
     )
-    rejected = _drive(engine, workload, metrics, stop, progress)
+    rejected = drive(engine, workload, metrics, stop, progress)
     end = executor.now()
     metrics.on_stats(end, scheduler.stats())
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
@@ -235,14 +235,20 @@ def run_bench(
     return result, workload.trace()
 
 
-def _drive(
+def drive(
     engine: Engine,
     workload: SessionWorkload,
     metrics: MetricsCollector,
     stop: float,
-    progress: Callable[[float], None] | None,
+    progress: Callable[[float], None] | None = None,
 ) -> int:
-    """The closed loop: submit due turns, step the engine, feed answers back; returns rejected requests."""
+    """Drive one scheduler + engine from a workload until ``stop``; returns the requests refused at submit.
+
+    Submits the turns the workload releases, steps the engine, records every
+    output in ``metrics`` and feeds finished answers back to the workload. It
+    knows nothing of profiles or deployments, so a caller can build its own
+    engine (another executor, several replicas behind a router) and reuse it.
+    """
     scheduler, executor = engine.scheduler, engine.executor
     answers: dict[str, list[int]] = {}
     rejected = 0
