@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tokensched.benchmark import BenchConfig, SweepReport, format_level, parse_level, run_bench
+from tokensched.benchmark import BenchConfig, SweepReport, format_level, parse_level, run_bench, sweep
 from tokensched.benchmark.workloads import Trace
 from tokensched.cli import app
 
@@ -206,3 +206,11 @@ def test_example_script_runs_one_level_and_prints_the_summary() -> None:
         timeout=120,
     )
     assert "TTFT p50/p90/p99" in done.stdout and "x real time" in done.stdout
+
+
+def test_a_sweep_can_skip_the_levels_above_a_policys_first_overloaded_point() -> None:
+    base = tiny(policy="vllm")
+    report = sweep(base, ["vllm"], [8e6, 12e6], seeds=1, skip_after_overload=True)
+    assert [p.level for p in report.points] == [8e6]
+    assert report.points[0].overloaded  # vLLM's 492k tokens of KV cannot keep up with 8M TPM
+    assert report.skipped == ["vllm@12M"]

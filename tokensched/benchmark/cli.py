@@ -143,7 +143,11 @@ def bench_command(
         )
     _check_writable(out)
     console.print(_capacity_table(capacities))
-    report = _run_with_progress(console, base, chosen, points, trace, trace_out, seeds)
+    if answer:
+        points = sorted(points)
+    report = _run_with_progress(console, base, chosen, points, trace, trace_out, seeds, answer)
+    if report.skipped:
+        console.print(f"not run (above the policy's first overloaded level): {', '.join(report.skipped)}")
     console.print(_points_table(report))
     if report.level_kind == "tpm":
         console.print(_offered_line(report))
@@ -204,6 +208,7 @@ def _run_with_progress(
     trace: Trace | None,
     trace_out: Path | None,
     seeds: int,
+    skip_after_overload: bool,
 ) -> SweepReport:
     runs = len(policies) * (1 if trace is not None else len(levels) * seeds)
     columns = (TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"))
@@ -216,7 +221,16 @@ def _run_with_progress(
             description = f"{policy} @ {format_level(level)} seed {seed}"
             bar.update(task, completed=sum(done.values()), description=description)
 
-        report = sweep(base, policies, levels, trace=trace, trace_out=trace_out, progress=advance, seeds=seeds)
+        report = sweep(
+            base,
+            policies,
+            levels,
+            trace=trace,
+            trace_out=trace_out,
+            progress=advance,
+            seeds=seeds,
+            skip_after_overload=skip_after_overload,
+        )
         bar.update(task, completed=float(runs), description="done")
     return report
 

@@ -111,6 +111,7 @@ class SweepReport(BaseModel):
     trace: str | None  # set when the sweep replayed a recorded trace
     seeds: list[int]
     points: list[Point]  # per policy, in level order
+    skipped: list[str] = []  # "policy@level" not run: above the policy's first overloaded level
     results: list[BenchResult]  # every run (policy x level x seed)
     sim_time_s: float
     wall_s: float
@@ -140,11 +141,14 @@ def sweep(
     trace_out: Path | None = None,
     progress: Progress | None = None,
     seeds: int = 3,
+    skip_after_overload: bool = False,
 ) -> SweepReport:
     """Run every policy at every level (TPM, or sessions if ``base`` sets a concurrency) with ``seeds`` seeds.
 
     Seeds are ``base.seed``, ``base.seed + 1``, ... With ``trace``, ``levels``
-    is ignored and each policy replays the trace once.
+    is ignored and each policy replays the trace once. With
+    ``skip_after_overload`` a policy is not run at levels above its first
+    overloaded point (they cannot be steady either; the answer uses this).
     With ``trace_out``, the trace of each level's first run is written there
     (``NAME-LEVEL.jsonl`` when there are several levels).
     """
@@ -163,8 +167,11 @@ def sweep(
     seed_list = [base.seed] if trace is not None else [base.seed + k for k in range(seeds)]
     results: list[BenchResult] = []
     points: dict[tuple[str, float], Point] = {}
+    overloaded_at: dict[str, float] = {}
     for level in levels:
         for index, policy in enumerate(policies):
+            if skip_after_overload and policy in overloaded_at and level > overloaded_at[policy]:
+                continue
             runs = []
             for seed in seed_list:
                 config = _configure(base, policy, level, trace).model_copy(update={"seed": seed})
@@ -174,7 +181,9 @@ def sweep(
                 if trace_out is not None and index == 0 and seed == base.seed:
                     recorded.save(_trace_path(trace_out, level, len(levels)))
             results += runs
-            points[(policy, level)] = summarize_point(policy, level, runs)
+            point = points[(policy, level)] = summarize_point(policy, level, runs)
+            if point.overloaded:
+                overloaded_at.setdefault(policy, level)
     sim_time = sum(r.run.sim_time_s for r in results)
     wall = time.perf_counter() - wall_start
     return SweepReport(
@@ -185,7 +194,8 @@ def sweep(
         policies=list(policies),
         trace=None if trace is None else f"{len(trace.sessions)} sessions, {trace.header.arrival} arrivals",
         seeds=seed_list,
-        points=[points[(policy, level)] for policy in policies for level in levels],
+        points=[points[(policy, level)] for policy in policies for level in levels if (policy, level) in points],
+        skipped=[f"{p}@{format_level(level)}" for p in policies for level in levels if (p, level) not in points],
         results=sorted(results, key=lambda r: list(policies).index(r.config.policy)),
         sim_time_s=sim_time,
         wall_s=wall,
