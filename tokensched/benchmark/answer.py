@@ -20,7 +20,7 @@ from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.sweep import SweepReport, format_level
 
 ANSWER_POLICIES = ("prefix-aware", "retain", "slo", "trtllm", "vllm")
-ANSWER_LEVELS = (1e6, 2e6, 3e6, 4e6, 5e6, 6e6)
+ANSWER_LEVELS = (1e6, 2e6, 2.25e6, 2.5e6, 2.75e6, 3e6, 3.5e6, 4e6)
 MAX_TTFT_S = 1.0
 MIN_TPS_PER_USER = 70.0
 
