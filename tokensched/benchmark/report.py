@@ -70,8 +70,9 @@ def plot_sweep(
     for axes in (latency, interactivity):
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
-    deployment = report.results[0].run.deployment.split(",")[0] if report.results else ""
-    figure.suptitle(f"tokensched bench: coding-agent sessions, {deployment}, {len(report.seeds)} seeds", fontsize=10)
+    base = report.base
+    title = f"tokensched bench: coding-agent sessions, {base.model} on {base.gpu}, {len(report.seeds)} seeds"
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
