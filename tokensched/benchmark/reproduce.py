@@ -46,7 +46,8 @@ class Reproduction(BaseModel):
     published: tuple[PublishedPoint, ...]
 
     def result_json(self, rows: list[ComparisonRow], report: SweepReport) -> str:
-        return ReproductionResult(reproduction=self, rows=rows, seeds=report.seeds).model_dump_json(indent=2)
+        result = ReproductionResult(reproduction=self, rows=rows, seeds=report.seeds, order_matches=order_matches(rows))
+        return result.model_dump_json(indent=2)
 
 
 class ComparisonRow(BaseModel):
@@ -73,6 +74,17 @@ class ReproductionResult(BaseModel):
     reproduction: Reproduction
     seeds: list[int]
     rows: list[ComparisonRow]
+    order_matches: bool | None  # the simulated p50s rank the profiled engines as the published ones do
+
+
+def order_matches(rows: list[ComparisonRow]) -> bool | None:
+    """Whether the simulated medians order the simulated rows as the published figures do (None: < 2 rows)."""
+    simulated = [r for r in rows if r.simulated_s is not None and not math.isnan(r.simulated_s.median)]
+    if len(simulated) < 2:
+        return None
+    by_published = [r.label for r in sorted(simulated, key=lambda r: r.published_s)]
+    by_simulated = [r.label for r in sorted(simulated, key=lambda r: r.simulated_s.median if r.simulated_s else 0.0)]
+    return by_published == by_simulated
 
 
 REPRODUCTIONS: dict[str, Reproduction] = {
@@ -117,9 +129,11 @@ def reproduce_rows(reproduction: Reproduction, report: SweepReport) -> list[Comp
 
 def compare_table(reproduction: Reproduction, rows: list[ComparisonRow]) -> Table:
     """Published p50 TTFTs beside the simulated ones, with their ratio."""
+    order = order_matches(rows)
+    verdict = "" if order is None else ("; order as published" if order else "; order NOT as published")
     table = Table(
         title=f"{reproduction.name}: published vs simulated p50 TTFT",
-        caption=f"source: {reproduction.source}; simulated: median \\[lowest-highest seed]",
+        caption=f"source: {reproduction.source}; simulated: median \\[lowest-highest seed]{verdict}",
         caption_justify="left",
     )
     for name in ("engine", "profile", "GPUs", "label TPM", "offered (sim)", "published", "simulated", "ratio"):
