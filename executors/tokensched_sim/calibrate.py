@@ -35,6 +35,7 @@ from tokensched_sim.cost import ATTENTION_PHASES, PHASES, CostModel, Deployment,
 from tokensched_sim.shape import BatchShape
 
 FACTORS = ("matmul", "attention", "memory", "network", "step_overhead_s")
+HELD = ("attention_fp8", "allreduce_latency_s", "layer_overhead_s")  # not fitted; kept from the starting point
 _COUNT_COLUMNS = (
     "num_prefill_tokens",
     "num_prefill_requests",
@@ -153,7 +154,7 @@ def fit_efficiency(
     model = CostModel(deployment)
     base = deployment.efficiency
     all_terms = [model.terms(m.shape) for m in measurements]
-    latency = [t.num_allreduces * base.allreduce_latency_s for t in all_terms]
+    latency = [t.num_allreduces * base.allreduce_latency_s + t.num_layers * base.layer_overhead_s for t in all_terms]
     targets = [m.seconds for m in measurements]
     weights = [1 / y if relative else 1.0 for y in targets]
     theta = _params(base)
@@ -243,11 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gpu", default="b200", help="GPU preset")
     parser.add_argument("--tp", type=int, default=4, help="tensor-parallel degree")
     parser.add_argument("--kv-dtype", default=None, help="override the model's KV cache type")
+    parser.add_argument("--engine", default="tokensched", help="engine profile whose efficiencies start the fit")
     parser.add_argument("--fit", default=",".join(FACTORS), help=f"comma-separated subset of {','.join(FACTORS)}")
     parser.add_argument("--absolute", action="store_true", help="minimise absolute, not relative, errors")
     args = parser.parse_args(argv)
     try:
-        deployment = Deployment(model=args.model, gpu=args.gpu, tp=args.tp, kv_dtype=args.kv_dtype)
+        deployment = Deployment(model=args.model, gpu=args.gpu, tp=args.tp, kv_dtype=args.kv_dtype, engine=args.engine)
         measurements = load_measurements(args.csv)
         result = fit_efficiency(
             deployment, measurements, fit=[f for f in args.fit.split(",") if f], relative=not args.absolute
@@ -261,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in FACTORS:
         print(f"  {name:16s} {getattr(e, name):.6g}")
     print(f"relative error: rms {result.rms_relative_error:.2%}, max {result.max_relative_error:.2%}")
-    values = ", ".join(f"{name}={getattr(e, name):.6g}" for name in FACTORS)
+    # The fixed latencies are held (collinear with the step overhead), so the suggestion carries them too.
+    values = ", ".join(f"{name}={getattr(e, name):.6g}" for name in (*FACTORS, *HELD))
     print(f"use: Deployment(..., efficiency=Efficiency({values}))")
     return 0
 

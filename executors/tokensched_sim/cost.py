@@ -59,6 +59,7 @@ class Terms:
     memory_s: tuple[float, ...]
     network_s: float  # bytes exchanged between ranks at peak NVLink bandwidth
     num_allreduces: int  # collectives, each paying the fixed latency
+    num_layers: int = 0  # layers run, each paying the latency floor
 
 
 @attrs.frozen(slots=True)
@@ -100,7 +101,7 @@ class CostModel:
 
     >>> cm = CostModel(Deployment(model="dense-8b", gpu="h100", tp=1))
     >>> round(cm.step_time(BatchShape.from_counts(num_decode_requests=1, decode_context_tokens=1000)) * 1e3, 2)
-    6.15
+    9.74
     """
 
     def __init__(self, deployment: Deployment) -> None:
@@ -113,17 +114,19 @@ class CostModel:
         bw = g.hbm_bytes_per_s
         peak_w = g.peak_flops(m.weight_dtype)
         peak_e = g.peak_flops(m.expert_dtype)
-        peak_attn = g.peak_flops(Dtype.FP8 if d.attention_dtype == "fp8" else Dtype.BF16)
+        peak_attn = g.peak_flops(Dtype.BF16)
+        if d.attention_dtype == "fp8":  # FP8 kernels reach their own fraction of the FP8 peak; fold it into the peak
+            peak_attn = g.peak_flops(Dtype.FP8) * d.efficiency.attention_fp8 / d.efficiency.attention
         wb, eb = m.weight_dtype.bytes, m.expert_dtype.bytes
         heads = m.num_heads if dp else m.num_heads // tp
-        share = 1 / tp if dp else 1.0  # the busiest rank's share of the step's requests (balanced DP)
+        self._dp_ranks = tp if dp else 1  # attention terms are scaled per step by the busiest rank's share
         self.num_layers = m.num_layers
         self.num_dense_layers = m.num_layers - m.num_moe_layers
         self.num_moe_layers = m.num_moe_layers
 
         # Weights each rank reads per layer, and seconds per token of their matmuls at peak.
         attn_params = (m.attn_params_sharded if dp else m.attn_params_sharded / tp) + m.attn_params_replicated
-        self._proj_c = 2 * attn_params / peak_w * share
+        self._proj_c = 2 * attn_params / peak_w
         self._proj_m = attn_params * wb / bw
         mlp_params = m.dense_mlp_params / tp
         self._mlp_c = 2 * mlp_params / peak_w
@@ -156,15 +159,13 @@ class CostModel:
             self._pre_ctx_c = 0.0
             kv_heads_rank = m.num_kv_heads if dp else max(m.num_kv_heads / tp, 1.0)  # replicated past their count
             kv_values_rank = round(2 * kv_heads_rank * m.head_dim)
-        self._pre_pair_c *= share
-        self._pre_ctx_c *= share
-        self._dec_pair_c *= share
         self.kv_bytes_per_token_layer = kv_values_rank * kv_dtype.bytes
-        self._kv_m = self.kv_bytes_per_token_layer / bw * share
+        self._kv_m = self.kv_bytes_per_token_layer / bw
 
         # Communication per layer, seconds per step token at peak one-way NVLink, and collectives per layer.
         link = g.nvlink_bytes_per_s / 2
         ring = 2 * (tp - 1) / tp * m.hidden_size * ACTIVATION_BYTES / link if tp > 1 else 0.0
+        self._a2a = False  # whether the MoE layers' traffic is this rank's tokens (all-to-all) or all tokens
         if tp == 1:
             dense_net = moe_net = 0.0
             dense_n = moe_n = 0
@@ -175,7 +176,8 @@ class CostModel:
             dense_net = moe_net = ring
             dense_n = moe_n = 2
             if ep and m.num_experts:  # dispatch + combine: each of this rank's tokens goes to k experts
-                moe_net = share * m.num_experts_per_token * (tp - 1) / tp * m.hidden_size * A2A_BYTES / link
+                moe_net = m.num_experts_per_token * (tp - 1) / tp * m.hidden_size * A2A_BYTES / link
+                self._a2a = True
         self._net_layers = (self.num_dense_layers * dense_net, self.num_moe_layers * moe_net)
         self._coll_layers = (self.num_dense_layers * dense_n, self.num_moe_layers * moe_n)
 
@@ -204,14 +206,21 @@ class CostModel:
             + 2 * head_params * wb
         )
         self.kv_bytes_per_token = self.kv_bytes_per_token_layer * m.num_layers  # the target's, per rank
-        self.memory = self._memory(draft_bytes, self.kv_bytes_per_token + draft_kv_token)
+        self.memory = self._memory(draft_bytes, self.kv_bytes_per_token, draft_kv_token)
         self.kv_budget_bytes = self.memory.kv
         self.num_kv_tokens = self.memory.kv_tokens_per_rank
         self._fold_efficiency()
 
     # Memory ----------------------------------------------------------------------------------------
 
-    def _memory(self, draft_bytes: float, cell: float) -> MemoryBreakdown:
+    def _memory(self, draft_bytes: float, target_cell: float, draft_cell: float) -> MemoryBreakdown:
+        """Per-rank memory under the engine's rule; ``*_cell``: KV bytes per token of the target and the draft.
+
+        vLLM and TensorRT-LLM size one pool whose tokens carry every attention layer, the draft's
+        included. SGLang sizes the target's pool first (``profile_max_num_token`` counts only the
+        target's layers) and then allocates the draft worker's cache for as many tokens
+        (``draft_runner_cache_size``) out of the reserve, where it must fit with the rest.
+        """
         d, m, e = self.deployment, self.deployment.model, self.engine
         gpu_bytes = d.gpu.memory_bytes
         fraction, batched, graphs = e.memory_fraction, e.max_num_batched_tokens, e.cuda_graph_max_batch
@@ -228,6 +237,8 @@ class CostModel:
         graph_bytes = graphs * GRAPH_BYTES_PER_BATCH * (2 if d.num_speculative_tokens else 1)
         activations = batched * self._activation_bytes_per_token() + e.max_num_seqs * m.vocab_size / d.tp * 4
         runtime = runtime_bytes(d.tp)
+        separate_draft = e.memory_rule == "static_fraction"
+        cell = target_cell if separate_draft else target_cell + draft_cell
         kv, shortfall = kv_budget(
             e.memory_rule,
             fraction,
@@ -238,7 +249,12 @@ class CostModel:
             cuda_graphs=graph_bytes,
             runtime=runtime,
         )
-        if shortfall > 0 or kv < cell:
+        tokens = int(kv // cell) if kv > 0 else 0
+        if separate_draft and draft_cell:
+            draft_kv = tokens * draft_cell
+            shortfall = max(shortfall, draft_bytes + draft_kv + activations + graph_bytes - (1 - fraction) * gpu_bytes)
+            kv, cell = kv + draft_kv, cell + draft_cell
+        if shortfall > 0 or tokens < 1:
             short = max(shortfall, cell - kv)
             raise DeploymentError(
                 f"{m.name} on {d.tp}x {d.gpu.name} ({d.engine}, {e.memory_rule} {fraction:.3f}): weights take "
@@ -260,7 +276,7 @@ class CostModel:
             runtime=runtime,
             kv=kv,
             kv_bytes_per_token=cell,
-            kv_tokens_per_rank=int(kv // cell),
+            kv_tokens_per_rank=tokens,
         )
 
     def _activation_bytes_per_token(self) -> float:
@@ -307,6 +323,19 @@ class CostModel:
             return 0.0
         return self._num_experts * -math.expm1(num_tokens * self._log_miss)
 
+    def dp_share(self, num_requests: int) -> float:
+        """The busiest rank's share of a step's requests under DP attention (1 under attention TP).
+
+        ``n`` requests over ``tp`` ranks leave ``ceil(n / tp)`` on the busiest one;
+        with ``n`` unknown (0) the ranks are taken as perfectly balanced.
+        """
+        ranks = self._dp_ranks
+        if ranks == 1:
+            return 1.0
+        if num_requests <= 0:
+            return 1 / ranks
+        return -(-num_requests // ranks) / num_requests
+
     def _imbalance(self, num_tokens: int) -> float:
         return expert_imbalance(num_tokens, self._k, self._ep_ranks) if self._ep_ranks > 1 else 1.0
 
@@ -314,13 +343,14 @@ class CostModel:
         """Seconds at peak per phase; ``layers`` = (attention, dense-MLP, MoE) layer counts (default: all)."""
         n_attn, n_dense, n_moe = layers or (self.num_layers, self.num_dense_layers, self.num_moe_layers)
         t = shape.num_tokens
-        kv_m = self._kv_m
+        share = self.dp_share(shape.num_requests)
+        kv_m = self._kv_m * share
         imb = self._imbalance(t)
         touched = min(self.experts_touched(t) * imb, self._num_experts)
         compute = (
-            n_attn * t * self._proj_c,
-            n_attn * (shape.prefill_pairs * self._pre_pair_c + shape.prefill_context_tokens * self._pre_ctx_c),
-            n_attn * shape.decode_pairs * self._dec_pair_c,
+            n_attn * t * self._proj_c * share,
+            n_attn * (shape.prefill_pairs * self._pre_pair_c + shape.prefill_context_tokens * self._pre_ctx_c) * share,
+            n_attn * shape.decode_pairs * self._dec_pair_c * share,
             n_dense * t * self._mlp_c,
             n_moe * t * (self._always_c + self._routed_c * imb),
             shape.num_logits * self._head_c,
@@ -334,9 +364,10 @@ class CostModel:
             self._head_m if shape.num_logits else 0.0,
         )
         dense_layers, moe_layers = max(self.num_dense_layers, 1), max(self.num_moe_layers, 1)
-        net = t * (self._net_layers[0] * n_dense / dense_layers + self._net_layers[1] * n_moe / moe_layers)
+        moe_net = self._net_layers[1] * (share if self._a2a else 1.0)
+        net = t * (self._net_layers[0] * n_dense / dense_layers + moe_net * n_moe / moe_layers)
         coll = round(self._coll_layers[0] * n_dense / dense_layers + self._coll_layers[1] * n_moe / moe_layers)
-        return Terms(compute, memory, net, coll)
+        return Terms(compute, memory, net, coll, n_attn)
 
     def time_from_terms(self, terms: Terms, efficiency: Efficiency | None = None) -> float:
         """Seconds of a step from its :class:`Terms` and a set of efficiencies."""
@@ -351,7 +382,8 @@ class CostModel:
             + max(c[4] * x_mm, m[4] * x_mem)
             + max(c[5] * x_mm, m[5] * x_mem)
         )
-        return total + terms.network_s / e.network + terms.num_allreduces * e.allreduce_latency_s
+        fixed = terms.num_allreduces * e.allreduce_latency_s + terms.num_layers * e.layer_overhead_s
+        return total + terms.network_s / e.network + fixed
 
     def _fold_efficiency(self) -> None:
         """Whole-model constants with the efficiencies applied, so ``step_time`` is a dozen multiply-adds."""
@@ -369,12 +401,13 @@ class CostModel:
             nm * self._expert_m * x_mem,
         )
         self._f_head = (self._head_c * x_mm, self._head_m * x_mem)
-        self._f_net = sum(self._net_layers) / e.network
-        self._f_const = sum(self._coll_layers) * e.allreduce_latency_s + e.step_overhead_s
+        self._f_net = (self._net_layers[0] / e.network, self._net_layers[1] / e.network)
+        self._f_const = sum(self._coll_layers) * e.allreduce_latency_s + n * e.layer_overhead_s + e.step_overhead_s
         if self.draft is not None:
             self._f_draft = (self._draft_c * x_mm, self._draft_m * x_mem)
             self._f_draft_attn = max(self._draft_pair_c * x_attn, self._draft_kv_m * x_mem)
-            self._f_draft_net = (self._draft_net / e.network, self._draft_coll * e.allreduce_latency_s)
+            draft_fixed = self._draft_coll * e.allreduce_latency_s + self.draft.num_layers * e.layer_overhead_s
+            self._f_draft_net = (self._draft_net / e.network, draft_fixed)
 
     def step_time(self, shape: BatchShape) -> float:
         """Modelled seconds of one step of the target model, fixed overhead included.
@@ -385,15 +418,20 @@ class CostModel:
         t = shape.num_tokens
         if not t:
             return 0.0
+        share = 1.0 if self._dp_ranks == 1 else self.dp_share(shape.num_requests)
+        dense_net, moe_net = self._f_net
         proj_c, proj_m = self._f_proj
-        total = self._f_const + t * self._f_net + (t * proj_c if t * proj_c > proj_m else proj_m)
+        proj_c *= share
+        total = self._f_const + t * (dense_net + (moe_net * share if self._a2a else moe_net))
+        total += t * proj_c if t * proj_c > proj_m else proj_m
         pre_c, ctx_c, dec_c = self._f_attn
+        kv = self._f_kv * share
         if shape.prefill_pairs:
-            c = shape.prefill_pairs * pre_c + shape.prefill_context_tokens * ctx_c
-            m = shape.prefill_kv_tokens * self._f_kv
+            c = (shape.prefill_pairs * pre_c + shape.prefill_context_tokens * ctx_c) * share
+            m = shape.prefill_kv_tokens * kv
             total += c if c > m else m
         if shape.decode_pairs:
-            c, m = shape.decode_pairs * dec_c, shape.decode_kv_tokens * self._f_kv
+            c, m = shape.decode_pairs * dec_c * share, shape.decode_kv_tokens * kv
             total += c if c > m else m
         if self.num_dense_layers:
             c, m = self._f_mlp
@@ -438,5 +476,5 @@ class CostModel:
             x = 1 / (e.attention if name in ATTENTION_PHASES else e.matmul)
             out[name] = max(terms.compute_s[i] * x, terms.memory_s[i] / e.memory)
         out["allreduce"] = terms.network_s / e.network + terms.num_allreduces * e.allreduce_latency_s
-        out["overhead"] = e.step_overhead_s
+        out["overhead"] = e.step_overhead_s + terms.num_layers * e.layer_overhead_s
         return out

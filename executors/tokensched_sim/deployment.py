@@ -108,8 +108,13 @@ class Deployment(BaseModel):
     def _consistent(self) -> Deployment:
         if self.model.num_heads % self.tp:
             raise ValueError(f"tp={self.tp} does not divide {self.model.name}'s {self.model.num_heads} heads")
+        if self.moe == "ep" and not self.model.num_experts:
+            raise ValueError(f"moe='ep' needs experts; {self.model.name} is dense")
         if self.moe == "ep" and self.model.num_experts % self.tp:
             raise ValueError(f"EP over {self.tp} ranks does not divide {self.model.num_experts} experts")
+        kv = self.kv_dtype or self.model.kv_dtype
+        if kv not in (Dtype.BF16, Dtype.FP8):
+            raise ValueError(f"KV cache dtype {kv} is not supported (bf16 or fp8, what the engine profiles serve)")
         if self.attention_dtype == "fp8":
             self.gpu.peak_flops(Dtype.FP8)  # raises if the GPU has no FP8 tensor cores
         return self

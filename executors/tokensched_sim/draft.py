@@ -129,7 +129,7 @@ def acceptance_rate_for_length(accept_length: float, num_drafts: int) -> float:
     """The per-draft acceptance ``a`` whose mean accepted length with ``num_drafts`` drafts is ``accept_length``.
 
     >>> round(acceptance_rate_for_length(2.54, 3), 3)
-    0.673
+    0.702
     """
     if num_drafts < 1:
         raise ValueError(f"num_drafts must be >= 1, got {num_drafts}")

@@ -55,6 +55,15 @@ _MIB = 1 << 20
 B200_FMHA_ATTENTION = 1460 / 2250
 H800_FLASHMLA_DECODE = 660 / 989.5
 
+# The per-layer latency floor, from TensorRT-LLM's published minimum-latency run (NVIDIA TensorRT-LLM tech blog 1,
+# "Pushing Latency Boundaries: Optimizing DeepSeek-R1 Performance on NVIDIA B200 GPUs", table "Autoregressive MTP
+# Layers": 111 TPS/user without MTP): DeepSeek-R1 (NVFP4 experts, BF16 attention) on 8x B200 at TP8, batch 1,
+# ISL 1k / OSL 2k, i.e. one decode step in 1/111 s at ~2k tokens of context. The roofline of that step with the
+# efficiencies below is 2.17 ms; the remaining 6.84 ms over 61 layers is the floor. Derived once, re-derived by
+# tests/sim/test_engines.py; a different engine or GPU has its own floor, which this does not claim to know.
+TRTLLM_MIN_LATENCY_TPS_PER_USER = 111
+TRTLLM_MIN_LATENCY_LAYER_OVERHEAD_S = 112.06e-6
+
 
 class EngineSpec(BaseModel):
     """What the simulator needs to know about a serving engine: its memory rule and kernel efficiencies."""
@@ -110,7 +119,7 @@ def sglang_memory_settings(
     return round((gpu_mib - reserved) / gpu_mib, 3), chunk, graphs
 
 
-_SHARED_EFFICIENCY = Efficiency(attention=B200_FMHA_ATTENTION)
+_SHARED_EFFICIENCY = Efficiency(attention=B200_FMHA_ATTENTION, layer_overhead_s=TRTLLM_MIN_LATENCY_LAYER_OVERHEAD_S)
 
 ENGINES: dict[str, EngineSpec] = {
     "vllm": EngineSpec(

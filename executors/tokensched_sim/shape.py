@@ -27,6 +27,7 @@ class BatchShape:
     prefill_context_tokens: int = 0  # cached prefix ahead of the prefill chunks (MLA up-projects it)
     decode_pairs: int = 0
     decode_kv_tokens: int = 0
+    num_requests: int = 0  # requests in the step (0: unknown; DP attention then assumes perfect balance)
 
     @classmethod
     def from_counts(
@@ -60,6 +61,7 @@ class BatchShape:
             prefill_context_tokens=prefill_context_tokens,
             decode_pairs=q * decode_context_tokens + num_decode_requests * q * (q + 1) // 2,
             decode_kv_tokens=decode_context_tokens + num_decode_requests * q,
+            num_requests=num_prefill_requests + num_decode_requests,
         )
 
     @classmethod
@@ -77,7 +79,7 @@ class BatchShape:
         has_drafts = any(drafts)
         logits = sum(plan.sample) + (sum(map(len, compress(drafts, plan.sample))) if has_drafts else 0)
         if t == n:  # one token each: every request is a decode
-            return cls(t, logits, 0, 0, 0, sum_c + t, sum_c + t)
+            return cls(t, logits, 0, 0, 0, sum_c + t, sum_c + t, n)
         offsets = plan.token_offsets
         qs = list(map(sub, islice(offsets, 1, None), offsets))
         pairs = sum(map(mul, qs, computed)) + (sum(map(mul, qs, qs)) + t) // 2
@@ -88,4 +90,4 @@ class BatchShape:
             pre_pairs += q * c + q * (q + 1) // 2
             pre_kv += c + q
             pre_ctx += c
-        return cls(t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv)
+        return cls(t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv, n)

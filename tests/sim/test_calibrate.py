@@ -11,12 +11,13 @@ import pytest
 from tokensched_sim import BatchShape, CostModel, Deployment, Efficiency
 from tokensched_sim.calibrate import fit_efficiency, load_measurements, main
 
-TRUE = Efficiency(matmul=0.45, attention=0.35, memory=0.7, network=0.5, step_overhead_s=1.2e-3)
+FACTORS = {"matmul": 0.45, "attention": 0.35, "memory": 0.7, "network": 0.5, "step_overhead_s": 1.2e-3}
+TRUE = Efficiency(**FACTORS)  # fitted factors; the fixed latencies are the deployment's own (held, not fitted)
 
 
 def write_csv(path: Path, deployment: Deployment, noise: float = 0.0, seed: int = 0) -> None:
     """Step times the cost model predicts under TRUE, for a grid of prefill/decode mixes."""
-    model = CostModel(deployment.model_copy(update={"efficiency": TRUE}))
+    model = CostModel(deployment.model_copy(update={"efficiency": deployment.efficiency.model_copy(update=FACTORS)}))
     rng = random.Random(seed)
     rows = []
     for prefill in (0, 256, 2048, 8192):
@@ -75,7 +76,8 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main([str(tmp_path / "m.csv"), "--model", "dense-8b", "--gpu", "h100", "--tp", "2"]) == 0
     out = capsys.readouterr().out
     assert "matmul           0.45" in out and "memory           0.7" in out
-    assert "Efficiency(matmul=0.45, attention=0.35, memory=0.7, network=0.5, step_overhead_s=0.0012)" in out
+    held = "attention_fp8=0.606367, allreduce_latency_s=8e-06, layer_overhead_s=0.00011206"
+    assert f"Efficiency(matmul=0.45, attention=0.35, memory=0.7, network=0.5, step_overhead_s=0.0012, {held})" in out
 
 
 def test_bad_files_are_reported_with_their_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from tokensched_sim import BatchShape, CostModel, Deployment, Efficiency
+from tokensched_sim import BatchShape, CostModel, Deployment, Efficiency, GPUSpec
 
 PEAK = 989.5e12
 HBM = 3.35e12
@@ -149,3 +149,21 @@ def test_log_miss_matches_the_closed_form() -> None:
     kimi = CostModel(Deployment())
     assert kimi.experts_touched(10) == pytest.approx(384 * (1 - math.pow(376 / 384, 10)))
     assert kimi.experts_touched(0) == 0.0
+
+
+def test_fp8_attention_runs_at_its_published_fraction_of_the_fp8_peak() -> None:
+    shape = BatchShape.from_counts(num_prefill_tokens=8192, num_prefill_requests=1, prefill_context_tokens=100_000)
+    bf16 = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="vllm"))
+    fp8 = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="trtllm"))
+    assert fp8.deployment.attention_dtype == "fp8" and bf16.deployment.attention_dtype == "bf16"  # engine defaults
+    e = fp8.efficiency
+    assert e.attention == pytest.approx(1460 / 2250) and e.attention_fp8 == pytest.approx(1200 / 1979)
+    # Compute-bound prefill attention: FLOPs / (peak * efficiency), FP8 peak twice BF16's on B200.
+    ratio = (2250e12 * e.attention) / (4500e12 * e.attention_fp8)
+    assert fp8.breakdown(shape)["prefill_attn"] == pytest.approx(bf16.breakdown(shape)["prefill_attn"] * ratio)
+    with pytest.raises(ValueError, match="no fp8 tensor cores"):
+        Deployment(
+            model="dense-8b",
+            gpu=GPUSpec(name="old", memory_bytes=1e11, hbm_bytes_per_s=1e12, bf16_flops=1e14, nvlink_bytes_per_s=1e11),
+            attention_dtype="fp8",
+        )

@@ -7,7 +7,7 @@ import pytest
 from tests.sim.helpers import Entry, drive, make_plan, new_request
 from tokensched import Executor, InvalidRequest, TokenschedError, load_executor
 from tokensched.plan import StepResult
-from tokensched_sim import BatchShape, Deployment, SimExecutor
+from tokensched_sim import BatchShape, Deployment, SimExecutor, mean_accepted_length
 
 SMALL = Deployment(model="dense-8b", gpu="h100", tp=1)
 
@@ -187,3 +187,32 @@ def test_a_request_never_sent_in_full_is_refused() -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SimExecutor(SMALL, **kwargs)  # type: ignore[arg-type]
+
+
+def test_mean_accepted_length_sets_alpha_and_the_default_is_the_published_kimi_figure() -> None:
+    executor = SimExecutor(SMALL, num_speculative_tokens=3, mean_accepted_length=2.0, seed=4)
+    assert mean_accepted_length(executor.acceptance_rate, 3) == pytest.approx(2.0)
+    _, results = drive(executor, {f"r{i}": 32 for i in range(64)}, max_tokens=300)
+    decodes = [len(t) for r in results for t in r.sampled_token_ids if t][64:]
+    assert sum(decodes) / len(decodes) == pytest.approx(2.0, rel=0.03)  # drawn per draft: lengths vary
+    assert len(set(decodes)) == 4
+    default = SimExecutor(SMALL, num_speculative_tokens=3)
+    assert mean_accepted_length(default.acceptance_rate, 3) == pytest.approx(2.54)  # Kimi EAGLE-3, 3 drafts
+    with pytest.raises(ValueError, match="not both"):
+        SimExecutor(SMALL, num_speculative_tokens=3, acceptance_rate=0.5, mean_accepted_length=2.0)
+    with pytest.raises(ValueError, match="outside"):
+        SimExecutor(SMALL, num_speculative_tokens=3, mean_accepted_length=4.5)
+
+
+def test_speculation_comes_from_the_deployment_or_is_added_to_it() -> None:
+    plain = SimExecutor(SMALL)
+    assert plain.num_speculative_tokens == 0 and plain.cost_model.draft is None
+    added = SimExecutor(SMALL, num_speculative_tokens=3)
+    assert added.deployment.num_speculative_tokens == 3 and added.cost_model.draft is not None
+    assert added.num_kv_blocks < plain.num_kv_blocks  # the draft's weights and KV take room
+    spec = SMALL.model_copy(update={"num_speculative_tokens": 2})
+    assert SimExecutor(spec).num_speculative_tokens == 2
+    with pytest.raises(ValueError, match="deployment speculates 2"):
+        SimExecutor(spec, num_speculative_tokens=3)
+    with pytest.raises(ValueError, match=">= 0"):
+        SimExecutor(SMALL, num_speculative_tokens=-1)

@@ -157,3 +157,32 @@ def test_weights_that_do_not_fit_are_refused_saying_by_how_much(gpu: str, tp: in
         CostModel(Deployment(model="kimi-k2.5", gpu=gpu, tp=tp, kv_dtype="fp8", engine="vllm"))
     assert issubclass(DeploymentError, ValueError)
     assert CostModel(Deployment(model="deepseek-v3", gpu="h200", tp=8)).num_kv_tokens > 100_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"engine": "tgi"}, "no engine profile 'tgi'; known: vllm, sglang, trtllm, tokensched"),
+        ({"kv_dtype": "int4"}, "KV cache dtype int4 is not supported"),
+        ({"tp": 3}, "does not divide"),
+        ({"moe": "ep", "tp": 8, "model": "dense-8b"}, "needs experts"),
+        ({"attention": "cp"}, "attention"),
+        ({"draft": "nope", "num_speculative_tokens": 3}, "no draft preset 'nope'"),
+        ({"num_speculative_tokens": -1}, "num_speculative_tokens"),
+    ],
+)
+def test_bad_deployments_are_refused_with_a_clear_message(args: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Deployment.model_validate({"model": "kimi-k2.5", "gpu": "b200", **args})
+
+
+def test_sglang_sizes_the_target_pool_first_and_takes_the_draft_cache_from_its_reserve() -> None:
+    eagle = Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="sglang", num_speculative_tokens=3)
+    m = CostModel(eagle).memory_breakdown()
+    pool = m.fraction * 183_359 * MIB - m.runtime - m.weights  # the target's layers only
+    assert m.kv_tokens_per_rank == pool // (61 * 576)
+    draft_cell = 16 * 128 * 2  # 64 KV heads / 4 ranks, K and V, FP8
+    assert m.kv == pytest.approx(pool - pool % (61 * 576) + m.kv_tokens_per_rank * draft_cell, rel=1e-6)
+    # With almost no reserve, the draft's weights and cache no longer fit: refused, saying by how much.
+    with pytest.raises(DeploymentError, match="per rank short"):
+        CostModel(eagle.model_copy(update={"memory_utilization": 0.99}))

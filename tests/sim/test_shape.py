@@ -32,7 +32,8 @@ def naive(batch: list[Entry]) -> BatchShape:
         else:
             pre_pairs, pre_kv, pre_ctx = pre_pairs + pairs, pre_kv + c + q, pre_ctx + c
         logits += (1 + len(e.drafts)) if e.sample else 0
-    return BatchShape(sum(e.num_tokens for e in batch), logits, pre_pairs, pre_kv, pre_ctx, dec_pairs, dec_kv)
+    tokens = sum(e.num_tokens for e in batch)
+    return BatchShape(tokens, logits, pre_pairs, pre_kv, pre_ctx, dec_pairs, dec_kv, len(batch))
 
 
 @settings(max_examples=150, deadline=None)
@@ -44,7 +45,7 @@ def test_from_plan_matches_the_per_request_sums(batch: list[Entry]) -> None:
 
 def test_pure_decode_fast_path() -> None:
     batch = [Entry("a", 10, 1), Entry("b", 20, 1, sample=False)]
-    assert BatchShape.from_plan(make_plan(0, batch)) == BatchShape(2, 1, 0, 0, 0, 11 + 21, 11 + 21)
+    assert BatchShape.from_plan(make_plan(0, batch)) == BatchShape(2, 1, 0, 0, 0, 11 + 21, 11 + 21, 2)
 
 
 MODELS = [
@@ -86,5 +87,5 @@ def test_fast_draft_time_equals_the_sum_of_its_passes(which: int, requests: int,
         weights = max(2 * requests * params / (d.gpu.bf16_flops * e.matmul), params * 2 / (bw * e.memory))
         attn = max(grown * pair_flops / (d.gpu.bf16_flops * e.attention), grown * kv_bytes / (bw * e.memory))
         comm = (requests * 2 * ring / e.network + 2 * e.allreduce_latency_s) if tp > 1 else 0.0
-        slow += weights + attn + comm
+        slow += weights + attn + comm + head.num_layers * e.layer_overhead_s
     assert model.draft_time(requests, kv, drafts) == pytest.approx(slow, rel=1e-9)
