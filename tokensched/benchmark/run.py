@@ -1,7 +1,7 @@
 """The coding-agent benchmark: one workload, several scheduling policies, one simulated deployment.
 
 :func:`run_bench` builds a :class:`~tokensched.scheduler.Scheduler` with a
-policy profile, a ``SimExecutor`` for the deployment and a closed-loop
+policy profile, a ``SimExecutor`` for the deployment and a
 :class:`~tokensched.benchmark.workloads.SessionWorkload`, drives them with the
 :class:`~tokensched.engine.Engine` over simulated time and returns a
 :class:`BenchResult`. :mod:`tokensched.benchmark.sweep` sweeps load levels and

@@ -106,7 +106,7 @@ class WorkloadCounts:
 
 
 class SessionWorkload:
-    """Turns a stream of sessions into timed :class:`~tokensched.config.RequestSpec` s, closed-loop.
+    """Turns a stream of sessions into timed :class:`~tokensched.config.RequestSpec` s (open or closed loop).
 
     Nothing is released at or after ``header.duration_s``; sessions cut off
     there simply stop. ``ttft_deadline_s``, if given, is set on every request
