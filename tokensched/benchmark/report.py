@@ -57,8 +57,10 @@ def plot_sweep(
         if over:
             latency.scatter([x[k] for k in over], [y[k] for k in over], marker="x", s=90, color=color)
             interactivity.scatter([per_gpu[k] for k in over], [tps[k] for k in over], marker="x", s=90, color=color)
-    for label, tpm, ttft in published:
-        latency.scatter([tpm / 1e6], [ttft], marker="*", s=160, label=f"published: {label}", zorder=5)
+    star_colors = ("black", "dimgrey", "darkgoldenrod", "purple")  # apart from the curves' default cycle
+    for index, (label, tpm, ttft) in enumerate(published):
+        color = star_colors[index % len(star_colors)]
+        latency.scatter([tpm / 1e6], [ttft], marker="*", s=160, color=color, label=f"published: {label}", zorder=5)
     if targets is not None:
         latency.axhline(targets[0], linestyle=":", color="grey")
         interactivity.axhline(targets[1], linestyle=":", color="grey")
