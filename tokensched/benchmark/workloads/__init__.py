@@ -1,8 +1,9 @@
 """Workloads for benchmarks: synthetic coding-agent sessions and recorded JSONL traces.
 
-A workload is played closed-loop by :class:`SessionWorkload`: the driver
-submits what it releases and tells it when each request finishes, which
-releases that session's next turn after its think time.
+A workload is played by :class:`SessionWorkload`: the driver submits what it
+releases and tells it when each request finishes. Turns follow a fixed timeline
+(open loop, the default under a target TPM, so the offered load is the label) or
+wait for the previous answer plus think time (closed loop).
 """
 
 from tokensched.benchmark.workloads.arrivals import Arrivals, CodingAgentSource
