@@ -461,7 +461,7 @@ def test_releasing_a_block_more_often_than_it_is_held_is_refused_and_changes_not
 def _preemptions_while_running(s: Scheduler, plan: StepPlan) -> list[tuple[str, str]]:
     """(victim, kept) pairs of this plan where the preempted request ranks above one that keeps running."""
     key = s.policy.victim_key
-    ctx = s._policy_context()
+    ctx = s.policy_context()
     victims = [s.live[rid] for rid in plan.removed_request_ids if isinstance(s.live[rid].state, Preempted)]
     return [(v.request_id, k.request_id) for v in victims for k in s.running.values() if key(v, ctx) < key(k, ctx)]
 

@@ -129,9 +129,10 @@ class Scheduler:
         extend_hashes(hashes, request.tokens, self._bs)
 
     def _enqueue(self, request: Request) -> None:
-        self.waiting.push(request, self.policy.admission_key(request, self._policy_context()))
+        self.waiting.push(request, self.policy.admission_key(request, self.policy_context()))
 
-    def _policy_context(self) -> PolicyContext:
+    def policy_context(self) -> PolicyContext:
+        """What the policy sees now (for checking its keys from outside, as ``tokensched.testing`` does)."""
         return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._estimate_cached)
 
     def _estimate_cached(self, request: Request) -> int:
@@ -190,7 +191,7 @@ class Scheduler:
         if pool.num_free >= -(-budget // bs) + len(running):
             order = list(running.values())
         else:
-            ctx = self._policy_context()
+            ctx = self.policy_context()
             victim_key = self.policy.victim_key
             order = sorted(running.values(), key=lambda r: victim_key(r, ctx))
         starved = False
@@ -271,7 +272,7 @@ class Scheduler:
         cfg = self.config
         waiting = self.waiting
         if self.policy.dynamic and waiting.needs_resort():
-            ctx = self._policy_context()
+            ctx = self.policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))
         retention = self._retention
@@ -510,6 +511,11 @@ class Scheduler:
                 self._sessions.popitem(last=False)
 
     # ========================================================== inspection
+    @property
+    def retained_sessions(self) -> frozenset[str]:
+        """Sessions whose cache is retained for their next turn (``session_kv_retention_s``)."""
+        return self._retention.sessions() if self._retention is not None else frozenset()
+
     def get(self, request_id: str) -> Request:
         request = self.live.get(request_id)
         if request is None:

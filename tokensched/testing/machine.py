@@ -14,7 +14,9 @@ internals:
 - no KV slot is written while a step in flight still references its block
   for another request (overlap safety);
 - refused input (bad results, unknown ids, duplicate ids) changes nothing;
-- aborts free everything, and in the end every request finishes (liveness).
+- aborts free everything, and in the end every request finishes (liveness);
+- every promise the policy declares (:mod:`tokensched.policies.promises`)
+  holds after every plan: override :meth:`promises` to check others.
 
 Usage::
 
@@ -42,9 +44,11 @@ from tokensched.machines.request import Preempted, Waiting, held_blocks
 from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestOutput, StepPlan, StepResult
 from tokensched.policies.base import Policy
 from tokensched.policies.fcfs import FCFSPolicy
+from tokensched.policies.promises import Promise, promises_of
 from tokensched.scheduler import Scheduler
 from tokensched.testing.fake_executor import FakeExecutor
-from tokensched.testing.strategies import EOS, VOCAB, request_specs, scheduler_configs
+from tokensched.testing.promises import observe_plan
+from tokensched.testing.strategies import EOS, VOCAB, boundary, request_specs, scheduler_configs
 
 MAX_DRAIN_STEPS = 5000
 
@@ -92,6 +96,10 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     def configs(self) -> st.SearchStrategy[SchedulerConfig]:
         return scheduler_configs()
 
+    def promises(self) -> tuple[Promise, ...]:
+        """Checked after every plan; by default what the policy declares."""
+        return promises_of(self.s.policy)
+
     def __init__(self) -> None:
         super().__init__()
         self.scheduler: Scheduler | None = None
@@ -131,13 +139,23 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------- rules
     @rule(data=st.data())
     def submit(self, data: st.DataObject) -> None:
-        spec = data.draw(request_specs(f"r{self.next_id}"), label="spec")
+        cfg = self.s.config
+        spec = data.draw(request_specs(f"r{self.next_id}", config=cfg), label="spec")
+        # Drafts are capped at the room left: no request ever holds more blocks than this.
+        worst = -(-(len(spec.prompt_token_ids) + spec.max_tokens - 1) // cfg.block_size)
+        if worst == cfg.num_blocks:
+            boundary("request fills the pool exactly")
+        elif worst == cfg.num_blocks + 1:
+            boundary("request one block over the pool")
         before = self.fingerprint()
         try:
             self.s.submit(spec)
-        except (InvalidRequest, CapacityError, QueueFull):
+        except (InvalidRequest, CapacityError, QueueFull) as refused:
             assert self.fingerprint() == before, "a refused submit changed the scheduler"
+            if isinstance(refused, CapacityError):
+                assert worst > cfg.num_blocks, f"refused a request that fits: {worst} of {cfg.num_blocks} blocks"
             return
+        assert worst <= cfg.num_blocks, f"accepted a request that can never fit: {worst} of {cfg.num_blocks} blocks"
         self.next_id += 1
         self.models[spec.request_id] = RequestModel(spec, list(spec.prompt_token_ids))
 
@@ -169,10 +187,15 @@ class SchedulerStateMachine(RuleBasedStateMachine):
 
     @rule()
     def plan(self) -> None:
-        plan = self.s.plan()
+        plan, record = observe_plan(self.s, self.promises())
+        if record.preempted:
+            boundary("a preemption (victim order checked)")
+        if record.admitted and record.still_waiting:
+            boundary("an admission passing requests that keep waiting (admission order checked)")
         if plan is None:
             return
         rows = self._check_plan(plan)
+        self._note_boundaries(plan)
         if PLACEHOLDER_TOKEN in plan.token_ids:
             event("plan with a placeholder (overlap)")
         if any(plan.draft_token_ids):
@@ -324,6 +347,24 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             rows.append(Row(plan.step_id, rid, model.residency, start, hi - lo, nd, plan.sample[i]))
         in_flight_blocks[plan.step_id] = used
         return rows
+
+    def _note_boundaries(self, plan: StepPlan) -> None:
+        """Count the edges this plan reached (see :mod:`tokensched.testing.strategies`)."""
+        s = self.s
+        cfg = s.config
+        drafts = any(plan.draft_token_ids)
+        if plan.num_tokens == cfg.max_batched_tokens:
+            boundary("token budget filled exactly")
+            if drafts:
+                boundary("token budget filled exactly while drafts are verified")
+        if any(d and b for d, b in zip(plan.draft_token_ids, plan.new_block_ids, strict=True)):
+            boundary("drafts grow a row into a new block")
+        if any(len(new.token_ids) % plan.block_size == 0 for new in plan.new_requests):
+            boundary("a request enters with its tokens ending on a block edge")
+        if s.pool.num_free == 0:
+            boundary("no free block after a plan")
+        if s.steps.full and s.running and all(r.inflight_steps for r in s.running.values()):
+            boundary("every running request in a step in flight")
 
     def _is_stale(self, request_id: str, residency: int) -> bool:
         """Whether a row planned for ``request_id`` in ``residency`` will be discarded when its result comes."""
