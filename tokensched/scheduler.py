@@ -34,7 +34,16 @@ from tokensched.machines.blocks import BlockPool
 from tokensched.machines.prefix import extend_hashes, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
-from tokensched.plan import NO_BLOCKS, NO_DRAFTS, FinishReason, NewRequestData, RequestOutput, StepPlan, StepResult
+from tokensched.plan import (
+    NO_BLOCKS,
+    NO_DRAFTS,
+    FinishReason,
+    NewRequestData,
+    RequestEvent,
+    RequestOutput,
+    StepPlan,
+    StepResult,
+)
 from tokensched.policies.base import Policy, PolicyContext
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.queue import WaitingQueue
@@ -42,6 +51,7 @@ from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.validation import validate_result
+from tokensched.views import PlanOutcome, RequestView
 
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
 
@@ -71,7 +81,10 @@ class Scheduler:
         self._caching = config.enable_prefix_caching
         self._chunk = config.long_prefill_chunk or config.max_batched_tokens
         self._k_spec = config.num_speculative_tokens
-        self._admit_reserve = max(1, config.num_blocks // 100)  # keep 1% free for running decodes
+        reserve = config.admission_reserve
+        self._admit_reserve = max(1, int(config.num_blocks * reserve)) if reserve > 0 else 0
+        self._events: list[RequestOutput] = []  # preemptions in plan(), told with the next complete() or fail()
+        self.last_plan_outcome = PlanOutcome.IDLE
         retention_s = config.session_kv_retention_s
         self._retention = (
             SessionRetention(retention_s, self.pool)
@@ -155,15 +168,21 @@ class Scheduler:
 
     # ============================================================== planning
     def plan(self) -> StepPlan | None:
-        """The next step, or None when nothing can run now (idle, or max steps in flight)."""
-        if self.steps.full or not (self.running or self.waiting):
+        """The next step, or None when nothing can run now; :attr:`last_plan_outcome` says which case."""
+        if self.steps.full:
+            self.last_plan_outcome = PlanOutcome.WINDOW_FULL
+            return None
+        if not (self.running or self.waiting):
+            self.last_plan_outcome = PlanOutcome.IDLE
             return None
         builder = StepBuilder(self.steps.next_step_id, self._bs)
         budget, preempted = self._schedule_running(builder)
         if not preempted and budget > 0 and self.waiting:
             self._admit_waiting(builder, budget)
         if not builder:
+            self.last_plan_outcome = PlanOutcome.BLOCKED
             return None
+        self.last_plan_outcome = PlanOutcome.PLANNED
         self.steps.open(builder.step())
         removed = tuple(self._removed)
         self._removed.clear()
@@ -346,7 +365,7 @@ class Scheduler:
         validate_result(step, result, self._k_spec)
         step.move("complete")
         now = self.clock()
-        outputs: list[RequestOutput] = []
+        outputs = self._take_events()
         bs = self._bs
         caching = self._caching
         pool = self.pool
@@ -447,7 +466,7 @@ class Scheduler:
         step.move("fail")
         self._failed_steps += 1
         retry = self.config.on_step_failure is StepFailurePolicy.RETRY
-        outputs: list[RequestOutput] = []
+        outputs = self._take_events()
         now = self.clock()
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
@@ -455,7 +474,8 @@ class Scheduler:
             request.num_failures += 1
             request.inflight_steps -= 1  # the failed step touches nothing any more
             if retry and request.num_failures <= self.config.max_step_retries:
-                self._preempt(request)  # recompute from what the prefix cache kept
+                self._preempt(request, RequestEvent.ROLLED_BACK)  # recompute from what the prefix cache kept
+                outputs.append(self._event_output(request, RequestEvent.ROLLED_BACK))
             else:
                 request.finish_time = now
                 self._finish(request, FinishReason.ERROR, "finish")
@@ -475,13 +495,29 @@ class Scheduler:
         return self.steps.newest_step_id if request.inflight_steps else None
 
     # ================================================== leaving the running set
-    def _preempt(self, request: Request) -> None:
+    def _preempt(self, request: Request, why: RequestEvent = RequestEvent.PREEMPTED) -> None:
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         transition(request, "preempt", Preempted())
         self._leave_running(request)
         request.num_preemptions += 1
-        self._preemptions += 1
+        self._preemptions += 1  # rollbacks included, as before: both cost a recompute
+        if why is RequestEvent.PREEMPTED:
+            self._events.append(self._event_output(request, why))  # fail() reports its rollbacks itself
         self._enqueue(request)
+
+    @staticmethod
+    def _event_output(request: Request, event: RequestEvent) -> RequestOutput:
+        return RequestOutput(
+            request.request_id, [], None, None, request.num_output_tokens, request.num_cached_tokens, event
+        )
+
+    def _take_events(self) -> list[RequestOutput]:
+        """Preemption events since the last complete() or fail(), dropping requests that finished since."""
+        if not self._events:
+            return []
+        events, self._events = self._events, []
+        live = self.live
+        return [e for e in events if e.request_id in live]
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
         self.pool.release(held_blocks(request.state), self._hold_for(request))
@@ -511,6 +547,18 @@ class Scheduler:
                 self._sessions.popitem(last=False)
 
     # ========================================================== inspection
+    def running_requests(self) -> list[RequestView]:
+        """Read-only snapshots of the running set, in the order it is served when blocks are plentiful."""
+        return [RequestView.of(r) for r in self.running.values()]
+
+    def waiting_requests(self) -> list[RequestView]:
+        """Read-only snapshots of the waiting queue, in the policy's admission order (as of its latest sort)."""
+        return [RequestView.of(r) for r in self.waiting]
+
+    def request_view(self, request_id: str) -> RequestView:
+        """A read-only snapshot of one live request; raises UnknownRequest."""
+        return RequestView.of(self.get(request_id))
+
     @property
     def retained_sessions(self) -> frozenset[str]:
         """Sessions whose cache is retained for their next turn (``session_kv_retention_s``)."""
@@ -537,6 +585,8 @@ class Scheduler:
             num_aborted=self._aborted,
             num_failed_steps=self._failed_steps,
             num_steps=self.steps.next_step_id,
+            num_evictable_blocks=self.pool.num_evictable,
+            num_held_blocks=self.config.num_blocks - self.pool.num_free - self.pool.num_pending,
         )
 
     def check_invariants(self) -> None:

@@ -41,7 +41,7 @@ from tokensched.errors import CapacityError, ExecutorError, InvalidRequest, Queu
 from tokensched.executor import Executor, RequestMirror
 from tokensched.machines.blocks import BlockState
 from tokensched.machines.request import Preempted, Waiting, held_blocks
-from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestOutput, StepPlan, StepResult
+from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestEvent, RequestOutput, StepPlan, StepResult
 from tokensched.policies.base import Policy
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.policies.promises import Promise, promises_of
@@ -49,6 +49,7 @@ from tokensched.scheduler import Scheduler
 from tokensched.testing.fake_executor import FakeExecutor
 from tokensched.testing.promises import observe_plan
 from tokensched.testing.strategies import EOS, VOCAB, boundary, request_specs, scheduler_configs
+from tokensched.views import PlanOutcome
 
 MAX_DRAIN_STEPS = 5000
 
@@ -116,6 +117,7 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         # in-flight step -> block -> (request, residency, writes?) for every block its rows read or write
         self.step_blocks: dict[int, dict[int, set[tuple[str, int, bool]]]] = {}
         self.next_id = 0
+        self.preempted_untold: list[str] = []  # preempted by a plan, told with the next complete() or fail()
 
     @property
     def s(self) -> Scheduler:
@@ -188,6 +190,15 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     @rule()
     def plan(self) -> None:
         plan, record = observe_plan(self.s, self.promises())
+        self.preempted_untold.extend(r.request_id for r in record.preempted)
+        outcome = self.s.last_plan_outcome
+        assert (plan is not None) == (outcome is PlanOutcome.PLANNED), outcome
+        if outcome is PlanOutcome.WINDOW_FULL:
+            assert len(self.s.steps) == self.s.config.max_steps_in_flight
+        elif outcome is PlanOutcome.IDLE:
+            assert not self.s.running_requests() and not self.s.waiting_requests()
+        elif outcome is PlanOutcome.BLOCKED:
+            assert len(self.s.steps) > 0, "blocked with no step in flight to wait for"
         if record.preempted:
             boundary("a preemption (victim order checked)")
         if record.admitted and record.still_waiting:
@@ -221,14 +232,31 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         try:
             result = self.executor.collect()
         except ExecutorError as error:
-            outputs = self.s.fail(plan.step_id, error)
+            failed_ids = {row.request_id for row in rows if not self._is_stale(row.request_id, row.residency)}
+            outputs = self._take_events(self.s.fail(plan.step_id, error))
             for out in outputs:
-                assert out.finish_reason is FinishReason.ERROR
+                assert out.request_id in failed_ids, f"{out.request_id}: output from a failed step it was not in"
+                if out.event is RequestEvent.ROLLED_BACK:
+                    assert out.request_id in self.s.live and out.finish_reason is None
+                    continue
+                assert out.finish_reason is FinishReason.ERROR and out.event is None
                 self._on_finished(out)
             return
         assert result.step_id == plan.step_id, "executor returned results out of order"
-        outputs = self.s.complete(result)
+        outputs = self._take_events(self.s.complete(result))
         self._check_result(rows, result, outputs)
+
+    def _take_events(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """Check the preemption events at the head of ``outputs`` against the plans' preemptions; return the rest."""
+        told = [out for out in outputs if out.event is RequestEvent.PREEMPTED]
+        assert outputs[: len(told)] == told, "preemption events come first"
+        assert not any(out.new_token_ids or out.finished for out in told)
+        expected = sorted(rid for rid in self.preempted_untold if rid in self.s.live)
+        assert sorted(out.request_id for out in told) == expected, (
+            f"preempted {expected} but told {[out.request_id for out in told]}"
+        )
+        self.preempted_untold.clear()
+        return outputs[len(told) :]
 
     @precondition(lambda self: self.scheduler is not None and bool(self.launched))
     @rule(kind=st.sampled_from(["wrong_step", "missing_row", "extra_tokens", "negative_token"]))
@@ -278,6 +306,24 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     def machines_are_consistent(self) -> None:
         if self.scheduler is not None:
             self.scheduler.check_invariants()
+
+    @invariant()
+    def stats_balance_the_pool(self) -> None:
+        if self.scheduler is None:
+            return
+        stats = self.s.stats()
+        counts = self.s.pool.counts()
+        assert stats.pool_balance == (
+            counts[BlockState.FREE],
+            counts[BlockState.EVICTABLE],
+            counts[BlockState.OWNED] + counts[BlockState.COMMITTED],
+            counts[BlockState.PENDING],
+        ), f"stats {stats.pool_balance} disagree with the pool {counts}"
+        assert sum(stats.pool_balance) == stats.num_total_blocks
+        views = self.s.running_requests()
+        assert [v.request_id for v in views] == list(self.s.running)
+        assert all(v.state in ("prefilling", "decoding") for v in views)
+        assert all(v.state in ("waiting", "preempted") for v in self.s.waiting_requests())
 
     def teardown(self) -> None:
         if self.scheduler is None:
