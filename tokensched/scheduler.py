@@ -546,6 +546,17 @@ class Scheduler:
             if len(self._sessions) > self.config.max_remembered_sessions:
                 self._sessions.popitem(last=False)
 
+    def take_removed(self) -> tuple[str, ...]:
+        """Ids of requests that left the running set since the last plan, handed over now instead.
+
+        They normally reach the executor in the next plan's ``removed_request_ids``;
+        an executor whose scheduler went idle (``plan()`` returned None) can take
+        them here to drop their state at once. The next plan will not repeat them.
+        """
+        removed = tuple(self._removed)
+        self._removed.clear()
+        return removed
+
     # ========================================================== inspection
     def running_requests(self) -> list[RequestView]:
         """Read-only snapshots of the running set, in the order it is served when blocks are plentiful."""
