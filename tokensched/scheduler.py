@@ -31,6 +31,7 @@ from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
 from tokensched.machines.blocks import BlockPool
+from tokensched.machines.eviction import PinnedEviction, make_eviction
 from tokensched.machines.prefix import extend_hashes, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
@@ -68,7 +69,7 @@ class Scheduler:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
         self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self.pool = BlockPool(config.num_blocks)
+        self.pool = BlockPool(config.num_blocks, make_eviction(config.prefix_eviction, config.pinned_prefix_blocks))
         self.steps = StepTracker(config.max_steps_in_flight)
         self.live: dict[str, Request] = {}
         self.waiting = WaitingQueue(self.policy.dynamic)
@@ -448,7 +449,7 @@ class Scheduler:
         blocks = state.blocks
         commit = self.pool.commit
         for b in range(committed, full):
-            commit(blocks[b], hashes[b])
+            commit(blocks[b], hashes[b], b)
         state.num_committed = full
 
     def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
@@ -545,6 +546,19 @@ class Scheduler:
             self._sessions.move_to_end(sid)
             if len(self._sessions) > self.config.max_remembered_sessions:
                 self._sessions.popitem(last=False)
+
+    def pin_prefix(self, token_ids: list[int]) -> int:
+        """Keep the full blocks of ``token_ids`` (say a system prompt) cached; returns how many blocks are pinned.
+
+        Needs ``prefix_eviction="pinned"``; at most ``pinned_prefix_blocks`` blocks
+        are pinned in all. The blocks stay cached once a request has computed them.
+        """
+        evict = self.pool.eviction
+        if not isinstance(evict, PinnedEviction) or not self._caching:
+            raise InvalidRequest("pin_prefix needs prefix_eviction='pinned' and prefix caching on")
+        hashes: list[int] = []
+        extend_hashes(hashes, token_ids, self._bs)
+        return evict.pin(hashes)
 
     def take_removed(self) -> tuple[str, ...]:
         """Ids of requests that left the running set since the last plan, handed over now instead.

@@ -9,7 +9,8 @@ States of one block (see ``specs/blocks.toml``)::
 
 - OWNED: being written by exactly one request (refcount 1).
 - COMMITTED: full, content-hashed, read-only, shared by refcount.
-- EVICTABLE: refcount 0 but still cached; kept in an O(1) LRU (oldest evicted first).
+- EVICTABLE: refcount 0 but still cached; evicted in the order of an
+  :class:`~tokensched.machines.eviction.EvictionPolicy` (LRU by default, O(1)).
 - PENDING: let go while a launched step may still read or write it. It cannot be
   handed out (nor matched as a prefix) until that step completes, which is what
   makes overlap scheduling safe.
@@ -21,12 +22,13 @@ leaves the pool exactly as it was. Hot operations are O(1) per block.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from operator import itemgetter
 
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
+from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 
 class BlockState(IntEnum):
@@ -52,9 +54,9 @@ class BlockPool:
     is pruned when a block is evicted.
     """
 
-    __slots__ = ("_evictable", "_free", "_hash", "_index", "_pending", "_refcount", "_state", "num_blocks")
+    __slots__ = ("_depth", "_evict", "_free", "_hash", "_index", "_pending", "_refcount", "_state", "num_blocks")
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, eviction: EvictionPolicy | None = None) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
         self.num_blocks = num_blocks
@@ -63,7 +65,8 @@ class BlockPool:
         self._hash: list[int | None] = [None] * num_blocks
         # Pop from the end: block 0 is handed out first, which keeps tests readable.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._evict: EvictionPolicy = eviction if eviction is not None else LRUEviction()
+        self._depth = [0] * num_blocks  # a committed block's place in its hash chain (for cost-aware eviction)
         self._pending: deque[tuple[int, list[int]]] = deque()
         self._index: dict[int, int] = {}
 
@@ -71,12 +74,17 @@ class BlockPool:
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable)."""
-        return len(self._free) + len(self._evictable)
+        return len(self._free) + len(self._evict)
+
+    @property
+    def eviction(self) -> EvictionPolicy:
+        """The order EVICTABLE blocks are evicted in."""
+        return self._evict
 
     @property
     def num_evictable(self) -> int:
         """Cached blocks held by nobody (counted in :attr:`num_free`)."""
-        return len(self._evictable)
+        return len(self._evict)
 
     @property
     def num_pending(self) -> int:
@@ -152,7 +160,7 @@ class BlockPool:
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
         """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed."""
-        if n > len(self._free) + len(self._evictable):
+        if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
         free = self._free
         out: list[int] = []
@@ -160,7 +168,7 @@ class BlockPool:
             if free:
                 block = free.pop()
             else:
-                block, _ = self._evictable.popitem(last=False)
+                block = self._evict.pop()
                 self._unindex(block)
             self._state[block] = _OWNED
             self._refcount[block] = 1
@@ -171,8 +179,8 @@ class BlockPool:
         """The common case of :meth:`allocate`, without the list."""
         if self._free:
             block = self._free.pop()
-        elif self._evictable:
-            block, _ = self._evictable.popitem(last=False)
+        elif len(self._evict):
+            block = self._evict.pop()
             self._unindex(block)
         else:
             raise CapacityError("no block can be handed out")
@@ -180,12 +188,13 @@ class BlockPool:
         self._refcount[block] = 1
         return block
 
-    def commit(self, block: int, block_hash: int) -> None:
+    def commit(self, block: int, block_hash: int, depth: int = 0) -> None:
         """A full OWNED block becomes COMMITTED and, unless its content is cached already, indexed."""
         if self._state[block] != _OWNED:
             raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
         self._state[block] = _COMMITTED
         self._hash[block] = block_hash
+        self._depth[block] = depth
         self._index.setdefault(block_hash, block)
 
     def share(self, blocks: Sequence[int]) -> None:
@@ -197,15 +206,17 @@ class BlockPool:
             bad = next(b for b, s in zip(blocks, states, strict=True) if s != _COMMITTED and s != _EVICTABLE)
             raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
         refcount = self._refcount
+        evict = self._evict
         if _EVICTABLE in states:
             state = self._state
-            lru = self._evictable
             for block in blocks:
                 if state[block] == _EVICTABLE:
-                    del lru[block]
+                    evict.remove(block)
                     state[block] = _COMMITTED
+        hashes = self._hash
         for block in blocks:
             refcount[block] += 1
+            evict.hit(hashes[block])  # type: ignore[arg-type]  # a shared block is committed: it has a hash
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).
@@ -264,7 +275,7 @@ class BlockPool:
         h = self._hash[block]
         if h is not None and self._index.get(h) == block:
             self._state[block] = _EVICTABLE
-            self._evictable[block] = None
+            self._evict.add(block, h, self._depth[block])
         else:
             self._hash[block] = None
             self._state[block] = _FREE
@@ -299,7 +310,7 @@ class BlockPool:
             s = self._state[block]
             rc = self._refcount[block]
             in_free = block in free_set
-            in_lru = block in self._evictable
+            in_lru = block in self._evict
             in_pending = block in pending_set
             if in_free != (s == _FREE):
                 problems.append(f"block {block}: state {BlockState(s).name} but on free list={in_free}")

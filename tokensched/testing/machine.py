@@ -48,7 +48,7 @@ from tokensched.policies.promises import Promise, promises_of
 from tokensched.scheduler import Scheduler
 from tokensched.testing.fake_executor import FakeExecutor
 from tokensched.testing.promises import observe_plan
-from tokensched.testing.strategies import EOS, VOCAB, boundary, request_specs, scheduler_configs
+from tokensched.testing.strategies import EOS, PREFIXES, VOCAB, boundary, request_specs, scheduler_configs
 from tokensched.views import PlanOutcome
 
 MAX_DRAIN_STEPS = 5000
@@ -111,6 +111,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         config = data.draw(self.configs(), label="config")
         self.executor = self.make_executor(config, seed)
         self.scheduler = Scheduler(config, policy=self.make_policy(), clock=self.executor.now)
+        if config.prefix_eviction == "pinned" and config.enable_prefix_caching:
+            self.scheduler.pin_prefix(list(data.draw(st.sampled_from(PREFIXES[1:]), label="pinned prefix")))
         self.launched: deque[tuple[StepPlan, list[Row]]] = deque()
         self.models: dict[str, RequestModel] = {}
         self.mirror = RequestMirror()
