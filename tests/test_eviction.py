@@ -34,7 +34,7 @@ class Model:
     def add(self, block: int, block_hash: int, depth: int) -> None:
         self.tick += 1
         hits = self.hits.get(block_hash, 0)
-        value = {"lru": 0.0, "lfu": float(hits), "cost": float((hits + 1) * (depth + 1))}[self.kind]
+        value = {"lru": 0.0, "lfu": float(hits), "cost": (hits + 1) / (depth + 1)}[self.kind]
         pinned = block_hash in self.pinned
         self.blocks[block] = (float("inf") if pinned else self.age + value, self.tick)
 
@@ -102,13 +102,14 @@ def test_lfu_ages_so_old_popularity_does_not_stay_forever() -> None:
     assert lfu.pop() == 0
 
 
-def test_cost_aware_evicts_a_cold_shallow_block_before_a_warm_deep_one() -> None:
+def test_cost_aware_evicts_a_cold_shallow_block_before_a_warm_deep_one_and_chains_from_the_tail() -> None:
     cost = CostAwareEviction()
     for _ in range(4):
         cost.hit(50)  # the warm session's deep block has been reused
-    cost.add(1, 50, 6)  # warm, depth 6: (4 + 1) * 7 = 35
-    cost.add(2, 60, 1)  # cold, depth 1: 1 * 2 = 2
-    assert cost.pop() == 2
+    cost.add(1, 50, 6)  # warm, depth 6: (4 + 1) / 7 = 0.71
+    cost.add(2, 60, 1)  # cold, depth 1: 1 / 2 = 0.5
+    cost.add(3, 61, 2)  # the same cold chain, one deeper: 1 / 3
+    assert [cost.pop(), cost.pop(), cost.pop()] == [3, 2, 1]
 
 
 def test_unknown_policy_is_refused_with_the_choices() -> None:

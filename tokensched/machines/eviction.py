@@ -10,10 +10,13 @@ operation:
   Arlitt et al. 2000): a block's score is its hit count plus the score of the
   last block evicted, so content that was popular long ago cannot stay forever;
   O(log n) with a lazily pruned heap.
-- :class:`CostAwareEviction`: the lowest *recompute cost times reuse* first. A
-  block at depth ``d`` of its hash chain costs about ``d + 1`` block-lengths of
-  attention to recompute; reuse is its hit count. A shallow block of a cold
-  session goes before the deep prefix of a warm one. Aged like LFU; O(log n).
+- :class:`CostAwareEviction`: what is cheapest to lose relative to its reuse
+  first. Prefix hits stop at the first missing block of a hash chain, so
+  evicting the block at depth ``d`` costs a recompute of it *and of every
+  cached block after it*: the deeper the block, the less is lost. Its value is
+  ``(hits + 1) / (depth + 1)``: a chain is eaten from its tail, a cold
+  session's blocks go before a warm one's prefix, and a shared system prompt
+  (many hits, shallow) goes last. Aged like LFU; O(log n).
 - :class:`PinnedEviction`: wraps another policy and never evicts a block whose
   content is pinned (say a system prompt), for up to ``cap`` pinned blocks;
   beyond the cap, pinned blocks are evicted like the others.
@@ -154,12 +157,12 @@ class LFUEviction(_ScoredEviction):
 
 
 class CostAwareEviction(_ScoredEviction):
-    """Cheapest to recompute relative to reuse first: score = (hits + 1) * (depth + 1), aged like LFU."""
+    """Cheapest to lose relative to reuse first: score = (hits + 1) / (depth + 1), aged like LFU."""
 
     name = "cost"
 
     def value(self, hits: int, depth: int) -> float:
-        return float((hits + 1) * (depth + 1))
+        return (hits + 1) / (depth + 1)
 
 
 class PinnedEviction:
