@@ -28,8 +28,8 @@ from collections.abc import Callable
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
-from tokensched.machines.blocks import BlockPool
-from tokensched.machines.prefix import extend_hashes, shared_prefix_blocks
+from tokensched.machines.blocks import BlockPool, BlockPoolListener
+from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
 from tokensched.plan import NO_BLOCKS, NO_DRAFTS, FinishReason, NewRequestData, RequestOutput, StepPlan, StepResult
@@ -52,11 +52,16 @@ class Scheduler:
         config: SchedulerConfig,
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
+        *,
+        hasher: BlockHasher | None = None,
+        listener: BlockPoolListener | None = None,
     ) -> None:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
         self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self.pool = BlockPool(config.num_blocks)
+        self.pool = BlockPool(config.num_blocks, config.block_size, listener)
+        self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
+        self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
         self.live: dict[str, Request] = {}
         self.waiting = WaitingQueue(self.policy.dynamic)
@@ -120,10 +125,18 @@ class Scheduler:
         hashes = request.block_hashes
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
-        if previous is not None:
+        if previous is not None and previous.cache_salt == request.cache_salt:
             shared = shared_prefix_blocks(previous.tokens, request.tokens, self._bs)
             hashes.extend(previous.block_hashes[:shared])
-        extend_hashes(hashes, request.tokens, self._bs)
+        self.hasher.extend(hashes, request.tokens, self._root(request)[0])
+
+    def _root(self, request: Request) -> tuple[int, int]:
+        """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
+        salt = request.cache_salt
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = (self.hasher.root(salt), self.pool.root(salt))
+        return root
 
     def _enqueue(self, request: Request) -> None:
         self.waiting.push(request, self.policy.admission_key(request, self._policy_context()))
@@ -272,7 +285,7 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            matched = pool.match_prefix(request.block_hashes) if self._caching else []
+            matched = pool.match_prefix(request.block_hashes, tokens, self._root(request)[1]) if self._caching else []
             if len(matched) * bs >= known:
                 matched.pop()  # always compute at least the last token, to sample from it
             cached = len(matched) * bs
@@ -348,7 +361,7 @@ class Scheduler:
             reason, kept = self._append_tokens(request, sampled)
             if caching:
                 if len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
-                    extend_hashes(request.block_hashes, request.tokens, bs)
+                    self.hasher.extend(request.block_hashes, request.tokens, self._root(request)[0])
                 self._commit_full_blocks(request, state)
             if type(state) is Prefilling:
                 decoding = Decoding(
@@ -393,17 +406,19 @@ class Scheduler:
 
     def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
         # Accepted drafts are computed before they are appended; a stop among them ends the request.
-        full = min(state.num_computed, len(request.tokens)) // self._bs
+        bs = self._bs
+        full = min(state.num_computed, len(request.tokens)) // bs
         committed = state.num_committed
         if committed >= full:
             return
         hashes = request.block_hashes
         if len(hashes) < full:
-            extend_hashes(hashes, request.tokens, self._bs)
+            self.hasher.extend(hashes, request.tokens, self._root(request)[0])
         blocks = state.blocks
-        commit = self.pool.commit
-        for b in range(committed, full):
-            commit(blocks[b], hashes[b])
+        after = blocks[committed - 1] if committed else self._root(request)[1]
+        self.pool.commit(
+            blocks[committed:full], hashes[committed:full], request.tokens[committed * bs : full * bs], after
+        )
         state.num_committed = full
 
     def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
