@@ -120,6 +120,14 @@ class SchedulerConfig(BaseModel):
         description="sessions whose last turn (tokens and block hashes) is kept so the next turn skips rehashing; "
         "each costs about 8 bytes per token of its context",
     )
+    admission_reserve: float = Field(
+        default=0.01,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the pool (at least one block when > 0) a waiting request must leave free beside "
+        "its whole prompt to be admitted while others run, so running decodes can grow without preempting at once "
+        "(vLLM v0's block-manager watermark, 0.01 by default)",
+    )
     session_kv_retention_s: float | None = Field(
         default=None,
         gt=0.0,

@@ -6,10 +6,12 @@ One step, as :meth:`Scheduler.plan` builds it, under a token budget:
    decode gets one position (plus its drafts), a prefill the next chunk the
    budget leaves. Decodes are never held back for a prefill, so a 200k-token
    prompt streams in chunks while decodes keep running.
-2. A request that needs a block when none is free makes the policy pick a
-   victim among the requests not yet in this step (itself included); the
-   victim is preempted for recompute.
-3. If nothing was preempted, waiting requests are admitted in policy order,
+2. When blocks run short, the running set is served best-ranked first by
+   the policy's victim key; a request that needs a block when none is free
+   preempts requests ranked below it, the worst first, for recompute. It
+   never preempts itself: with nobody below it left, it waits for the steps
+   in flight.
+3. If no running request was preempted or starved, waiting requests are admitted in policy order,
    each served from the prefix cache as far as its chained block hashes match.
 
 :meth:`Scheduler.complete` applies a step's result: positions become computed,
@@ -32,7 +34,16 @@ from tokensched.machines.blocks import BlockPool, BlockPoolListener
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
-from tokensched.plan import NO_BLOCKS, NO_DRAFTS, FinishReason, NewRequestData, RequestOutput, StepPlan, StepResult
+from tokensched.plan import (
+    NO_BLOCKS,
+    NO_DRAFTS,
+    FinishReason,
+    NewRequestData,
+    RequestEvent,
+    RequestOutput,
+    StepPlan,
+    StepResult,
+)
 from tokensched.policies.base import Policy, PolicyContext
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.queue import WaitingQueue
@@ -40,6 +51,7 @@ from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.validation import validate_result
+from tokensched.views import PlanOutcome, RequestView
 
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
 
@@ -74,7 +86,10 @@ class Scheduler:
         self._caching = config.enable_prefix_caching
         self._chunk = config.long_prefill_chunk or config.max_batched_tokens
         self._k_spec = config.num_speculative_tokens
-        self._admit_reserve = max(1, config.num_blocks // 100)  # keep 1% free for running decodes
+        reserve = config.admission_reserve
+        self._admit_reserve = max(1, int(config.num_blocks * reserve)) if reserve > 0 else 0
+        self._events: list[RequestOutput] = []  # preemptions in plan(), told with the next complete() or fail()
+        self.last_plan_outcome = PlanOutcome.IDLE
         retention_s = config.session_kv_retention_s
         self._retention = (
             SessionRetention(retention_s, self.pool)
@@ -105,7 +120,8 @@ class Scheduler:
                 f"request {rid!r}: prompt ({prompt_len} tokens) + max_tokens ({spec.max_tokens}) "
                 f"exceeds max_model_len ({cfg.max_model_len})"
             )
-        worst = -(-(prompt_len + spec.max_tokens - 1 + self._k_spec) // self._bs)
+        # Drafts are capped at the room left, so no position past prompt + max_tokens - 2 is ever written.
+        worst = -(-(prompt_len + spec.max_tokens - 1) // self._bs)
         if worst > cfg.num_blocks:
             raise CapacityError(
                 f"request {rid!r} needs up to {worst} KV blocks but the pool has {cfg.num_blocks}: it can never fit"
@@ -139,9 +155,10 @@ class Scheduler:
         return root
 
     def _enqueue(self, request: Request) -> None:
-        self.waiting.push(request, self.policy.admission_key(request, self._policy_context()))
+        self.waiting.push(request, self.policy.admission_key(request, self.policy_context()))
 
-    def _policy_context(self) -> PolicyContext:
+    def policy_context(self) -> PolicyContext:
+        """What the policy sees now (for checking its keys from outside, as ``tokensched.testing`` does)."""
         return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._estimate_cached)
 
     def _estimate_cached(self, request: Request) -> int:
@@ -164,15 +181,21 @@ class Scheduler:
 
     # ============================================================== planning
     def plan(self) -> StepPlan | None:
-        """The next step, or None when nothing can run now (idle, or max steps in flight)."""
-        if self.steps.full or not (self.running or self.waiting):
+        """The next step, or None when nothing can run now; :attr:`last_plan_outcome` says which case."""
+        if self.steps.full:
+            self.last_plan_outcome = PlanOutcome.WINDOW_FULL
+            return None
+        if not (self.running or self.waiting):
+            self.last_plan_outcome = PlanOutcome.IDLE
             return None
         builder = StepBuilder(self.steps.next_step_id, self._bs)
         budget, preempted = self._schedule_running(builder)
         if not preempted and budget > 0 and self.waiting:
             self._admit_waiting(builder, budget)
         if not builder:
+            self.last_plan_outcome = PlanOutcome.BLOCKED
             return None
+        self.last_plan_outcome = PlanOutcome.PLANNED
         self.steps.open(builder.step())
         removed = tuple(self._removed)
         self._removed.clear()
@@ -180,15 +203,32 @@ class Scheduler:
         return builder.plan(removed, truncated)
 
     def _schedule_running(self, builder: StepBuilder) -> tuple[int, bool]:
-        """Give every running request its next tokens; returns the budget left and whether anyone was preempted."""
+        """Give every running request its next tokens; returns the budget left and whether admission must wait.
+
+        When the free blocks cannot run short in this step (each request needs
+        at most ``ceil(n / block_size)`` new blocks for its ``n`` tokens), the
+        running set is served in admission order without sorting. Otherwise it
+        is served best-ranked first by the policy's victim key, so a request
+        that runs short may preempt exactly the requests ranked below it, the
+        worst first (see :meth:`_make_room`). Once a request is starved of
+        blocks, no request ranked below it takes one in this step, and
+        admission waits too.
+        """
         bs = self._bs
         pool = self.pool
         budget = self.config.max_batched_tokens
         chunk_cap = self._chunk
         k_spec = self._k_spec
-        step_id = builder.step_id
+        running = self.running
+        if pool.num_free >= -(-budget // bs) + len(running):
+            order = list(running.values())
+        else:
+            ctx = self.policy_context()
+            victim_key = self.policy.victim_key
+            order = sorted(running.values(), key=lambda r: victim_key(r, ctx))
+        starved = False
         preempted = False
-        for request in list(self.running.values()):
+        for index, request in enumerate(order):
             if budget <= 0:
                 break
             state = request.state
@@ -213,9 +253,14 @@ class Scheduler:
                 continue  # max_tokens reached by steps in flight
             blocks = state.blocks
             need = (pos + n + bs - 1) // bs - len(blocks)
-            if need > 0 and pool.num_free < need:
-                preempted = True
-                if not self._make_room(need, request, step_id):
+            if need > 0 and (starved or pool.num_free < need):
+                if starved:
+                    continue  # a better-ranked request waits for blocks: do not take them from under it
+                before = self._preemptions
+                served = self._make_room(need, order, index)
+                preempted = preempted or self._preemptions != before
+                if not served:
+                    starved = True
                     continue
             if need == 1:
                 new_blocks: tuple[int, ...] = (pool.allocate_one(),)
@@ -228,29 +273,29 @@ class Scheduler:
             builder.add(request, blocks, pos, n, new_blocks, is_sample, drafts)
             state.num_scheduled = pos + n
             budget -= n
-        return budget, preempted
+        return budget, preempted or starved
 
-    def _make_room(self, need: int, requester: Request, step_id: int) -> bool:
-        """Preempt policy-chosen victims until ``need`` blocks are free.
+    def _make_room(self, need: int, order: list[Request], index: int) -> bool:
+        """Preempt requests ranked below ``order[index]``, the worst first, until ``need`` blocks are free.
 
-        Victims are requests not yet in this step and not in a step in flight:
-        the blocks of a request in flight would only go PENDING, so preempting
-        it frees nothing now (and two requests could preempt each other
-        forever). The requester itself may be the policy's choice. Returns
-        False when the requester cannot be served now: it was chosen, or no
-        victim is left and it waits for the steps in flight to complete.
+        ``order`` is the running set best-ranked first, and ``order[index]``
+        is the requester; everything after it ranks below it and is not yet
+        in this step. The requester never preempts itself (nor anyone ranked
+        above it). A victim in a step in flight frees its blocks only when
+        that step completes (they go PENDING): once the free blocks plus those
+        pending would do, or nobody ranked below is left, the requester waits
+        for the steps in flight, and the method returns False.
         """
-        ctx = self._policy_context()
-        victim_key = self.policy.victim_key
-        while self.pool.num_free < need:
-            victims = [r for r in self.running.values() if r.planned_in != step_id and not r.inflight_steps]
-            if not victims:
-                return False  # nobody can give blocks back now; the steps in flight will
-            victim = max([*victims, requester], key=lambda r: victim_key(r, ctx))
-            self._preempt(victim)
-            if victim is requester:
-                return False
-        return True
+        pool = self.pool
+        running = self.running
+        for victim in reversed(order[index + 1 :]):
+            if pool.num_free >= need:
+                return True
+            if pool.num_free + pool.num_pending >= need:
+                return False  # the steps in flight give back enough
+            if victim.request_id in running:
+                self._preempt(victim)
+        return pool.num_free >= need
 
     def _admit_waiting(self, builder: StepBuilder, budget: int) -> None:
         """Admit waiting requests in policy order while budget, slots and blocks allow."""
@@ -259,7 +304,7 @@ class Scheduler:
         cfg = self.config
         waiting = self.waiting
         if self.policy.dynamic and waiting.needs_resort():
-            ctx = self._policy_context()
+            ctx = self.policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))
         retention = self._retention
@@ -333,7 +378,7 @@ class Scheduler:
         validate_result(step, result, self._k_spec)
         step.move("complete")
         now = self.clock()
-        outputs: list[RequestOutput] = []
+        outputs = self._take_events()
         bs = self._bs
         caching = self._caching
         pool = self.pool
@@ -436,7 +481,7 @@ class Scheduler:
         step.move("fail")
         self._failed_steps += 1
         retry = self.config.on_step_failure is StepFailurePolicy.RETRY
-        outputs: list[RequestOutput] = []
+        outputs = self._take_events()
         now = self.clock()
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
@@ -444,7 +489,8 @@ class Scheduler:
             request.num_failures += 1
             request.inflight_steps -= 1  # the failed step touches nothing any more
             if retry and request.num_failures <= self.config.max_step_retries:
-                self._preempt(request)  # recompute from what the prefix cache kept
+                self._preempt(request, RequestEvent.ROLLED_BACK)  # recompute from what the prefix cache kept
+                outputs.append(self._event_output(request, RequestEvent.ROLLED_BACK))
             else:
                 request.finish_time = now
                 self._finish(request, FinishReason.ERROR, "finish")
@@ -464,13 +510,29 @@ class Scheduler:
         return self.steps.newest_step_id if request.inflight_steps else None
 
     # ================================================== leaving the running set
-    def _preempt(self, request: Request) -> None:
+    def _preempt(self, request: Request, why: RequestEvent = RequestEvent.PREEMPTED) -> None:
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         transition(request, "preempt", Preempted())
         self._leave_running(request)
         request.num_preemptions += 1
-        self._preemptions += 1
+        self._preemptions += 1  # rollbacks included, as before: both cost a recompute
+        if why is RequestEvent.PREEMPTED:
+            self._events.append(self._event_output(request, why))  # fail() reports its rollbacks itself
         self._enqueue(request)
+
+    @staticmethod
+    def _event_output(request: Request, event: RequestEvent) -> RequestOutput:
+        return RequestOutput(
+            request.request_id, [], None, None, request.num_output_tokens, request.num_cached_tokens, event
+        )
+
+    def _take_events(self) -> list[RequestOutput]:
+        """Preemption events since the last complete() or fail(), dropping requests that finished since."""
+        if not self._events:
+            return []
+        events, self._events = self._events, []
+        live = self.live
+        return [e for e in events if e.request_id in live]
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
         self.pool.release(held_blocks(request.state), self._hold_for(request))
@@ -500,6 +562,23 @@ class Scheduler:
                 self._sessions.popitem(last=False)
 
     # ========================================================== inspection
+    def running_requests(self) -> list[RequestView]:
+        """Read-only snapshots of the running set, in the order it is served when blocks are plentiful."""
+        return [RequestView.of(r) for r in self.running.values()]
+
+    def waiting_requests(self) -> list[RequestView]:
+        """Read-only snapshots of the waiting queue, in the policy's admission order (as of its latest sort)."""
+        return [RequestView.of(r) for r in self.waiting]
+
+    def request_view(self, request_id: str) -> RequestView:
+        """A read-only snapshot of one live request; raises UnknownRequest."""
+        return RequestView.of(self.get(request_id))
+
+    @property
+    def retained_sessions(self) -> frozenset[str]:
+        """Sessions whose cache is retained for their next turn (``session_kv_retention_s``)."""
+        return self._retention.sessions() if self._retention is not None else frozenset()
+
     def get(self, request_id: str) -> Request:
         request = self.live.get(request_id)
         if request is None:
@@ -521,6 +600,8 @@ class Scheduler:
             num_aborted=self._aborted,
             num_failed_steps=self._failed_steps,
             num_steps=self.steps.next_step_id,
+            num_evictable_blocks=self.pool.num_evictable,
+            num_held_blocks=self.config.num_blocks - self.pool.num_free - self.pool.num_pending,
         )
 
     def check_invariants(self) -> None:

@@ -148,6 +148,11 @@ class BlockPool:
         return len(self._free) + len(self._evictable)
 
     @property
+    def num_evictable(self) -> int:
+        """Cached blocks held by nobody (counted in :attr:`num_free`)."""
+        return len(self._evictable)
+
+    @property
     def num_pending(self) -> int:
         return sum(len(blocks) for _, blocks in self._pending)
 
