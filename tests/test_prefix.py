@@ -216,3 +216,38 @@ def _chain(s: Scheduler, tokens: range) -> list[int]:
     hashes: list[int] = []
     s.hasher.extend(hashes, list(tokens), s.hasher.root(None))
     return hashes
+
+
+def test_decode_fills_commit_in_one_batch_with_the_chain_a_prefill_would_give() -> None:
+    recorder = Recorder()
+    config = SchedulerConfig(num_blocks=32, block_size=4, max_batched_tokens=64, max_model_len=512)
+    s = Scheduler(config, clock=lambda: 0.0, listener=recorder)
+    s.submit(RequestSpec(request_id="a", prompt_token_ids=[1, 2, 3], max_tokens=9))
+    s.submit(RequestSpec(request_id="b", prompt_token_ids=[1, 2, 3, 4, 5], max_tokens=9, cache_salt="t"))
+    history = {"a": [1, 2, 3], "b": [1, 2, 3, 4, 5]}
+    token = 10
+    while (plan := s.plan()) is not None:
+        rows = []
+        for rid, sample in zip(plan.request_ids, plan.sample, strict=True):
+            rows.append([token] if sample else [])
+            if sample:
+                history[rid].append(token)
+            token += 1
+        s.complete(StepResult(plan.step_id, rows))
+        s.check_invariants()
+    for rid, salt in (("a", None), ("b", "t")):
+        hashes: list[int] = []
+        s.hasher.extend(hashes, history[rid][:-1], s.hasher.root(salt))  # the last token is never computed
+        stored = [e for e in recorder.events if e[0] == "stored" and e[1][0] in hashes]
+        assert [h for e in stored for h in e[1]] == hashes
+        parents = [e[2] for e in stored]
+        assert parents == [None, *(e[1][-1] for e in stored[:-1])], "each event chains after the one before"
+        tokens = [t for e in stored for t in e[3]]
+        assert tokens == history[rid][: len(hashes) * 4]
+        again = f"{rid}2"
+        s.submit(RequestSpec(request_id=again, prompt_token_ids=history[rid][:-1], max_tokens=1, cache_salt=salt))
+        plan = s.plan()
+        assert len(hashes) * 4 < len(history[rid]) - 1
+        assert plan is not None and plan.new_requests[0].num_cached_tokens == len(hashes) * 4
+        s.complete(StepResult(plan.step_id, [[1] if x else [] for x in plan.sample]))
+        run(s)

@@ -27,6 +27,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
+
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
@@ -142,9 +144,9 @@ class Scheduler:
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
         if previous is not None and previous.cache_salt == request.cache_salt:
-            shared = shared_prefix_blocks(previous.tokens, request.tokens, self._bs)
+            shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
             hashes.extend(previous.block_hashes[:shared])
-        self.hasher.extend(hashes, request.tokens, self._root(request)[0])
+        self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
 
     def _root(self, request: Request) -> tuple[int, int]:
         """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
@@ -237,7 +239,7 @@ class Scheduler:
             if k_spec and request.inflight_steps:
                 continue  # its drafts come with the result still in flight
             pos = state.num_scheduled
-            known = len(request.tokens)
+            known = request.tokens.size
             room = request.max_tokens - (known - request.num_prompt_tokens) - request.inflight_samples
             drafts = NO_DRAFTS
             if pos < known - 1 or (pos == known - 1 and type(state) is Prefilling):
@@ -330,7 +332,9 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            matched = pool.match_prefix(request.block_hashes, tokens, self._root(request)[1]) if self._caching else []
+            matched = (
+                pool.match_prefix(request.block_hashes, tokens.array, self._root(request)[1]) if self._caching else []
+            )
             if len(matched) * bs >= known:
                 matched.pop()  # always compute at least the last token, to sample from it
             cached = len(matched) * bs
@@ -360,7 +364,7 @@ class Scheduler:
             builder.new_requests.append(
                 NewRequestData(
                     request_id=request.request_id,
-                    token_ids=tokens,
+                    token_ids=tokens.snapshot(),
                     block_ids=tuple(blocks),
                     num_cached_tokens=cached,
                     num_output_tokens=known - request.num_prompt_tokens,
@@ -384,6 +388,7 @@ class Scheduler:
         pool = self.pool
         drafts_in = result.draft_token_ids
         logprobs_in = result.logprobs
+        fills: list[tuple[Request, Prefilling | Decoding]] = []  # decodes whose one new block commits in a batch
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
                 continue  # left the running set (finished, aborted, preempted) after this step was planned
@@ -404,9 +409,12 @@ class Scheduler:
                 continue
             request.inflight_samples -= 1 + nd
             reason, kept = self._append_tokens(request, sampled)
-            if caching:
-                if len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
-                    self.hasher.extend(request.block_hashes, request.tokens, self._root(request)[0])
+            if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
+                if min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1:
+                    fills.append((request, state))  # the common case: one block filled, hashed and committed below
+            elif caching:
+                if request.tokens.size >= (len(request.block_hashes) + 1) * bs:
+                    self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
                 self._commit_full_blocks(request, state)
             if type(state) is Prefilling:
                 decoding = Decoding(
@@ -429,40 +437,71 @@ class Scheduler:
             if reason is not None:
                 request.finish_time = now
                 self._finish(request, reason, "finish")
+        if fills:
+            self._commit_fills(fills)
         step.move("apply")
         self.steps.close(step)
         pool.step_completed(step.step_id)
         return outputs
+
+    def _commit_fills(self, fills: list[tuple[Request, Prefilling | Decoding]]) -> None:
+        """Hash and commit the one block each of ``fills`` just filled: one vectorised hash, one token write.
+
+        The same as :meth:`_commit_full_blocks` per request (none of them
+        finished in this step, so their blocks are still OWNED by them).
+        """
+        bs = self._bs
+        rows = np.empty((len(fills), bs), dtype=np.int32)
+        parents: list[int] = []
+        afters: list[int] = []
+        blocks: list[int] = []
+        for j, (request, state) in enumerate(fills):
+            c = state.num_committed
+            rows[j] = request.tokens.array[c * bs : (c + 1) * bs]
+            if c:
+                parents.append(request.block_hashes[c - 1])
+                afters.append(state.blocks[c - 1])
+            else:
+                root = self._root(request)
+                parents.append(root[0])
+                afters.append(root[1])
+            blocks.append(state.blocks[c])
+        hashes = self.hasher.next_hashes(parents, rows)
+        self.pool.commit_each(blocks, hashes, rows, afters)
+        for (request, state), h in zip(fills, hashes, strict=True):
+            request.block_hashes.append(h)
+            state.num_committed += 1
 
     def _append_tokens(self, request: Request, sampled: list[int]) -> tuple[FinishReason | None, int]:
         """Append sampled tokens up to the first stop; returns why the request finished (if it did) and how many."""
         tokens = request.tokens
         eos = request.eos_token_id
         stop = request.stop_token_ids
-        limit = request.num_prompt_tokens + request.max_tokens
-        max_len = self.config.max_model_len
+        limit = min(request.num_prompt_tokens + request.max_tokens, self.config.max_model_len)
+        n = tokens.size
         for kept, token in enumerate(sampled, 1):
             tokens.append(token)
+            n += 1
             if token == eos or token in stop:
                 return FinishReason.STOP, kept
-            if len(tokens) >= limit or len(tokens) >= max_len:
+            if n >= limit:
                 return FinishReason.LENGTH, kept
         return None, len(sampled)
 
     def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
         # Accepted drafts are computed before they are appended; a stop among them ends the request.
         bs = self._bs
-        full = min(state.num_computed, len(request.tokens)) // bs
+        full = min(state.num_computed, request.tokens.size) // bs
         committed = state.num_committed
         if committed >= full:
             return
         hashes = request.block_hashes
         if len(hashes) < full:
-            self.hasher.extend(hashes, request.tokens, self._root(request)[0])
+            self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
         blocks = state.blocks
         after = blocks[committed - 1] if committed else self._root(request)[1]
         self.pool.commit(
-            blocks[committed:full], hashes[committed:full], request.tokens[committed * bs : full * bs], after
+            blocks[committed:full], hashes[committed:full], request.tokens.array[committed * bs : full * bs], after
         )
         state.num_committed = full
 

@@ -126,54 +126,62 @@ class TokenIds(Sequence[int]):
 
 
 class TokenBuffer(Sequence[int]):
-    """A request's growing history (prompt, then outputs) in an int32 buffer that grows by doubling."""
+    """A request's growing history (prompt, then outputs) in an int32 buffer that grows by doubling.
 
-    __slots__ = ("_buf", "_n")
+    ``size`` is the number of tokens (``len()`` without a method call, for the
+    scheduler's per-step loop).
+    """
+
+    __slots__ = ("_buf", "size")
 
     def __init__(self, prompt: Int32Array, reserve: int = 0) -> None:
         n = len(prompt)
         self._buf = np.empty(max(16, n + reserve), dtype=np.int32)
         self._buf[:n] = prompt
-        self._n = n
+        self.size = n
 
     @property
     def array(self) -> Int32Array:
         """The tokens so far, as a view (valid until the next append that grows the buffer)."""
-        return self._buf[: self._n]
+        return self._buf[: self.size]
 
     def append(self, token: int) -> None:
-        n = self._n
+        n = self.size
         if n == len(self._buf):
             self._grow(n + 1)
         self._buf[n] = token
-        self._n = n + 1
+        self.size = n + 1
 
     def extend(self, tokens: Sequence[int]) -> None:
-        n, m = self._n, len(tokens)
+        n, m = self.size, len(tokens)
         if n + m > len(self._buf):
             self._grow(n + m)
         self._buf[n : n + m] = tokens
-        self._n = n + m
+        self.size = n + m
 
     def truncate(self, n: int) -> None:
-        self._n = min(self._n, n)
+        self.size = min(self.size, n)
 
     def _grow(self, need: int) -> None:
         buf = np.empty(max(need, 2 * len(self._buf)), dtype=np.int32)
-        buf[: self._n] = self._buf[: self._n]
+        buf[: self.size] = self._buf[: self.size]
         self._buf = buf
 
     def tolist(self) -> list[int]:
-        return self._buf[: self._n].tolist()  # type: ignore[no-any-return]
+        return self._buf[: self.size].tolist()  # type: ignore[no-any-return]
 
     def snapshot(self) -> TokenIds:
         """An immutable copy of the tokens so far."""
-        values = self._buf[: self._n].copy()
+        values = self._buf[: self.size].copy()
         values.flags.writeable = False
         return TokenIds.trusted(values)
 
     def __len__(self) -> int:
-        return self._n
+        return self.size
+
+    def at(self, index: int) -> int:
+        """Token ``index`` (0 <= index < size), without the checks of ``[]``."""
+        return int(self._buf[index])
 
     @overload
     def __getitem__(self, index: int) -> int: ...
@@ -181,11 +189,11 @@ class TokenBuffer(Sequence[int]):
     def __getitem__(self, index: slice) -> list[int]: ...
     def __getitem__(self, index: int | slice) -> int | list[int]:
         if isinstance(index, slice):
-            return self._buf[: self._n][index].tolist()  # type: ignore[no-any-return]
+            return self._buf[: self.size][index].tolist()  # type: ignore[no-any-return]
         if index < 0:
-            index += self._n
-        if not 0 <= index < self._n:
-            raise IndexError(f"token index {index} out of range for {self._n} tokens")
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError(f"token index {index} out of range for {self.size} tokens")
         return int(self._buf[index])
 
     def __iter__(self) -> Iterator[int]:
@@ -195,10 +203,10 @@ class TokenBuffer(Sequence[int]):
         if isinstance(other, TokenIds | TokenBuffer):
             return bool(np.array_equal(self.array, other.array))
         if isinstance(other, Sequence) and not isinstance(other, str | bytes):
-            return len(other) == self._n and self.tolist() == list(other)
+            return len(other) == self.size and self.tolist() == list(other)
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"TokenBuffer(<{self._n} tokens>)"
+        return f"TokenBuffer(<{self.size} tokens>)"

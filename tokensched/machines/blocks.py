@@ -354,6 +354,65 @@ class BlockPool:
         if stored and self.listener is not None:
             self._announce(blocks, hashes, values, stored, parent_hash)
 
+    def commit_each(
+        self, blocks: Sequence[int], hashes: Sequence[int], tokens: npt.NDArray[np.int32], afters: Sequence[int]
+    ) -> None:
+        """Commit one block each for several requests (a decode step filling blocks), in one batch.
+
+        Block ``blocks[i]`` holds ``tokens[i]`` (shape ``(len(blocks),
+        block_size)``) under ``hashes[i]`` and follows ``afters[i]``; the same
+        as :meth:`commit` once per block, in order, with one token write.
+        """
+        n = len(blocks)
+        if len(hashes) != n or len(afters) != n or tokens.shape != (n, self.block_size):
+            raise ValueError(f"commit of {n} blocks needs {n} hashes, {n} predecessors and ({n}, block_size) tokens")
+        state = self._state
+        lowest = -len(self._roots)
+        for block, after in zip(blocks, afters, strict=True):
+            if state[block] != _OWNED:
+                raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
+            if not lowest <= after < self.num_blocks:
+                raise ValueError(f"commit after unknown block or salt root {after}")
+        if len(set(blocks)) != n:
+            raise ValueError("a block committed twice in one batch")
+        self._tokens[blocks] = tokens
+        index = self._index
+        canon_of = self._canon
+        canon_gen = self._canon_gen
+        link_of = self._link
+        link_gen_of = self._link_gen
+        hash_of = self._hash
+        gen = self._gen
+        listener = self.listener
+        for i, block in enumerate(blocks):
+            h = hashes[i]
+            after = afters[i]
+            if after < 0:
+                link, link_gen = after, 0
+            else:
+                link, link_gen = canon_of[after], canon_gen[after]
+            state[block] = _COMMITTED
+            hash_of[block] = h
+            link_of[block] = link
+            link_gen_of[block] = link_gen
+            twin = index.get(h)
+            if twin is None:
+                index[h] = block
+                canon = block
+                if listener is not None:
+                    parent = None if after < 0 else hash_of[after]
+                    listener.blocks_stored([h], parent, tokens[i].tolist(), self.block_size)
+            elif (
+                link_of[twin] == link
+                and link_gen_of[twin] == link_gen
+                and np.array_equal(self._tokens[twin], tokens[i])
+            ):
+                canon = twin
+            else:
+                canon = block
+            canon_of[block] = canon
+            canon_gen[block] = int(gen[canon])
+
     def _announce(
         self,
         blocks: Sequence[int],

@@ -110,6 +110,9 @@ class BlockHasher:
         self._rpow = np.ones(1, dtype=np.uint64)
         self._rinvpow = np.ones(1, dtype=np.uint64)
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(block_size={self.block_size})"  # never the key
+
     def root(self, salt: str | None) -> int:
         """The hash that stands for "before the first block" of a request with this ``cache_salt``."""
         data = b"\x00" if salt is None else b"\x01" + salt.encode()
@@ -135,6 +138,23 @@ class BlockHasher:
         acc = np.cumsum(y * rinvpow[:n], dtype=np.uint64)
         chain = rpow[1 : n + 1] * np.uint64(parent) + rpow[:n] * acc
         hashes.extend(_fmix_array(chain ^ np.uint64(self._k1)).tolist())
+
+    def next_hashes(self, parents: Sequence[int], blocks: npt.NDArray[np.int32]) -> list[int]:
+        """The hash of ``blocks[i]`` (one full block each) chained after hash ``parents[i]``, for many chains at once.
+
+        What a decode step needs when several requests fill a block: one
+        vectorised pass instead of one :meth:`extend` per request.
+        """
+        p = np.array(parents, dtype=np.uint64)
+        p ^= p >> _U33  # fmix inverted, vectorised
+        p *= np.uint64(_C2_INV)
+        p ^= p >> _U33
+        p *= np.uint64(_C1_INV)
+        p ^= p >> _U33
+        p ^= np.uint64(self._k1)
+        x = ((blocks.astype(np.uint64) ^ self._k) * self._m).sum(axis=1, dtype=np.uint64)
+        chain = p * np.uint64(self._r) + _fmix_array(x ^ np.uint64(self._k0))
+        return _fmix_array(chain ^ np.uint64(self._k1)).tolist()  # type: ignore[no-any-return]
 
     def _extend_small(self, hashes: list[int], tokens: Tokens, start: int, end: int, parent: int) -> None:
         bs = self.block_size

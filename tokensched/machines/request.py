@@ -14,7 +14,8 @@
   will recompute its prompt and outputs when resumed.
 - :class:`Finished` carries the reason.
 
-The token history (prompt, then outputs) lives on :class:`Request` rather than
+The token history (prompt, then outputs, in an int32
+:class:`~tokensched.tokens.TokenBuffer`) lives on :class:`Request` rather than
 in a state, because every state needs it: a preempted request recomputes it,
 a finished one reports it.
 
@@ -33,6 +34,12 @@ import attrs
 from tokensched.config import RequestSpec, SamplingParams
 from tokensched.errors import IllegalTransition
 from tokensched.plan import FinishReason
+from tokensched.tokens import Int32Array, TokenBuffer, TokenIds, as_token_array
+
+
+def prompt_array(prompt: object) -> Int32Array:
+    """The validated int32 array behind a spec's prompt (converted here only if it bypassed validation)."""
+    return prompt.array if isinstance(prompt, TokenIds) else as_token_array(prompt)
 
 
 @attrs.frozen(slots=True)
@@ -115,7 +122,7 @@ class Request:
     """One request's identity, history and current state."""
 
     request_id: str
-    tokens: list[int]  # prompt, then outputs
+    tokens: TokenBuffer  # prompt, then outputs
     num_prompt_tokens: int
     max_tokens: int
     stop_token_ids: frozenset[int]
@@ -147,7 +154,7 @@ class Request:
         eos = None if spec.ignore_eos else spec.eos_token_id
         return cls(
             request_id=spec.request_id,
-            tokens=list(spec.prompt_token_ids),
+            tokens=TokenBuffer(prompt_array(spec.prompt_token_ids), reserve=spec.max_tokens),
             num_prompt_tokens=len(spec.prompt_token_ids),
             max_tokens=spec.max_tokens,
             stop_token_ids=stop,
