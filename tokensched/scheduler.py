@@ -481,6 +481,7 @@ class Scheduler:
         n = tokens.size
         for kept, token in enumerate(sampled, 1):
             tokens.append(token)
+            request.last_token = token
             n += 1
             if token == eos or token in stop:
                 return FinishReason.STOP, kept

@@ -73,7 +73,10 @@ class StepBuilder:
         tokens = request.tokens
         token_ids = self.token_ids
         if n == 1:
-            token_ids.append(tokens.at(pos) if pos < tokens.size else PLACEHOLDER_TOKEN)
+            size = tokens.size
+            token_ids.append(
+                request.last_token if pos == size - 1 else tokens.at(pos) if pos < size else PLACEHOLDER_TOKEN
+            )
             self.slots.append(blocks[pos // bs] * bs + pos % bs)
         else:
             real = n - len(drafts)

@@ -134,6 +134,7 @@ class Request:
     sampling: SamplingParams
     seq: int  # submission order, the tie-breaker of every policy
     cache_salt: str | None = None  # shares cached KV only with requests of the same salt
+    last_token: int = -1  # tokens[-1], kept as an int: a decode's input without a trip through the buffer
     state: RequestState = attrs.field(factory=Waiting)
     block_hashes: list[int] = attrs.field(factory=list)  # of every full block of ``tokens``
     epoch: int = 0  # bumped when the request leaves the running set; stale step results are dropped
@@ -152,9 +153,10 @@ class Request:
     def from_spec(cls, spec: RequestSpec, arrival_time: float, seq: int) -> Request:
         stop = spec.stop_token_ids
         eos = None if spec.ignore_eos else spec.eos_token_id
+        prompt = prompt_array(spec.prompt_token_ids)
         return cls(
             request_id=spec.request_id,
-            tokens=TokenBuffer(prompt_array(spec.prompt_token_ids), reserve=spec.max_tokens),
+            tokens=TokenBuffer(prompt, reserve=spec.max_tokens),
             num_prompt_tokens=len(spec.prompt_token_ids),
             max_tokens=spec.max_tokens,
             stop_token_ids=stop,
@@ -166,6 +168,7 @@ class Request:
             sampling=spec.sampling,
             seq=seq,
             cache_salt=spec.cache_salt,
+            last_token=int(prompt[-1]),
         )
 
     @property
