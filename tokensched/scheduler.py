@@ -27,12 +27,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
+
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
-from tokensched.machines.blocks import BlockPool
+from tokensched.machines.blocks import BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
-from tokensched.machines.prefix import extend_hashes, shared_prefix_blocks
+from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
 from tokensched.plan import (
@@ -65,11 +67,17 @@ class Scheduler:
         config: SchedulerConfig,
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
+        *,
+        hasher: BlockHasher | None = None,
+        listener: BlockPoolListener | None = None,
     ) -> None:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
         self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self.pool = BlockPool(config.num_blocks, make_eviction(config.prefix_eviction, config.pinned_prefix_blocks))
+        eviction = make_eviction(config.prefix_eviction, config.pinned_prefix_blocks)
+        self.pool = BlockPool(config.num_blocks, config.block_size, listener, eviction)
+        self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
+        self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
         self.live: dict[str, Request] = {}
         self.waiting = WaitingQueue(self.policy.dynamic)
@@ -137,10 +145,18 @@ class Scheduler:
         hashes = request.block_hashes
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
-        if previous is not None:
-            shared = shared_prefix_blocks(previous.tokens, request.tokens, self._bs)
+        if previous is not None and previous.cache_salt == request.cache_salt:
+            shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
             hashes.extend(previous.block_hashes[:shared])
-        extend_hashes(hashes, request.tokens, self._bs)
+        self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
+
+    def _root(self, request: Request) -> tuple[int, int]:
+        """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
+        salt = request.cache_salt
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = (self.hasher.root(salt), self.pool.root(salt))
+        return root
 
     def _enqueue(self, request: Request) -> None:
         self.waiting.push(request, self.policy.admission_key(request, self.policy_context()))
@@ -225,7 +241,7 @@ class Scheduler:
             if k_spec and request.inflight_steps:
                 continue  # its drafts come with the result still in flight
             pos = state.num_scheduled
-            known = len(request.tokens)
+            known = request.tokens.size
             room = request.max_tokens - (known - request.num_prompt_tokens) - request.inflight_samples
             drafts = NO_DRAFTS
             if pos < known - 1 or (pos == known - 1 and type(state) is Prefilling):
@@ -318,7 +334,9 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            matched = pool.match_prefix(request.block_hashes) if self._caching else []
+            matched = (
+                pool.match_prefix(request.block_hashes, tokens.array, self._root(request)[1]) if self._caching else []
+            )
             if len(matched) * bs >= known:
                 matched.pop()  # always compute at least the last token, to sample from it
             cached = len(matched) * bs
@@ -348,7 +366,7 @@ class Scheduler:
             builder.new_requests.append(
                 NewRequestData(
                     request_id=request.request_id,
-                    token_ids=tokens,
+                    token_ids=tokens.snapshot(),
                     block_ids=tuple(blocks),
                     num_cached_tokens=cached,
                     num_output_tokens=known - request.num_prompt_tokens,
@@ -372,6 +390,7 @@ class Scheduler:
         pool = self.pool
         drafts_in = result.draft_token_ids
         logprobs_in = result.logprobs
+        fills: list[tuple[Request, Prefilling | Decoding]] = []  # decodes whose one new block commits in a batch
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
                 continue  # left the running set (finished, aborted, preempted) after this step was planned
@@ -392,9 +411,12 @@ class Scheduler:
                 continue
             request.inflight_samples -= 1 + nd
             reason, kept = self._append_tokens(request, sampled)
-            if caching:
-                if len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
-                    extend_hashes(request.block_hashes, request.tokens, bs)
+            if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
+                if min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1:
+                    fills.append((request, state))  # the common case: one block filled, hashed and committed below
+            elif caching:
+                if request.tokens.size >= (len(request.block_hashes) + 1) * bs:
+                    self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
                 self._commit_full_blocks(request, state)
             if type(state) is Prefilling:
                 decoding = Decoding(
@@ -417,39 +439,73 @@ class Scheduler:
             if reason is not None:
                 request.finish_time = now
                 self._finish(request, reason, "finish")
+        if fills:
+            self._commit_fills(fills)
         step.move("apply")
         self.steps.close(step)
         pool.step_completed(step.step_id)
         return outputs
+
+    def _commit_fills(self, fills: list[tuple[Request, Prefilling | Decoding]]) -> None:
+        """Hash and commit the one block each of ``fills`` just filled: one vectorised hash, one token write.
+
+        The same as :meth:`_commit_full_blocks` per request (none of them
+        finished in this step, so their blocks are still OWNED by them).
+        """
+        bs = self._bs
+        rows = np.empty((len(fills), bs), dtype=np.int32)
+        parents: list[int] = []
+        afters: list[int] = []
+        blocks: list[int] = []
+        for j, (request, state) in enumerate(fills):
+            c = state.num_committed
+            rows[j] = request.tokens.array[c * bs : (c + 1) * bs]
+            if c:
+                parents.append(request.block_hashes[c - 1])
+                afters.append(state.blocks[c - 1])
+            else:
+                root = self._root(request)
+                parents.append(root[0])
+                afters.append(root[1])
+            blocks.append(state.blocks[c])
+        hashes = self.hasher.next_hashes(parents, rows)
+        self.pool.commit_each(blocks, hashes, rows, afters)
+        for (request, state), h in zip(fills, hashes, strict=True):
+            request.block_hashes.append(h)
+            state.num_committed += 1
 
     def _append_tokens(self, request: Request, sampled: list[int]) -> tuple[FinishReason | None, int]:
         """Append sampled tokens up to the first stop; returns why the request finished (if it did) and how many."""
         tokens = request.tokens
         eos = request.eos_token_id
         stop = request.stop_token_ids
-        limit = request.num_prompt_tokens + request.max_tokens
-        max_len = self.config.max_model_len
+        limit = min(request.num_prompt_tokens + request.max_tokens, self.config.max_model_len)
+        n = tokens.size
         for kept, token in enumerate(sampled, 1):
             tokens.append(token)
+            request.last_token = token
+            n += 1
             if token == eos or token in stop:
                 return FinishReason.STOP, kept
-            if len(tokens) >= limit or len(tokens) >= max_len:
+            if n >= limit:
                 return FinishReason.LENGTH, kept
         return None, len(sampled)
 
     def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
         # Accepted drafts are computed before they are appended; a stop among them ends the request.
-        full = min(state.num_computed, len(request.tokens)) // self._bs
+        bs = self._bs
+        full = min(state.num_computed, request.tokens.size) // bs
         committed = state.num_committed
         if committed >= full:
             return
         hashes = request.block_hashes
         if len(hashes) < full:
-            extend_hashes(hashes, request.tokens, self._bs)
+            self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
         blocks = state.blocks
-        commit = self.pool.commit
-        for b in range(committed, full):
-            commit(blocks[b], hashes[b], b)
+        after = blocks[committed - 1] if committed else self._root(request)[1]
+        self.pool.commit(
+            blocks[committed:full], hashes[committed:full], request.tokens.array[committed * bs : full * bs], after
+        )
         state.num_committed = full
 
     def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
@@ -556,8 +612,12 @@ class Scheduler:
         evict = self.pool.eviction
         if not isinstance(evict, PinnedEviction) or not self._caching:
             raise InvalidRequest("pin_prefix needs prefix_eviction='pinned' and prefix caching on")
+        salt = None  # pinned content is shared by requests without a cache_salt
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = (self.hasher.root(salt), self.pool.root(salt))
         hashes: list[int] = []
-        extend_hashes(hashes, token_ids, self._bs)
+        self.hasher.extend(hashes, np.asarray(token_ids, dtype=np.int32), root[0])
         return evict.pin(hashes)
 
     def take_removed(self) -> tuple[str, ...]:

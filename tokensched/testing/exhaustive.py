@@ -42,6 +42,7 @@ from tokensched.policies import POLICIES
 from tokensched.policies.base import Policy
 from tokensched.scheduler import Scheduler
 from tokensched.testing.promises import observe_plan
+from tokensched.tokens import TokenBuffer
 
 EOS = 0
 
@@ -156,7 +157,7 @@ def _request_key(rid: str, r: Request) -> Key:
 
 
 def _frozen(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else repr(value) if isinstance(value, dict) else value
+    return tuple(value) if isinstance(value, list | TokenBuffer) else repr(value) if isinstance(value, dict) else value
 
 
 def _step_key(step: Step, nxt: int) -> Key:
