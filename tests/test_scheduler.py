@@ -598,3 +598,13 @@ def test_removed_ids_can_be_taken_when_no_plan_follows() -> None:
     assert s.take_removed() == ()
     s.submit(spec("b", [1, 2, 3], max_tokens=1))
     assert next_plan(s).removed_request_ids == ()  # not repeated
+
+
+def test_a_prefill_that_fills_a_block_and_samples_its_first_token_commits_on_its_decoding_state() -> None:
+    """Found by the block-edge bias of the strategies: the fast commit path advanced the replaced state."""
+    s = make(block_size=4)
+    s.submit(spec("a", [1, 2, 3, 4], max_tokens=3))
+    s.complete(answer(next_plan(s)))
+    s.check_invariants()
+    state = s.get("a").state
+    assert isinstance(state, Decoding) and state.num_committed == 1

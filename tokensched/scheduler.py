@@ -411,9 +411,10 @@ class Scheduler:
                 continue
             request.inflight_samples -= 1 + nd
             reason, kept = self._append_tokens(request, sampled)
+            fill = False
             if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
-                if min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1:
-                    fills.append((request, state))  # the common case: one block filled, hashed and committed below
+                # the common case: one block filled, hashed and committed below
+                fill = min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1
             elif caching:
                 if request.tokens.size >= (len(request.block_hashes) + 1) * bs:
                     self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
@@ -424,6 +425,9 @@ class Scheduler:
                 )
                 transition(request, "first_token", decoding)
                 request.first_token_time = now
+                state = decoding  # the fill below must advance the new state's cursor, not the old one's
+            if fill:
+                fills.append((request, state))
             if drafts_in is not None and reason is None:
                 request.draft_tokens = drafts_in[i][: self._k_spec]
             outputs.append(
