@@ -600,11 +600,18 @@ def test_removed_ids_can_be_taken_when_no_plan_follows() -> None:
     assert next_plan(s).removed_request_ids == ()  # not repeated
 
 
-def test_a_prefill_that_fills_a_block_and_samples_its_first_token_commits_on_its_decoding_state() -> None:
-    """Found by the block-edge bias of the strategies: the fast commit path advanced the replaced state."""
-    s = make(block_size=4)
-    s.submit(spec("a", [1, 2, 3, 4], max_tokens=3))
-    s.complete(answer(next_plan(s)))
+def test_a_resumed_prefill_that_fills_a_block_and_samples_commits_on_its_decoding_state() -> None:
+    """Found by the block-edge strategies: the fast commit path advanced the replaced Prefilling state.
+
+    A decode defers hashing a block of outputs until its KV is computed; preempted just before, the
+    request resumes with that block unhashed, and its recompute fills it and samples in one step.
+    """
+    s = make(block_size=2)
+    s.submit(spec("a", [1, 2, 3], max_tokens=8))
+    for _ in range(3):  # prefill, then two decodes: tokens [1, 2, 3, t, t, t], the last block not yet hashed
+        s.complete(answer(next_plan(s)))
+    s._preempt(s.get("a"))
+    s.complete(answer(next_plan(s)))  # resumes from the cached prefix, computes positions 4 and 5, samples
     s.check_invariants()
     state = s.get("a").state
-    assert isinstance(state, Decoding) and state.num_committed == 1
+    assert isinstance(state, Decoding) and state.num_committed == 3
