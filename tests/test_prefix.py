@@ -251,3 +251,21 @@ def test_decode_fills_commit_in_one_batch_with_the_chain_a_prefill_would_give() 
         assert plan is not None and plan.new_requests[0].num_cached_tokens == len(hashes) * 4
         s.complete(StepResult(plan.step_id, [[1] if x else [] for x in plan.sample]))
         run(s)
+
+
+def test_a_shared_block_let_go_first_by_a_step_in_flight_waits_for_that_step() -> None:
+    """Found by the scheduler state machine: the last releaser was idle, the first was in step 8."""
+    pool = BlockPool(2, block_size=1)
+    root = pool.root(None)
+    block = pool.allocate(1)
+    pool.commit(block, [1], [5], root)
+    pool.share(block)  # a second request holds it too
+    pool.release(block, hold_until_step=8)  # the first lets go while step 8 still reads it
+    pool.release(block, hold_until_step=None)  # the second, in no step, lets go last
+    assert pool.state(block[0]) is BlockState.PENDING
+    assert pool.allocate(1) != block, "handed out while step 8 may still read it"
+    pool.step_completed(7)
+    assert pool.state(block[0]) is BlockState.PENDING
+    pool.step_completed(8)
+    assert pool.state(block[0]) is BlockState.EVICTABLE
+    pool.check_invariants()

@@ -390,7 +390,7 @@ class Scheduler:
         pool = self.pool
         drafts_in = result.draft_token_ids
         logprobs_in = result.logprobs
-        fills: list[tuple[Request, Prefilling | Decoding]] = []  # decodes whose one new block commits in a batch
+        fills: list[Request] = []  # requests whose one new full block is hashed and committed in a batch below
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
                 continue  # left the running set (finished, aborted, preempted) after this step was planned
@@ -411,10 +411,9 @@ class Scheduler:
                 continue
             request.inflight_samples -= 1 + nd
             reason, kept = self._append_tokens(request, sampled)
-            fill = False
             if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
-                # the common case: one block filled, hashed and committed below
-                fill = min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1
+                if min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1:
+                    fills.append(request)  # the common case: one block filled
             elif caching:
                 if request.tokens.size >= (len(request.block_hashes) + 1) * bs:
                     self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
@@ -425,9 +424,6 @@ class Scheduler:
                 )
                 transition(request, "first_token", decoding)
                 request.first_token_time = now
-                state = decoding  # the fill below must advance the new state's cursor, not the old one's
-            if fill:
-                fills.append((request, state))
             if drafts_in is not None and reason is None:
                 request.draft_tokens = drafts_in[i][: self._k_spec]
             outputs.append(
@@ -450,18 +446,24 @@ class Scheduler:
         pool.step_completed(step.step_id)
         return outputs
 
-    def _commit_fills(self, fills: list[tuple[Request, Prefilling | Decoding]]) -> None:
+    def _commit_fills(self, fills: list[Request]) -> None:
         """Hash and commit the one block each of ``fills`` just filled: one vectorised hash, one token write.
 
         The same as :meth:`_commit_full_blocks` per request (none of them
-        finished in this step, so their blocks are still OWNED by them).
+        finished in this step, so their blocks are still OWNED by them). Their
+        current state is read here: a first token replaced Prefilling by
+        Decoding after the request was queued.
         """
+        states: list[Prefilling | Decoding] = []
         bs = self._bs
         rows = np.empty((len(fills), bs), dtype=np.int32)
         parents: list[int] = []
         afters: list[int] = []
         blocks: list[int] = []
-        for j, (request, state) in enumerate(fills):
+        for j, request in enumerate(fills):
+            state = request.state
+            assert type(state) is Prefilling or type(state) is Decoding
+            states.append(state)
             c = state.num_committed
             rows[j] = request.tokens.array[c * bs : (c + 1) * bs]
             if c:
@@ -474,7 +476,7 @@ class Scheduler:
             blocks.append(state.blocks[c])
         hashes = self.hasher.next_hashes(parents, rows)
         self.pool.commit_each(blocks, hashes, rows, afters)
-        for (request, state), h in zip(fills, hashes, strict=True):
+        for request, state, h in zip(fills, states, hashes, strict=True):
             request.block_hashes.append(h)
             state.num_committed += 1
 

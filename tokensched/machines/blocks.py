@@ -98,11 +98,13 @@ class BlockPool:
     __slots__ = (
         "_canon",
         "_canon_gen",
+        "_completed",
         "_depth",
         "_evict",
         "_free",
         "_gen",
         "_hash",
+        "_held_for",
         "_index",
         "_link",
         "_link_gen",
@@ -149,6 +151,10 @@ class BlockPool:
         self._evict: EvictionPolicy = eviction if eviction is not None else LRUEviction()
         self._depth = [0] * num_blocks  # a committed block's place in its hash chain (for cost-aware eviction)
         self._pending: deque[tuple[int, list[int]]] = deque()
+        # The newest step in flight that a releaser of each block was in: a shared block let go by a
+        # request in flight and last by one that is not stays PENDING until that step completes.
+        self._held_for = [-1] * num_blocks
+        self._completed = -1  # the newest step completed (steps complete in order)
         self._index: dict[int, int] = {}
 
     # ------------------------------------------------------------------ queries
@@ -502,8 +508,11 @@ class BlockPool:
 
         A block whose last reference goes becomes PENDING until step
         ``hold_until_step`` completes when a step may still touch it, else
-        EVICTABLE (cached content) or FREE. Blocks are released last first so
-        the LRU evicts a request's tail before its shared prefix.
+        EVICTABLE (cached content) or FREE. "A step may still touch it" counts
+        every releaser: a shared block let go first by a request in a step in
+        flight stays PENDING until that step completes, whoever lets it go
+        last. Blocks are released last first so the LRU evicts a request's
+        tail before its shared prefix.
         """
         blocks = list(blocks)
         for block in blocks:
@@ -519,28 +528,43 @@ class BlockPool:
                         "release",
                         f"{times} releases, refcount {self._refcount[block]}",
                     )
-        held: list[int] = []
+        held_for = self._held_for
+        completed = self._completed
         for block in reversed(blocks):
             rc = self._refcount[block] - 1
             self._refcount[block] = rc
+            if hold_until_step is not None and hold_until_step > held_for[block]:
+                held_for[block] = hold_until_step
             if rc:
                 continue
-            if hold_until_step is not None:
+            step = held_for[block]
+            if step > completed:
                 self._state[block] = _PENDING
-                held.append(block)
+                self._hold(block, step)
             else:
                 self._settle(block)
-        if held and hold_until_step is not None:
-            pending = self._pending
-            if pending and pending[-1][0] == hold_until_step:
-                pending[-1][1].extend(held)
+
+    def _hold(self, block: int, step: int) -> None:
+        """Queue ``block`` to settle when ``step`` completes (the queue stays in step order)."""
+        pending = self._pending
+        if pending and pending[-1][0] == step:
+            pending[-1][1].append(block)
+        elif not pending or pending[-1][0] < step:
+            pending.append((step, [block]))
+        else:  # an older step than the newest queued: rare (a shared block held for an earlier step)
+            i = len(pending) - 1
+            while i > 0 and pending[i - 1][0] >= step:
+                i -= 1
+            if pending[i][0] == step:
+                pending[i][1].append(block)
             else:
-                pending.append((hold_until_step, held))
+                pending.insert(i, (step, [block]))
 
     def step_completed(self, step_id: int) -> int:
         """Settle every block held for a step up to ``step_id``; returns how many."""
         pending = self._pending
         settled = 0
+        self._completed = max(self._completed, step_id)
         while pending and pending[0][0] <= step_id:
             _, blocks = pending.popleft()
             for block in blocks:
@@ -551,6 +575,7 @@ class BlockPool:
     # ---------------------------------------------------------------- helpers
     def _settle(self, block: int) -> None:
         """A block nobody holds and no step touches: keep it cached if it is the indexed copy."""
+        self._held_for[block] = -1
         h = self._hash[block]
         if h is not None and self._index.get(h) == block:
             self._state[block] = _EVICTABLE
