@@ -44,6 +44,8 @@ def check_scheduler(s: Scheduler) -> None:
             problems.append(f"request {rid!r} holds a block twice")
         if not state.num_computed <= state.num_scheduled <= len(r.tokens) + r.inflight_samples:
             problems.append(f"request {rid!r}: computed {state.num_computed}, scheduled {state.num_scheduled}")
+        if r.last_token != r.tokens[-1]:
+            problems.append(f"request {rid!r}: last_token {r.last_token} but its history ends in {r.tokens[-1]}")
         if len(state.blocks) < -(-state.num_scheduled // bs):
             problems.append(f"request {rid!r}: {len(state.blocks)} blocks for {state.num_scheduled} positions")
         if r.num_output_tokens > r.max_tokens:

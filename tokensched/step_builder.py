@@ -73,12 +73,15 @@ class StepBuilder:
         tokens = request.tokens
         token_ids = self.token_ids
         if n == 1:
-            token_ids.append(tokens[pos] if pos < len(tokens) else PLACEHOLDER_TOKEN)
+            size = tokens.size
+            token_ids.append(
+                request.last_token if pos == size - 1 else tokens.at(pos) if pos < size else PLACEHOLDER_TOKEN
+            )
             self.slots.append(blocks[pos // bs] * bs + pos % bs)
         else:
             real = n - len(drafts)
-            if pos < len(tokens):
-                token_ids.extend(tokens[pos : pos + real])
+            if pos < tokens.size:
+                token_ids.extend(tokens.array[pos : pos + real].tolist())
             else:
                 token_ids.append(PLACEHOLDER_TOKEN)
             if drafts:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from tokensched.errors import InvalidRequest
 from tokensched.machines.step import Step
 from tokensched.plan import StepResult
+from tokensched.tokens import INT32_MAX
 
 
 def validate_result(step: Step, result: StepResult, max_drafts: int) -> None:
@@ -37,12 +38,12 @@ def validate_result(step: Step, result: StepResult, max_drafts: int) -> None:
                 f"{where}: request {step.requests[i].request_id!r} sampled {count} tokens in a non-final prefill chunk"
             )
         for token in sampled:
-            if type(token) is not int or token < 0:
+            if type(token) is not int or token < 0 or token > INT32_MAX:
                 raise InvalidRequest(f"{where}: request {step.requests[i].request_id!r} sampled token {token!r}")
     if result.draft_token_ids is not None:
         for row in result.draft_token_ids:
             if len(row) > max_drafts and max_drafts == 0:
                 raise InvalidRequest(f"{where}: drafts proposed but num_speculative_tokens is 0")
             for token in row:
-                if type(token) is not int or token < 0:
+                if type(token) is not int or token < 0 or token > INT32_MAX:
                     raise InvalidRequest(f"{where}: draft token {token!r}")

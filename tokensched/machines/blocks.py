@@ -9,24 +9,48 @@ States of one block (see ``specs/blocks.toml``)::
 
 - OWNED: being written by exactly one request (refcount 1).
 - COMMITTED: full, content-hashed, read-only, shared by refcount.
-- EVICTABLE: refcount 0 but still cached; kept in an O(1) LRU (oldest evicted first).
+- EVICTABLE: refcount 0 but still cached; evicted in the order of an
+  :class:`~tokensched.machines.eviction.EvictionPolicy` (LRU by default, O(1)).
 - PENDING: let go while a launched step may still read or write it. It cannot be
   handed out (nor matched as a prefix) until that step completes, which is what
   makes overlap scheduling safe.
 
 Every operation validates fully before it changes anything, so a refused call
 leaves the pool exactly as it was. Hot operations are O(1) per block.
+
+Hash to find, compare to confirm: the prefix index maps a chained block hash
+(:mod:`tokensched.machines.prefix`) to a candidate block, and a candidate is
+shared only if it holds exactly the request's tokens for that block *and* was
+computed right after the block the match took for the previous position (its
+*link*: that block's id and allocation generation, or for a first block the
+request's ``cache_salt``). Committed tokens live in one pool-wide int32 array
+(``block_size * 4`` bytes a block), so :meth:`BlockPool.match_prefix` confirms
+a whole run of candidates in one vectorised compare. By induction a confirmed
+run holds exactly the request's prefix, whatever the hashes do: a collision
+costs a miss, never another prefix's KV.
+
+KV events: a :class:`BlockPoolListener` passed as ``listener`` hears
+``blocks_stored`` when blocks become findable by prefix (commit of the first
+copy of some content), ``blocks_removed`` when they stop being findable
+(eviction, :meth:`BlockPool.clear_cache`) and ``all_cleared`` when the index
+empties through :meth:`BlockPool.clear_cache`. With no listener (the default)
+nothing is built for it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from operator import itemgetter
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
+from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 
 class BlockState(IntEnum):
@@ -44,6 +68,25 @@ _EVICTABLE = BlockState.EVICTABLE.value
 _PENDING = BlockState.PENDING.value
 
 
+class BlockPoolListener(Protocol):
+    """Hears the prefix index change (for a KV-events publisher, e.g. a cache-aware router).
+
+    ``blocks_stored``: blocks ``block_hashes`` (a chain, in order) became
+    findable; ``parent_block_hash`` is the hash of the block before the first
+    one, or None when the first one starts its request's prompt; ``token_ids``
+    holds ``block_size`` tokens per block. ``blocks_removed``: those hashes are
+    no longer findable. ``all_cleared``: nothing is findable any more.
+    """
+
+    def blocks_stored(
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+    ) -> None: ...
+
+    def blocks_removed(self, block_hashes: list[int]) -> None: ...
+
+    def all_cleared(self) -> None: ...
+
+
 class BlockPool:
     """``num_blocks`` KV blocks, their states, refcounts and the prefix index.
 
@@ -52,26 +95,83 @@ class BlockPool:
     is pruned when a block is evicted.
     """
 
-    __slots__ = ("_evictable", "_free", "_hash", "_index", "_pending", "_refcount", "_state", "num_blocks")
+    __slots__ = (
+        "_canon",
+        "_canon_gen",
+        "_completed",
+        "_depth",
+        "_evict",
+        "_free",
+        "_gen",
+        "_hash",
+        "_held_for",
+        "_index",
+        "_link",
+        "_link_gen",
+        "_pending",
+        "_refcount",
+        "_roots",
+        "_state",
+        "_tokens",
+        "block_size",
+        "listener",
+        "num_blocks",
+    )
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int = 16,
+        listener: BlockPoolListener | None = None,
+        eviction: EvictionPolicy | None = None,
+    ) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
         self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.listener = listener
+        self._tokens = np.zeros((num_blocks, block_size), dtype=np.int32)  # what each committed block holds
+        # Link of a committed block: the block it was computed after (negative: a salt root) and that
+        # block's generation then. A generation is bumped whenever a block is handed out anew.
+        self._link = np.zeros(num_blocks, dtype=np.int64)
+        self._link_gen = np.zeros(num_blocks, dtype=np.int64)
+        self._gen = np.zeros(num_blocks, dtype=np.int64)
+        # Canonical copy of a committed block's content (itself when it is the indexed copy); its
+        # successors link to that copy, so they stay findable after a duplicate is freed.
+        self._canon = [0] * num_blocks
+        self._canon_gen = [0] * num_blocks
+        self._roots: dict[str | None, int] = {None: -1}
         self._state = bytearray(num_blocks)  # all FREE
         self._refcount = [0] * num_blocks
         self._hash: list[int | None] = [None] * num_blocks
         # Pop from the end: block 0 is handed out first, which keeps tests readable.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._evict: EvictionPolicy = eviction if eviction is not None else LRUEviction()
+        self._depth = [0] * num_blocks  # a committed block's place in its hash chain (for cost-aware eviction)
         self._pending: deque[tuple[int, list[int]]] = deque()
+        # The newest step in flight that a releaser of each block was in: a shared block let go by a
+        # request in flight and last by one that is not stays PENDING until that step completes.
+        self._held_for = [-1] * num_blocks
+        self._completed = -1  # the newest step completed (steps complete in order)
         self._index: dict[int, int] = {}
 
     # ------------------------------------------------------------------ queries
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable)."""
-        return len(self._free) + len(self._evictable)
+        return len(self._free) + len(self._evict)
+
+    @property
+    def eviction(self) -> EvictionPolicy:
+        """The order EVICTABLE blocks are evicted in."""
+        return self._evict
+
+    @property
+    def num_evictable(self) -> int:
+        """Cached blocks held by nobody (counted in :attr:`num_free`)."""
+        return len(self._evict)
 
     @property
     def num_pending(self) -> int:
@@ -100,11 +200,23 @@ class BlockPool:
         s = self._state[block]
         return block if s in (_COMMITTED, _EVICTABLE) else None
 
-    def match_prefix(self, hashes: Sequence[int]) -> list[int]:
-        """Longest run of shareable blocks for a chain of block hashes (no state change).
+    def root(self, salt: str | None) -> int:
+        """The link of a request's first block: one negative id per ``cache_salt`` (None included)."""
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = -1 - len(self._roots)
+        return root
 
-        Batched through C-level ``map``/``itemgetter`` rather than a Python loop:
-        a 200k-token prompt is 12.5k look-ups and this is on the admission path.
+    def match_prefix(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int
+    ) -> list[int]:
+        """Longest confirmed run of shareable blocks for a chain of block hashes (no state change).
+
+        ``tokens`` are the request's tokens (at least ``len(hashes)`` full
+        blocks) and ``root`` is :meth:`root` of its ``cache_salt``. The index
+        proposes candidates (batched through C-level ``map``/``itemgetter``:
+        a 200k-token prompt is 12.5k look-ups); one vectorised compare of their
+        tokens and links then keeps the leading run that truly holds this prefix.
         """
         found = list(map(self._index.get, hashes))
         with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
@@ -116,7 +228,27 @@ class BlockPool:
         if min(states) < _COMMITTED or max(states) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
             cut = next(i for i, s in enumerate(states) if s != _COMMITTED and s != _EVICTABLE)
             matched = matched[:cut]
-        return matched
+            if not matched:
+                return []
+        cut = self._confirmed(np.array(matched, dtype=np.int64), tokens, root)
+        return matched if cut == len(matched) else matched[:cut]
+
+    def _confirmed(
+        self, candidates: npt.NDArray[np.int64], tokens: Sequence[int] | npt.NDArray[np.int32], root: int
+    ) -> int:
+        """How many leading ``candidates`` hold the request's blocks, each linked to the one before."""
+        m = len(candidates)
+        bs = self.block_size
+        want = np.asarray(tokens[: m * bs], dtype=np.int32).reshape(m, bs)
+        ok = (self._tokens[candidates] == want).all(axis=1)
+        before = np.empty(m, dtype=np.int64)
+        before[0] = root
+        before[1:] = candidates[:-1]
+        before_gen = np.zeros(m, dtype=np.int64)
+        before_gen[1:] = self._gen[candidates[:-1]]
+        ok &= self._link[candidates] == before
+        ok &= self._link_gen[candidates] == before_gen
+        return m if bool(ok.all()) else int(np.argmin(ok))
 
     def cached_prefix_length(self, hashes: Sequence[int], *, held: bool = False) -> int:
         """How many leading blocks of a hash chain are cached (and, with ``held``, also referenced).
@@ -147,41 +279,208 @@ class BlockPool:
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
         """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed."""
-        if n > len(self._free) + len(self._evictable):
+        if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
         free = self._free
         out: list[int] = []
+        removed: list[int] | None = [] if self.listener is not None else None
         for _ in range(n):
             if free:
                 block = free.pop()
             else:
-                block, _ = self._evictable.popitem(last=False)
-                self._unindex(block)
+                block = self._evict.pop()
+                self._unindex(block, removed)
             self._state[block] = _OWNED
             self._refcount[block] = 1
             out.append(block)
+        if out:
+            self._gen[out] += 1  # whatever linked to these blocks' old content no longer matches
+        if removed and self.listener is not None:
+            self.listener.blocks_removed(removed)
         return out
 
     def allocate_one(self) -> int:
         """The common case of :meth:`allocate`, without the list."""
         if self._free:
             block = self._free.pop()
-        elif self._evictable:
-            block, _ = self._evictable.popitem(last=False)
-            self._unindex(block)
+        elif len(self._evict):
+            block = self._evict.pop()
+            if self.listener is not None:
+                removed: list[int] = []
+                self._unindex(block, removed)
+                if removed:
+                    self.listener.blocks_removed(removed)
+            else:
+                self._unindex(block, None)
         else:
             raise CapacityError("no block can be handed out")
         self._state[block] = _OWNED
         self._refcount[block] = 1
+        self._gen[block] += 1
         return block
 
-    def commit(self, block: int, block_hash: int) -> None:
-        """A full OWNED block becomes COMMITTED and, unless its content is cached already, indexed."""
-        if self._state[block] != _OWNED:
-            raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
-        self._state[block] = _COMMITTED
-        self._hash[block] = block_hash
-        self._index.setdefault(block_hash, block)
+    def commit(
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        tokens: Sequence[int] | npt.NDArray[np.int32],
+        after: int,
+    ) -> None:
+        """Full OWNED ``blocks`` (consecutive in one request) become COMMITTED; new content is indexed.
+
+        ``hashes`` are their chained hashes, ``tokens`` their ``block_size``
+        tokens each, and ``after`` the block the first one follows in the
+        request's table (or :meth:`root` of its salt when it is the request's
+        first block). A block whose content the index confirms it holds
+        already stays an unindexed duplicate, freed when its holders let go.
+        """
+        n = len(blocks)
+        bs = self.block_size
+        if len(hashes) != n or len(tokens) != n * bs:
+            raise ValueError(f"commit of {n} blocks needs {n} hashes and {n * bs} tokens")
+        for block in blocks:
+            if self._state[block] != _OWNED:
+                raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
+        if not -len(self._roots) <= after < self.num_blocks:
+            raise ValueError(f"commit after unknown block or salt root {after}")
+        values = np.asarray(tokens, dtype=np.int32).reshape(n, bs)
+        self._tokens[list(blocks)] = values
+        if after < 0:
+            link, link_gen, parent_hash = after, 0, None
+        else:
+            link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
+        depth = self._depth[after] + 1 if after >= 0 else 0
+        for i, block in enumerate(blocks):
+            self._depth[block] = depth + i
+        index = self._index
+        gen = self._gen
+        stored: list[int] = []  # position in the run of each newly indexed block, for the listener
+        for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
+            self._state[block] = _COMMITTED
+            self._hash[block] = h
+            self._link[block] = link
+            self._link_gen[block] = link_gen
+            twin = index.get(h)
+            if twin is None:
+                index[h] = block
+                canon = block
+                stored.append(i)
+            elif (
+                self._link[twin] == link
+                and self._link_gen[twin] == link_gen
+                and np.array_equal(self._tokens[twin], values[i])
+            ):
+                canon = twin  # the same content after the same prefix: successors link to the indexed copy
+            else:
+                canon = block  # a hash collision: this copy stays unfindable, and so do its successors
+            link = self._canon[block] = canon
+            link_gen = self._canon_gen[block] = int(gen[canon])
+        if stored and self.listener is not None:
+            self._announce(blocks, hashes, values, stored, parent_hash)
+
+    def commit_each(
+        self, blocks: Sequence[int], hashes: Sequence[int], tokens: npt.NDArray[np.int32], afters: Sequence[int]
+    ) -> None:
+        """Commit one block each for several requests (a decode step filling blocks), in one batch.
+
+        Block ``blocks[i]`` holds ``tokens[i]`` (shape ``(len(blocks),
+        block_size)``) under ``hashes[i]`` and follows ``afters[i]``; the same
+        as :meth:`commit` once per block, in order, with one token write.
+        """
+        n = len(blocks)
+        if len(hashes) != n or len(afters) != n or tokens.shape != (n, self.block_size):
+            raise ValueError(f"commit of {n} blocks needs {n} hashes, {n} predecessors and ({n}, block_size) tokens")
+        state = self._state
+        lowest = -len(self._roots)
+        for block, after in zip(blocks, afters, strict=True):
+            if state[block] != _OWNED:
+                raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
+            if not lowest <= after < self.num_blocks:
+                raise ValueError(f"commit after unknown block or salt root {after}")
+        if len(set(blocks)) != n:
+            raise ValueError("a block committed twice in one batch")
+        self._tokens[blocks] = tokens
+        index = self._index
+        canon_of = self._canon
+        canon_gen = self._canon_gen
+        link_of = self._link
+        link_gen_of = self._link_gen
+        hash_of = self._hash
+        gen = self._gen
+        listener = self.listener
+        depth_of = self._depth
+        for i, block in enumerate(blocks):
+            h = hashes[i]
+            after = afters[i]
+            if after < 0:
+                link, link_gen = after, 0
+                depth_of[block] = 0
+            else:
+                link, link_gen = canon_of[after], canon_gen[after]
+                depth_of[block] = depth_of[after] + 1
+            state[block] = _COMMITTED
+            hash_of[block] = h
+            link_of[block] = link
+            link_gen_of[block] = link_gen
+            twin = index.get(h)
+            if twin is None:
+                index[h] = block
+                canon = block
+                if listener is not None:
+                    parent = None if after < 0 else hash_of[after]
+                    listener.blocks_stored([h], parent, tokens[i].tolist(), self.block_size)
+            elif (
+                link_of[twin] == link
+                and link_gen_of[twin] == link_gen
+                and np.array_equal(self._tokens[twin], tokens[i])
+            ):
+                canon = twin
+            else:
+                canon = block
+            canon_of[block] = canon
+            canon_gen[block] = int(gen[canon])
+
+    def _announce(
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        values: npt.NDArray[np.int32],
+        stored: list[int],
+        parent_hash: int | None,
+    ) -> None:
+        """Tell the listener about each run of consecutive newly indexed blocks."""
+        assert self.listener is not None
+        start = 0
+        while start < len(stored):
+            end = start + 1
+            while end < len(stored) and stored[end] == stored[end - 1] + 1:
+                end += 1
+            lo, hi = stored[start], stored[end - 1] + 1
+            parent = parent_hash if lo == 0 else hashes[lo - 1]
+            self.listener.blocks_stored(list(hashes[lo:hi]), parent, values[lo:hi].ravel().tolist(), self.block_size)
+            start = end
+
+    def clear_cache(self) -> int:
+        """Forget every cached block nobody holds (EVICTABLE becomes FREE); returns how many.
+
+        Blocks held by requests or pending on a step stay as they are. The
+        listener hears ``all_cleared`` when the index ends up empty, else
+        ``blocks_removed`` for the hashes that went.
+        """
+        removed: list[int] = []
+        evict = self._evict
+        count = len(evict)
+        while len(evict):
+            block = evict.pop()
+            self._unindex(block, removed)
+            self._state[block] = _FREE
+            self._free.append(block)
+        if self.listener is not None:
+            if not self._index:
+                self.listener.all_cleared()
+            elif removed:
+                self.listener.blocks_removed(removed)
+        return count
 
     def share(self, blocks: Sequence[int]) -> None:
         """Take one more reference on each of ``blocks`` (a prefix-cache hit)."""
@@ -192,23 +491,28 @@ class BlockPool:
             bad = next(b for b, s in zip(blocks, states, strict=True) if s != _COMMITTED and s != _EVICTABLE)
             raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
         refcount = self._refcount
+        evict = self._evict
         if _EVICTABLE in states:
             state = self._state
-            lru = self._evictable
             for block in blocks:
                 if state[block] == _EVICTABLE:
-                    del lru[block]
+                    evict.remove(block)
                     state[block] = _COMMITTED
+        hashes = self._hash
         for block in blocks:
             refcount[block] += 1
+            evict.hit(hashes[block])  # type: ignore[arg-type]  # a shared block is committed: it has a hash
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).
 
         A block whose last reference goes becomes PENDING until step
         ``hold_until_step`` completes when a step may still touch it, else
-        EVICTABLE (cached content) or FREE. Blocks are released last first so
-        the LRU evicts a request's tail before its shared prefix.
+        EVICTABLE (cached content) or FREE. "A step may still touch it" counts
+        every releaser: a shared block let go first by a request in a step in
+        flight stays PENDING until that step completes, whoever lets it go
+        last. Blocks are released last first so the LRU evicts a request's
+        tail before its shared prefix.
         """
         blocks = list(blocks)
         for block in blocks:
@@ -224,28 +528,43 @@ class BlockPool:
                         "release",
                         f"{times} releases, refcount {self._refcount[block]}",
                     )
-        held: list[int] = []
+        held_for = self._held_for
+        completed = self._completed
         for block in reversed(blocks):
             rc = self._refcount[block] - 1
             self._refcount[block] = rc
+            if hold_until_step is not None and hold_until_step > held_for[block]:
+                held_for[block] = hold_until_step
             if rc:
                 continue
-            if hold_until_step is not None:
+            step = held_for[block]
+            if step > completed:
                 self._state[block] = _PENDING
-                held.append(block)
+                self._hold(block, step)
             else:
                 self._settle(block)
-        if held and hold_until_step is not None:
-            pending = self._pending
-            if pending and pending[-1][0] == hold_until_step:
-                pending[-1][1].extend(held)
+
+    def _hold(self, block: int, step: int) -> None:
+        """Queue ``block`` to settle when ``step`` completes (the queue stays in step order)."""
+        pending = self._pending
+        if pending and pending[-1][0] == step:
+            pending[-1][1].append(block)
+        elif not pending or pending[-1][0] < step:
+            pending.append((step, [block]))
+        else:  # an older step than the newest queued: rare (a shared block held for an earlier step)
+            i = len(pending) - 1
+            while i > 0 and pending[i - 1][0] >= step:
+                i -= 1
+            if pending[i][0] == step:
+                pending[i][1].append(block)
             else:
-                pending.append((hold_until_step, held))
+                pending.insert(i, (step, [block]))
 
     def step_completed(self, step_id: int) -> int:
         """Settle every block held for a step up to ``step_id``; returns how many."""
         pending = self._pending
         settled = 0
+        self._completed = max(self._completed, step_id)
         while pending and pending[0][0] <= step_id:
             _, blocks = pending.popleft()
             for block in blocks:
@@ -256,20 +575,23 @@ class BlockPool:
     # ---------------------------------------------------------------- helpers
     def _settle(self, block: int) -> None:
         """A block nobody holds and no step touches: keep it cached if it is the indexed copy."""
+        self._held_for[block] = -1
         h = self._hash[block]
         if h is not None and self._index.get(h) == block:
             self._state[block] = _EVICTABLE
-            self._evictable[block] = None
+            self._evict.add(block, h, self._depth[block])
         else:
             self._hash[block] = None
             self._state[block] = _FREE
             self._free.append(block)
 
-    def _unindex(self, block: int) -> None:
+    def _unindex(self, block: int, removed: list[int] | None) -> None:
         h = self._hash[block]
         if h is not None:
             if self._index.get(h) == block:
                 del self._index[h]
+                if removed is not None:
+                    removed.append(h)
             self._hash[block] = None
 
     # ------------------------------------------------------------- invariants
@@ -294,7 +616,7 @@ class BlockPool:
             s = self._state[block]
             rc = self._refcount[block]
             in_free = block in free_set
-            in_lru = block in self._evictable
+            in_lru = block in self._evict
             in_pending = block in pending_set
             if in_free != (s == _FREE):
                 problems.append(f"block {block}: state {BlockState(s).name} but on free list={in_free}")

@@ -14,7 +14,8 @@
   will recompute its prompt and outputs when resumed.
 - :class:`Finished` carries the reason.
 
-The token history (prompt, then outputs) lives on :class:`Request` rather than
+The token history (prompt, then outputs, in an int32
+:class:`~tokensched.tokens.TokenBuffer`) lives on :class:`Request` rather than
 in a state, because every state needs it: a preempted request recomputes it,
 a finished one reports it.
 
@@ -33,6 +34,12 @@ import attrs
 from tokensched.config import RequestSpec, SamplingParams
 from tokensched.errors import IllegalTransition
 from tokensched.plan import FinishReason
+from tokensched.tokens import Int32Array, TokenBuffer, TokenIds, as_token_array
+
+
+def prompt_array(prompt: object) -> Int32Array:
+    """The validated int32 array behind a spec's prompt (converted here only if it bypassed validation)."""
+    return prompt.array if isinstance(prompt, TokenIds) else as_token_array(prompt)
 
 
 @attrs.frozen(slots=True)
@@ -115,7 +122,7 @@ class Request:
     """One request's identity, history and current state."""
 
     request_id: str
-    tokens: list[int]  # prompt, then outputs
+    tokens: TokenBuffer  # prompt, then outputs
     num_prompt_tokens: int
     max_tokens: int
     stop_token_ids: frozenset[int]
@@ -126,6 +133,8 @@ class Request:
     ttft_deadline: float | None
     sampling: SamplingParams
     seq: int  # submission order, the tie-breaker of every policy
+    cache_salt: str | None = None  # shares cached KV only with requests of the same salt
+    last_token: int = -1  # tokens[-1], kept as an int: a decode's input without a trip through the buffer
     state: RequestState = attrs.field(factory=Waiting)
     block_hashes: list[int] = attrs.field(factory=list)  # of every full block of ``tokens``
     epoch: int = 0  # bumped when the request leaves the running set; stale step results are dropped
@@ -144,9 +153,10 @@ class Request:
     def from_spec(cls, spec: RequestSpec, arrival_time: float, seq: int) -> Request:
         stop = spec.stop_token_ids
         eos = None if spec.ignore_eos else spec.eos_token_id
+        prompt = prompt_array(spec.prompt_token_ids)
         return cls(
             request_id=spec.request_id,
-            tokens=list(spec.prompt_token_ids),
+            tokens=TokenBuffer(prompt, reserve=spec.max_tokens),
             num_prompt_tokens=len(spec.prompt_token_ids),
             max_tokens=spec.max_tokens,
             stop_token_ids=stop,
@@ -157,6 +167,8 @@ class Request:
             ttft_deadline=spec.ttft_deadline,
             sampling=spec.sampling,
             seq=seq,
+            cache_salt=spec.cache_salt,
+            last_token=int(prompt[-1]),
         )
 
     @property
