@@ -587,3 +587,14 @@ def test_admission_reserve_is_a_config_field() -> None:
         s.submit(spec("b", [2] * 8, max_tokens=1))
         plan = next_plan(s)
         assert ("b" in plan.request_ids) is admitted
+
+
+def test_removed_ids_can_be_taken_when_no_plan_follows() -> None:
+    s = make()
+    s.submit(spec("a", [1, 2, 3], max_tokens=1))
+    s.complete(answer(next_plan(s)))
+    assert s.plan() is None and s.last_plan_outcome is PlanOutcome.IDLE
+    assert s.take_removed() == ("a",)
+    assert s.take_removed() == ()
+    s.submit(spec("b", [1, 2, 3], max_tokens=1))
+    assert next_plan(s).removed_request_ids == ()  # not repeated

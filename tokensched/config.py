@@ -128,6 +128,17 @@ class SchedulerConfig(BaseModel):
         "its whole prompt to be admitted while others run, so running decodes can grow without preempting at once "
         "(vLLM v0's block-manager watermark, 0.01 by default)",
     )
+    prefix_eviction: Literal["lru", "lfu", "cost", "pinned"] = Field(
+        default="lru",
+        description="which cached block is evicted first (tokensched.machines.eviction): least recently used "
+        "(vLLM's order), least frequently used with ageing, cheapest to recompute relative to reuse, or LRU "
+        "that never evicts pinned prefixes (Scheduler.pin_prefix)",
+    )
+    pinned_prefix_blocks: int = Field(
+        default=0,
+        ge=0,
+        description="at most this many blocks of pinned prefixes stay cached (prefix_eviction='pinned')",
+    )
     session_kv_retention_s: float | None = Field(
         default=None,
         gt=0.0,

@@ -33,6 +33,7 @@ from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
 from tokensched.machines.blocks import BlockPool, BlockPoolListener
+from tokensched.machines.eviction import PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
@@ -52,6 +53,7 @@ from tokensched.queue import WaitingQueue
 from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
+from tokensched.tokens import as_token_array
 from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
@@ -73,7 +75,12 @@ class Scheduler:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
         self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self.pool = BlockPool(config.num_blocks, config.block_size, listener)
+        self.pool = BlockPool(
+            config.num_blocks,
+            config.block_size,
+            listener,
+            make_eviction(config.prefix_eviction, config.pinned_prefix_blocks),
+        )
         self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
         self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
@@ -473,7 +480,7 @@ class Scheduler:
                 afters.append(root[1])
             blocks.append(state.blocks[c])
         hashes = self.hasher.next_hashes(parents, rows)
-        self.pool.commit_each(blocks, hashes, rows, afters)
+        self.pool.commit_each(blocks, hashes, rows, afters, [state.num_committed for state in states])
         for request, state, h in zip(fills, states, hashes, strict=True):
             request.block_hashes.append(h)
             state.num_committed += 1
@@ -508,7 +515,11 @@ class Scheduler:
         blocks = state.blocks
         after = blocks[committed - 1] if committed else self._root(request)[1]
         self.pool.commit(
-            blocks[committed:full], hashes[committed:full], request.tokens.array[committed * bs : full * bs], after
+            blocks[committed:full],
+            hashes[committed:full],
+            request.tokens.array[committed * bs : full * bs],
+            after,
+            first_depth=committed,
         )
         state.num_committed = full
 
@@ -606,6 +617,30 @@ class Scheduler:
             self._sessions.move_to_end(sid)
             if len(self._sessions) > self.config.max_remembered_sessions:
                 self._sessions.popitem(last=False)
+
+    def pin_prefix(self, token_ids: list[int]) -> int:
+        """Keep the full blocks of ``token_ids`` (say a system prompt) cached; returns how many blocks are pinned.
+
+        Needs ``prefix_eviction="pinned"``; at most ``pinned_prefix_blocks`` blocks
+        are pinned in all. The blocks stay cached once a request has computed them.
+        """
+        evict = self.pool.eviction
+        if not isinstance(evict, PinnedEviction) or not self._caching:
+            raise InvalidRequest("pin_prefix needs prefix_eviction='pinned' and prefix caching on")
+        hashes: list[int] = []
+        self.hasher.extend(hashes, as_token_array(token_ids), self.hasher.root(None))  # pins unsalted prefixes
+        return evict.pin(hashes)
+
+    def take_removed(self) -> tuple[str, ...]:
+        """Ids of requests that left the running set since the last plan, handed over now instead.
+
+        They normally reach the executor in the next plan's ``removed_request_ids``;
+        an executor whose scheduler went idle (``plan()`` returned None) can take
+        them here to drop their state at once. The next plan will not repeat them.
+        """
+        removed = tuple(self._removed)
+        self._removed.clear()
+        return removed
 
     # ========================================================== inspection
     def running_requests(self) -> list[RequestView]:

@@ -9,7 +9,8 @@ States of one block (see ``specs/blocks.toml``)::
 
 - OWNED: being written by exactly one request (refcount 1).
 - COMMITTED: full, content-hashed, read-only, shared by refcount.
-- EVICTABLE: refcount 0 but still cached; kept in an O(1) LRU (oldest evicted first).
+- EVICTABLE: refcount 0 but still cached; evicted in the order of an
+  :class:`~tokensched.machines.eviction.EvictionPolicy` (LRU by default, O(1)).
 - PENDING: let go while a launched step may still read or write it. It cannot be
   handed out (nor matched as a prefix) until that step completes, which is what
   makes overlap scheduling safe.
@@ -39,7 +40,7 @@ nothing is built for it.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from operator import itemgetter
@@ -49,6 +50,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
+from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 
 class BlockState(IntEnum):
@@ -97,7 +99,8 @@ class BlockPool:
         "_canon",
         "_canon_gen",
         "_completed",
-        "_evictable",
+        "_depth",
+        "_evict",
         "_free",
         "_gen",
         "_hash",
@@ -115,7 +118,13 @@ class BlockPool:
         "num_blocks",
     )
 
-    def __init__(self, num_blocks: int, block_size: int = 16, listener: BlockPoolListener | None = None) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int = 16,
+        listener: BlockPoolListener | None = None,
+        eviction: EvictionPolicy | None = None,
+    ) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
         if block_size < 1:
@@ -139,7 +148,8 @@ class BlockPool:
         self._hash: list[int | None] = [None] * num_blocks
         # Pop from the end: block 0 is handed out first, which keeps tests readable.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        self._evict: EvictionPolicy = eviction if eviction is not None else LRUEviction()
+        self._depth = [0] * num_blocks  # a committed block's place in its hash chain (for cost-aware eviction)
         self._pending: deque[tuple[int, list[int]]] = deque()
         # The newest step in flight that a releaser of each block was in: a shared block let go by a
         # request in flight and last by one that is not stays PENDING until that step completes.
@@ -151,12 +161,17 @@ class BlockPool:
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable)."""
-        return len(self._free) + len(self._evictable)
+        return len(self._free) + len(self._evict)
+
+    @property
+    def eviction(self) -> EvictionPolicy:
+        """The order EVICTABLE blocks are evicted in."""
+        return self._evict
 
     @property
     def num_evictable(self) -> int:
         """Cached blocks held by nobody (counted in :attr:`num_free`)."""
-        return len(self._evictable)
+        return len(self._evict)
 
     @property
     def num_pending(self) -> int:
@@ -264,7 +279,7 @@ class BlockPool:
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
         """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed."""
-        if n > len(self._free) + len(self._evictable):
+        if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
         free = self._free
         out: list[int] = []
@@ -273,7 +288,7 @@ class BlockPool:
             if free:
                 block = free.pop()
             else:
-                block, _ = self._evictable.popitem(last=False)
+                block = self._evict.pop()
                 self._unindex(block, removed)
             self._state[block] = _OWNED
             self._refcount[block] = 1
@@ -288,8 +303,8 @@ class BlockPool:
         """The common case of :meth:`allocate`, without the list."""
         if self._free:
             block = self._free.pop()
-        elif self._evictable:
-            block, _ = self._evictable.popitem(last=False)
+        elif len(self._evict):
+            block = self._evict.pop()
             if self.listener is not None:
                 removed: list[int] = []
                 self._unindex(block, removed)
@@ -310,14 +325,16 @@ class BlockPool:
         hashes: Sequence[int],
         tokens: Sequence[int] | npt.NDArray[np.int32],
         after: int,
+        first_depth: int = 0,
     ) -> None:
         """Full OWNED ``blocks`` (consecutive in one request) become COMMITTED; new content is indexed.
 
         ``hashes`` are their chained hashes, ``tokens`` their ``block_size``
         tokens each, and ``after`` the block the first one follows in the
         request's table (or :meth:`root` of its salt when it is the request's
-        first block). A block whose content the index confirms it holds
-        already stays an unindexed duplicate, freed when its holders let go.
+        first block); ``first_depth`` is the first one's place in the chain
+        (for cost-aware eviction). A block whose content the index confirms it
+        holds already stays an unindexed duplicate, freed when its holders let go.
         """
         n = len(blocks)
         bs = self.block_size
@@ -340,6 +357,7 @@ class BlockPool:
         for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
             self._state[block] = _COMMITTED
             self._hash[block] = h
+            self._depth[block] = first_depth + i
             self._link[block] = link
             self._link_gen[block] = link_gen
             twin = index.get(h)
@@ -361,7 +379,12 @@ class BlockPool:
             self._announce(blocks, hashes, values, stored, parent_hash)
 
     def commit_each(
-        self, blocks: Sequence[int], hashes: Sequence[int], tokens: npt.NDArray[np.int32], afters: Sequence[int]
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        tokens: npt.NDArray[np.int32],
+        afters: Sequence[int],
+        depths: Sequence[int],
     ) -> None:
         """Commit one block each for several requests (a decode step filling blocks), in one batch.
 
@@ -370,7 +393,7 @@ class BlockPool:
         as :meth:`commit` once per block, in order, with one token write.
         """
         n = len(blocks)
-        if len(hashes) != n or len(afters) != n or tokens.shape != (n, self.block_size):
+        if len(hashes) != n or len(afters) != n or len(depths) != n or tokens.shape != (n, self.block_size):
             raise ValueError(f"commit of {n} blocks needs {n} hashes, {n} predecessors and ({n}, block_size) tokens")
         state = self._state
         lowest = -len(self._roots)
@@ -399,6 +422,7 @@ class BlockPool:
                 link, link_gen = canon_of[after], canon_gen[after]
             state[block] = _COMMITTED
             hash_of[block] = h
+            self._depth[block] = depths[i]
             link_of[block] = link
             link_gen_of[block] = link_gen
             twin = index.get(h)
@@ -447,10 +471,10 @@ class BlockPool:
         ``blocks_removed`` for the hashes that went.
         """
         removed: list[int] = []
-        lru = self._evictable
-        count = len(lru)
-        while lru:
-            block, _ = lru.popitem(last=False)
+        evict = self._evict
+        count = len(evict)
+        while len(evict):
+            block = evict.pop()
             self._unindex(block, removed)
             self._state[block] = _FREE
             self._free.append(block)
@@ -470,15 +494,17 @@ class BlockPool:
             bad = next(b for b, s in zip(blocks, states, strict=True) if s != _COMMITTED and s != _EVICTABLE)
             raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
         refcount = self._refcount
+        evict = self._evict
         if _EVICTABLE in states:
             state = self._state
-            lru = self._evictable
             for block in blocks:
                 if state[block] == _EVICTABLE:
-                    del lru[block]
+                    evict.remove(block)
                     state[block] = _COMMITTED
+        hashes = self._hash
         for block in blocks:
             refcount[block] += 1
+            evict.hit(hashes[block])  # type: ignore[arg-type]  # a shared block is committed: it has a hash
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).
@@ -556,7 +582,7 @@ class BlockPool:
         h = self._hash[block]
         if h is not None and self._index.get(h) == block:
             self._state[block] = _EVICTABLE
-            self._evictable[block] = None
+            self._evict.add(block, h, self._depth[block])
         else:
             self._hash[block] = None
             self._state[block] = _FREE
@@ -593,7 +619,7 @@ class BlockPool:
             s = self._state[block]
             rc = self._refcount[block]
             in_free = block in free_set
-            in_lru = block in self._evictable
+            in_lru = block in self._evict
             in_pending = block in pending_set
             if in_free != (s == _FREE):
                 problems.append(f"block {block}: state {BlockState(s).name} but on free list={in_free}")

@@ -132,7 +132,7 @@ def fingerprint(node: Node) -> Key:
     order = (tuple(r.request_id for r in s.waiting), tuple(s.running))
     # Attributes this module does not know stay in whole: a new field can only split states, never merge them.
     others = tuple((k, repr(v)) for k, v in sorted(vars(s).items()) if k not in _SCHEDULER_KNOWN)
-    lists = (repr(pool._free), repr(pool._evictable))
+    lists = (repr(pool._free), repr(pool._evict.order()))
     return (node.submitted, requests, order, blocks, lists, pending, steps, writes, others)
 
 

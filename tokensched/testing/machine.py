@@ -48,7 +48,7 @@ from tokensched.policies.promises import Promise, promises_of
 from tokensched.scheduler import Scheduler
 from tokensched.testing.fake_executor import FakeExecutor
 from tokensched.testing.promises import observe_plan
-from tokensched.testing.strategies import EOS, VOCAB, boundary, request_specs, scheduler_configs
+from tokensched.testing.strategies import EOS, PREFIXES, VOCAB, boundary, request_specs, scheduler_configs
 from tokensched.views import PlanOutcome
 
 MAX_DRAIN_STEPS = 5000
@@ -111,6 +111,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         config = data.draw(self.configs(), label="config")
         self.executor = self.make_executor(config, seed)
         self.scheduler = Scheduler(config, policy=self.make_policy(), clock=self.executor.now)
+        if config.prefix_eviction == "pinned" and config.enable_prefix_caching:
+            self.scheduler.pin_prefix(list(data.draw(st.sampled_from(PREFIXES[1:]), label="pinned prefix")))
         self.launched: deque[tuple[StepPlan, list[Row]]] = deque()
         self.models: dict[str, RequestModel] = {}
         self.mirror = RequestMirror()
@@ -233,7 +235,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             result = self.executor.collect()
         except ExecutorError as error:
             failed_ids = {row.request_id for row in rows if not self._is_stale(row.request_id, row.residency)}
-            outputs = self._take_events(self.s.fail(plan.step_id, error))
+            live = set(self.s.live)
+            outputs = self._take_events(self.s.fail(plan.step_id, error), live)
             for out in outputs:
                 assert out.request_id in failed_ids, f"{out.request_id}: output from a failed step it was not in"
                 if out.event is RequestEvent.ROLLED_BACK:
@@ -243,15 +246,16 @@ class SchedulerStateMachine(RuleBasedStateMachine):
                 self._on_finished(out)
             return
         assert result.step_id == plan.step_id, "executor returned results out of order"
-        outputs = self._take_events(self.s.complete(result))
+        live = set(self.s.live)
+        outputs = self._take_events(self.s.complete(result), live)
         self._check_result(rows, result, outputs)
 
-    def _take_events(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+    def _take_events(self, outputs: list[RequestOutput], live: set[str]) -> list[RequestOutput]:
         """Check the preemption events at the head of ``outputs`` against the plans' preemptions; return the rest."""
         told = [out for out in outputs if out.event is RequestEvent.PREEMPTED]
         assert outputs[: len(told)] == told, "preemption events come first"
         assert not any(out.new_token_ids or out.finished for out in told)
-        expected = sorted(rid for rid in self.preempted_untold if rid in self.s.live)
+        expected = sorted(rid for rid in self.preempted_untold if rid in live)  # live when the call began
         assert sorted(out.request_id for out in told) == expected, (
             f"preempted {expected} but told {[out.request_id for out in told]}"
         )

@@ -72,6 +72,8 @@ def scheduler_configs(
         on_step_failure=draw(st.sampled_from(list(StepFailurePolicy))),
         max_step_retries=draw(st.integers(0, 2)),
         session_kv_retention_s=draw(st.none() | st.sampled_from([0.02, 0.1])),
+        prefix_eviction=draw(st.sampled_from(["lru", "lru", "lfu", "cost", "pinned"])),
+        pinned_prefix_blocks=draw(st.integers(0, 6)),
     )
 
 

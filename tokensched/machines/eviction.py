@@ -1,0 +1,239 @@
+"""Which cached block goes when the pool needs room: eviction as a policy, like admission.
+
+The :class:`~tokensched.machines.blocks.BlockPool` keeps EVICTABLE blocks (cached
+content nobody holds) in an :class:`EvictionPolicy` and asks it for the next
+victim when the free list is empty. Every policy is O(1) or O(log n) per
+operation:
+
+- :class:`LRUEviction` (default, vLLM's order): least recently released first; O(1).
+- :class:`LFUEviction`: fewest prefix hits first, with dynamic ageing (LFU-DA,
+  Arlitt et al. 2000): a block's score is its hit count plus the score of the
+  last block evicted, so content that was popular long ago cannot stay forever;
+  O(log n) with a lazily pruned heap.
+- :class:`CostAwareEviction`: what is cheapest to lose relative to its reuse
+  first. Prefix hits stop at the first missing block of a hash chain, so
+  evicting the block at depth ``d`` costs a recompute of it *and of every
+  cached block after it*: the deeper the block, the less is lost. Its value is
+  ``(hits + 1) / (depth + 1)``: a chain is eaten from its tail, a cold
+  session's blocks go before a warm one's prefix, and a shared system prompt
+  (many hits, shallow) goes last. Aged like LFU; O(log n).
+- :class:`PinnedEviction`: wraps another policy and never evicts a block whose
+  content is pinned (say a system prompt), for up to ``cap`` pinned blocks;
+  beyond the cap, pinned blocks are evicted like the others.
+
+Hits are counted per content hash (a block's content outlives the block id
+that holds it), in a dict bounded by the pool's size.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from typing import Protocol
+
+
+class EvictionPolicy(Protocol):
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, block: int) -> bool: ...
+
+    def add(self, block: int, block_hash: int, depth: int) -> None:
+        """``block`` (content ``block_hash`` at ``depth`` in its chain) became EVICTABLE."""
+
+    def remove(self, block: int) -> None:
+        """``block`` was shared again (a prefix hit revived it)."""
+
+    def pop(self) -> int:
+        """Remove and return the block to evict next (the caller checks that one is there)."""
+
+    def hit(self, block_hash: int) -> None:
+        """A request matched content ``block_hash`` (COMMITTED or EVICTABLE) from the cache."""
+
+    def order(self) -> list[int]:
+        """The blocks held, in the order they would be evicted (O(n log n); checks and tests only)."""
+
+
+class LRUEviction:
+    """Least recently released first; O(1) (an ordered dict is a doubly linked list)."""
+
+    name = "lru"
+    __slots__ = ("_lru",)
+
+    def __init__(self) -> None:
+        self._lru: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def __contains__(self, block: int) -> bool:
+        return block in self._lru
+
+    def add(self, block: int, block_hash: int, depth: int) -> None:
+        self._lru[block] = None
+
+    def remove(self, block: int) -> None:
+        del self._lru[block]
+
+    def pop(self) -> int:
+        return self._lru.popitem(last=False)[0]
+
+    def hit(self, block_hash: int) -> None:
+        return None
+
+    def order(self) -> list[int]:
+        return list(self._lru)
+
+    def __repr__(self) -> str:
+        return f"{self.name}{self.order()}"
+
+
+class _ScoredEviction:
+    """Lowest score first, ties oldest first; a heap with lazy deletion and dynamic ageing."""
+
+    name = "scored"
+
+    def __init__(self, max_tracked: int = 1 << 16) -> None:
+        self._heap: list[tuple[float, int, int]] = []  # (score, tick, block); stale entries skipped
+        self._live: dict[int, tuple[float, int]] = {}  # block -> its current (score, tick)
+        self._hits: OrderedDict[int, int] = OrderedDict()  # content hash -> hits, oldest touched first
+        self._max_tracked = max_tracked
+        self._age = 0.0  # the score of the last evicted block (LFU-DA's "L")
+        self._tick = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, block: int) -> bool:
+        return block in self._live
+
+    def value(self, hits: int, depth: int) -> float:
+        raise NotImplementedError
+
+    def add(self, block: int, block_hash: int, depth: int) -> None:
+        self._tick += 1
+        entry = (self._age + self.value(self._hits.get(block_hash, 0), depth), self._tick)
+        self._live[block] = entry
+        heapq.heappush(self._heap, (entry[0], entry[1], block))
+        if len(self._heap) > 4 * len(self._live) + 64:  # bound the stale entries: rebuild in O(n)
+            self._heap = [(s, t, b) for b, (s, t) in self._live.items()]
+            heapq.heapify(self._heap)
+
+    def remove(self, block: int) -> None:
+        del self._live[block]  # its heap entry goes stale
+
+    def pop(self) -> int:
+        heap = self._heap
+        live = self._live
+        while True:
+            score, tick, block = heapq.heappop(heap)
+            if live.get(block) == (score, tick):
+                del live[block]
+                self._age = score
+                return block
+
+    def hit(self, block_hash: int) -> None:
+        hits = self._hits
+        hits[block_hash] = hits.get(block_hash, 0) + 1
+        hits.move_to_end(block_hash)
+        if len(hits) > self._max_tracked:
+            hits.popitem(last=False)
+
+    def order(self) -> list[int]:
+        return [b for _, _, b in sorted((s, t, b) for b, (s, t) in self._live.items())]
+
+    def __repr__(self) -> str:
+        return f"{self.name}{sorted((s, t, b) for b, (s, t) in self._live.items())} age={self._age} hits={self._hits}"
+
+
+class LFUEviction(_ScoredEviction):
+    """Fewest hits first, aged (LFU-DA): score = hits + the score of the last block evicted."""
+
+    name = "lfu"
+
+    def value(self, hits: int, depth: int) -> float:
+        return float(hits)
+
+
+class CostAwareEviction(_ScoredEviction):
+    """Cheapest to lose relative to reuse first: score = (hits + 1) / (depth + 1), aged like LFU."""
+
+    name = "cost"
+
+    def value(self, hits: int, depth: int) -> float:
+        return (hits + 1) / (depth + 1)
+
+
+class PinnedEviction:
+    """Never evicts pinned content (up to ``cap`` pinned blocks held); the rest by ``inner``'s order."""
+
+    name = "pinned"
+    __slots__ = ("_cap", "_hash_of", "_inner", "_pinned", "_pinned_held")
+
+    def __init__(self, inner: EvictionPolicy, cap: int) -> None:
+        if cap < 0:
+            raise ValueError(f"cap must be non-negative, got {cap}")
+        self._inner = inner
+        self._cap = cap
+        self._pinned: set[int] = set()  # content hashes
+        self._pinned_held: OrderedDict[int, int] = OrderedDict()  # block -> depth, pinned and evictable
+        self._hash_of: dict[int, int] = {}
+
+    def pin(self, block_hashes: list[int]) -> int:
+        """Pin content, up to ``cap`` hashes in all (the rest are evicted normally); returns how many are new."""
+        new = [h for h in block_hashes if h not in self._pinned][: max(0, self._cap - len(self._pinned))]
+        self._pinned.update(new)
+        return len(new)
+
+    def __len__(self) -> int:
+        return len(self._inner) + len(self._pinned_held)
+
+    def __contains__(self, block: int) -> bool:
+        return block in self._pinned_held or block in self._inner
+
+    def add(self, block: int, block_hash: int, depth: int) -> None:
+        if block_hash in self._pinned:
+            self._pinned_held[block] = depth
+            self._hash_of[block] = block_hash
+        else:
+            self._inner.add(block, block_hash, depth)
+
+    def remove(self, block: int) -> None:
+        if block in self._pinned_held:
+            del self._pinned_held[block]
+            del self._hash_of[block]
+        else:
+            self._inner.remove(block)
+
+    def pop(self) -> int:
+        if len(self._inner):
+            return self._inner.pop()
+        block, _ = self._pinned_held.popitem(last=False)  # only pinned content is left: the pool needs it
+        del self._hash_of[block]
+        return block
+
+    def hit(self, block_hash: int) -> None:
+        self._inner.hit(block_hash)
+
+    def order(self) -> list[int]:
+        return [*self._inner.order(), *self._pinned_held]
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self._inner!r}, pinned={sorted(self._pinned)}, held={list(self._pinned_held)})"
+
+
+EVICTION_POLICIES = ("lru", "lfu", "cost", "pinned")
+
+
+def make_eviction(name: str, pinned_cap: int = 0) -> EvictionPolicy:
+    """The policy named ``name`` (``pinned`` wraps LRU); raises ValueError naming the choices."""
+    if name == "lru":
+        return LRUEviction()
+    if name == "lfu":
+        return LFUEviction()
+    if name == "cost":
+        return CostAwareEviction()
+    if name == "pinned":
+        return PinnedEviction(LRUEviction(), pinned_cap)
+    raise ValueError(f"unknown eviction policy {name!r}; choose one of {', '.join(EVICTION_POLICIES)}")
