@@ -53,6 +53,7 @@ from tokensched.queue import WaitingQueue
 from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
+from tokensched.tokens import as_token_array
 from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
@@ -475,7 +476,7 @@ class Scheduler:
                 afters.append(root[1])
             blocks.append(state.blocks[c])
         hashes = self.hasher.next_hashes(parents, rows)
-        self.pool.commit_each(blocks, hashes, rows, afters)
+        self.pool.commit_each(blocks, hashes, rows, afters, [state.num_committed for state in states])
         for request, state, h in zip(fills, states, hashes, strict=True):
             request.block_hashes.append(h)
             state.num_committed += 1
@@ -510,7 +511,11 @@ class Scheduler:
         blocks = state.blocks
         after = blocks[committed - 1] if committed else self._root(request)[1]
         self.pool.commit(
-            blocks[committed:full], hashes[committed:full], request.tokens.array[committed * bs : full * bs], after
+            blocks[committed:full],
+            hashes[committed:full],
+            request.tokens.array[committed * bs : full * bs],
+            after,
+            first_depth=committed,
         )
         state.num_committed = full
 

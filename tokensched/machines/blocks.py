@@ -325,14 +325,16 @@ class BlockPool:
         hashes: Sequence[int],
         tokens: Sequence[int] | npt.NDArray[np.int32],
         after: int,
+        first_depth: int = 0,
     ) -> None:
         """Full OWNED ``blocks`` (consecutive in one request) become COMMITTED; new content is indexed.
 
         ``hashes`` are their chained hashes, ``tokens`` their ``block_size``
         tokens each, and ``after`` the block the first one follows in the
         request's table (or :meth:`root` of its salt when it is the request's
-        first block). A block whose content the index confirms it holds
-        already stays an unindexed duplicate, freed when its holders let go.
+        first block); ``first_depth`` is the first one's place in the chain
+        (for cost-aware eviction). A block whose content the index confirms it
+        holds already stays an unindexed duplicate, freed when its holders let go.
         """
         n = len(blocks)
         bs = self.block_size
@@ -358,6 +360,7 @@ class BlockPool:
         for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
             self._state[block] = _COMMITTED
             self._hash[block] = h
+            self._depth[block] = first_depth + i
             self._link[block] = link
             self._link_gen[block] = link_gen
             twin = index.get(h)
@@ -379,7 +382,12 @@ class BlockPool:
             self._announce(blocks, hashes, values, stored, parent_hash)
 
     def commit_each(
-        self, blocks: Sequence[int], hashes: Sequence[int], tokens: npt.NDArray[np.int32], afters: Sequence[int]
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        tokens: npt.NDArray[np.int32],
+        afters: Sequence[int],
+        depths: Sequence[int],
     ) -> None:
         """Commit one block each for several requests (a decode step filling blocks), in one batch.
 
@@ -388,7 +396,7 @@ class BlockPool:
         as :meth:`commit` once per block, in order, with one token write.
         """
         n = len(blocks)
-        if len(hashes) != n or len(afters) != n or tokens.shape != (n, self.block_size):
+        if len(hashes) != n or len(afters) != n or len(depths) != n or tokens.shape != (n, self.block_size):
             raise ValueError(f"commit of {n} blocks needs {n} hashes, {n} predecessors and ({n}, block_size) tokens")
         state = self._state
         lowest = -len(self._roots)
@@ -420,6 +428,7 @@ class BlockPool:
                 depth_of[block] = depth_of[after] + 1
             state[block] = _COMMITTED
             hash_of[block] = h
+            self._depth[block] = depths[i]
             link_of[block] = link
             link_gen_of[block] = link_gen
             twin = index.get(h)
