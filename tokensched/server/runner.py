@@ -28,7 +28,7 @@ import attrs
 
 from tokensched import Engine, Executor, RequestOutput, RequestSpec, Scheduler, SchedulerConfig
 from tokensched.errors import TokenschedError, UnknownRequest
-from tokensched.plan import FinishReason
+from tokensched.plan import FinishReason, StepPlan, StepResult
 from tokensched.policies.base import Policy
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,41 @@ def served_max_model_len(executor: Executor, config: Mapping[str, object]) -> in
 
 class EngineStopped(TokenschedError):
     """The engine thread is not running (never started, stopped, or crashed)."""
+
+
+class _LaunchClock:
+    """The executor, noting the wall time each request is first launched in a step (for queue-time metrics).
+
+    ``StepPlan.new_requests`` names the requests entering the running set, so
+    this costs O(new requests) per step; a resumed request keeps its first time.
+    """
+
+    def __init__(self, executor: Executor, launched_at: dict[str, float]) -> None:
+        self._executor = executor
+        self._launched_at = launched_at
+
+    @property
+    def block_size(self) -> int:
+        return self._executor.block_size
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self._executor.num_kv_blocks
+
+    def launch(self, plan: StepPlan) -> None:
+        now = time.perf_counter()
+        for new in plan.new_requests:
+            self._launched_at.setdefault(new.request_id, now)
+        self._executor.launch(plan)
+
+    def collect(self) -> StepResult:
+        return self._executor.collect()
+
+    def now(self) -> float:
+        return self._executor.now()
+
+    def wait_until(self, t: float) -> None:
+        self._executor.wait_until(t)
 
 
 @attrs.frozen(slots=True)
@@ -97,7 +132,8 @@ class EngineRunner:
             raise ValueError(f"realtime must be >= 0 (wall seconds per executor second), got {realtime}")
         self.scheduler = scheduler
         self.executor = executor
-        self._engine = Engine(scheduler, executor)
+        self._launched_at: dict[str, float] = {}
+        self._engine = Engine(scheduler, _LaunchClock(executor, self._launched_at))
         self._realtime = realtime
         self._check_invariants = check_invariants
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -168,6 +204,14 @@ class EngineRunner:
         if self._stopped.is_set():  # stopped while we queued: nobody else will answer it
             self._fail_pending_commands()
         return done
+
+    def take_launched_at(self, request_id: str) -> float | None:
+        """When (``time.perf_counter()``) the request was first launched in a step, once; None if never.
+
+        Written by the engine thread before the step's outputs are delivered,
+        so a request's first token always finds it; the reader removes it.
+        """
+        return self._launched_at.pop(request_id, None)
 
     def abort(self, request_ids: Sequence[str]) -> None:
         """Abort requests (a client went away); unknown or finished ids are ignored."""
