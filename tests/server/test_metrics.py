@@ -8,6 +8,7 @@ import pytest
 
 from tests.server.conftest import parse_samples
 from tokensched.server.metrics import Histogram, RequestTiming, ServerMetrics, one_two_five_buckets
+from tokensched.server.runner import SpecDecodeCounters
 from tokensched.stats import SchedulerStats
 
 SAMPLE = re.compile(
@@ -128,3 +129,21 @@ def test_without_a_snapshot_only_server_side_families_are_reported() -> None:
     samples = parse_samples(ServerMetrics().render(None))
     assert "tokensched:num_requests_running" not in samples
     assert samples["tokensched:time_to_first_token_seconds_count"] == 0
+
+
+def test_spec_decode_counters_count_drafts_and_accepted_tokens_per_position() -> None:
+    counters = SpecDecodeCounters()
+    # three requests: 2 drafts with 1 accepted (+ bonus); none drafted; 3 drafts all accepted (+ bonus)
+    counters.record([(5, 6), (), (7, 8, 9)], [[5, 11], [4], [7, 8, 9, 12]])
+    assert (counters.num_drafts, counters.num_draft_tokens, counters.num_accepted_tokens) == (2, 5, 4)
+    assert counters.accepted_per_position == [2, 1, 1]
+    samples = parse_samples(ServerMetrics(prefix="vllm").render(stats(), counters))
+    assert samples["vllm:spec_decode_num_drafts_total"] == 2
+    assert samples["vllm:spec_decode_num_draft_tokens_total"] == 5
+    assert samples["vllm:spec_decode_num_accepted_tokens_total"] == 4
+    assert samples['vllm:spec_decode_num_accepted_tokens_per_pos_total{position="0"}'] == 2
+
+
+def test_spec_decode_families_appear_only_once_drafts_are_used() -> None:
+    assert "spec_decode" not in ServerMetrics().render(stats(), SpecDecodeCounters())
+    assert "spec_decode" not in ServerMetrics().render(stats(), None)

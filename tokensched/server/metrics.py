@@ -28,6 +28,7 @@ from typing import Literal
 
 import attrs
 
+from tokensched.server.runner import SpecDecodeCounters
 from tokensched.stats import SchedulerStats
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -219,7 +220,7 @@ class ServerMetrics:
 
     # --- exposition --------------------------------------------------------------------------------
 
-    def render(self, stats: SchedulerStats | None) -> str:
+    def render(self, stats: SchedulerStats | None, spec: SpecDecodeCounters | None = None) -> str:
         shared, own, labels = f"{self.prefix}:", "tokensched:", self.labels
         lines: list[str] = []
 
@@ -273,6 +274,26 @@ class ServerMetrics:
             self.request_prompt, self.request_generation, self.max_generation, self.params_max_tokens, self.params_n,
         ):  # fmt: skip
             lines += histogram.render(shared + histogram.name, labels)
+        if spec is not None and spec.num_drafts > 0:
+            scalar(
+                "counter", shared + "spec_decode_num_drafts_total", "Number of spec decoding drafts.", spec.num_drafts
+            )
+            scalar(
+                "counter",
+                shared + "spec_decode_num_draft_tokens_total",
+                "Number of draft tokens.",
+                spec.num_draft_tokens,
+            )
+            scalar(
+                "counter",
+                shared + "spec_decode_num_accepted_tokens_total",
+                "Number of accepted tokens.",
+                spec.num_accepted_tokens,
+            )
+            name = shared + "spec_decode_num_accepted_tokens_per_pos_total"
+            lines += [f"# HELP {name} Accepted tokens per draft position.", f"# TYPE {name} counter"]
+            for position, count in enumerate(spec.accepted_per_position):
+                lines.append(f"{name}{_labels(labels | {'position': str(position)})} {count}")
         if stats is not None:
             scalar(
                 "gauge", own + "num_steps_in_flight", "Steps launched and not yet applied.", stats.num_steps_in_flight
