@@ -76,14 +76,15 @@ def test_the_banner_states_auth_pool_context_and_address_and_a_stats_line_follow
         body = {"model": MODEL, "prompt": "hi", "max_tokens": 4}
         assert httpx.post(child.url + "/v1/completions", json=body, headers=headers, timeout=10).status_code == 200
         assert httpx.post(child.url + "/v1/completions", json=body, timeout=10).status_code == 401
-        assert wait_for(lambda: any("Avg generation throughput" in line for line in child.log_lines()))
+        idle_line = "Running: 0 reqs, Waiting: 0 reqs, KV cache usage:"
+        assert wait_for(lambda: any(idle_line in line for line in child.log_lines()))
         log = "\n".join(child.log_lines())
     assert "auth on" in log
     assert secret not in log
     assert f"at http://127.0.0.1:{child.port}/v1" in log
     assert "KV pool 64 blocks x 16 tokens = 1024 tokens; max_model_len 1025" in log
     assert "executor SimExecutor, policy prefix-aware" in log
-    assert "Running: 0 reqs, Waiting: 0 reqs, KV cache usage:" in log
+    assert "Avg prompt throughput: " in log and "Avg generation throughput: " in log
 
 
 def test_the_banner_says_when_auth_is_off() -> None:
