@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -54,12 +55,16 @@ def test_sigterm_ends_every_live_stream_with_abort_and_done_and_exits_0_within_t
         readers = open_streams(child.url)
         child.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        assert child.process.wait(timeout=DRAIN_S + 1.0) == 0
+        try:
+            status = child.process.wait(timeout=DRAIN_S + 1.0)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {DRAIN_S + 1.0} s after SIGTERM:\n{child.log.read_text()}") from None
+        assert status == 0, child.log.read_text()
         exited_after = time.monotonic() - signalled
         for reader in readers:
             reader.join(10)
             assert reader.error is None, repr(reader.error)
-            assert reader.events[-1] == "[DONE]"
+            assert reader.events and reader.events[-1] == "[DONE]", reader.events[-3:]
             last = json.loads(reader.events[-2])
             assert last["choices"][0]["finish_reason"] == "abort"
         log = child.log.read_text()

@@ -91,3 +91,33 @@ def test_the_banner_says_when_auth_is_off() -> None:
     with child_server("--stats-interval", "0") as child:
         log = "\n".join(child.log_lines())
     assert "auth OFF" in log
+
+
+def test_with_port_0_the_banner_names_the_port_actually_bound() -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokensched.server.cli", "serve", "--port", "0", "--stats-interval", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            match = re.search(r"serving model 'tokensched' at http://127\.0\.0\.1:(\d+)/v1", line)
+            if match:
+                port = int(match.group(1))
+                break
+        else:
+            raise AssertionError("no banner")
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

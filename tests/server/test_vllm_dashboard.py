@@ -72,5 +72,6 @@ def test_nothing_is_left_under_the_other_prefix_but_tokenscheds_own(scraped: str
         "tokensched:num_steps_total",
         "tokensched:num_failed_steps_total",
         "tokensched:request_rejected_total",
+        "tokensched:shed_total",
     }
     assert MODEL not in scraped.replace("tokensched:", "")  # the served name is llama everywhere

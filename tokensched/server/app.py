@@ -203,7 +203,7 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(runner.stats, runner.spec_decode), media_type=CONTENT_TYPE)
+        return PlainTextResponse(metrics.render(runner.stats, runner.spec_decode, shed.totals), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

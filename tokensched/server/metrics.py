@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import attrs
@@ -220,7 +220,12 @@ class ServerMetrics:
 
     # --- exposition --------------------------------------------------------------------------------
 
-    def render(self, stats: SchedulerStats | None, spec: SpecDecodeCounters | None = None) -> str:
+    def render(
+        self,
+        stats: SchedulerStats | None,
+        spec: SpecDecodeCounters | None = None,
+        shed: Mapping[str, int] | None = None,
+    ) -> str:
         shared, own, labels = f"{self.prefix}:", "tokensched:", self.labels
         lines: list[str] = []
 
@@ -315,6 +320,13 @@ class ServerMetrics:
         lines += [f"# HELP {name} Requests refused before reaching the scheduler, by reason.", f"# TYPE {name} counter"]
         for reason, count in sorted(self.rejected.items()):
             lines.append(f"{name}{_labels(labels | {'reason': reason})} {count}")
+        name = own + "shed_total"
+        lines += [
+            f"# HELP {name} Connections and requests refused or closed at the edge, by kind.",
+            f"# TYPE {name} counter",
+        ]
+        for kind, count in sorted((shed or {}).items()):
+            lines.append(f"{name}{_labels(labels | {'kind': kind})} {count}")
         return "\n".join(lines) + "\n"
 
 
