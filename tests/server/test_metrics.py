@@ -8,7 +8,7 @@ import pytest
 
 from tests.server.conftest import parse_samples
 from tokensched.server.metrics import Histogram, RequestTiming, ServerMetrics, one_two_five_buckets
-from tokensched.server.runner import SpecDecodeCounters
+from tokensched.server.stepwatch import SpecDecodeCounters
 from tokensched.stats import SchedulerStats
 
 SAMPLE = re.compile(

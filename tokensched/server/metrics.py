@@ -28,7 +28,7 @@ from typing import Literal
 
 import attrs
 
-from tokensched.server.runner import SpecDecodeCounters
+from tokensched.server.stepwatch import SpecDecodeCounters
 from tokensched.stats import SchedulerStats
 
 Kind = Literal["counter", "gauge", "histogram"]
