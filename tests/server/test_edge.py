@@ -53,6 +53,7 @@ def test_a_connection_that_sends_no_whole_head_in_time_is_closed() -> None:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127")
         assert read_all(sock) == b""  # closed by the server, no answer to half a head
         assert completion(live).status_code == 200
+        assert scrape(live)['tokensched:shed_total{kind="header_timeout"}'] == 1
 
 
 def test_a_silent_connection_is_closed_after_the_header_timeout() -> None:
@@ -68,18 +69,24 @@ def test_past_the_cap_the_oldest_idle_connection_makes_room() -> None:
             response = client.post(live.v1 + "/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
         assert response.status_code == 200
         assert idle[0].recv(1) == b""  # the oldest idle one was closed to admit the client
+        assert scrape(live)['tokensched:shed_total{kind="idle_connection_evicted"}'] >= 1
 
 
 def test_past_the_cap_with_every_connection_busy_a_new_one_gets_503() -> None:
     with live_server(*sim(), max_connections=2) as live, ExitStack() as stack:
+        busy_sockets = []
         for _ in range(2):  # a whole head and no body yet: inside a request, so not idle
             busy = stack.enter_context(connected(live))
+            busy_sockets.append(busy)
             busy.sendall(head("/v1/completions", 50, extra="Expect: 100-continue\r\n"))
             assert busy.recv(64).startswith(b"HTTP/1.1 100 ")  # the server has read the head and waits for the body
         with connected(live) as extra:
             answer = read_all(extra)
         assert answer.startswith(b"HTTP/1.1 503 ")
         assert b"too many open connections" in answer
+        for sock in busy_sockets:
+            sock.close()  # make room for the scrape
+        assert wait_for(lambda: scrape(live).get('tokensched:shed_total{kind="connection_refused_503"}') == 1)
 
 
 class Records(logging.Handler):
@@ -155,7 +162,7 @@ def test_one_client_past_its_share_of_requests_gets_429_with_retry_after() -> No
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "too_many_requests"
-        assert scrape(live)['tokensched_request_rejected_total{reason="client_cap"}'] == 1
+        assert scrape(live)['tokensched:request_rejected_total{reason="client_cap"}'] == 1
     # the two streams closed: their slots are free again
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -14,7 +15,7 @@ from tests.server.subprocess_server import child_server
 
 DRAIN_S = 2.0
 STREAMS = 8
-LONG = {"model": MODEL, "prompt": "tell me everything", "max_tokens": 20000, "ignore_eos": True, "stream": True}
+LONG = {"model": MODEL, "prompt": "tell me everything", "max_tokens": 5000, "ignore_eos": True, "stream": True}
 
 
 class Reader(threading.Thread):
@@ -54,12 +55,16 @@ def test_sigterm_ends_every_live_stream_with_abort_and_done_and_exits_0_within_t
         readers = open_streams(child.url)
         child.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        assert child.process.wait(timeout=DRAIN_S + 1.0) == 0
+        try:
+            status = child.process.wait(timeout=DRAIN_S + 1.0)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {DRAIN_S + 1.0} s after SIGTERM:\n{child.log.read_text()}") from None
+        assert status == 0, child.log.read_text()
         exited_after = time.monotonic() - signalled
         for reader in readers:
             reader.join(10)
             assert reader.error is None, repr(reader.error)
-            assert reader.events[-1] == "[DONE]"
+            assert reader.events and reader.events[-1] == "[DONE]", reader.events[-3:]
             last = json.loads(reader.events[-2])
             assert last["choices"][0]["finish_reason"] == "abort"
         log = child.log.read_text()
@@ -92,7 +97,7 @@ def _running(url: str) -> str:
     except httpx.HTTPError:
         return ""
     value = next(
-        (line.split()[-1] for line in text.splitlines() if line.startswith("tokensched_num_requests_running")), "0"
+        (line.split()[-1] for line in text.splitlines() if line.startswith("tokensched:num_requests_running")), "0"
     )
     return f"running: {int(float(value))}"
 
@@ -107,3 +112,36 @@ def test_a_second_signal_exits_at_once() -> None:
         assert "second SIGINT" in child.log.read_text()
         for reader in readers:
             reader.join(10)
+
+
+def test_while_draining_a_new_request_on_an_open_connection_gets_503() -> None:
+    from tests.server.conftest import sim
+    from tokensched.server import ServerSettings, create_app
+    from tokensched.server.launch import BackgroundServer
+
+    runner, tokenizer = sim()
+    app = create_app(runner, tokenizer, ServerSettings(model_name=MODEL, drain_timeout_s=2.0))
+    server = BackgroundServer(app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:  # one kept-alive connection
+            assert client.get("/health").status_code == 200
+            reader = Reader(server.url)
+            reader.start()
+            assert reader.started_streaming.wait(30)
+            server._server.request_shutdown()
+            assert wait_for_drain(app)
+            refused = client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+            assert refused.status_code == 503
+            assert "shutting down" in refused.json()["error"]["message"]
+            reader.join(30)
+            assert reader.error is None and reader.events[-1] == "[DONE]", (reader.error, reader.events[-3:])
+            assert json.loads(reader.events[-2])["choices"][0]["finish_reason"] == "abort"
+    finally:
+        server.stop()
+
+
+def wait_for_drain(app: object) -> bool:
+    from tests.server.conftest import wait_for
+
+    return wait_for(lambda: not app.state.drain.accepting)  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ class ClientCap:
     def enter(self, client: str) -> None:
         """Count one more request for ``client``, or raise a 429 if it has its share already."""
         if self.limit is not None and self.active[client] >= self.limit:
-            self.shed.count("requests refused with 429 (per-client cap)")
+            self.shed.count("client_cap_429")
             raise ApiError(
                 429,
                 f"this client already has {self.active[client]} unfinished requests, the most one client may have; "

@@ -115,6 +115,7 @@ def make_spec(
             ignore_eos=body.ignore_eos,
             priority=body.priority,
             session_id=body.session_id,
+            cache_salt=body.cache_salt,
             sampling=sampling,
         )
     except ValidationError as exc:

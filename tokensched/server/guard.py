@@ -48,8 +48,18 @@ def connection_limit(requested: int) -> int:
     return max(1, min(requested, soft - FD_RESERVE))
 
 
+SHED_KINDS = {
+    "idle_connection_evicted": "idle connections closed to admit new ones",
+    "connection_refused_503": "connections refused with 503 (all busy)",
+    "header_timeout": "connections closed for not sending a request head in time",
+    "client_cap_429": "requests refused with 429 (per-client cap)",
+    "accept_no_descriptor": "accepts that found no free file descriptor",
+}
+"""What :class:`ShedLog` counts: the ``kind`` label of ``tokensched:shed_total``, and its words in the log line."""
+
+
 class ShedLog:
-    """Counts refusals by kind and logs them as one line per ``interval_s``."""
+    """Counts refusals by kind and logs them as one line per ``interval_s``; ``totals`` feed ``/metrics``."""
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
@@ -58,15 +68,20 @@ class ShedLog:
         self._pending: asyncio.TimerHandle | None = None
 
     def count(self, kind: str) -> None:
+        if kind not in SHED_KINDS:
+            raise ValueError(f"unknown shed kind {kind!r}; one of {sorted(SHED_KINDS)}")
         self.counts[kind] += 1
         self.totals[kind] += 1
         if self._pending is None:
             self._pending = asyncio.get_running_loop().call_later(self.interval_s, self.flush)
 
     def flush(self) -> None:
-        self._pending = None
+        """Log what was counted since the last line (at most once per interval, or now at shutdown)."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
         if self.counts:
-            summary = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
+            summary = ", ".join(f"{n} {SHED_KINDS[kind]}" for kind, n in sorted(self.counts.items()))
             log.warning("shed in the last %.0f s: %s", self.interval_s, summary)
             self.counts.clear()
 
@@ -85,9 +100,9 @@ class ConnectionGuard:
         if len(self.open) >= self.limit:
             victim = next((p for p in self.open if not p.in_request), None)
             if victim is None:
-                self.shed.count("connections refused with 503 (all busy)")
+                self.shed.count("connection_refused_503")
                 return False
-            self.shed.count("idle connections closed to admit new ones")
+            self.shed.count("idle_connection_evicted")
             del self.open[victim]  # now, not at connection_lost: the next admit must not pick it again
             victim.close()
         self.open[protocol] = None
@@ -155,7 +170,7 @@ class GuardedH11Protocol(H11Protocol):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if not self.in_request and not self.transport.is_closing():
-            self.guard.shed.count("connections closed for not sending a request head in time")
+            self.guard.shed.count("header_timeout")
             self.transport.close()
 
 

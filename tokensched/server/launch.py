@@ -19,6 +19,7 @@ from typing import Self
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.config import LOG_LEVELS
 
 from tokensched.executor import executor_package
 from tokensched.policies.base import Policy
@@ -109,12 +110,15 @@ def serve(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") ->
     handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
     server_log = logging.getLogger("tokensched.server")
     server_log.addHandler(handler)
-    server_log.setLevel(log_level.upper())
+    server_log.setLevel(LOG_LEVELS.get(log_level, logging.INFO))  # uvicorn's names, "trace" included
     server = server_for(app, settings, log_level=log_level)
-    url = f"http://{settings.host}:{settings.port}"
     limit = server.guard.limit if server.guard is not None else settings.max_connections
-    for line in banner(app.state.runner, settings, connection_limit=limit, url=url):
-        server_log.info("%s", line)
+
+    def announce(url: str) -> None:
+        for line in banner(app.state.runner, settings, connection_limit=limit, url=url):
+            server_log.info("%s", line)
+
+    server.announce = announce
     server.run()
 
 

@@ -30,6 +30,7 @@ from tokensched import Engine, Executor, RequestOutput, RequestSpec, Scheduler, 
 from tokensched.errors import TokenschedError, UnknownRequest
 from tokensched.plan import FinishReason
 from tokensched.policies.base import Policy
+from tokensched.server.stepwatch import SpecDecodeCounters, StepWatch
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ class EngineRunner:
             raise ValueError(f"realtime must be >= 0 (wall seconds per executor second), got {realtime}")
         self.scheduler = scheduler
         self.executor = executor
-        self._engine = Engine(scheduler, executor)
+        self._launched_at: dict[str, float] = {}
+        self.spec_decode = SpecDecodeCounters() if scheduler.config.num_speculative_tokens > 0 else None
+        """Draft counters, when the scheduler plans speculative decoding (None otherwise)."""
+        self._engine = Engine(scheduler, StepWatch(executor, self._launched_at, self.spec_decode))
         self._realtime = realtime
         self._check_invariants = check_invariants
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -168,6 +172,14 @@ class EngineRunner:
         if self._stopped.is_set():  # stopped while we queued: nobody else will answer it
             self._fail_pending_commands()
         return done
+
+    def take_launched_at(self, request_id: str) -> float | None:
+        """When (``time.perf_counter()``) the request was first launched in a step, once; None if never.
+
+        Written by the engine thread before the step's outputs are delivered,
+        so a request's first token always finds it; the reader removes it.
+        """
+        return self._launched_at.pop(request_id, None)
 
     def abort(self, request_ids: Sequence[str]) -> None:
         """Abort requests (a client went away); unknown or finished ids are ignored."""

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -68,10 +69,17 @@ class GracefulServer(uvicorn.Server):
     """uvicorn's server, draining a :class:`Drain` before it shuts down, and exiting 0 on a signal."""
 
     def __init__(
-        self, config: uvicorn.Config, drain: Drain, drain_timeout_s: float, guard: ConnectionGuard | None = None
+        self,
+        config: uvicorn.Config,
+        drain: Drain,
+        drain_timeout_s: float,
+        guard: ConnectionGuard | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(config)
         self.guard = guard
+        self.announce = announce
+        """Called with the listening URL once bound (the real port when port 0 was asked for)."""
         self.drain = drain
         self.drain_timeout_s = drain_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,13 +91,16 @@ class GracefulServer(uvicorn.Server):
         if self.guard is not None:
             self._loop.set_exception_handler(self._loop_exception)
         await super().startup(sockets)  # type: ignore[arg-type]
+        if self.announce is not None and self.servers and self.servers[0].sockets:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            self.announce(f"http://{host}:{port}")
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
         # asyncio logs a traceback for every accept() that finds no free descriptor; count them instead
         if self.guard is not None and isinstance(context.get("exception"), OSError):
             message = str(context.get("message", ""))
             if "out of system resource" in message:
-                self.guard.shed.count("accepts that found no free file descriptor")
+                self.guard.shed.count("accept_no_descriptor")
                 return
         loop.default_exception_handler(context)
 

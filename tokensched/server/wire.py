@@ -6,7 +6,7 @@ above 1, penalties, logit bias, tools, echo) are refused with a message that
 names the field rather than silently ignored; unknown fields that only tune
 a client (``user``, ``min_tokens`` and the like) are ignored, as load
 generators send many. Extensions beyond OpenAI: ``top_k``, ``ignore_eos``,
-``priority`` and ``session_id``.
+``priority``, ``session_id`` and vLLM's ``cache_salt``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ class GenerationRequest(BaseModel):
     ignore_eos: bool = Field(default=False, description="extension: generate max_tokens whatever the model says")
     priority: int = Field(default=0, description="extension: lower runs first under the priority policy")
     session_id: str | None = Field(default=None, max_length=256, description="extension: turns of one session")
+    cache_salt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="vLLM's field: requests share prefix-cached KV only with requests of the same salt",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> GenerationRequest:
