@@ -19,6 +19,7 @@ from rich.table import Table
 
 from tokensched.bench import PROFILES, BenchConfig, make_deployment
 from tokensched.benchrun import SweepReport, format_level, parse_level, plot_sweep, sweep
+from tokensched.cluster.cli import cluster_command
 from tokensched.errors import TokenschedError
 from tokensched.server.cli import serve_command
 from tokensched.workloads import Trace
@@ -191,6 +192,7 @@ def specs(
 
 
 app.command("serve")(serve_command)
+app.command("cluster")(cluster_command)
 
 
 def main() -> None:
