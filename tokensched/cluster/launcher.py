@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,7 +55,7 @@ class Member:
     name: str
     url: str
     process: subprocess.Popen[bytes]
-    log_path: Path | None
+    log_path: Path
 
     @property
     def pid(self) -> int:
@@ -65,7 +66,7 @@ class Member:
         return self.process.poll() is None
 
     def log_tail(self, chars: int = 2000) -> str:
-        if self.log_path is None or not self.log_path.exists():
+        if not self.log_path.exists():
             return ""
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
 
@@ -101,7 +102,9 @@ class Cluster:
 
     def __init__(self, spec: ClusterSpec, *, log_dir: Path | None = None) -> None:
         self.spec = spec
-        self.log_dir = log_dir
+        self._own_log_dir = log_dir is None
+        self.log_dir = log_dir if log_dir is not None else Path(tempfile.mkdtemp(prefix="tokensched-cluster-"))
+        """Each process's output, ``<name>.log``; a folder of our own is removed by a clean ``stop``."""
         self.replicas: list[Member] = []
         self.gateway: Member | None = None
         self.url = ""
@@ -181,11 +184,9 @@ class Cluster:
         self._wait(self.gateway, deadline, lambda m: self.healthy_workers() == {r.url for r in self.replicas})
 
     def _spawn(self, name: str, url: str, command: Sequence[str]) -> Member:
-        log_path = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.log_dir / f"{name}.log"
-        with open(log_path or os.devnull, "wb") as out:  # the child keeps its own copy of the descriptor
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as out:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
                 list(command),
                 stdin=subprocess.DEVNULL,
@@ -250,6 +251,8 @@ class Cluster:
         if self.gateway is not None:
             _terminate([self.gateway], self.spec.stop_timeout_s)
         _terminate(self.replicas, self.spec.stop_timeout_s)
+        if self._own_log_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         self.start()
