@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from tokensched.bench import PROFILES, BenchConfig, run_bench
+from tokensched.benchmark import PROFILES, BenchConfig, run_bench
 
 
 def main() -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tokensched.bench import BenchConfig, run_bench
-from tokensched.benchrun import SweepReport, format_level, parse_level
+from tokensched.benchmark import BenchConfig, SweepReport, format_level, parse_level, run_bench
+from tokensched.benchmark.workloads import Trace
 from tokensched.cli import app
-from tokensched.workloads import Trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--duration", "20", "--warmup", "5", "--drain", "5"]

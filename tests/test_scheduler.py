@@ -53,6 +53,12 @@ def run_to_end(s: Scheduler, token: int = 5) -> list[RequestOutput]:
     return outputs
 
 
+def next_plan(s: Scheduler) -> StepPlan:
+    plan = s.plan()
+    assert plan is not None
+    return plan
+
+
 def rows(plan: StepPlan) -> dict[str, tuple[int, list[int]]]:
     return {
         rid: (plan.num_computed_tokens[i], plan.token_ids[plan.token_offsets[i] : plan.token_offsets[i + 1]])
@@ -449,3 +455,67 @@ def test_releasing_a_block_more_often_than_it_is_held_is_refused_and_changes_not
         pool.release([block, block], None)
     assert pool.refcount(block) == 1 and pool.state(block) is BlockState.OWNED
     pool.check_invariants({block: 1})
+
+
+# ------------------------------------------- regressions (issue 13, reproduced)
+def _preemptions_while_running(s: Scheduler, plan: StepPlan) -> list[tuple[str, str]]:
+    """(victim, kept) pairs of this plan where the preempted request ranks above one that keeps running."""
+    key = s.policy.victim_key
+    ctx = s._policy_context()
+    victims = [s.live[rid] for rid in plan.removed_request_ids if isinstance(s.live[rid].state, Preempted)]
+    return [(v.request_id, k.request_id) for v in victims for k in s.running.values() if key(v, ctx) < key(k, ctx)]
+
+
+def test_priority_victim_is_the_lowest_priority_request_even_if_it_was_admitted_first() -> None:
+    """Issue 13 (1): `low` was admitted first; running out of blocks must preempt it, never a `high`."""
+    config = SchedulerConfig(num_blocks=7, block_size=2, max_steps_in_flight=1)
+    s = Scheduler(config, policy=PriorityPolicy(), clock=lambda: 0.0)
+    s.submit(spec("low", [1, 2, 3], max_tokens=10, priority=5))
+    s.complete(answer(next_plan(s)))
+    s.submit(spec("high1", [4, 5, 6], max_tokens=10, priority=0))
+    s.submit(spec("high2", [7, 8, 9], max_tokens=10, priority=0))
+    preempted: list[str] = []
+    for _ in range(4):
+        plan = next_plan(s)
+        assert _preemptions_while_running(s, plan) == []
+        preempted += [rid for rid in plan.removed_request_ids if isinstance(s.live[rid].state, Preempted)]
+        s.complete(answer(plan))
+        s.check_invariants()
+    assert preempted == ["low"]
+    assert run_to_end(s)
+
+
+def test_a_request_short_of_blocks_waits_for_the_steps_in_flight_instead_of_preempting_itself() -> None:
+    """Issue 13 (2): FCFS, two steps in flight; `old` must never be preempted while `new` runs."""
+    s = make(num_blocks=12, block_size=16, max_batched_tokens=8192, enable_prefix_caching=False)
+    s.submit(spec("old", [1] * 80, max_tokens=40))
+    launched = [next_plan(s)]
+    s.submit(spec("new", [2] * 79, max_tokens=40))
+    launched.append(next_plan(s))
+    finished: list[str] = []
+    for _ in range(200):
+        if not launched:
+            break
+        for out in s.complete(answer(launched.pop(0))):
+            if out.finished:
+                finished.append(out.request_id)
+        s.check_invariants()
+        plan = s.plan()
+        if plan is not None:
+            if "old" in s.live:
+                assert not isinstance(s.live["old"].state, Preempted), f"step {plan.step_id} preempted old"
+            launched.append(plan)
+    assert finished == ["old", "new"]
+    assert s.stats().num_preemptions == 1  # `new` yields once
+
+
+def test_capacity_check_with_speculation_counts_the_room_drafts_are_capped_at() -> None:
+    """Issue 13 (3): drafts never outgrow prompt + max_tokens - 1 positions, so 29 + 4 tokens fit 8 blocks of 4."""
+    s = make(num_blocks=8, block_size=4, num_speculative_tokens=3)
+    s.submit(spec("a", list(range(1, 30)), max_tokens=4))
+    with pytest.raises(CapacityError, match="needs up to 9 KV blocks"):
+        s.submit(spec("b", list(range(1, 31)), max_tokens=4))
+    executor = FakeExecutor(num_kv_blocks=8, block_size=4, seed=1, vocab_size=50, num_drafts=3, accept_prob=1.0)
+    outputs = [out for outs in Engine(s, executor).run() for out in outs]
+    assert sum(len(out.new_token_ids) for out in outputs) == 4
+    assert outputs[-1].finish_reason is FinishReason.LENGTH

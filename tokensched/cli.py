@@ -17,12 +17,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tokensched.bench import PROFILES, BenchConfig, make_deployment
-from tokensched.benchrun import SweepReport, format_level, parse_level, plot_sweep, sweep
+from tokensched.benchmark import PROFILES, BenchConfig, SweepReport, format_level, make_deployment, parse_level, sweep
+from tokensched.benchmark.report import plot_sweep
+from tokensched.benchmark.workloads import Trace
 from tokensched.cluster.cli import cluster_command
 from tokensched.errors import TokenschedError
 from tokensched.server.cli import serve_command
-from tokensched.workloads import Trace
 
 app = typer.Typer(
     name="tokensched",

@@ -6,10 +6,12 @@ One step, as :meth:`Scheduler.plan` builds it, under a token budget:
    decode gets one position (plus its drafts), a prefill the next chunk the
    budget leaves. Decodes are never held back for a prefill, so a 200k-token
    prompt streams in chunks while decodes keep running.
-2. A request that needs a block when none is free makes the policy pick a
-   victim among the requests not yet in this step (itself included); the
-   victim is preempted for recompute.
-3. If nothing was preempted, waiting requests are admitted in policy order,
+2. When blocks run short, the running set is served best-ranked first by
+   the policy's victim key; a request that needs a block when none is free
+   preempts requests ranked below it, the worst first, for recompute. It
+   never preempts itself: with nobody below it left, it waits for the steps
+   in flight.
+3. If no running request was preempted or starved, waiting requests are admitted in policy order,
    each served from the prefix cache as far as its chained block hashes match.
 
 :meth:`Scheduler.complete` applies a step's result: positions become computed,
@@ -100,7 +102,8 @@ class Scheduler:
                 f"request {rid!r}: prompt ({prompt_len} tokens) + max_tokens ({spec.max_tokens}) "
                 f"exceeds max_model_len ({cfg.max_model_len})"
             )
-        worst = -(-(prompt_len + spec.max_tokens - 1 + self._k_spec) // self._bs)
+        # Drafts are capped at the room left, so no position past prompt + max_tokens - 2 is ever written.
+        worst = -(-(prompt_len + spec.max_tokens - 1) // self._bs)
         if worst > cfg.num_blocks:
             raise CapacityError(
                 f"request {rid!r} needs up to {worst} KV blocks but the pool has {cfg.num_blocks}: it can never fit"
@@ -167,15 +170,32 @@ class Scheduler:
         return builder.plan(removed, truncated)
 
     def _schedule_running(self, builder: StepBuilder) -> tuple[int, bool]:
-        """Give every running request its next tokens; returns the budget left and whether anyone was preempted."""
+        """Give every running request its next tokens; returns the budget left and whether admission must wait.
+
+        When the free blocks cannot run short in this step (each request needs
+        at most ``ceil(n / block_size)`` new blocks for its ``n`` tokens), the
+        running set is served in admission order without sorting. Otherwise it
+        is served best-ranked first by the policy's victim key, so a request
+        that runs short may preempt exactly the requests ranked below it, the
+        worst first (see :meth:`_make_room`). Once a request is starved of
+        blocks, no request ranked below it takes one in this step, and
+        admission waits too.
+        """
         bs = self._bs
         pool = self.pool
         budget = self.config.max_batched_tokens
         chunk_cap = self._chunk
         k_spec = self._k_spec
-        step_id = builder.step_id
+        running = self.running
+        if pool.num_free >= -(-budget // bs) + len(running):
+            order = list(running.values())
+        else:
+            ctx = self._policy_context()
+            victim_key = self.policy.victim_key
+            order = sorted(running.values(), key=lambda r: victim_key(r, ctx))
+        starved = False
         preempted = False
-        for request in list(self.running.values()):
+        for index, request in enumerate(order):
             if budget <= 0:
                 break
             state = request.state
@@ -200,9 +220,14 @@ class Scheduler:
                 continue  # max_tokens reached by steps in flight
             blocks = state.blocks
             need = (pos + n + bs - 1) // bs - len(blocks)
-            if need > 0 and pool.num_free < need:
-                preempted = True
-                if not self._make_room(need, request, step_id):
+            if need > 0 and (starved or pool.num_free < need):
+                if starved:
+                    continue  # a better-ranked request waits for blocks: do not take them from under it
+                before = self._preemptions
+                served = self._make_room(need, order, index)
+                preempted = preempted or self._preemptions != before
+                if not served:
+                    starved = True
                     continue
             if need == 1:
                 new_blocks: tuple[int, ...] = (pool.allocate_one(),)
@@ -215,29 +240,29 @@ class Scheduler:
             builder.add(request, blocks, pos, n, new_blocks, is_sample, drafts)
             state.num_scheduled = pos + n
             budget -= n
-        return budget, preempted
+        return budget, preempted or starved
 
-    def _make_room(self, need: int, requester: Request, step_id: int) -> bool:
-        """Preempt policy-chosen victims until ``need`` blocks are free.
+    def _make_room(self, need: int, order: list[Request], index: int) -> bool:
+        """Preempt requests ranked below ``order[index]``, the worst first, until ``need`` blocks are free.
 
-        Victims are requests not yet in this step and not in a step in flight:
-        the blocks of a request in flight would only go PENDING, so preempting
-        it frees nothing now (and two requests could preempt each other
-        forever). The requester itself may be the policy's choice. Returns
-        False when the requester cannot be served now: it was chosen, or no
-        victim is left and it waits for the steps in flight to complete.
+        ``order`` is the running set best-ranked first, and ``order[index]``
+        is the requester; everything after it ranks below it and is not yet
+        in this step. The requester never preempts itself (nor anyone ranked
+        above it). A victim in a step in flight frees its blocks only when
+        that step completes (they go PENDING): once the free blocks plus those
+        pending would do, or nobody ranked below is left, the requester waits
+        for the steps in flight, and the method returns False.
         """
-        ctx = self._policy_context()
-        victim_key = self.policy.victim_key
-        while self.pool.num_free < need:
-            victims = [r for r in self.running.values() if r.planned_in != step_id and not r.inflight_steps]
-            if not victims:
-                return False  # nobody can give blocks back now; the steps in flight will
-            victim = max([*victims, requester], key=lambda r: victim_key(r, ctx))
-            self._preempt(victim)
-            if victim is requester:
-                return False
-        return True
+        pool = self.pool
+        running = self.running
+        for victim in reversed(order[index + 1 :]):
+            if pool.num_free >= need:
+                return True
+            if pool.num_free + pool.num_pending >= need:
+                return False  # the steps in flight give back enough
+            if victim.request_id in running:
+                self._preempt(victim)
+        return pool.num_free >= need
 
     def _admit_waiting(self, builder: StepBuilder, budget: int) -> None:
         """Admit waiting requests in policy order while budget, slots and blocks allow."""

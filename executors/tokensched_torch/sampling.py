@@ -54,7 +54,9 @@ def filtered_probs(logits: Tensor, params: SamplingParams) -> Tensor:
     Top-p keeps the smallest set of most likely tokens whose mass reaches
     ``top_p`` (the most likely token always survives).
     """
-    probs = (logits.double() / params.temperature).softmax(dim=-1)
+    # shift by the row max first: a subnormal temperature then maps the best logit to 0, not inf (inf - inf is NaN)
+    shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
+    probs = (shifted / params.temperature).softmax(dim=-1)
     if params.top_k and params.top_k < probs.shape[-1]:
         kth = probs.topk(params.top_k, dim=-1).values[..., -1:]
         probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))

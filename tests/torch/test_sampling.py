@@ -105,3 +105,11 @@ def test_random_verification_preserves_the_target_distribution() -> None:
     firsts = [choose_tokens(logits, [SampleRequest(0, (2,), HOT, seed=s, first_position=0)])[0][0][0] for s in range(n)]
     freq = [firsts.count(v) / n for v in range(5)]
     assert freq == pytest.approx(p.tolist(), abs=0.03)
+
+
+def test_a_subnormal_temperature_gives_a_distribution_not_nan() -> None:
+    # 5e-324 is the smallest positive double: dividing logits by it overflows to inf, and softmax(inf) is NaN
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0]])
+    probs = filtered_probs(logits, SamplingParams(temperature=5e-324, seed=1))
+    assert not torch.isnan(probs).any()
+    assert probs.tolist() == [[0.0, 0.5, 0.0, 0.5]]

@@ -29,12 +29,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from tokensched.server import convert, gateway
+from tokensched.server.admission import ClientCap
 from tokensched.server.errors import ApiError, from_engine_error, from_validation_error
 from tokensched.server.generation import Delta, Generation
+from tokensched.server.guard import ShedLog
 from tokensched.server.metrics import CONTENT_TYPE, ServerMetrics
 from tokensched.server.middleware import BodyLimitMiddleware
+from tokensched.server.report import StatsLine, log_stats
 from tokensched.server.runner import EngineRunner
 from tokensched.server.settings import ServerSettings
+from tokensched.server.shutdown import Drain
 from tokensched.server.tokenizer import ByteTokenizer, Tokenizer
 from tokensched.server.wire import (
     AssistantMessage,
@@ -70,15 +74,24 @@ def create_app(
     settings = settings if settings is not None else ServerSettings()
     metrics = ServerMetrics()
     started = time.time()
+    shed = ShedLog(settings.shed_log_interval_s)
+    drain = Drain()
+    client_cap = ClientCap(settings.max_requests_per_client, settings.retry_after_s, shed)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = not runner.started
         if owned:
             runner.start()
+        reporter = None
+        if settings.stats_interval_s > 0:
+            reporter = asyncio.ensure_future(log_stats(StatsLine(runner, metrics), settings.stats_interval_s))
         try:
             yield
         finally:
+            if reporter is not None:
+                reporter.cancel()
+            shed.flush()
             if owned:
                 await asyncio.to_thread(runner.stop)
 
@@ -87,9 +100,14 @@ def create_app(
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.tokenizer = tokenizer
+    app.state.shed = shed
+    app.state.drain = drain
     app.include_router(gateway.router)  # /v1/loads, /server_info, /model_info: what a model gateway polls
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, on_reject=lambda: metrics.on_rejected("too_large")
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_discard_bytes=settings.max_discard_bytes,
+        on_reject=lambda: metrics.on_rejected("too_large"),
     )
 
     @app.exception_handler(ApiError)
@@ -145,13 +163,40 @@ def create_app(
             )
         return body
 
-    async def submit(generation: Generation) -> None:
+    async def submit(request: Request, generation: Generation, num_prompts: int) -> Callable[[], None]:
+        """Admit and submit ``generation``; returns what to call once its response has ended."""
+        if not drain.accepting:
+            raise ApiError(
+                503,
+                "the server is shutting down",
+                type="server_error",
+                headers={"Retry-After": str(settings.retry_after_s), "Connection": "close"},
+            )
+        max_waiting = runner.config.max_waiting
+        if max_waiting is not None and num_prompts > max_waiting:
+            # the queue could never take them all at once: retrying would not help, so not 429
+            raise ApiError(
+                400,
+                f"{num_prompts} prompts in one request exceed the queue's capacity of {max_waiting}; "
+                "send fewer per request",
+                param="prompt",
+            )
+        client = request.client.host if request.client is not None else "unknown"
+        client_cap.enter(client)
         try:
             await generation.submit()
         except Exception as exc:
+            client_cap.leave(client)
             raise from_engine_error(exc, settings.retry_after_s) from exc
+        drain.add(generation)
 
-    @app.get("/health")
+        def release() -> None:
+            drain.discard(generation)
+            client_cap.leave(client)
+
+        return release
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Response:
         if runner.running:
             return JSONResponse({"status": "ok"})
@@ -172,7 +217,7 @@ def create_app(
         body = await parse(request, CompletionRequest)
         specs = convert.completion_specs(body, tokenizer, runner.config, settings)
         generation = Generation(runner, tokenizer, metrics, specs, body.stop_sequences)
-        await submit(generation)
+        release = await submit(request, generation, len(specs))
         response_id, created = specs[0].request_id, int(time.time())
 
         def chunk(delta: Delta) -> BaseModel:
@@ -181,9 +226,9 @@ def create_app(
 
         if body.stream:
             usage_chunk = CompletionResponse(id=response_id, created=created, model=body.model, choices=[])
-            events = _stream(generation, [], chunk, usage_chunk if body.include_usage else None)
+            events = _stream(generation, [], chunk, usage_chunk if body.include_usage else None, release)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        collected = await _collect(request, generation)
+        collected = await _collect(request, generation, release)
         if collected is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         texts, reasons = collected
@@ -201,7 +246,7 @@ def create_app(
         body = await parse(request, ChatCompletionRequest)
         spec = convert.chat_spec(body, tokenizer, runner.config, settings)
         generation = Generation(runner, tokenizer, metrics, [spec], body.stop_sequences)
-        await submit(generation)
+        release = await submit(request, generation, 1)
         response_id, created = spec.request_id, int(time.time())
 
         def chunk(delta: Delta | None) -> BaseModel:
@@ -214,9 +259,9 @@ def create_app(
 
         if body.stream:
             usage_chunk = ChatCompletionChunk(id=response_id, created=created, model=body.model, choices=[])
-            events = _stream(generation, [chunk(None)], chunk, usage_chunk if body.include_usage else None)
+            events = _stream(generation, [chunk(None)], chunk, usage_chunk if body.include_usage else None, release)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        collected = await _collect(request, generation)
+        collected = await _collect(request, generation, release)
         if collected is None:
             return Response(status_code=CLIENT_CLOSED_REQUEST)
         texts, reasons = collected
@@ -253,6 +298,7 @@ async def _stream(
     opening: list[BaseModel],
     chunk: Callable[[Delta], BaseModel],
     usage_chunk: BaseModel | None,
+    release: Callable[[], None],
 ) -> AsyncIterator[str]:
     """Server-sent events for a generation; aborts it if the client leaves (the iterator is cancelled)."""
     try:
@@ -269,9 +315,12 @@ async def _stream(
         yield "data: [DONE]\n\n"
     finally:
         generation.abort()
+        release()
 
 
-async def _collect(request: Request, generation: Generation) -> tuple[list[str], list[FinishReasonWire]] | None:
+async def _collect(
+    request: Request, generation: Generation, release: Callable[[], None]
+) -> tuple[list[str], list[FinishReasonWire]] | None:
     """Whole texts and finish reasons per choice, or None if the client left first."""
 
     async def gather() -> tuple[list[str], list[FinishReasonWire]]:
@@ -297,6 +346,7 @@ async def _collect(request: Request, generation: Generation) -> tuple[list[str],
         watcher.cancel()
         collector.cancel()
         generation.abort()
+        release()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -38,6 +38,7 @@ def build_app(
     realtime: float = 1.0,
     seed: int = 0,
     device: str = "cpu",
+    tokenizer_path: str | None = None,
     config: Mapping[str, object | None] | None = None,
 ) -> FastAPI:
     """The app ``serve`` runs; ``config`` goes to :class:`~tokensched.SchedulerConfig` (None values: defaults)."""
@@ -62,15 +63,34 @@ def build_app(
             config=overrides,
         )
     else:
-        runner, tokenizer = torch_backend(
-            num_blocks=num_blocks or 2048,
-            block_size=block_size,
-            seed=seed,
-            device=device,
-            policy=chosen,
-            config=overrides,
-        )
+        try:
+            runner, tokenizer = torch_backend(
+                num_blocks=num_blocks or 2048,
+                block_size=block_size,
+                seed=seed,
+                device=device,
+                policy=chosen,
+                config=overrides,
+            )
+        except (RuntimeError, AssertionError) as exc:  # torch's own words for a device it cannot use
+            raise typer.BadParameter(f"cannot run the tiny model on {device!r}: {exc}", param_hint="device") from exc
+    if tokenizer_path is not None:
+        from tokensched.server.hf_tokenizer import HFTokenizer
+
+        tokenizer = HFTokenizer.from_path(tokenizer_path)
     return create_app(runner, tokenizer, settings)
+
+
+class LogLevel(StrEnum):
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+    TRACE = "trace"
+
+
+API_KEY_ENV = "TOKENSCHED_API_KEY"
 
 
 def serve_command(
@@ -78,32 +98,80 @@ def serve_command(
     host: Annotated[str, typer.Option(help="address to bind; loopback unless you mean to expose it")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one)")] = 8000,
     api_key: Annotated[
-        str | None, typer.Option(envvar="TOKENSCHED_API_KEY", help="require 'Authorization: Bearer <key>' on /v1")
+        str | None, typer.Option(envvar=API_KEY_ENV, help="require 'Authorization: Bearer <key>' on /v1")
     ] = None,
     model_name: Annotated[str, typer.Option(help="the model name clients send and /v1/models lists")] = "tokensched",
     policy: Annotated[str, typer.Option(help="fcfs, priority, prefix-aware or slo")] = "fcfs",
     sim_model: Annotated[str, typer.Option(help="simulated model preset")] = "dense-8b",
     sim_gpu: Annotated[str, typer.Option(help="simulated GPU preset")] = "h100",
-    tp: Annotated[int, typer.Option(help="simulated tensor-parallel degree")] = 1,
-    realtime: Annotated[float, typer.Option(help="wall seconds per simulated second (0: as fast as possible)")] = 1.0,
+    tp: Annotated[int, typer.Option(min=1, help="simulated tensor-parallel degree")] = 1,
+    realtime: Annotated[
+        float, typer.Option(min=0.0, help="wall seconds per simulated second (0: as fast as possible)")
+    ] = 1.0,
     num_blocks: Annotated[int | None, typer.Option(help="KV blocks (default: what the executor holds)")] = None,
     block_size: Annotated[int, typer.Option(help="tokens per KV block")] = 16,
-    max_model_len: Annotated[int | None, typer.Option(help="context length (prompt + output)")] = None,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="context length (prompt + output); lowered to what the KV pool holds")
+    ] = None,
     max_running: Annotated[int | None, typer.Option(help="requests in the running set at most")] = None,
     max_waiting: Annotated[int, typer.Option(help="waiting requests beyond this get 429")] = 1024,
     max_batched_tokens: Annotated[int | None, typer.Option(help="token budget of one step")] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="larger request bodies get 413")] = 1 << 20,
+    max_body_bytes: Annotated[
+        int, typer.Option(envvar="TOKENSCHED_MAX_BODY_BYTES", help="larger request bodies get 413")
+    ] = 1 << 20,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="TOKENSCHED_MAX_CONNECTIONS",
+            help="open connections at most (kept below the file-descriptor limit); past it idle ones are closed",
+        ),
+    ] = 1000,
+    header_timeout: Annotated[
+        float, typer.Option(envvar="TOKENSCHED_HEADER_TIMEOUT", help="seconds a connection has to send its head")
+    ] = 10.0,
+    keep_alive_timeout: Annotated[
+        float, typer.Option(envvar="TOKENSCHED_KEEP_ALIVE_TIMEOUT", help="seconds an idle keep-alive connection lives")
+    ] = 5.0,
+    max_requests_per_client: Annotated[
+        int | None,
+        typer.Option(envvar="TOKENSCHED_MAX_REQUESTS_PER_CLIENT", help="unfinished requests per client address"),
+    ] = 256,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(envvar="TOKENSCHED_DRAIN_TIMEOUT", help="seconds running requests get on SIGTERM before abort"),
+    ] = 5.0,
+    stats_interval: Annotated[
+        float, typer.Option(envvar="TOKENSCHED_STATS_INTERVAL", help="seconds between stats log lines (0: none)")
+    ] = 10.0,
+    metrics_prefix: Annotated[
+        str,
+        typer.Option(
+            envvar="TOKENSCHED_METRICS_PREFIX",
+            help="tokensched or vllm: 'vllm' names shared metrics vllm:* for vLLM's Grafana dashboard",
+        ),
+    ] = "tokensched",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TOKENSCHED_TOKENIZER",
+            help="a Hugging Face tokenizer.json (or its folder, with tokenizer_config.json for the chat template)",
+        ),
+    ] = None,
     default_max_tokens: Annotated[int, typer.Option(help="when a request names no max_tokens")] = 256,
     seed: Annotated[int, typer.Option(help="seed of the simulator's tokens or the tiny model's weights")] = 0,
     device: Annotated[str, typer.Option(help="torch device for the tiny model")] = "cpu",
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="log level")] = LogLevel.INFO,
 ) -> None:
     """Serve the scheduler over HTTP with OpenAI's completions and chat APIs, /metrics and /health."""
+    import os
+
     from pydantic import ValidationError
 
     from tokensched.server.launch import serve
     from tokensched.server.settings import ServerSettings
 
+    if api_key is None and API_KEY_ENV in os.environ:
+        api_key = os.environ[API_KEY_ENV]  # click ignores an empty variable; an empty key must fail, not disable auth
     try:
         settings = ServerSettings(
             host=host,
@@ -112,6 +180,13 @@ def serve_command(
             model_name=model_name,
             max_body_bytes=max_body_bytes,
             default_max_tokens=default_max_tokens,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout,
+            keep_alive_timeout_s=keep_alive_timeout,
+            max_requests_per_client=max_requests_per_client,
+            drain_timeout_s=drain_timeout,
+            stats_interval_s=stats_interval,
+            metrics_prefix=metrics_prefix,  # type: ignore[arg-type]
         )
         app = build_app(
             executor,
@@ -125,6 +200,7 @@ def serve_command(
             realtime=realtime,
             seed=seed,
             device=device,
+            tokenizer_path=tokenizer,
             config={
                 "max_model_len": max_model_len,
                 "max_running": max_running,
@@ -134,8 +210,7 @@ def serve_command(
         )
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(f"tokensched: serving {executor.value} as {model_name!r} on http://{host}:{port}/v1", err=True)
-    serve(app, settings, log_level=log_level)
+    serve(app, settings, log_level=log_level.value)
 
 
 app = typer.Typer(add_completion=False, help="The tokensched OpenAI-compatible server.")

@@ -62,7 +62,10 @@ def completion_specs(
 def chat_spec(
     body: ChatCompletionRequest, tokenizer: Tokenizer, config: SchedulerConfig, settings: ServerSettings
 ) -> RequestSpec:
-    prompt = tokenizer.apply_chat_template(body.messages)
+    try:
+        prompt = tokenizer.apply_chat_template(body.messages)
+    except ValueError as exc:  # the model's template refused the conversation (raise_exception)
+        raise ApiError(400, str(exc), param="messages") from exc
     if not prompt:
         raise ApiError(400, "the conversation renders to an empty prompt", param="messages")
     return make_spec(new_id("chatcmpl"), prompt, body, body.requested_max_tokens, tokenizer, config, settings)

@@ -29,8 +29,10 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.reason = reason
         self.status = status
         self.message = message
         self.type = type
@@ -41,6 +43,8 @@ class ApiError(Exception):
     @property
     def metric_reason(self) -> str:
         """The ``reason`` label this refusal counts under in ``/metrics``."""
+        if self.reason is not None:
+            return self.reason
         return {400: "invalid", 401: "unauthorized", 404: "unknown_model", 413: "too_large", 429: "queue_full"}.get(
             self.status, f"http_{self.status}"
         )

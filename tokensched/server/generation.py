@@ -168,6 +168,12 @@ class Generation:
             self._finish(choice, "abort", now)
         self._runner.abort([c.request_id for c in unfinished])
 
+    def abort_in_engine(self) -> None:
+        """Ask the engine to abort the unfinished choices; each then ends with ``abort`` through :meth:`deltas`."""
+        unfinished = [c.request_id for c in self._choices.values() if c.finish_reason is None]
+        if unfinished:
+            self._runner.abort(unfinished)
+
     def _apply(self, choice: _Choice, output: RequestOutput, now: float) -> Delta | None:
         token_ids = output.new_token_ids
         if output.num_cached_tokens:

@@ -10,6 +10,7 @@ never imports an executor by name.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -21,8 +22,11 @@ from fastapi import FastAPI
 
 from tokensched.executor import executor_package
 from tokensched.policies.base import Policy
+from tokensched.server.guard import LISTEN_BACKLOG, ConnectionGuard, guarded_protocol
+from tokensched.server.report import banner
 from tokensched.server.runner import EngineRunner
 from tokensched.server.settings import ServerSettings
+from tokensched.server.shutdown import ABORT_GRACE_S, GracefulServer
 from tokensched.server.tokenizer import BYTE_VOCAB_SIZE, ByteTokenizer, Tokenizer
 
 SIM_EOS_TOKEN_ID = BYTE_VOCAB_SIZE  # the simulated model's vocabulary is large; 256 plays end of sequence
@@ -82,22 +86,51 @@ def torch_backend(
     return runner, ByteTokenizer(eos_token_id=eos)
 
 
+def server_for(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> GracefulServer:
+    """uvicorn under tokensched's limits: the connection guard, timeouts, and a draining shutdown."""
+    guard = ConnectionGuard(settings.max_connections, settings.header_timeout_s, app.state.shed)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        http=guarded_protocol(guard),
+        timeout_keep_alive=max(1, round(settings.keep_alive_timeout_s)),
+        timeout_graceful_shutdown=max(1, round(ABORT_GRACE_S + 1)),
+        access_log=False,
+        backlog=LISTEN_BACKLOG,
+    )
+    return GracefulServer(config, app.state.drain, settings.drain_timeout_s, guard)
+
+
 def serve(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> None:
-    """Serve in the foreground until interrupted (Ctrl-C stops the engine cleanly)."""
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
+    """Serve in the foreground until SIGTERM or SIGINT, then drain (see :mod:`tokensched.server.shutdown`)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
+    server_log = logging.getLogger("tokensched.server")
+    server_log.addHandler(handler)
+    server_log.setLevel(log_level.upper())
+    server = server_for(app, settings, log_level=log_level)
+    url = f"http://{settings.host}:{settings.port}"
+    limit = server.guard.limit if server.guard is not None else settings.max_connections
+    for line in banner(app.state.runner, settings, connection_limit=limit, url=url):
+        server_log.info("%s", line)
+    server.run()
 
 
 class BackgroundServer:
     """uvicorn on a daemon thread, for tests and scripts; a context manager.
+
+    Runs under the same limits as :func:`serve` when the app was built by
+    :func:`~tokensched.server.create_app` with those settings.
 
     >>> with BackgroundServer(app) as server:   # doctest: +SKIP
     ...     httpx.get(server.url + "/health")
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, start_timeout: float = 30.0) -> None:
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
-        )
+        settings: ServerSettings = app.state.settings
+        self._server = server_for(app, settings.model_copy(update={"host": host, "port": port}), log_level="warning")
         self._thread = threading.Thread(target=self._server.run, name="tokensched-http", daemon=True)
         self._start_timeout = start_timeout
         self.host = host
@@ -117,7 +150,8 @@ class BackgroundServer:
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._server.should_exit = True
+        """Drain like a SIGTERM would, then stop."""
+        self._server.request_shutdown()
         self._thread.join(timeout)
 
     def __enter__(self) -> Self:

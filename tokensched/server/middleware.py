@@ -1,5 +1,11 @@
 """ASGI middleware at the edge: a cap on request bodies, answered with 413 before any parsing.
 
+A refused body is read and dropped (up to ``max_discard_bytes``) before the
+413 goes out: clients like Python's urllib send the whole body before they
+read a byte, and a server that answers and closes early gives them a broken
+pipe instead of the 413. A client that leaves mid-upload gets no answer and
+the app never runs: there is nobody to answer.
+
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``, which would sit
 between a streaming response and the client's disconnect and keep the
 server from noticing a client that went away mid-stream.
@@ -28,9 +34,16 @@ class BodyLimitMiddleware:
     still sees ``http.disconnect``.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        on_reject: Callable[[], None] | None = None,
+        max_discard_bytes: int = 64 << 20,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_discard_bytes = max_discard_bytes
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,40 +52,45 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._reject(scope, receive, send, declared)
+            await self._reject(scope, receive, send, declared, received=0, more=True)
             return
         chunks: list[bytes] = []
         size = 0
         more = True
-        disconnect: Message | None = None
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                disconnect = message
-                break
+                return  # the client left mid-upload: nothing to run, nobody to answer
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
-                await self._reject(scope, receive, send, declared)
+                await self._reject(scope, receive, send, declared, received=size, more=more)
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                if disconnect is not None:
-                    return disconnect
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
+    async def _reject(
+        self, scope: Scope, receive: Receive, send: Send, declared: int | None, *, received: int, more: bool
+    ) -> None:
         if self.on_reject is not None:
             self.on_reject()
+        if declared is None or declared <= self.max_discard_bytes:
+            while more and received <= self.max_discard_bytes:  # bounded: a body past the hard cap is cut off
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                received += len(message.get("body", b""))
+                more = message.get("more_body", False)
         size = f"of {declared} bytes " if declared is not None else ""
         error = ApiError(
             413,

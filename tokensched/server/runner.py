@@ -37,6 +37,21 @@ Sink = Callable[[list[RequestOutput]], None]
 """Called on the engine thread with a request's outputs of one step; must not block."""
 
 
+def served_max_model_len(executor: Executor, config: Mapping[str, object]) -> int:
+    """The context length to advertise and enforce: the configured one, or less if the KV pool holds less.
+
+    The scheduler refuses a request needing more than the pool's blocks, counting
+    ``prompt + max_tokens - 1 + num_speculative_tokens`` tokens (``Scheduler.submit``);
+    the largest length that always passes is ``blocks * block_size + 1 - k``.
+    """
+    blocks = config.get("num_blocks", executor.num_kv_blocks)
+    spec = config.get("num_speculative_tokens", 0)
+    configured = config.get("max_model_len", SchedulerConfig.model_fields["max_model_len"].default)
+    if not isinstance(blocks, int) or not isinstance(spec, int) or not isinstance(configured, int):
+        raise ValueError(f"num_blocks, num_speculative_tokens and max_model_len must be integers, got {dict(config)}")
+    return max(1, min(configured, blocks * executor.block_size + 1 - spec))
+
+
 class EngineStopped(TokenschedError):
     """The engine thread is not running (never started, stopped, or crashed)."""
 
@@ -108,9 +123,12 @@ class EngineRunner:
     ) -> EngineRunner:
         """A runner over a scheduler sized by the executor (block size, block count, clock).
 
-        ``config`` sets any other :class:`~tokensched.SchedulerConfig` field (``max_waiting``, ``max_model_len``...).
+        ``config`` sets any other :class:`~tokensched.SchedulerConfig` field (``max_waiting``, ``max_model_len``...);
+        ``max_model_len`` is lowered to what the KV pool can hold (:func:`served_max_model_len`).
         """
-        engine = Engine.create(executor, policy, **(config or {}))
+        settings = dict(config or {})
+        settings["max_model_len"] = served_max_model_len(executor, settings)
+        engine = Engine.create(executor, policy, **settings)
         return cls(engine.scheduler, executor, realtime=realtime, check_invariants=check_invariants)
 
     @property

@@ -3,7 +3,13 @@ import statistics
 import pytest
 from pydantic import ValidationError
 
-from tokensched.workloads import Arrivals, CodingAgentConfig, CodingAgentGenerator, CodingAgentSource, SessionRecord
+from tokensched.benchmark.workloads import (
+    Arrivals,
+    CodingAgentConfig,
+    CodingAgentGenerator,
+    CodingAgentSource,
+    SessionRecord,
+)
 
 
 def _sessions(count: int, config: CodingAgentConfig | None = None, seed: int = 1) -> list[SessionRecord]:

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tokensched.benchmark.metrics import Distribution, MetricsCollector, MetricsSummary, percentile
 from tokensched.errors import InvalidRequest, UnknownRequest
-from tokensched.metrics import Distribution, MetricsCollector, MetricsSummary, percentile
 from tokensched.plan import FinishReason, RequestOutput
 
 

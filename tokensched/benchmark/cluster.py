@@ -24,17 +24,19 @@ from typing import Any
 import attrs
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokensched.bench import EOS_TOKEN_ID, PROFILES, BenchConfig, make_deployment
+from tokensched.benchmark.config import BenchConfig
+from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary
+from tokensched.benchmark.profiles import PROFILES
+from tokensched.benchmark.run import EOS_TOKEN_ID, make_deployment
+from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload
 from tokensched.cluster.router import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, SimRouter
 from tokensched.cluster.spec import RouterPolicy
 from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
 from tokensched.executor import executor_package
-from tokensched.metrics import MetricsCollector, MetricsSummary
 from tokensched.plan import FinishReason
 from tokensched.scheduler import Scheduler
-from tokensched.workloads import CodingAgentSource, SessionWorkload
 
 _REMEMBERED_SESSIONS = 65_536  # hash chains kept for the router (a turn extends its session's last one)
 

@@ -1,8 +1,6 @@
 import pytest
 
-from tokensched.errors import UnknownRequest
-from tokensched.plan import FinishReason
-from tokensched.workloads import (
+from tokensched.benchmark.workloads import (
     Arrivals,
     CodingAgentConfig,
     CodingAgentSource,
@@ -13,6 +11,8 @@ from tokensched.workloads import (
     TurnRecord,
     prompt_tokens,
 )
+from tokensched.errors import UnknownRequest
+from tokensched.plan import FinishReason
 
 from .helpers import answer_tokens, play
 

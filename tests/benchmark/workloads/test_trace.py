@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tokensched.workloads import (
+from tokensched.benchmark.workloads import (
     Arrivals,
     CodingAgentConfig,
     CodingAgentSource,

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from tokensched.metrics import percentile
-from tokensched.workloads import CodingAgentConfig, LogNormal
+from tokensched.benchmark.metrics import percentile
+from tokensched.benchmark.workloads import CodingAgentConfig, LogNormal
 
 
 def test_fitted_output_lengths_hit_mean_median_and_p99_within_tolerance() -> None:

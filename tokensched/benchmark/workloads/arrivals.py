@@ -11,7 +11,7 @@ ramping up, since a session sends most of its tokens in its later turns. With
 progress at t=0 join at the turn they have reached, sending the whole
 conversation so far with nothing cached, as a server sees after a restart.
 Their phases come from a nominal turn timeline
-(:func:`~tokensched.workloads.coding_agent.nominal_turn_offsets`).
+(:func:`~tokensched.benchmark.workloads.coding_agent.nominal_turn_offsets`).
 
 Sessions, in-progress sessions and start times come from separate seeded
 streams, so a sweep over load levels with one seed offers the same new
@@ -24,13 +24,13 @@ import random
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tokensched.workloads.coding_agent import (
+from tokensched.benchmark.workloads.coding_agent import (
     CodingAgentConfig,
     CodingAgentGenerator,
     nominal_turn_offsets,
     session_statistics,
 )
-from tokensched.workloads.trace import SessionRecord, Trace, TraceHeader
+from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceHeader
 
 
 class Arrivals(BaseModel):
@@ -53,7 +53,7 @@ class Arrivals(BaseModel):
 
 
 class CodingAgentSource:
-    """Sessions in start order, for :class:`~tokensched.workloads.sessions.SessionWorkload`.
+    """Sessions in start order, for :class:`~tokensched.benchmark.workloads.sessions.SessionWorkload`.
 
     Under a target TPM the source ends at ``duration_s``; under fixed
     concurrency it never ends (the workload takes a session whenever one ends).

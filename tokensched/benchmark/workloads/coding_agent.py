@@ -10,9 +10,9 @@ Answers follow a clipped lognormal fitted to a mean of ~450, a median of ~293
 and a p99 of ~2,230 tokens. A context that would pass 200k tokens ends the
 session, as an agent would then compact or start over.
 
-When sessions start is :mod:`tokensched.workloads.arrivals`' business; a
+When sessions start is :mod:`tokensched.benchmark.workloads.arrivals`' business; a
 session's next turn is released only when its previous answer has finished
-(see :mod:`tokensched.workloads.sessions`).
+(see :mod:`tokensched.benchmark.workloads.sessions`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import random
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tokensched.workloads.distributions import LogNormal
-from tokensched.workloads.trace import SessionRecord, TurnRecord
+from tokensched.benchmark.workloads.distributions import LogNormal
+from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord
 
 _ESTIMATE_SAMPLES = 4096
 NOMINAL_FIRST_TOKEN_S = 2.0  # a warm turn's prefill and queueing, for placing in-progress sessions only

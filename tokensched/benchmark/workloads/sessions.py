@@ -23,10 +23,10 @@ from typing import Protocol
 
 import attrs
 
+from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceError, TraceHeader
 from tokensched.config import RequestSpec
 from tokensched.errors import UnknownRequest
 from tokensched.plan import FinishReason
-from tokensched.workloads.trace import SessionRecord, Trace, TraceError, TraceHeader
 
 
 class SessionSource(Protocol):
@@ -39,7 +39,7 @@ class SessionSource(Protocol):
 
 
 class TraceSource:
-    """Replays the sessions of a recorded :class:`~tokensched.workloads.trace.Trace`."""
+    """Replays the sessions of a recorded :class:`~tokensched.benchmark.workloads.trace.Trace`."""
 
     def __init__(self, trace: Trace) -> None:
         self.header = trace.header

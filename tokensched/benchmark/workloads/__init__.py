@@ -5,17 +5,23 @@ submits what it releases and tells it when each request finishes, which
 releases that session's next turn after its think time.
 """
 
-from tokensched.workloads.arrivals import Arrivals, CodingAgentSource
-from tokensched.workloads.coding_agent import (
+from tokensched.benchmark.workloads.arrivals import Arrivals, CodingAgentSource
+from tokensched.benchmark.workloads.coding_agent import (
     CodingAgentConfig,
     CodingAgentGenerator,
     SessionStatistics,
     nominal_turn_offsets,
     session_statistics,
 )
-from tokensched.workloads.distributions import LogNormal
-from tokensched.workloads.sessions import SessionSource, SessionWorkload, TraceSource, WorkloadCounts, prompt_tokens
-from tokensched.workloads.trace import (
+from tokensched.benchmark.workloads.distributions import LogNormal
+from tokensched.benchmark.workloads.sessions import (
+    SessionSource,
+    SessionWorkload,
+    TraceSource,
+    WorkloadCounts,
+    prompt_tokens,
+)
+from tokensched.benchmark.workloads.trace import (
     SessionRecord,
     Trace,
     TraceError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
+from tokensched.benchmark.workloads import SessionWorkload
 from tokensched.config import RequestSpec
-from tokensched.workloads import SessionWorkload
 
 
 def answer_tokens(request_id: str, count: int) -> list[int]:

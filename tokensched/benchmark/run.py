@@ -2,15 +2,13 @@
 
 :func:`run_bench` builds a :class:`~tokensched.scheduler.Scheduler` with a
 policy profile, a ``SimExecutor`` for the deployment and a closed-loop
-:class:`~tokensched.workloads.SessionWorkload`, drives them with the
+:class:`~tokensched.benchmark.workloads.SessionWorkload`, drives them with the
 :class:`~tokensched.engine.Engine` over simulated time and returns a
-:class:`BenchResult`. :mod:`tokensched.benchrun` sweeps load levels and
+:class:`BenchResult`. :mod:`tokensched.benchmark.sweep` sweeps load levels and
 profiles and reports.
 
-Profiles set the policy *and* the knobs that come with a serving stack, so the
-baselines are configured like their projects' defaults on this hardware (the
-sources are in each profile's description). Every profile sees the same
-sessions (one seed) on the same cost model.
+Every profile (:mod:`tokensched.benchmark.profiles`) sees the same sessions
+(one seed) on the same cost model.
 
 Timeline of one run: sessions arrive from t=0; latencies and offered load are
 measured for requests arriving in ``[warmup_s, duration_s)``; arrivals go on
@@ -25,108 +23,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict
 
+from tokensched.benchmark.config import BenchConfig
+from tokensched.benchmark.metrics import MaybeNaN, MetricsCollector, MetricsSummary
+from tokensched.benchmark.profiles import PROFILES
+from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload, Trace, TraceSource
 from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
 from tokensched.executor import executor_package
-from tokensched.metrics import MaybeNaN, MetricsCollector, MetricsSummary
 from tokensched.plan import FinishReason
-from tokensched.policies import FCFSPolicy, Policy, PrefixAwarePolicy, SLOPolicy
 from tokensched.scheduler import Scheduler
-from tokensched.workloads import Arrivals, CodingAgentConfig, CodingAgentSource, SessionWorkload, Trace, TraceSource
 
 EOS_TOKEN_ID = 0  # the simulator's EOS; the scheduler stops on it, never knowing answer lengths up front
 _PROGRESS_EVERY = 512  # steps between progress callbacks
-
-
-@attrs.frozen(slots=True)
-class PolicyProfile:
-    """A named policy with the scheduler settings of the stack it stands for."""
-
-    name: str
-    description: str
-    make_policy: Callable[[BenchConfig], Policy]
-    settings: dict[str, Any] = attrs.field(factory=dict)  # SchedulerConfig overrides
-
-
-PROFILES: dict[str, PolicyProfile] = {
-    profile.name: profile
-    for profile in (
-        PolicyProfile(
-            "vllm",
-            "vLLM V1 defaults: FCFS, chunked prefill with max_num_batched_tokens=8192 and max_num_seqs=1024 "
-            "(EngineArgs defaults for >=70 GiB GPUs, online serving), block-hash prefix cache, recompute preemption",
-            lambda _: FCFSPolicy(),
-            {"max_batched_tokens": 8192, "max_running": 1024},
-        ),
-        PolicyProfile(
-            "sglang",
-            "SGLang: longest-prefix-match scheduling over its radix cache (schedule_policy=lpm), "
-            "chunked_prefill_size=16384 (ServerArgs default for >=160 GB GPUs), recompute on retraction",
-            lambda _: PrefixAwarePolicy(),
-            {"max_batched_tokens": 16384, "max_running": 1024},
-        ),
-        PolicyProfile(
-            "prefix-aware",
-            "tokensched: longest cached prefix first (FCFS among equals) with tokensched's default budget "
-            "(8192 tokens per step)",
-            lambda _: PrefixAwarePolicy(),
-        ),
-        PolicyProfile(
-            "retain",
-            "tokensched: longest cached prefix first, and a finished turn's KV kept 10 s for its session's next "
-            "turn (session_kv_retention_s=10); default budget (8192 tokens per step)",
-            lambda _: PrefixAwarePolicy(),
-            {"session_kv_retention_s": 10.0},
-        ),
-        PolicyProfile(
-            "slo",
-            "tokensched: earliest TTFT deadline first (arrival + ttft_slo_s); requests whose TTFT is met "
-            "are preempted first; tokensched's default budget (8192 tokens per step)",
-            lambda config: SLOPolicy(default_ttft_deadline=config.ttft_slo_s),
-        ),
-    )
-}
-
-
-class BenchConfig(BaseModel):
-    """One run: deployment, policy profile, load level and how long to simulate."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str = Field(default="kimi-k2.5", description="model preset of the simulator")
-    gpu: str = Field(default="b200", description="GPU preset of the simulator")
-    tp: int = Field(default=4, ge=1, description="tensor-parallel GPUs (per-GPU figures divide by this)")
-    kv_dtype: str | None = Field(default=None, description="KV cache dtype override of the simulator (e.g. fp8)")
-    block_size: int = Field(default=64, ge=1, description="KV block size (MLA kernels page by 64)")
-    policy: str = "vllm"
-    target_tpm: float | None = Field(default=2_500_000.0, gt=0.0, description="offered input tokens per minute")
-    concurrency: int | None = Field(default=None, ge=1, description="sessions kept running (instead of a TPM)")
-    duration_s: float = Field(default=600.0, gt=0.0, description="end of the measured arrivals")
-    warmup_s: float = Field(default=120.0, ge=0.0, description="arrivals before this are not measured")
-    drain_s: float = Field(default=60.0, ge=0.0, description="load goes on this long after duration_s, unmeasured")
-    ttft_slo_s: float = Field(default=10.0, gt=0.0, description="TTFT target: SLO policy deadline and attainment")
-    seed: int = 0
-    sample_interval_s: float = Field(default=1.0, gt=0.0, description="queue/KV sampling period")
-    num_speculative_tokens: int = Field(default=0, ge=0, le=16)
-    workload: CodingAgentConfig = CodingAgentConfig()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BenchConfig:
-        if (self.target_tpm is None) == (self.concurrency is None):
-            raise ValueError("set exactly one of target_tpm and concurrency")
-        if self.warmup_s >= self.duration_s:
-            raise ValueError(f"warmup_s={self.warmup_s} leaves nothing of duration_s={self.duration_s} to measure")
-        if self.policy not in PROFILES:
-            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(PROFILES)}")
-        return self
-
-    @property
-    def arrivals(self) -> Arrivals:
-        return Arrivals(target_tpm=self.target_tpm, concurrency=self.concurrency)
 
 
 class RunInfo(BaseModel):

@@ -1,0 +1,164 @@
+"""The connection layer's defences: a cap on open connections, a header-read timeout, one log line per interval.
+
+uvicorn accepts every connection and keeps an idle one open forever; a client
+holding many idle sockets can then use up the process's file descriptors, and
+every ``accept`` after that fails (and asyncio logs each failure). So the
+protocol uvicorn builds per connection is wrapped here:
+
+* at most ``limit`` connections are open; a new one past it closes the oldest
+  connection that is not inside a request (idle, or still sending its head),
+  and if every one is busy the new one gets a bare 503 and is closed. The
+  limit is also kept below the file-descriptor limit, so ``accept`` never
+  fails for lack of one;
+* a connection that has not sent a whole request head within
+  ``header_timeout_s`` of opening (or of its previous response) is closed;
+* refusals are counted and written as one line per interval, never one per
+  connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections import Counter
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("tokensched.server")
+
+LISTEN_BACKLOG = 128
+"""The listen backlog, which is also how many connections asyncio accepts per wake-up
+(``selector_events._accept_connection`` loops ``backlog`` times) before any of them reaches the guard."""
+FD_RESERVE = 3 * LISTEN_BACKLOG + 64
+"""Descriptors kept free below the limit: up to three accept batches in flight (accepted, being evicted, being
+closed) and 64 for the listener, logs and the executor."""
+_SHED_BODY = b'{"error":{"message":"too many open connections","type":"server_overloaded","code":"overloaded"}}'
+_SHED_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY)
+)
+
+
+def connection_limit(requested: int) -> int:
+    """``requested``, lowered so that open connections never use up the file-descriptor limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return requested
+    return max(1, min(requested, soft - FD_RESERVE))
+
+
+class ShedLog:
+    """Counts refusals by kind and logs them as one line per ``interval_s``."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.counts: Counter[str] = Counter()
+        self.totals: Counter[str] = Counter()
+        self._pending: asyncio.TimerHandle | None = None
+
+    def count(self, kind: str) -> None:
+        self.counts[kind] += 1
+        self.totals[kind] += 1
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().call_later(self.interval_s, self.flush)
+
+    def flush(self) -> None:
+        self._pending = None
+        if self.counts:
+            summary = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
+            log.warning("shed in the last %.0f s: %s", self.interval_s, summary)
+            self.counts.clear()
+
+
+class ConnectionGuard:
+    """The open connections of one server, oldest first, and what to do when there are too many."""
+
+    def __init__(self, limit: int, header_timeout_s: float, shed: ShedLog) -> None:
+        self.limit = connection_limit(limit)
+        self.header_timeout_s = header_timeout_s
+        self.shed = shed
+        self.open: dict[GuardedH11Protocol, None] = {}  # insertion-ordered: the oldest first
+
+    def admit(self, protocol: GuardedH11Protocol) -> bool:
+        """Make room for ``protocol`` (closing the oldest idle connection) or refuse it."""
+        if len(self.open) >= self.limit:
+            victim = next((p for p in self.open if not p.in_request), None)
+            if victim is None:
+                self.shed.count("connections refused with 503 (all busy)")
+                return False
+            self.shed.count("idle connections closed to admit new ones")
+            del self.open[victim]  # now, not at connection_lost: the next admit must not pick it again
+            victim.close()
+        self.open[protocol] = None
+        return True
+
+    def forget(self, protocol: GuardedH11Protocol) -> None:
+        self.open.pop(protocol, None)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol under a :class:`ConnectionGuard` (set on a subclass by :func:`guarded_protocol`)."""
+
+    guard: ConnectionGuard
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _admitted = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not self.guard.admit(self):
+            transport.write(_SHED_503)
+            transport.close()
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._cancel_head_timer()
+        self.guard.forget(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        super().data_received(data)
+        if self.in_request:
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._await_head()
+
+    @property
+    def in_request(self) -> bool:
+        """A request head has arrived and its response is not complete."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _await_head(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.guard.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.in_request and not self.transport.is_closing():
+            self.guard.shed.count("connections closed for not sending a request head in time")
+            self.transport.close()
+
+
+def guarded_protocol(guard: ConnectionGuard) -> type[GuardedH11Protocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` bound to ``guard``."""
+    return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"guard": guard})
