@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from tokensched.benchmark import BenchConfig, SweepReport, format_level, parse_level, run_bench
@@ -13,11 +12,11 @@ from tokensched.benchmark.workloads import Trace
 from tokensched.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--duration", "20", "--warmup", "5", "--drain", "5"]
+TINY = ["--duration", "60", "--warmup", "20", "--drain", "5"]
 
 
 def tiny(**update: object) -> BenchConfig:
-    fields: dict[str, object] = {"target_tpm": 1_000_000, "duration_s": 20, "warmup_s": 5, "drain_s": 5, **update}
+    fields: dict[str, object] = {"target_tpm": 1_000_000, "duration_s": 60, "warmup_s": 20, "drain_s": 5, **update}
     return BenchConfig.model_validate(fields)
 
 
@@ -35,7 +34,7 @@ def test_bench_sweeps_policies_and_writes_a_json_report_and_a_png(tmp_path: Path
         ("sglang", 1_000_000),
         ("sglang", 2_000_000),
     ]
-    assert all(r.metrics.num_requests > 0 and r.run.sim_time_s == pytest.approx(25, abs=1) for r in report.results)
+    assert all(r.metrics.num_requests > 0 and 65 <= r.run.sim_time_s < 75 for r in report.results)
     assert report.sim_time_s > 0 and report.speedup > 0
     json.loads((out / "bench.json").read_text())  # plain JSON (NaN written as null)
     png = (out / "bench.png").read_bytes()

@@ -4,12 +4,15 @@ A step runs every layer once over all its tokens. Each layer is a few phases
 (attention projections, prefill attention, decode attention, the MLP or MoE,
 and the lm_head once per step); a phase takes ``max(compute, memory traffic)``
 seconds, where compute is FLOPs over the achieved tensor-core rate and memory
-is bytes over the achieved HBM bandwidth. Tensor parallelism adds two
-all-reduces of the activations per layer, and every step pays a fixed
-overhead (kernel launches, sampling). See docs/sim.md for the derivation.
+is bytes over the achieved HBM bandwidth. Communication between ranks depends
+on the shape (two all-reduces per layer under TP; all-gather + reduce-scatter
+with DP attention; all-to-all dispatch/combine with DP attention + EP), and
+every step pays a fixed overhead (kernel launches, sampling). See docs/sim.md.
 
-Everything is per GPU rank: TP divides weights, heads and FLOPs by ``tp``,
-except MLA's latent KV cache, which every rank reads (and holds) whole.
+Everything is per GPU rank, for the busiest rank: TP divides weights, heads and
+FLOPs by ``tp`` except MLA's latent KV cache, which every rank reads whole; DP
+attention gives each rank ``1/tp`` of the requests (balanced) with all heads;
+EP gives each rank ``E/tp`` whole experts and the load of the busiest one.
 
 The model is evaluated from a :class:`BatchShape`: a handful of sums over the
 step's requests, so its cost is O(1) once the sums are taken (O(requests) in
@@ -19,89 +22,28 @@ the executor, with tiny constants).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
 
 import attrs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tokensched_sim.presets import Dtype, GPUSpec, ModelSpec, gpu_preset, model_preset
+from tokensched_sim.deployment import Deployment
+from tokensched_sim.draft import DEFAULT_DRAFT, DraftSpec, generic_draft
+from tokensched_sim.efficiency import Efficiency
+from tokensched_sim.engines import engine_preset, sglang_memory_settings
+from tokensched_sim.memory import (
+    GRAPH_BYTES_PER_BATCH,
+    DeploymentError,
+    MemoryBreakdown,
+    kv_budget,
+    runtime_bytes,
+)
+from tokensched_sim.presets import MODELS, Dtype, ModelSpec
 from tokensched_sim.shape import BatchShape
 
-_GIB = 1 << 30
-ACTIVATION_BYTES = 2  # BF16 hidden states, all-reduced between TP ranks
+__all__ = ["ATTENTION_PHASES", "PHASES", "CostModel", "Deployment", "Efficiency", "KVCapacity", "Terms"]
 
-
-class Efficiency(BaseModel):
-    """Achieved fractions of datasheet peaks, plus fixed costs: the knobs that calibration fits.
-
-    The defaults are engineering assumptions, not measurements; fit them to a
-    real GPU with ``python -m tokensched_sim.calibrate measured.csv``.
-    ``matmul``: large GEMMs reach 60-80% of dense peak, grouped MoE GEMMs less.
-    ``attention``: FlashAttention-class prefill kernels reach about half of peak.
-    ``memory``: streaming kernels reach ~80% of HBM bandwidth.
-    ``network``: NCCL all-reduce bus bandwidth vs NVLink per-direction peak.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    matmul: float = Field(default=0.6, gt=0, le=1)
-    attention: float = Field(default=0.5, gt=0, le=1)
-    memory: float = Field(default=0.8, gt=0, le=1)
-    network: float = Field(default=0.7, gt=0, le=1)
-    step_overhead_s: float = Field(default=5e-4, ge=0, description="launches, sampling, host sync per step")
-    allreduce_latency_s: float = Field(default=8e-6, ge=0, description="fixed latency of one all-reduce")
-
-
-class Deployment(BaseModel):
-    """A model served on ``tp`` GPUs with tensor parallelism; names of presets are accepted.
-
-    ``kv_dtype`` overrides the model's KV cache type (e.g. ``"fp8"``).
-    KV capacity is what is left of ``memory_utilization`` of each GPU's memory
-    after the rank's weights and ``reserved_bytes`` (activations, CUDA graphs).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: ModelSpec = Field(default_factory=lambda: model_preset("kimi-k2.5"))
-    gpu: GPUSpec = Field(default_factory=lambda: gpu_preset("b200"))
-    tp: int = Field(default=4, ge=1, le=72)
-    kv_dtype: Dtype | None = None
-    efficiency: Efficiency = Efficiency()
-    memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM's gpu_memory_utilization default")
-    reserved_bytes: float = Field(default=2 * _GIB, ge=0)
-    draft_layers: int = Field(default=1, ge=1, description="layers of the draft head (MTP/EAGLE-style)")
-
-    if TYPE_CHECKING:  # the validators below accept preset names; tell the type checker so
-
-        def __init__(
-            self,
-            *,
-            model: ModelSpec | str = ...,
-            gpu: GPUSpec | str = ...,
-            tp: int = ...,
-            kv_dtype: Dtype | str | None = ...,
-            efficiency: Efficiency = ...,
-            memory_utilization: float = ...,
-            reserved_bytes: float = ...,
-            draft_layers: int = ...,
-        ) -> None: ...
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_by_name(cls, value: Any) -> Any:
-        return model_preset(value) if isinstance(value, str) else value
-
-    @field_validator("gpu", mode="before")
-    @classmethod
-    def _gpu_by_name(cls, value: Any) -> Any:
-        return gpu_preset(value) if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _tp_divides_heads(self) -> Deployment:
-        if self.model.num_heads % self.tp:
-            raise ValueError(f"tp={self.tp} does not divide {self.model.name}'s {self.model.num_heads} heads")
-        return self
-
+ACTIVATION_BYTES = 2  # BF16 hidden states, exchanged between ranks
+# DeepEP dispatches FP8 activations (1 byte a value + scales) and combines in BF16 (deepseek-ai/DeepEP README).
+A2A_BYTES = 1 + 2
 
 PHASES = ("attn_proj", "prefill_attn", "decode_attn", "dense_mlp", "moe", "lm_head")
 """Phase names, in the order of :meth:`CostModel.terms`. ``prefill_attn`` and ``decode_attn`` use the
@@ -115,8 +57,42 @@ class Terms:
 
     compute_s: tuple[float, ...]  # one per PHASES entry
     memory_s: tuple[float, ...]
-    network_s: float  # all-reduce bytes at peak NVLink bandwidth
-    num_allreduces: int
+    network_s: float  # bytes exchanged between ranks at peak NVLink bandwidth
+    num_allreduces: int  # collectives, each paying the fixed latency
+
+
+@attrs.frozen(slots=True)
+class KVCapacity:
+    """What the KV cache holds: ``num_blocks`` for the scheduler, ``max_request_tokens`` for one request."""
+
+    block_size: int
+    num_blocks: int
+    num_tokens: int
+    max_request_tokens: int
+
+
+def default_draft(model: ModelSpec) -> DraftSpec:
+    """The model preset's published EAGLE-3 head, or an EAGLE-3-shaped one at its width."""
+    for key, spec in MODELS.items():
+        if spec == model and key in DEFAULT_DRAFT:
+            from tokensched_sim.draft import draft_preset
+
+            return draft_preset(DEFAULT_DRAFT[key])
+    return generic_draft(model.hidden_size, model.num_heads, model.intermediate_size)
+
+
+def expert_imbalance(num_tokens: int, num_experts_per_token: int, ranks: int) -> float:
+    """Busiest rank's routed load over the mean, for ``num_tokens`` tokens routed uniformly at random.
+
+    Each rank receives ~Binomial(T k, 1/ranks) assignments; the expected maximum of
+    ``ranks`` such loads is about ``mean + sd * sqrt(2 ln ranks)``. Real routing is
+    skewed beyond this (DeepSeek-V3 report, section 3.4: EPLB replicates hot experts),
+    which the model does not capture.
+    """
+    if ranks <= 1 or num_tokens <= 0:
+        return 1.0
+    spread = math.sqrt(2 * math.log(ranks) * (ranks - 1) / (num_tokens * num_experts_per_token))
+    return min(1.0 + spread, float(ranks))
 
 
 class CostModel:
@@ -128,33 +104,39 @@ class CostModel:
     """
 
     def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
-        m, g, tp = deployment.model, deployment.gpu, deployment.tp
-        self.efficiency = deployment.efficiency
-        kv_dtype = deployment.kv_dtype or m.kv_dtype
+        self.deployment = d = deployment
+        m, g, tp = d.model, d.gpu, d.tp
+        self.engine = engine_preset(d.engine)
+        self.efficiency = d.efficiency
+        dp, ep = d.attention == "dp", d.moe == "ep"
+        kv_dtype = d.kv_dtype or m.kv_dtype
         bw = g.hbm_bytes_per_s
         peak_w = g.peak_flops(m.weight_dtype)
         peak_e = g.peak_flops(m.expert_dtype)
-        peak_attn = g.bf16_flops  # attention math in BF16 whatever the KV storage type
+        peak_attn = g.peak_flops(Dtype.FP8 if d.attention_dtype == "fp8" else Dtype.BF16)
         wb, eb = m.weight_dtype.bytes, m.expert_dtype.bytes
-        heads = m.num_heads // tp
+        heads = m.num_heads if dp else m.num_heads // tp
+        share = 1 / tp if dp else 1.0  # the busiest rank's share of the step's requests (balanced DP)
         self.num_layers = m.num_layers
         self.num_dense_layers = m.num_layers - m.num_moe_layers
         self.num_moe_layers = m.num_moe_layers
 
         # Weights each rank reads per layer, and seconds per token of their matmuls at peak.
-        attn_params = m.attn_params_sharded / tp + m.attn_params_replicated
-        self._proj_c = 2 * attn_params / peak_w
+        attn_params = (m.attn_params_sharded if dp else m.attn_params_sharded / tp) + m.attn_params_replicated
+        self._proj_c = 2 * attn_params / peak_w * share
         self._proj_m = attn_params * wb / bw
         mlp_params = m.dense_mlp_params / tp
         self._mlp_c = 2 * mlp_params / peak_w
         self._mlp_m = mlp_params * wb / bw
         always = m.num_shared_experts * m.expert_params / tp + m.router_params  # router replicated
-        expert = m.expert_params / tp
-        self._moe_c = 2 * always / peak_w + 2 * m.num_experts_per_token * expert / peak_e
+        expert = m.expert_params / tp  # per touched expert: a slice (TP) or a whole expert over tp ranks (EP)
+        self._always_c = 2 * always / peak_w
+        self._routed_c = 2 * m.num_experts_per_token * expert / peak_e
         self._moe_always_m = always * wb / bw
         self._expert_m = expert * eb / bw
         self._num_experts = m.num_experts
+        self._k = m.num_experts_per_token
+        self._ep_ranks = tp if ep and m.num_experts else 1
         # (1 - k/E)^T is the chance one expert is missed by all T tokens (each picks k of E uniformly).
         self._log_miss = math.log1p(-m.num_experts_per_token / m.num_experts) if m.num_experts else 0.0
         head_params = m.embedding_params / tp
@@ -172,37 +154,152 @@ class CostModel:
         else:
             self._pre_pair_c = self._dec_pair_c = 2 * heads * 2 * m.head_dim / peak_attn
             self._pre_ctx_c = 0.0
-            kv_heads_rank = max(m.num_kv_heads / tp, 1.0)  # KV heads are replicated when tp > num_kv_heads
+            kv_heads_rank = m.num_kv_heads if dp else max(m.num_kv_heads / tp, 1.0)  # replicated past their count
             kv_values_rank = round(2 * kv_heads_rank * m.head_dim)
+        self._pre_pair_c *= share
+        self._pre_ctx_c *= share
+        self._dec_pair_c *= share
         self.kv_bytes_per_token_layer = kv_values_rank * kv_dtype.bytes
-        self._kv_m = self.kv_bytes_per_token_layer / bw
+        self._kv_m = self.kv_bytes_per_token_layer / bw * share
 
-        # Two all-reduces per layer (after attention, after the MLP), ring algorithm.
-        link = g.nvlink_bytes_per_s / 2  # one direction
-        self._ar_s = (2 * (tp - 1) / tp) * m.hidden_size * ACTIVATION_BYTES / link if tp > 1 else 0.0
-        self._ar_per_layer = 2 if tp > 1 else 0
+        # Communication per layer, seconds per step token at peak one-way NVLink, and collectives per layer.
+        link = g.nvlink_bytes_per_s / 2
+        ring = 2 * (tp - 1) / tp * m.hidden_size * ACTIVATION_BYTES / link if tp > 1 else 0.0
+        if tp == 1:
+            dense_net = moe_net = 0.0
+            dense_n = moe_n = 0
+        elif not dp:  # an all-reduce after attention and one after the MLP/MoE (EP experts sum partial outputs too)
+            dense_net = moe_net = 2 * ring
+            dense_n = moe_n = 2
+        else:  # all-gather before the MLP, reduce-scatter after: one all-reduce's volume in two collectives
+            dense_net = moe_net = ring
+            dense_n = moe_n = 2
+            if ep and m.num_experts:  # dispatch + combine: each of this rank's tokens goes to k experts
+                moe_net = share * m.num_experts_per_token * (tp - 1) / tp * m.hidden_size * A2A_BYTES / link
+        self._net_layers = (self.num_dense_layers * dense_net, self.num_moe_layers * moe_net)
+        self._coll_layers = (self.num_dense_layers * dense_n, self.num_moe_layers * moe_n)
 
-        # Memory: what the weights leave for the KV cache.
+        # Speculation: the draft head's weights, KV and per-pass constants.
+        self.num_speculative_tokens = d.num_speculative_tokens
+        self.draft: DraftSpec | None = None
+        draft_bytes = draft_kv_token = 0.0
+        if d.num_speculative_tokens:
+            self.draft = d.draft or default_draft(m)
+            draft_params = self.draft.params() / tp
+            draft_bytes = draft_params * self.draft.weight_dtype.bytes
+            draft_kv_token = self.draft.kv_values_per_token(tp) * kv_dtype.bytes
+            self._draft_c = 2 * draft_params / g.peak_flops(self.draft.weight_dtype)
+            self._draft_m = draft_bytes / bw
+            dheads = self.draft.num_layers * self.draft.num_heads / tp
+            self._draft_pair_c = 2 * dheads * 2 * self.draft.head_dim / peak_attn
+            self._draft_kv_m = draft_kv_token / bw
+            self._draft_net = 2 * self.draft.num_layers * ring
+            self._draft_coll = 2 * self.draft.num_layers if tp > 1 else 0
+
+        # Memory: what the engine's rule leaves for the KV cache.
         self.weight_bytes_per_rank = (
             attn_params * wb * m.num_layers
             + mlp_params * wb * self.num_dense_layers
             + (m.num_experts * expert * eb + always * wb) * self.num_moe_layers
             + 2 * head_params * wb
         )
-        self.kv_bytes_per_token = self.kv_bytes_per_token_layer * m.num_layers
-        budget = g.memory_bytes * deployment.memory_utilization - self.weight_bytes_per_rank - deployment.reserved_bytes
-        if budget < self.kv_bytes_per_token:
-            raise ValueError(
-                f"{m.name} on {tp}x {g.name}: weights take {self.weight_bytes_per_rank / 1e9:.1f} GB per rank of "
-                f"{g.memory_bytes * deployment.memory_utilization / 1e9:.1f} GB usable; no room for a KV cache"
-            )
-        self.kv_budget_bytes = budget
-        self.num_kv_tokens = int(budget // self.kv_bytes_per_token)
+        self.kv_bytes_per_token = self.kv_bytes_per_token_layer * m.num_layers  # the target's, per rank
+        self.memory = self._memory(draft_bytes, self.kv_bytes_per_token + draft_kv_token)
+        self.kv_budget_bytes = self.memory.kv
+        self.num_kv_tokens = self.memory.kv_tokens_per_rank
         self._fold_efficiency()
 
+    # Memory ----------------------------------------------------------------------------------------
+
+    def _memory(self, draft_bytes: float, cell: float) -> MemoryBreakdown:
+        d, m, e = self.deployment, self.deployment.model, self.engine
+        gpu_bytes = d.gpu.memory_bytes
+        fraction, batched, graphs = e.memory_fraction, e.max_num_batched_tokens, e.cuda_graph_max_batch
+        if e.memory_rule == "static_fraction":
+            mfs, chunk, max_bs = sglang_memory_settings(
+                gpu_bytes, d.tp, speculative=bool(d.num_speculative_tokens), dp_attention=d.attention == "dp"
+            )
+            fraction = fraction or mfs
+            batched = batched or chunk
+            graphs = max_bs if graphs is None else graphs
+        if d.memory_utilization is not None:
+            fraction = d.memory_utilization
+        assert fraction is not None and batched is not None and graphs is not None  # every preset sets them
+        graph_bytes = graphs * GRAPH_BYTES_PER_BATCH * (2 if d.num_speculative_tokens else 1)
+        activations = batched * self._activation_bytes_per_token() + e.max_num_seqs * m.vocab_size / d.tp * 4
+        runtime = runtime_bytes(d.tp)
+        kv, shortfall = kv_budget(
+            e.memory_rule,
+            fraction,
+            gpu_bytes=gpu_bytes,
+            weights=self.weight_bytes_per_rank,
+            draft=draft_bytes,
+            activations=activations,
+            cuda_graphs=graph_bytes,
+            runtime=runtime,
+        )
+        if shortfall > 0 or kv < cell:
+            short = max(shortfall, cell - kv)
+            raise DeploymentError(
+                f"{m.name} on {d.tp}x {d.gpu.name} ({d.engine}, {e.memory_rule} {fraction:.3f}): weights take "
+                f"{self.weight_bytes_per_rank / 1e9:.1f} GB per rank (+ draft {draft_bytes / 1e9:.1f}, activations "
+                f"{activations / 1e9:.1f}, graphs {graph_bytes / 1e9:.1f}, runtime {runtime / 1e9:.1f}) of "
+                f"{gpu_bytes / 1e9:.1f} GB: {short / 1e9:.1f} GB per rank short of room for a KV cache"
+            )
+        return MemoryBreakdown(
+            engine=d.engine,
+            rule=e.memory_rule,
+            fraction=fraction,
+            num_ranks=d.tp,
+            attention=d.attention,
+            gpu_bytes=gpu_bytes,
+            weights=self.weight_bytes_per_rank,
+            draft=draft_bytes,
+            activations=activations,
+            cuda_graphs=graph_bytes,
+            runtime=runtime,
+            kv=kv,
+            kv_bytes_per_token=cell,
+            kv_tokens_per_rank=int(kv // cell),
+        )
+
+    def _activation_bytes_per_token(self) -> float:
+        """Peak activation bytes per batched token on one rank (see :mod:`tokensched_sim.memory`)."""
+        m, tp = self.deployment.model, self.deployment.tp
+        heads = m.num_heads if self.deployment.attention == "dp" else m.num_heads // tp
+        hidden = 4 * m.hidden_size
+        if m.attention == "mla":
+            attn = heads * (2 * (m.qk_nope_head_dim + m.qk_rope_head_dim) + 2 * m.v_head_dim)
+        else:
+            attn = heads * 4 * m.head_dim
+        if m.num_experts:
+            mlp = m.num_experts_per_token * (2 * m.moe_intermediate_size / tp + m.hidden_size)
+        else:
+            mlp = 2 * m.intermediate_size / tp
+        return (hidden + attn + mlp) * ACTIVATION_BYTES
+
+    def memory_breakdown(self) -> MemoryBreakdown:
+        """Per-rank bytes by item under the engine's rule (``.format()`` prints one line)."""
+        return self.memory
+
     def num_kv_blocks(self, block_size: int) -> int:
-        """KV blocks of ``block_size`` tokens that fit one rank's memory (every rank holds the same tokens)."""
-        return self.num_kv_tokens // block_size
+        """KV blocks of ``block_size`` tokens the deployment holds (every rank's under DP attention)."""
+        per_rank = self.num_kv_tokens // block_size
+        return per_rank * self.deployment.tp if self.deployment.attention == "dp" else per_rank
+
+    def max_request_tokens(self, block_size: int) -> int:
+        """The longest context one request can hold: one rank's blocks (a request lives on one rank)."""
+        return self.num_kv_tokens // block_size * block_size
+
+    def kv_capacity(self, block_size: int) -> KVCapacity:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        blocks = self.num_kv_blocks(block_size)
+        if blocks < 1:
+            raise DeploymentError(f"block_size {block_size} exceeds the {self.num_kv_tokens}-token KV capacity")
+        return KVCapacity(block_size, blocks, blocks * block_size, self.max_request_tokens(block_size))
+
+    # Time ------------------------------------------------------------------------------------------
 
     def experts_touched(self, num_tokens: int) -> float:
         """Expected distinct routed experts per MoE layer when ``num_tokens`` tokens each pick k of E."""
@@ -210,17 +307,22 @@ class CostModel:
             return 0.0
         return self._num_experts * -math.expm1(num_tokens * self._log_miss)
 
+    def _imbalance(self, num_tokens: int) -> float:
+        return expert_imbalance(num_tokens, self._k, self._ep_ranks) if self._ep_ranks > 1 else 1.0
+
     def terms(self, shape: BatchShape, layers: tuple[int, int, int] | None = None) -> Terms:
         """Seconds at peak per phase; ``layers`` = (attention, dense-MLP, MoE) layer counts (default: all)."""
         n_attn, n_dense, n_moe = layers or (self.num_layers, self.num_dense_layers, self.num_moe_layers)
         t = shape.num_tokens
         kv_m = self._kv_m
+        imb = self._imbalance(t)
+        touched = min(self.experts_touched(t) * imb, self._num_experts)
         compute = (
             n_attn * t * self._proj_c,
             n_attn * (shape.prefill_pairs * self._pre_pair_c + shape.prefill_context_tokens * self._pre_ctx_c),
             n_attn * shape.decode_pairs * self._dec_pair_c,
             n_dense * t * self._mlp_c,
-            n_moe * t * self._moe_c,
+            n_moe * t * (self._always_c + self._routed_c * imb),
             shape.num_logits * self._head_c,
         )
         memory = (
@@ -228,10 +330,13 @@ class CostModel:
             n_attn * shape.prefill_kv_tokens * kv_m,
             n_attn * shape.decode_kv_tokens * kv_m,
             n_dense * self._mlp_m,
-            n_moe * (self._moe_always_m + self.experts_touched(t) * self._expert_m) if t else 0.0,
+            n_moe * (self._moe_always_m + touched * self._expert_m) if t else 0.0,
             self._head_m if shape.num_logits else 0.0,
         )
-        return Terms(compute, memory, n_attn * self._ar_per_layer * t * self._ar_s, n_attn * self._ar_per_layer)
+        dense_layers, moe_layers = max(self.num_dense_layers, 1), max(self.num_moe_layers, 1)
+        net = t * (self._net_layers[0] * n_dense / dense_layers + self._net_layers[1] * n_moe / moe_layers)
+        coll = round(self._coll_layers[0] * n_dense / dense_layers + self._coll_layers[1] * n_moe / moe_layers)
+        return Terms(compute, memory, net, coll)
 
     def time_from_terms(self, terms: Terms, efficiency: Efficiency | None = None) -> float:
         """Seconds of a step from its :class:`Terms` and a set of efficiencies."""
@@ -257,11 +362,19 @@ class CostModel:
         self._f_attn = (n * self._pre_pair_c * x_attn, n * self._pre_ctx_c * x_attn, n * self._dec_pair_c * x_attn)
         self._f_kv = n * self._kv_m * x_mem
         self._f_mlp = (nd * self._mlp_c * x_mm, nd * self._mlp_m * x_mem)
-        self._f_moe = (nm * self._moe_c * x_mm, nm * self._moe_always_m * x_mem, nm * self._expert_m * x_mem)
+        self._f_moe = (
+            nm * self._always_c * x_mm,
+            nm * self._routed_c * x_mm,
+            nm * self._moe_always_m * x_mem,
+            nm * self._expert_m * x_mem,
+        )
         self._f_head = (self._head_c * x_mm, self._head_m * x_mem)
-        self._f_net = n * self._ar_per_layer * self._ar_s / e.network
-        self._f_allreduce_latency = n * self._ar_per_layer * e.allreduce_latency_s
-        self._f_const = self._f_allreduce_latency + e.step_overhead_s
+        self._f_net = sum(self._net_layers) / e.network
+        self._f_const = sum(self._coll_layers) * e.allreduce_latency_s + e.step_overhead_s
+        if self.draft is not None:
+            self._f_draft = (self._draft_c * x_mm, self._draft_m * x_mem)
+            self._f_draft_attn = max(self._draft_pair_c * x_attn, self._draft_kv_m * x_mem)
+            self._f_draft_net = (self._draft_net / e.network, self._draft_coll * e.allreduce_latency_s)
 
     def step_time(self, shape: BatchShape) -> float:
         """Modelled seconds of one step of the target model, fixed overhead included.
@@ -286,48 +399,35 @@ class CostModel:
             c, m = self._f_mlp
             total += t * c if t * c > m else m
         if self.num_moe_layers:
-            c, always, per_expert = self._f_moe
-            c, m = t * c, always + self.experts_touched(t) * per_expert
+            always_c, routed_c, always_m, per_expert = self._f_moe
+            imb = self._imbalance(t) if self._ep_ranks > 1 else 1.0
+            touched = self.experts_touched(t) * imb
+            if touched > self._num_experts:
+                touched = self._num_experts
+            c, m = t * (always_c + routed_c * imb), always_m + touched * per_expert
             total += c if c > m else m
         if shape.num_logits:
             c, m = self._f_head
             total += shape.num_logits * c if shape.num_logits * c > m else m
         return total
 
-    def draft_layer_counts(self) -> tuple[int, int, int]:
-        """(attention, dense-MLP, MoE) layers of the draft head: ``draft_layers`` layers of the target's kind."""
-        n = self.deployment.draft_layers
-        return (n, 0, n) if self.num_moe_layers else (n, n, 0)
-
     def draft_time(self, num_requests: int, kv_tokens: int, num_drafts: int) -> float:
-        """Seconds to propose ``num_drafts`` tokens each for ``num_requests`` requests with a small draft head.
+        """Seconds for the draft head to propose ``num_drafts`` tokens each for ``num_requests`` requests.
 
-        The draft head (:meth:`draft_layer_counts`, an MTP/EAGLE-style module)
-        plus the lm_head runs once per draft token, sequentially; the j-th pass
-        attends over ``kv_tokens + j * num_requests`` tokens. Equal to summing
-        ``time_from_terms(terms(shape_j, draft_layer_counts()))`` over the passes.
+        The head (:attr:`draft`: one EAGLE-3 layer, its ``fc`` and its lm_head,
+        TP-sharded) runs once per draft token, sequentially; the j-th pass
+        attends over ``kv_tokens + j * num_requests`` tokens of its own cache.
+        Each pass is ``max(weight FLOPs, weight bytes)`` plus attention plus two
+        all-reduces per layer.
         """
         r = num_requests
-        if not r or not num_drafts:
+        if not r or not num_drafts or self.draft is None:
             return 0.0
-        n_attn, n_dense, n_moe = self.draft_layer_counts()
-        a = n_attn / self.num_layers
-        proj_c, proj_m = self._f_proj
-        once = (r * proj_c if r * proj_c > proj_m else proj_m) * a
-        if n_moe:
-            c, always, per_expert = self._f_moe
-            c, m = r * c, always + self.experts_touched(r) * per_expert
-            once += (c if c > m else m) * n_moe / self.num_moe_layers
-        else:
-            c, m = self._f_mlp
-            once += (r * c if r * c > m else m) * n_dense / self.num_dense_layers
-        c, m = self._f_head
-        once += r * c if r * c > m else m
-        once += (r * self._f_net + self._f_allreduce_latency) * a
-        # One query per request: pairs == KV tokens, so compute and traffic grow together over the passes.
-        _, _, dec_c = self._f_attn
+        c, m = self._f_draft
+        net, latency = self._f_draft_net
+        once = (r * c if r * c > m else m) + r * net + latency
         kv_total = num_drafts * kv_tokens + r * num_drafts * (num_drafts - 1) // 2
-        return num_drafts * once + (dec_c if dec_c > self._f_kv else self._f_kv) * a * kv_total
+        return num_drafts * once + self._f_draft_attn * kv_total
 
     def breakdown(self, shape: BatchShape) -> dict[str, float]:
         """Seconds per phase with efficiencies applied (for reports and tests), plus network and overhead."""

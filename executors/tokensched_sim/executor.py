@@ -23,6 +23,7 @@ from tokensched.errors import TokenschedError
 from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
+from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
 from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
 
@@ -39,7 +40,7 @@ class SimExecutor(VirtualClock):
     >>> from tokensched_sim import Deployment, SimExecutor
     >>> ex = SimExecutor(Deployment(model="dense-8b", gpu="h100", tp=1), output_lengths={"a": 3})
     >>> ex.num_kv_blocks
-    25650
+    28863
 
     Args:
         deployment: model, GPU, TP degree and efficiencies (default: Kimi-K2.5-class on 4x B200).
@@ -48,8 +49,11 @@ class SimExecutor(VirtualClock):
             The requests must name the same ``eos_token_id`` (or list it in ``stop_token_ids``).
         eos_token_id: the id emitted at the target length; random tokens are never this id.
         num_speculative_tokens: drafts proposed per request per step (0: no speculation; 3 is typical).
-            Match ``SchedulerConfig.num_speculative_tokens``.
-        acceptance_rate: probability each draft is accepted, given all earlier ones were.
+            Match ``SchedulerConfig.num_speculative_tokens``. ``None``: the deployment's. A deployment
+            built without speculation is given it (its draft head then takes memory and time).
+        acceptance_rate: probability each draft is accepted, given all earlier ones were (drawn per draft).
+        mean_accepted_length: instead of ``acceptance_rate``, the tokens per verification (bonus
+            included) to reproduce; with neither, the published Kimi EAGLE-3 figure (2.54 at 3 drafts).
         seed: seeds the one RNG behind every token and acceptance; same seed and plans, same results.
         num_kv_blocks: override the capacity computed from memory (e.g. a small pool for tests).
     """
@@ -61,12 +65,32 @@ class SimExecutor(VirtualClock):
         block_size: int = 16,
         output_lengths: OutputLengths | None = None,
         eos_token_id: int = 0,
-        num_speculative_tokens: int = 0,
-        acceptance_rate: float = 0.7,
+        num_speculative_tokens: int | None = None,
+        acceptance_rate: float | None = None,
+        mean_accepted_length: float | None = None,
         seed: int = 0,
         num_kv_blocks: int | None = None,
     ) -> None:
-        self.deployment = deployment or Deployment()
+        deployment = deployment or Deployment()
+        k = deployment.num_speculative_tokens if num_speculative_tokens is None else num_speculative_tokens
+        if k < 0:
+            raise ValueError(f"num_speculative_tokens must be >= 0, got {k}")
+        if k != deployment.num_speculative_tokens:
+            if deployment.num_speculative_tokens:
+                raise ValueError(
+                    f"num_speculative_tokens={k} but the deployment speculates {deployment.num_speculative_tokens}"
+                )
+            deployment = Deployment.model_validate({**dict(deployment), "num_speculative_tokens": k})
+        num_speculative_tokens = k
+        if acceptance_rate is not None and mean_accepted_length is not None:
+            raise ValueError("give acceptance_rate or mean_accepted_length, not both")
+        if acceptance_rate is None:
+            length = KIMI_EAGLE3_ACCEPT_LENGTH if mean_accepted_length is None else mean_accepted_length
+            drafts = k or KIMI_EAGLE3_NUM_DRAFTS
+            if mean_accepted_length is None:  # the published per-draft rate, whatever k is
+                drafts = KIMI_EAGLE3_NUM_DRAFTS
+            acceptance_rate = acceptance_rate_for_length(length, drafts)
+        self.deployment = deployment
         self.cost_model = CostModel(self.deployment)
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")

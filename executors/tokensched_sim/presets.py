@@ -7,7 +7,10 @@ parameter counts the cost model needs are derived from it, so a new model is a
 few numbers, not a table of sizes.
 
 Sources, by name (figures are per GPU; "dense" is the datasheet's sparse figure
-halved, as the datasheets footnote their headline numbers "with sparsity"):
+halved, as the datasheets footnote their headline numbers "with sparsity").
+Memory is what the device reports (``nvidia-smi`` ``memory.total``, MiB), since
+that is what engines take fractions of: H100 SXM5 81,559 MiB, H200 143,771 MiB,
+B200 183,359 MiB (as printed by nvidia-smi on those GPUs in many public logs).
 
 - NVIDIA H100 Tensor Core GPU datasheet (H100 SXM5): 80 GB HBM3 at 3.35 TB/s;
   BF16 1,979 / FP8 3,958 TFLOP/s with sparsity; NVLink 900 GB/s.
@@ -60,7 +63,7 @@ class GPUSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    memory_bytes: float = Field(gt=0, description="HBM capacity")
+    memory_bytes: float = Field(gt=0, description="memory the device reports (nvidia-smi memory.total)")
     hbm_bytes_per_s: float = Field(gt=0, description="HBM bandwidth")
     bf16_flops: float = Field(gt=0, description="dense BF16 tensor-core FLOP/s")
     fp8_flops: float | None = Field(default=None, gt=0, description="dense FP8 tensor-core FLOP/s")
@@ -200,35 +203,36 @@ class ModelSpec(BaseModel):
 
 _TERA = 1e12
 _GB = 1e9
+_MIB = 1 << 20
 
 GPUS: dict[str, GPUSpec] = {
     "h100": GPUSpec(
         name="H100 SXM5 80GB",
-        memory_bytes=80 * _GB,
+        memory_bytes=81_559 * _MIB,
         hbm_bytes_per_s=3.35 * _TERA,
         bf16_flops=989.5 * _TERA,
         fp8_flops=1979 * _TERA,
         nvlink_bytes_per_s=900 * _GB,
-        source="NVIDIA H100 Tensor Core GPU datasheet (SXM5)",
+        source="NVIDIA H100 Tensor Core GPU datasheet (SXM5); nvidia-smi memory.total 81,559 MiB",
     ),
     "h200": GPUSpec(
         name="H200 SXM 141GB",
-        memory_bytes=141 * _GB,
+        memory_bytes=143_771 * _MIB,
         hbm_bytes_per_s=4.8 * _TERA,
         bf16_flops=989.5 * _TERA,
         fp8_flops=1979 * _TERA,
         nvlink_bytes_per_s=900 * _GB,
-        source="NVIDIA H200 Tensor Core GPU datasheet (SXM)",
+        source="NVIDIA H200 Tensor Core GPU datasheet (SXM); nvidia-smi memory.total 143,771 MiB",
     ),
     "b200": GPUSpec(
         name="B200 (HGX, 1000 W)",
-        memory_bytes=180 * _GB,
+        memory_bytes=183_359 * _MIB,
         hbm_bytes_per_s=8.0 * _TERA,
         bf16_flops=2250 * _TERA,
         fp8_flops=4500 * _TERA,
         fp4_flops=9000 * _TERA,
         nvlink_bytes_per_s=1800 * _GB,
-        source="NVIDIA HGX B200 datasheet (board figures / 8, sparse / 2); DGX B200 datasheet (1,440 GB / 8)",
+        source="NVIDIA HGX B200 datasheet (board figures / 8, sparse / 2); nvidia-smi memory.total 183,359 MiB",
     ),
 }
 

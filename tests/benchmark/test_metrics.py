@@ -124,3 +124,32 @@ def test_collector_refuses_unknown_and_duplicate_requests() -> None:
         m.on_outputs([out("y", 1)], 1.0)
     with pytest.raises(ValueError, match="empty window"):
         MetricsCollector(window_start=5.0, window_end=5.0)
+
+
+def _steady_or_growing(growth_per_s: float, *, censor_last: int = 0) -> MetricsSummary:
+    """One arrival a second over [0, 100); TTFT 0.5 s plus ``growth_per_s`` per second of arrival time."""
+    m = MetricsCollector(window_start=0.0, window_end=100.0, sample_interval_s=1.0)
+    for i in range(100):
+        m.on_arrival(f"r{i}", 1_000, float(i))
+        if i < 100 - censor_last:
+            m.on_outputs([out(f"r{i}", 1, done=True)], i + 0.5 + growth_per_s * i)
+        m.on_stats(float(i), Stats(round(growth_per_s * i), 1, 0.5, 0, 0, 0))
+    return m.summarize(end_time=100.0)
+
+
+def test_a_steady_queue_is_not_overloaded() -> None:
+    s = _steady_or_growing(0.0)
+    assert not s.overloaded
+    assert s.ttft_growth_s == pytest.approx(0.0, abs=1e-9) and s.queue_growth == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_queue_still_growing_at_the_end_of_the_window_is_overloaded() -> None:
+    s = _steady_or_growing(0.2)  # TTFT grows by 10 s over the second half
+    assert s.overloaded
+    assert s.ttft_growth_s == pytest.approx(10.0)
+    assert s.queue_growth == pytest.approx(10.0, rel=0.05)
+    assert not _steady_or_growing(0.01).overloaded  # 0.5 s of drift over the half: noise, not divergence
+
+
+def test_many_requests_without_a_first_token_mean_overloaded() -> None:
+    assert _steady_or_growing(0.0, censor_last=10).overloaded

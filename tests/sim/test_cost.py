@@ -131,8 +131,9 @@ def test_speculative_verification_computes_k_plus_one_tokens_per_request() -> No
 
 
 def test_an_empty_step_costs_nothing_and_draft_time_grows_with_drafts() -> None:
-    cm = dense8b(efficiency=Efficiency())
-    assert cm.step_time(BatchShape(0, 0)) == 0.0
+    assert dense8b(efficiency=Efficiency()).step_time(BatchShape(0, 0)) == 0.0
+    assert dense8b(efficiency=Efficiency()).draft_time(8, 8000, 3) == 0.0  # no speculation: no draft head
+    cm = CostModel(Deployment(model="dense-8b", gpu="h100", tp=1, num_speculative_tokens=3))
     one = cm.draft_time(8, 8000, 1)
     assert one > 0
     assert cm.draft_time(8, 8000, 3) == pytest.approx(3 * one, rel=0.05)

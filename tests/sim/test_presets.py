@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from tokensched_sim import GPUS, MODELS, CostModel, Deployment, Dtype, SimExecutor, gpu_preset, model_preset
+from tokensched_sim import (
+    ENGINES,
+    GPUS,
+    MODELS,
+    CostModel,
+    Deployment,
+    DeploymentError,
+    Dtype,
+    SimExecutor,
+    gpu_preset,
+    model_preset,
+)
+from tokensched_sim.engines import sglang_memory_settings
 
 GIB = 1 << 30
 
@@ -31,15 +43,39 @@ def test_datasheet_figures() -> None:
         gpu_preset("tpu")
 
 
-def test_dense_capacity_is_memory_after_weights_over_kv_per_token() -> None:
-    cm = CostModel(Deployment(model="dense-8b", gpu="h100", tp=1))
+MIB = 1 << 20
+
+
+def test_gpu_memory_is_what_the_device_reports() -> None:
+    assert gpu_preset("b200").memory_bytes == 183_359 * MIB == pytest.approx(192.3e9, rel=1e-3)
+    assert gpu_preset("h200").memory_bytes == 143_771 * MIB
+    assert gpu_preset("h100").memory_bytes == 81_559 * MIB
+
+
+def test_dense_capacity_follows_the_engine_rule_over_kv_per_token() -> None:
     per_layer = 4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336
     weights = (32 * per_layer + 2 * 128256 * 4096) * 2  # BF16, embedding and lm_head untied
-    assert cm.weight_bytes_per_rank == weights == 16_059_990_016
     kv_per_token = 32 * 2 * 8 * 128 * 2
-    tokens = (80e9 * 0.9 - weights - 2 * GIB) // kv_per_token
-    assert cm.num_kv_tokens == tokens == 410_404
-    assert SimExecutor(Deployment(model="dense-8b", gpu="h100", tp=1), block_size=16).num_kv_blocks == tokens // 16
+    total = 81_559 * MIB
+    runtime = 512 * MIB + GIB / 8
+    # Activations of an 8192-token step: 4 hidden states + q, k, v, o (32 heads of 128) + MLP (2 x 14336) in BF16,
+    # plus FP32 logits for max_num_seqs rows.
+    per_token = (4 * 4096 + 32 * 4 * 128 + 2 * 14336) * 2
+    for engine, seqs in (("vllm", 1024), ("trtllm", 2048)):
+        cm = CostModel(Deployment(model="dense-8b", gpu="h100", tp=1, engine=engine))
+        assert cm.weight_bytes_per_rank == weights == 16_059_990_016
+        activations = 8192 * per_token + seqs * 128256 * 4
+        m = cm.memory_breakdown()
+        assert m.activations == pytest.approx(activations)
+        assert m.runtime == runtime
+        if engine == "vllm":  # 0.9 of the total, less everything but the graphs
+            kv = 0.9 * total - runtime - weights - activations
+        else:  # 0.9 of what is free after weights, activations and runtime
+            kv = 0.9 * (total - runtime - weights - activations)
+        assert m.kv == pytest.approx(kv)
+        assert cm.num_kv_tokens == kv // kv_per_token
+        assert SimExecutor(cm.deployment, block_size=16).num_kv_blocks == cm.num_kv_tokens // 16
+        assert m.unused == pytest.approx(total - weights - activations - runtime - m.cuda_graphs - m.kv)
 
 
 def test_mla_capacity_under_tp_counts_the_whole_latent_on_each_rank() -> None:
@@ -55,18 +91,69 @@ def test_mla_capacity_under_tp_counts_the_whole_latent_on_each_rank() -> None:
     assert cm.weight_bytes_per_rank == pytest.approx(weights)
     assert 145e9 < weights < 155e9  # ~600 GB of weights over 4 GPUs
     kv_per_token = 61 * (512 + 64) * 2  # the whole latent, BF16, not divided by TP
-    assert cm.num_kv_tokens == (180e9 * 0.9 - weights - 2 * GIB) // kv_per_token
+    assert cm.kv_bytes_per_token == kv_per_token
+    assert cm.num_kv_tokens == cm.memory_breakdown().kv // kv_per_token
     fp8 = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8"))
     assert fp8.num_kv_tokens == pytest.approx(2 * cm.num_kv_tokens, abs=2)
 
 
+def test_engines_divide_memory_differently() -> None:
+    """On 4x B200 the rules give Kimi-K2.5 from ~0.3M (SGLang + EAGLE) to ~1M (TensorRT-LLM) FP8 KV tokens."""
+    tokens = {
+        engine: CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine=engine)).num_kv_tokens
+        for engine in ENGINES
+    }
+    assert tokens["trtllm"] > tokens["vllm"] > tokens["sglang"]
+    assert 0.9e6 < tokens["trtllm"] < 1.1e6
+    assert 0.5e6 < tokens["vllm"] < 0.65e6
+
+
+def test_sglang_mem_fraction_static_follows_its_heuristic() -> None:
+    # B200 (183,359 MiB > 160 GiB): 16k chunks and 512 graphs; reserved MiB = 512 + 1.5*16384 + 2*512 + tp/8*1024.
+    assert sglang_memory_settings(183_359 * MIB, 4, speculative=False) == (0.855, 16384, 512)
+    assert sglang_memory_settings(183_359 * MIB, 4, speculative=True)[0] == round((183_359 - 28_672) / 183_359, 3)
+    h100_reserved = 512 + 1.5 * 8192 + 2 * 512 + 8 / 8 * 1024  # H100 bucket: 8k chunks, 512 graphs at TP >= 4
+    expected = (round(1 - h100_reserved / 81_559, 3), 8192, 512)
+    assert sglang_memory_settings(81_559 * MIB, 8, speculative=False) == expected
+    m = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="sglang")).memory_breakdown()
+    assert m.kv == pytest.approx(0.855 * 183_359 * MIB - m.runtime - m.weights)
+
+
+def test_speculation_costs_draft_weights_and_kv() -> None:
+    plain = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="trtllm"))
+    eagle = CostModel(
+        Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="trtllm", num_speculative_tokens=3)
+    )
+    head = eagle.draft
+    assert head is not None and head.num_kv_heads == 64
+    # q/k/v over 2h inputs, o, SwiGLU 18432, fc 3h->h, lm_head over 32k: ~1.2B BF16 parameters, TP-sharded.
+    params = 2 * 7168 * 3 * 8192 + 8192 * 7168 + 3 * 7168 * 18432 + 3 * 7168**2 + 32000 * 7168
+    assert eagle.memory_breakdown().draft == pytest.approx(params / 4 * 2)
+    # Its one-layer MHA cache: 64 KV heads / 4 ranks x 128 x (K, V), FP8, on top of the 35,136-byte latent.
+    assert eagle.memory_breakdown().kv_bytes_per_token == 61 * 576 + 16 * 128 * 2
+    assert eagle.num_kv_tokens < plain.num_kv_tokens * 0.9
+
+
 def test_capacity_follows_memory_utilization() -> None:
-    lo = CostModel(Deployment(model="dense-8b", gpu="h200", tp=1, memory_utilization=0.5))
-    hi = CostModel(Deployment(model="dense-8b", gpu="h200", tp=1, memory_utilization=0.9))
-    assert hi.kv_budget_bytes - lo.kv_budget_bytes == pytest.approx(0.4 * 141e9)
+    lo = CostModel(Deployment(model="dense-8b", gpu="h200", tp=1, engine="vllm", memory_utilization=0.5))
+    hi = CostModel(Deployment(model="dense-8b", gpu="h200", tp=1, engine="vllm", memory_utilization=0.9))
+    assert hi.kv_budget_bytes - lo.kv_budget_bytes == pytest.approx(0.4 * 143_771 * MIB)
 
 
-def test_weights_that_do_not_fit_are_refused() -> None:
-    with pytest.raises(ValueError, match="no room for a KV cache"):
-        CostModel(Deployment(model="deepseek-v3", gpu="h100", tp=8))
+def test_dp_attention_holds_every_ranks_latents_but_a_request_lives_on_one() -> None:
+    tp = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8"))
+    dp = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", attention="dp"))
+    assert dp.weight_bytes_per_rank > tp.weight_bytes_per_rank  # attention weights replicated
+    assert dp.num_kv_blocks(64) == 4 * (dp.num_kv_tokens // 64)
+    assert dp.max_request_tokens(64) == dp.num_kv_tokens // 64 * 64 < tp.max_request_tokens(64)
+    assert dp.memory_breakdown().kv_tokens > 3 * tp.memory_breakdown().kv_tokens
+    cap = Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", attention="dp").kv_capacity(64)
+    assert (cap.num_blocks, cap.max_request_tokens) == (dp.num_kv_blocks(64), dp.max_request_tokens(64))
+
+
+@pytest.mark.parametrize(("gpu", "tp", "short"), [("h100", 8, "2.5 GB"), ("b200", 2, "128.3 GB")])
+def test_weights_that_do_not_fit_are_refused_saying_by_how_much(gpu: str, tp: int, short: str) -> None:
+    with pytest.raises(DeploymentError, match=f"{short} per rank short"):
+        CostModel(Deployment(model="kimi-k2.5", gpu=gpu, tp=tp, kv_dtype="fp8", engine="vllm"))
+    assert issubclass(DeploymentError, ValueError)
     assert CostModel(Deployment(model="deepseek-v3", gpu="h200", tp=8)).num_kv_tokens > 100_000

@@ -51,6 +51,10 @@ MODELS = [
     CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4)),
     CostModel(Deployment(model="deepseek-v3", gpu="h200", tp=8, efficiency=Efficiency(matmul=0.3, memory=0.9))),
     CostModel(Deployment(model="dense-8b", gpu="h100", tp=2)),
+    CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", attention="dp", moe="ep")),
+    CostModel(Deployment(model="deepseek-v3", gpu="b200", tp=8, moe="ep", attention_dtype="fp8", engine="trtllm")),
+    CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=8, attention="dp", engine="sglang")),
+    CostModel(Deployment(model="dense-8b", gpu="h100", tp=2, attention="dp", engine="vllm")),
 ]
 
 
@@ -67,11 +71,20 @@ def test_fast_step_time_equals_the_phase_by_phase_roofline(batch: list[Entry], w
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(range(len(MODELS))), st.integers(1, 300), st.integers(0, 10**7), st.integers(1, 5))
 def test_fast_draft_time_equals_the_sum_of_its_passes(which: int, requests: int, kv: int, drafts: int) -> None:
-    model = MODELS[which]
-    layers = model.draft_layer_counts()
+    model = CostModel(MODELS[which].deployment.model_copy(update={"num_speculative_tokens": drafts}))
+    head = model.draft
+    assert head is not None
+    d, e = model.deployment, model.efficiency
+    tp, bw = d.tp, d.gpu.hbm_bytes_per_s
+    params = head.params() / tp
+    kv_bytes = head.kv_values_per_token(tp) * (d.kv_dtype or d.model.kv_dtype).bytes
+    pair_flops = 2 * head.num_heads / tp * 2 * head.head_dim
+    ring = 2 * (tp - 1) / tp * d.model.hidden_size * 2 / (d.gpu.nvlink_bytes_per_s / 2)
     slow = 0.0
-    for j in range(drafts):
+    for j in range(drafts):  # pass j: every request's draft attends over its context plus j earlier drafts
         grown = kv + j * requests
-        shape = BatchShape(requests, requests, decode_pairs=grown, decode_kv_tokens=grown)
-        slow += model.time_from_terms(model.terms(shape, layers))
-    assert model.draft_time(requests, kv, drafts) == pytest.approx(slow, rel=1e-12)
+        weights = max(2 * requests * params / (d.gpu.bf16_flops * e.matmul), params * 2 / (bw * e.memory))
+        attn = max(grown * pair_flops / (d.gpu.bf16_flops * e.attention), grown * kv_bytes / (bw * e.memory))
+        comm = (requests * 2 * ring / e.network + 2 * e.allreduce_latency_s) if tp > 1 else 0.0
+        slow += weights + attn + comm
+    assert model.draft_time(requests, kv, drafts) == pytest.approx(slow, rel=1e-9)

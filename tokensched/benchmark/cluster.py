@@ -141,7 +141,7 @@ def _make_replica(config: BenchConfig, workload: SessionWorkload, seed: int) -> 
         block_size=config.block_size,
         output_lengths=workload.planned_output_tokens,
         eos_token_id=EOS_TOKEN_ID,
-        num_speculative_tokens=config.num_speculative_tokens,
+        mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
         seed=seed,
     )
     settings: dict[str, Any] = {
@@ -161,12 +161,15 @@ def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] |
     bench = config.bench
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     stop = bench.duration_s + bench.drain_s
-    capacity = executor_package("sim").CostModel(make_deployment(bench)).num_kv_blocks(bench.block_size)
+    probe = executor_package("sim").CostModel(make_deployment(bench))
+    capacity = min(probe.max_request_tokens(bench.block_size), probe.num_kv_blocks(bench.block_size) * bench.block_size)
+    # as run_bench does: a context no replica's KV pool can hold ends its session
     workload_config = bench.workload.model_copy(
-        update={"max_context_tokens": min(bench.workload.max_context_tokens, capacity * bench.block_size)}
+        update={"max_context_tokens": min(bench.workload.max_context_tokens, capacity)}
     )
+    window = (bench.warmup_s, bench.duration_s)
     workload = SessionWorkload(
-        CodingAgentSource(workload_config, bench.arrivals, stop, bench.seed),
+        CodingAgentSource(workload_config, bench.arrivals, stop, bench.seed, window=window),
         ttft_deadline_s=bench.ttft_slo_s,
         eos_token_id=EOS_TOKEN_ID,
     )
@@ -180,7 +183,7 @@ def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] |
         balance_rel_threshold=config.balance_rel_threshold,
     )
     metrics = MetricsCollector(
-        num_gpus=bench.tp * config.replicas,
+        num_gpus=bench.num_gpus * config.replicas,
         window_start=bench.warmup_s,
         window_end=bench.duration_s,
         sample_interval_s=bench.sample_interval_s,

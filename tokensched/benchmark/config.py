@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.profiles import PROFILES
@@ -27,7 +29,18 @@ class BenchConfig(BaseModel):
     ttft_slo_s: float = Field(default=10.0, gt=0.0, description="TTFT target: SLO policy deadline and attainment")
     seed: int = 0
     sample_interval_s: float = Field(default=1.0, gt=0.0, description="queue/KV sampling period")
-    num_speculative_tokens: int = Field(default=0, ge=0, le=16)
+    num_speculative_tokens: int = Field(
+        default=3, ge=0, le=16, description="EAGLE drafts per step (3: the published Kimi EAGLE-3 head's steps)"
+    )
+    spec_accept_length: float = Field(
+        default=2.54,
+        ge=1.0,
+        description="mean tokens per verification, bonus included (2.54: HumanEval accept length of the "
+        "Kimi-K2.7-Code EAGLE-3.1 head with 3 drafts, lightseekorg/kimi-k2.7-coder-eagle3.1-mla model card)",
+    )
+    turns: Literal["open", "closed"] = Field(
+        default="open", description="open: turns on a fixed timeline (offered load = label); closed: after answers"
+    )
     workload: CodingAgentConfig = CodingAgentConfig()
 
     @model_validator(mode="after")
@@ -38,8 +51,18 @@ class BenchConfig(BaseModel):
             raise ValueError(f"warmup_s={self.warmup_s} leaves nothing of duration_s={self.duration_s} to measure")
         if self.policy not in PROFILES:
             raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(PROFILES)}")
+        if self.num_speculative_tokens and self.spec_accept_length > self.num_speculative_tokens + 1:
+            raise ValueError(
+                f"spec_accept_length={self.spec_accept_length} exceeds what {self.num_speculative_tokens} drafts "
+                f"can give ({self.num_speculative_tokens + 1} tokens per verification)"
+            )
         return self
 
     @property
+    def num_gpus(self) -> int:
+        """GPUs of the deployment: the profile's TP if it names one, else ``tp``."""
+        return PROFILES[self.policy].tp or self.tp
+
+    @property
     def arrivals(self) -> Arrivals:
-        return Arrivals(target_tpm=self.target_tpm, concurrency=self.concurrency)
+        return Arrivals(target_tpm=self.target_tpm, concurrency=self.concurrency, turns=self.turns)

@@ -19,8 +19,17 @@ Definitions (``n`` = output tokens of a request):
   delivered (one sample per delivery; speculative steps deliver several).
 - TPOT: ``(last - first token time) / (n - 1)``; TPS per user is its inverse,
   the decode speed one user sees.
-- TPM: prompt tokens arriving per minute; ``served_tpm`` counts them when their
-  prefill completes instead (whenever they arrived). Per-GPU figures divide by ``num_gpus``.
+- TPM: prompt tokens arriving per minute (the *offered* load, cached or not);
+  ``served_tpm`` counts them when their prefill completes instead (whenever they
+  arrived). Per-GPU figures divide by ``num_gpus``.
+- Overloaded: the queue is still growing at the end of the window, so the window's
+  percentiles describe the window's length, not a steady state. Judged over the
+  window's second half: the least-squares trend of TTFT against arrival time
+  (censored requests count with their wait so far) grows by more than
+  ``max(OVERLOAD_MIN_GROWTH_S, half the half's median TTFT)``
+  (a queue growing steadily from the window's start grows by 2/3 of that median), or more than
+  ``OVERLOAD_CENSORED_SHARE`` of the window's requests never got a first token.
+  The thresholds are this project's choice, not published ones.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from tokensched.errors import InvalidRequest, UnknownRequest
 from tokensched.plan import RequestOutput
 
 _TIMELINE_POINTS = 200
+OVERLOAD_MIN_GROWTH_S = 2.0
+OVERLOAD_CENSORED_SHARE = 0.05
 
 MaybeNaN = Annotated[float, BeforeValidator(lambda value: math.nan if value is None else value)]
 """A float that may be NaN (no data): JSON writes NaN as null, and null reads back as NaN."""
@@ -121,6 +132,9 @@ class MetricsSummary(BaseModel):
     output_tps_per_gpu: float
     prefix_cache_hit_rate: MaybeNaN  # scheduler counters: hit tokens / looked-up tokens (NaN if no lookups)
     cached_prompt_fraction: MaybeNaN  # per request: cached prompt tokens / prompt tokens
+    ttft_growth_s: MaybeNaN  # TTFT trend over the window's second half (slope x half the window)
+    queue_growth: MaybeNaN  # waiting-queue trend over the same half (slope x half the window)
+    overloaded: bool  # the queue is still growing at the end: no steady-state percentile (see module docstring)
     num_preemptions: int
     kv_usage_mean: MaybeNaN
     kv_usage_max: MaybeNaN
@@ -252,6 +266,7 @@ class MetricsCollector:
         span = max(end - start, 1e-9)
         window = [r for r in self._requests.values() if r.in_window]
         ttft: list[float] = []
+        arrivals: list[float] = []
         censored = 0
         tpot: list[float] = []
         served_tokens = 0
@@ -259,6 +274,7 @@ class MetricsCollector:
             if r.num_output and start <= r.first_token < end:
                 served_tokens += r.prompt_tokens
         for r in window:
+            arrivals.append(r.arrival)
             if r.num_output:
                 ttft.append(r.first_token - r.arrival)
             else:
@@ -275,6 +291,14 @@ class MetricsCollector:
         offered_tpm = sum(r.prompt_tokens for r in window) / span * 60
         served_tpm = served_tokens / span * 60
         output_tps = self._window_output_tokens / span
+        middle = (start + end) / 2
+        late = [(t, x) for t, x in zip(arrivals, ttft, strict=True) if t >= middle]
+        ttft_growth = _slope(late) * (end - middle)
+        queue_growth = _slope([(q.t, float(q.waiting)) for q in samples if q.t >= middle]) * (end - middle)
+        late_p50 = percentile(sorted(x for _, x in late), 50)
+        overloaded = censored > OVERLOAD_CENSORED_SHARE * len(window) or (
+            ttft_growth > max(OVERLOAD_MIN_GROWTH_S, 0.5 * late_p50 if not math.isnan(late_p50) else 0.0)
+        )
         return MetricsSummary(
             window_start_s=start,
             window_end_s=end,
@@ -295,6 +319,9 @@ class MetricsCollector:
             output_tps_per_gpu=output_tps / self.num_gpus,
             prefix_cache_hit_rate=hits / queries if queries else math.nan,
             cached_prompt_fraction=sum(r.num_cached for r in started) / prompt_started if prompt_started else math.nan,
+            ttft_growth_s=ttft_growth,
+            queue_growth=queue_growth,
+            overloaded=overloaded,
             num_preemptions=last.preemptions - first.preemptions if first and last else 0,
             kv_usage_mean=_mean(s.kv_usage for s in samples),
             kv_usage_max=max((s.kv_usage for s in samples), default=math.nan),
@@ -316,6 +343,18 @@ def _counter_bounds(samples: list[_Sample], start: float, end: float) -> tuple[_
         if sample.t <= end or last is None:
             last = sample
     return first, last
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of ``y`` against ``t`` (NaN with fewer than two distinct times)."""
+    if len(points) < 2:
+        return math.nan
+    mean_t = math.fsum(t for t, _ in points) / len(points)
+    mean_y = math.fsum(y for _, y in points) / len(points)
+    spread = math.fsum((t - mean_t) ** 2 for t, _ in points)
+    if spread == 0:
+        return math.nan
+    return math.fsum((t - mean_t) * (y - mean_y) for t, y in points) / spread
 
 
 def _share_within(values: list[float], limit: float | None) -> float:

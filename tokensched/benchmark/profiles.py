@@ -1,14 +1,39 @@
-"""Policy profiles: a scheduling policy plus the scheduler settings of the serving stack it stands for.
+"""Engine profiles: a scheduling policy, the scheduler settings of the stack it mirrors, and its deployment.
 
-Profiles set the policy *and* the knobs that come with a serving stack, so the
-baselines are configured like their projects' defaults on this hardware (the
-sources are in each profile's description).
+A profile is the scheduler side of a serving engine (its policy, token budget per
+step, running-set cap, chunking) plus what the simulator needs to model the rest:
+the simulator engine (``engine``: memory rule, kernels) and the deployment shape
+(tensor parallelism, attention TP or DP, MoE TP or EP). ``tp=None`` takes the run's
+``--tp``; a profile that names its TP (``sglang-tp8``) keeps it.
+
+Settings and where they come from (engine defaults for this hardware class; the
+simulator's side of each engine is documented in ``tokensched_sim.engines``):
+
+- ``trtllm`` (TensorRT-LLM-like, TP4 as published): requests in arrival order
+  (its capacity scheduler serves FCFS), ``max_num_tokens=8192`` and
+  ``max_batch_size=2048`` (``BuildConfig`` defaults in tensorrt_llm/llmapi/llm_args.py),
+  chunked context on (``enable_chunked_prefill=True``; without it a 200k prompt would
+  need ``max_num_tokens`` >= 200k), KV block reuse on (``KvCacheConfig.enable_block_reuse``
+  default). Not modelled: its default ``GUARANTEED_NO_EVICT`` capacity policy, which
+  reserves a request's whole answer up front; this scheduler admits by prompt and
+  preempts by recompute, as ``MAX_UTILIZATION`` does.
+- ``sglang`` / ``sglang-tp8`` (SGLang-like at TP4 and TP8, the published run used TP8
+  because its EAGLE ran out of memory at TP4): longest-prefix-match order
+  (``schedule_policy="lpm"``, the ServerArgs default), ``chunked_prefill_size=16384``
+  (ServerArgs ``_handle_gpu_memory_settings`` for GPUs over 160 GB),
+  ``max_running_requests`` left to the pool (1024 here), retraction by recompute.
+- ``vllm`` (vLLM-like): FCFS, ``max_num_batched_tokens=8192``, ``max_num_seqs=1024``
+  (V1 EngineArgs defaults for >=70 GiB GPUs in the API server), block-hash prefix
+  cache, recompute preemption.
+- ``prefix-aware``, ``retain``, ``slo``: tokensched's own policies on the
+  ``tokensched`` engine (TensorRT-LLM's memory rule, the same kernels), with
+  tokensched's default budget of 8192 tokens per step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -17,52 +42,93 @@ from tokensched.policies import FCFSPolicy, Policy, PrefixAwarePolicy, SLOPolicy
 if TYPE_CHECKING:
     from tokensched.benchmark.config import BenchConfig
 
+Engine = Literal["vllm", "sglang", "trtllm", "tokensched"]
+
 
 @attrs.frozen(slots=True)
 class PolicyProfile:
-    """A named policy with the scheduler settings of the stack it stands for."""
+    """A named policy with the scheduler settings, simulator engine and deployment shape of the stack it mirrors."""
 
     name: str
     description: str
     make_policy: Callable[[BenchConfig], Policy]
     settings: dict[str, Any] = attrs.field(factory=dict)  # SchedulerConfig overrides
+    engine: Engine = "tokensched"
+    tp: int | None = None  # None: the run's tp
+    attention: Literal["tp", "dp"] = "tp"
+    moe: Literal["tp", "ep"] = "tp"
 
+    def shape(self, tp: int) -> str:
+        """``"TP4 (attention TP, MoE TP) on trtllm"``: the deployment this profile runs at ``tp``."""
+        return f"TP{self.tp or tp} (attention {self.attention.upper()}, MoE {self.moe.upper()}) on {self.engine}"
+
+
+def _fcfs(_: BenchConfig) -> Policy:
+    return FCFSPolicy()
+
+
+def _lpm(_: BenchConfig) -> Policy:
+    return PrefixAwarePolicy()
+
+
+def _slo(config: BenchConfig) -> Policy:
+    return SLOPolicy(default_ttft_deadline=config.ttft_slo_s)
+
+
+_SGLANG = {"max_batched_tokens": 16384, "max_running": 1024}
+_SGLANG_TEXT = (
+    "SGLang-like: longest-prefix-match order (schedule_policy=lpm), chunked_prefill_size=16384 "
+    "(ServerArgs default for GPUs over 160 GB), recompute on retraction; engine sglang "
+    "(mem_fraction_static as ServerArgs derives it)"
+)
 
 PROFILES: dict[str, PolicyProfile] = {
     profile.name: profile
     for profile in (
         PolicyProfile(
-            "vllm",
-            "vLLM V1 defaults: FCFS, chunked prefill with max_num_batched_tokens=8192 and max_num_seqs=1024 "
-            "(EngineArgs defaults for >=70 GiB GPUs, online serving), block-hash prefix cache, recompute preemption",
-            lambda _: FCFSPolicy(),
-            {"max_batched_tokens": 8192, "max_running": 1024},
+            "trtllm",
+            "TensorRT-LLM-like: FCFS, max_num_tokens=8192, max_batch_size=2048 (BuildConfig defaults), chunked "
+            "context on, KV block reuse; engine trtllm (free_gpu_memory_fraction=0.9 of memory free after weights)",
+            _fcfs,
+            {"max_batched_tokens": 8192, "max_running": 2048},
+            engine="trtllm",
+            tp=4,
+        ),
+        PolicyProfile("sglang", _SGLANG_TEXT + ", TP4", _lpm, dict(_SGLANG), engine="sglang", tp=4),
+        PolicyProfile(
+            "sglang-tp8",
+            _SGLANG_TEXT + ", TP8 (the published SGLang run: EAGLE ran out of memory at TP4)",
+            _lpm,
+            dict(_SGLANG),
+            engine="sglang",
+            tp=8,
         ),
         PolicyProfile(
-            "sglang",
-            "SGLang: longest-prefix-match scheduling over its radix cache (schedule_policy=lpm), "
-            "chunked_prefill_size=16384 (ServerArgs default for >=160 GB GPUs), recompute on retraction",
-            lambda _: PrefixAwarePolicy(),
-            {"max_batched_tokens": 16384, "max_running": 1024},
+            "vllm",
+            "vLLM-like: FCFS, max_num_batched_tokens=8192, max_num_seqs=1024 (V1 EngineArgs defaults for >=70 GiB "
+            "GPUs, API server), block-hash prefix cache, recompute preemption; engine vllm "
+            "(gpu_memory_utilization=0.9 of total memory)",
+            _fcfs,
+            {"max_batched_tokens": 8192, "max_running": 1024},
+            engine="vllm",
         ),
         PolicyProfile(
             "prefix-aware",
-            "tokensched: longest cached prefix first (FCFS among equals) with tokensched's default budget "
-            "(8192 tokens per step)",
-            lambda _: PrefixAwarePolicy(),
+            "tokensched: longest cached prefix first (FCFS among equals), default budget (8192 tokens per step)",
+            _lpm,
         ),
         PolicyProfile(
             "retain",
             "tokensched: longest cached prefix first, and a finished turn's KV kept 10 s for its session's next "
             "turn (session_kv_retention_s=10); default budget (8192 tokens per step)",
-            lambda _: PrefixAwarePolicy(),
+            _lpm,
             {"session_kv_retention_s": 10.0},
         ),
         PolicyProfile(
             "slo",
-            "tokensched: earliest TTFT deadline first (arrival + ttft_slo_s); requests whose TTFT is met "
-            "are preempted first; tokensched's default budget (8192 tokens per step)",
-            lambda config: SLOPolicy(default_ttft_deadline=config.ttft_slo_s),
+            "tokensched: earliest TTFT deadline first (arrival + ttft_slo_s); requests whose TTFT is met are "
+            "preempted first; default budget (8192 tokens per step)",
+            _slo,
         ),
     )
 }

@@ -28,7 +28,13 @@ from pydantic import BaseModel, ConfigDict
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.metrics import MaybeNaN, MetricsCollector, MetricsSummary
 from tokensched.benchmark.profiles import PROFILES
-from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload, Trace, TraceSource
+from tokensched.benchmark.workloads import (
+    CodingAgentSource,
+    SessionWorkload,
+    Trace,
+    TraceSource,
+    session_statistics,
+)
 from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
@@ -56,6 +62,8 @@ class RunInfo(BaseModel):
     requests_released: int
     requests_rejected: int  # refused at submit (could never fit the KV pool)
     requests_unfinished: int  # still running or waiting when the run stopped
+    rate_scale: float  # session rate / nominal Poisson rate, so the window offers the label (1 without rescaling)
+    stand_in_answers: int  # open-loop turns sent before their previous answer was in
     wall_s: float
     cpu_s: float  # this process's CPU time: the wall time on an idle core
     speedup: MaybeNaN  # simulated seconds per wall-clock second
@@ -82,9 +90,62 @@ def _simulator() -> Any:
 
 
 def make_deployment(config: BenchConfig) -> Any:
-    """The simulator's ``Deployment`` for ``config``; raises ValueError for unknown presets or dtypes."""
+    """The simulator's ``Deployment`` for ``config`` and its profile's engine and shape.
+
+    Raises ValueError for unknown presets or dtypes, and the simulator's
+    ``DeploymentError`` (a ValueError) when the weights do not fit.
+    """
     sim = _simulator()
-    return sim.Deployment(model=config.model, gpu=config.gpu, tp=config.tp, kv_dtype=config.kv_dtype)
+    profile = PROFILES[config.policy]
+    deployment = sim.Deployment(
+        model=config.model,
+        gpu=config.gpu,
+        tp=config.num_gpus,
+        kv_dtype=config.kv_dtype,
+        engine=profile.engine,
+        attention=profile.attention,
+        moe=profile.moe,
+        num_speculative_tokens=config.num_speculative_tokens,
+    )
+    sim.CostModel(deployment)  # sizes memory: a deployment whose weights do not fit fails here
+    return deployment
+
+
+class KVCapacity(BaseModel):
+    """What a profile's KV cache holds on its deployment (printed before a sweep runs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: str
+    shape: str
+    num_gpus: int
+    block_size: int
+    num_blocks: int
+    tokens: int
+    max_request_tokens: int
+    median_prompt_tokens: int
+    sessions_that_fit: float  # tokens / median prompt: sessions of median length held at once
+    memory: str  # the simulator's per-rank memory breakdown, one line
+
+
+def kv_capacity(config: BenchConfig) -> KVCapacity:
+    """The KV capacity of ``config``'s profile and deployment (sizes memory; runs nothing)."""
+    sim = _simulator()
+    cost = sim.CostModel(make_deployment(config))
+    blocks = cost.num_kv_blocks(config.block_size)
+    median = session_statistics(config.workload, config.seed).median_prompt_tokens
+    return KVCapacity(
+        profile=config.policy,
+        shape=PROFILES[config.policy].shape(config.tp),
+        num_gpus=config.num_gpus,
+        block_size=config.block_size,
+        num_blocks=blocks,
+        tokens=blocks * config.block_size,
+        max_request_tokens=cost.max_request_tokens(config.block_size),
+        median_prompt_tokens=round(median),
+        sessions_that_fit=blocks * config.block_size / median,
+        memory=cost.memory_breakdown().format(),
+    )
 
 
 def run_bench(
@@ -105,13 +166,16 @@ def run_bench(
     deployment = make_deployment(config)
     stop = config.duration_s + config.drain_s
     probe = sim.CostModel(deployment)
-    capacity = probe.num_kv_blocks(config.block_size) * config.block_size
+    capacity = min(
+        probe.max_request_tokens(config.block_size), probe.num_kv_blocks(config.block_size) * config.block_size
+    )
     # A context the KV pool cannot hold would be refused by any server: such a turn ends its session.
     workload_config = config.workload.model_copy(
         update={"max_context_tokens": min(config.workload.max_context_tokens, capacity)}
     )
     if trace is None:
-        source: Any = CodingAgentSource(workload_config, config.arrivals, stop, config.seed)
+        window = (config.warmup_s, config.duration_s)
+        source: Any = CodingAgentSource(workload_config, config.arrivals, stop, config.seed, window=window)
     else:
         header = trace.header.model_copy(
             update={"duration_s": stop, "max_context_tokens": min(trace.header.max_context_tokens, capacity)}
@@ -123,7 +187,7 @@ def run_bench(
         block_size=config.block_size,
         output_lengths=workload.planned_output_tokens,
         eos_token_id=EOS_TOKEN_ID,
-        num_speculative_tokens=config.num_speculative_tokens,
+        mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
         seed=config.seed,
     )
     settings: dict[str, Any] = {
@@ -137,7 +201,7 @@ def run_bench(
     )
     engine = Engine(scheduler, executor)
     metrics = MetricsCollector(
-        num_gpus=config.tp,
+        num_gpus=config.num_gpus,
         window_start=config.warmup_s,
         window_end=config.duration_s,
         sample_interval_s=config.sample_interval_s,
@@ -149,7 +213,8 @@ def run_bench(
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
     counts = workload.counts
     run = RunInfo(
-        deployment=f"{deployment.model.name} on {config.tp}x {deployment.gpu.name}",
+        deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, "
+        f"{PROFILES[config.policy].shape(config.tp)}",
         num_kv_blocks=executor.num_kv_blocks,
         kv_capacity_tokens=executor.num_kv_blocks * config.block_size,
         max_context_tokens=workload.header.max_context_tokens,
@@ -160,6 +225,8 @@ def run_bench(
         requests_released=counts.requests_released,
         requests_rejected=rejected,
         requests_unfinished=len(scheduler.live),
+        rate_scale=workload.header.rate_scale,
+        stand_in_answers=counts.stand_in_answers,
         wall_s=wall,
         cpu_s=cpu,
         speedup=end / wall if wall > 0 else math.inf,

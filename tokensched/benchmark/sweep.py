@@ -1,14 +1,20 @@
-"""Sweeps of the coding-agent benchmark: every policy at every load level, one JSON report.
+"""Sweeps of the coding-agent benchmark: every policy at every load level and seed, one JSON report.
 
 The degradation curve of a policy is its metrics as the offered load grows.
-All policies at one level see the same sessions (same seed), so differences
-between curves are the policies', not the workload's. With a recorded trace
-the sweep replays it once per policy instead.
+All policies at one level see the same sessions (same seeds), so differences
+between curves are the policies', not the workload's. Each point runs several
+seeds (the simulator is cheap) and is summarised as the median over seeds with
+the lowest and highest beside it (:class:`Point`); a point is *overloaded* when
+most of its seeds are (see :mod:`tokensched.benchmark.metrics`), and then its
+TTFT is a figure of the window's length, not a steady-state latency. With a
+recorded trace the sweep replays it once per policy instead.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,8 +30,72 @@ from tokensched.benchmark.workloads import Trace
 
 _LEVEL = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kKmM]?)\s*$")
 
-Progress = Callable[[str, float, float], None]
-"""``progress(policy, level, fraction_done)`` for the run in progress."""
+Progress = Callable[[str, float, int, float], None]
+"""``progress(policy, level, seed, fraction_done)`` for the run in progress."""
+
+
+class Spread(BaseModel):
+    """A figure over seeds: the median, and the lowest and highest seed's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    median: MaybeNaN
+    low: MaybeNaN
+    high: MaybeNaN
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        data = [v for v in values if not math.isnan(v)]
+        if not data:
+            return cls(median=math.nan, low=math.nan, high=math.nan)
+        return cls(median=statistics.median(data), low=min(data), high=max(data))
+
+
+class Point(BaseModel):
+    """One policy at one load level, over its seeds."""
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: str
+    level: float
+    num_gpus: int
+    seeds: list[int]
+    offered_tpm: Spread  # prompt tokens arriving in the window per minute (what the label asks for)
+    served_tpm: Spread  # prompt tokens whose prefill completed in the window per minute
+    ttft_p50_s: Spread
+    ttft_p99_s: Spread
+    tps_per_user_p50: Spread
+    cache_hit: Spread
+    overloaded_seeds: int
+    overloaded: bool  # most seeds' queues were still growing at the end of the window
+
+    @property
+    def served_tpm_per_gpu(self) -> float:
+        return self.served_tpm.median / self.num_gpus
+
+    @property
+    def offered_tpm_per_gpu(self) -> float:
+        return self.offered_tpm.median / self.num_gpus
+
+
+def summarize_point(policy: str, level: float, runs: Sequence[BenchResult]) -> Point:
+    """The median and spread over seeds of one policy at one level."""
+    metrics = [r.metrics for r in runs]
+    overloaded = sum(1 for m in metrics if m.overloaded)
+    return Point(
+        policy=policy,
+        level=level,
+        num_gpus=runs[0].metrics.num_gpus,
+        seeds=[r.config.seed for r in runs],
+        offered_tpm=Spread.of([m.tpm for m in metrics]),
+        served_tpm=Spread.of([m.served_tpm for m in metrics]),
+        ttft_p50_s=Spread.of([m.ttft_s.p50 for m in metrics]),
+        ttft_p99_s=Spread.of([m.ttft_s.p99 for m in metrics]),
+        tps_per_user_p50=Spread.of([m.tps_per_user.p50 for m in metrics]),
+        cache_hit=Spread.of([m.prefix_cache_hit_rate for m in metrics]),
+        overloaded_seeds=overloaded,
+        overloaded=2 * overloaded > len(metrics),
+    )
 
 
 class SweepReport(BaseModel):
@@ -39,20 +109,17 @@ class SweepReport(BaseModel):
     levels: list[float]
     policies: list[str]
     trace: str | None  # set when the sweep replayed a recorded trace
-    results: list[BenchResult]
+    seeds: list[int]
+    points: list[Point]  # per policy, in level order
+    results: list[BenchResult]  # every run (policy x level x seed)
     sim_time_s: float
     wall_s: float
     cpu_s: float
     speedup: MaybeNaN  # simulated seconds per wall second over the whole sweep
 
-    def curve(self, policy: str) -> list[BenchResult]:
-        """One policy's results in level order."""
-        return [r for r in self.results if r.config.policy == policy]
-
-    def level_of(self, result: BenchResult) -> float:
-        if self.level_kind == "concurrency":
-            return float(result.config.concurrency or 0)
-        return result.config.target_tpm or result.metrics.tpm
+    def curve(self, policy: str) -> list[Point]:
+        """One policy's points in level order."""
+        return [p for p in self.points if p.policy == policy]
 
 
 def parse_level(text: str) -> float:
@@ -72,10 +139,12 @@ def sweep(
     trace: Trace | None = None,
     trace_out: Path | None = None,
     progress: Progress | None = None,
+    seeds: int = 3,
 ) -> SweepReport:
-    """Run every policy at every level (TPM, or sessions if ``base`` sets a concurrency).
+    """Run every policy at every level (TPM, or sessions if ``base`` sets a concurrency) with ``seeds`` seeds.
 
-    With ``trace``, ``levels`` is ignored and each policy replays the trace.
+    Seeds are ``base.seed``, ``base.seed + 1``, ... With ``trace``, ``levels``
+    is ignored and each policy replays the trace once.
     With ``trace_out``, the trace of each level's first run is written there
     (``NAME-LEVEL.jsonl`` when there are several levels).
     """
@@ -89,15 +158,23 @@ def sweep(
         kind = "concurrency" if base.concurrency is not None else "tpm"
         if not levels:
             raise ValueError("a sweep needs at least one load level")
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    seed_list = [base.seed] if trace is not None else [base.seed + k for k in range(seeds)]
     results: list[BenchResult] = []
+    points: dict[tuple[str, float], Point] = {}
     for level in levels:
         for index, policy in enumerate(policies):
-            config = _configure(base, policy, level, trace)
-            report = None if progress is None else _bind(progress, policy, level)
-            result, recorded = run_bench(config, trace=trace, progress=report)
-            results.append(result)
-            if trace_out is not None and index == 0:
-                recorded.save(_trace_path(trace_out, level, len(levels)))
+            runs = []
+            for seed in seed_list:
+                config = _configure(base, policy, level, trace).model_copy(update={"seed": seed})
+                report = None if progress is None else _bind(progress, policy, level, seed)
+                result, recorded = run_bench(config, trace=trace, progress=report)
+                runs.append(result)
+                if trace_out is not None and index == 0 and seed == base.seed:
+                    recorded.save(_trace_path(trace_out, level, len(levels)))
+            results += runs
+            points[(policy, level)] = summarize_point(policy, level, runs)
     sim_time = sum(r.run.sim_time_s for r in results)
     wall = time.perf_counter() - wall_start
     return SweepReport(
@@ -107,6 +184,8 @@ def sweep(
         levels=list(levels),
         policies=list(policies),
         trace=None if trace is None else f"{len(trace.sessions)} sessions, {trace.header.arrival} arrivals",
+        seeds=seed_list,
+        points=[points[(policy, level)] for policy in policies for level in levels],
         results=sorted(results, key=lambda r: list(policies).index(r.config.policy)),
         sim_time_s=sim_time,
         wall_s=wall,
@@ -133,8 +212,8 @@ def _trace_path(path: Path, level: float, num_levels: int) -> Path:
     return path.with_name(f"{path.stem}-{format_level(level)}{path.suffix or '.jsonl'}")
 
 
-def _bind(progress: Progress, policy: str, level: float) -> Callable[[float], None]:
-    return lambda fraction: progress(policy, level, fraction)
+def _bind(progress: Progress, policy: str, level: float, seed: int) -> Callable[[float], None]:
+    return lambda fraction: progress(policy, level, seed, fraction)
 
 
 def format_level(level: float) -> str:

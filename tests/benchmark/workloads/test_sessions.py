@@ -16,7 +16,14 @@ from tokensched.plan import FinishReason
 
 from .helpers import answer_tokens, play
 
-SMALL = CodingAgentConfig(first_turn_min_tokens=450, first_turn_max_tokens=500, new_tokens_min=60, new_tokens_max=100)
+SMALL = CodingAgentConfig(
+    first_turn_min_tokens=450,
+    first_turn_max_tokens=500,
+    new_tokens_median=80,
+    new_tokens_sigma=0.2,
+    min_turns=10,
+    max_turns=15,
+)
 
 
 def _one_session(turns: list[tuple[int, int, float]], **header: object) -> SessionWorkload:
@@ -157,7 +164,8 @@ def test_steady_start_offers_the_target_tpm_from_the_first_minute() -> None:
 
 def test_sessions_in_progress_join_with_their_whole_conversation_uncached() -> None:
     source = CodingAgentSource(SMALL, Arrivals(target_tpm=1_000_000), 600.0, seed=4)
-    assert source.num_in_progress > 5
+    everything = CodingAgentSource(SMALL, Arrivals(target_tpm=1e6), 600.0, 4).take(10**6).sessions
+    assert sum(1 for s in everything if s.join_turn) > 5
     workload = SessionWorkload(source)
     specs = play(workload, latency=2.0, until=30.0)
     joined = [s for s in specs if s.session_id and s.session_id.startswith("p")]
@@ -170,3 +178,56 @@ def test_sessions_in_progress_join_with_their_whole_conversation_uncached() -> N
         assert record.join_turn >= 1
         assert spec.arrival_time == record.start_time
         assert len(spec.prompt_token_ids) == record.prompt_lengths()[record.join_turn]
+
+
+def _open_session(turns: list[tuple[int, int, float]]) -> SessionWorkload:
+    record = SessionRecord(
+        session_id="s",
+        start_time=1.0,
+        token_seed=11,
+        turns=tuple(TurnRecord(new_tokens=n, output_tokens=o, think_time=t) for n, o, t in turns),
+    )
+    header = TraceHeader(arrival="rate", turns="open", target_tpm=1.0, duration_s=1_000.0)
+    return SessionWorkload.from_trace(Trace(header=header, sessions=(record,)))
+
+
+def test_open_loop_turns_arrive_on_their_timeline_with_the_answer_if_it_is_in_else_a_stand_in() -> None:
+    workload = _open_session([(100, 5, 0.0), (20, 3, 4.0), (30, 2, 1.0)])
+    (first,) = workload.release(1.0)
+    offsets = workload.trace().sessions[0].turn_offsets()
+    assert workload.next_release_time() == pytest.approx(1.0 + offsets[1])  # due without waiting for the answer
+    answer = [7, 8, 9, 10, 11]
+    workload.on_finished("s/0", answer, now=2.0)
+    (second,) = workload.release(1.0 + offsets[1])
+    assert second.prompt_token_ids[:105] == [*first.prompt_token_ids, *answer]  # the answer was in: used
+    (third,) = workload.release(1.0 + offsets[2])  # s/1 still running: its planned answer stands in
+    assert len(third.prompt_token_ids) == 125 + 3 + 30
+    assert third.prompt_token_ids[:125] == second.prompt_token_ids
+    assert workload.counts.stand_in_answers == 1
+    workload.on_finished("s/1", [1, 2, 3], now=60.0)  # too late to matter
+    workload.on_finished("s/2", [4, 5], now=61.0)
+    assert workload.counts.sessions_completed == 1 and workload.next_release_time() is None
+
+
+def test_open_loop_failed_turn_does_not_end_the_session() -> None:
+    workload = _open_session([(100, 5, 0.0), (20, 3, 4.0)])
+    workload.release(1.0)
+    workload.on_finished("s/0", [], now=1.5, finish_reason=FinishReason.ERROR)
+    assert workload.next_release_time() is not None
+    (second,) = workload.release(100.0)
+    assert len(second.prompt_token_ids) == 125
+    assert workload.counts.requests_failed == 1 and workload.counts.sessions_failed == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("target", [500_000, 1_000_000, 2_500_000, 4_000_000])
+def test_offered_tpm_in_the_window_is_the_label_within_5_percent_whatever_the_server(seed: int, target: int) -> None:
+    window = (60.0, 300.0)
+    offered = []
+    for latency in (0.5, 45.0):  # a fast server and one far behind: the same arrivals
+        source = CodingAgentSource(CodingAgentConfig(), Arrivals(target_tpm=target), 330.0, seed, window=window)
+        specs = play(SessionWorkload(source), latency=latency)
+        tokens = sum(len(s.prompt_token_ids) for s in specs if window[0] <= (s.arrival_time or 0.0) < window[1])
+        offered.append(tokens / (window[1] - window[0]) * 60)
+    assert offered[0] == offered[1]
+    assert offered[0] == pytest.approx(target, rel=0.05)

@@ -15,7 +15,14 @@ from tokensched.benchmark.workloads import (
 
 from .helpers import play
 
-SMALL = CodingAgentConfig(first_turn_min_tokens=300, first_turn_max_tokens=400, new_tokens_min=40, new_tokens_max=60)
+SMALL = CodingAgentConfig(
+    first_turn_min_tokens=300,
+    first_turn_max_tokens=400,
+    new_tokens_median=50,
+    new_tokens_sigma=0.2,
+    min_turns=10,
+    max_turns=15,
+)
 
 
 def _signature(specs: list) -> list[tuple[str, float | None, int, int, tuple[int, ...]]]:  # type: ignore[type-arg]
@@ -51,8 +58,18 @@ def test_every_line_is_one_json_record_header_first(tmp_path: Path) -> None:
     assert tuple(sessions) == trace.sessions
 
 
-def test_replay_under_another_latency_keeps_demand_but_shifts_later_turns() -> None:
-    arrivals = Arrivals(target_tpm=100_000, steady_start=False)
+def test_open_loop_replay_under_another_latency_keeps_every_arrival() -> None:
+    trace = CodingAgentSource(SMALL, Arrivals(target_tpm=100_000, steady_start=False), 300.0, seed=8).take(1_000)
+    assert trace.header.turns == "open"
+    fast = play(SessionWorkload.from_trace(trace), latency=1.0)
+    slow = play(SessionWorkload.from_trace(trace), latency=30.0)
+    assert [(s.request_id, s.arrival_time, len(s.prompt_token_ids)) for s in fast] == [
+        (s.request_id, s.arrival_time, len(s.prompt_token_ids)) for s in slow
+    ]
+
+
+def test_closed_loop_replay_under_another_latency_keeps_demand_but_shifts_later_turns() -> None:
+    arrivals = Arrivals(target_tpm=100_000, steady_start=False, turns="closed")
     trace = CodingAgentSource(SMALL, arrivals, 300.0, seed=8).take(1_000)
     fast = play(SessionWorkload.from_trace(trace), latency=1.0)
     slow = play(SessionWorkload.from_trace(trace), latency=3.0)

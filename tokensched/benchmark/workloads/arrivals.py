@@ -1,36 +1,50 @@
 """When sessions start: open loop at a target TPM, or a fixed number kept running.
 
 Under a target TPM (input tokens per minute, counted over every turn's whole
-prompt) sessions start as a Poisson process whose rate makes the expected TPM
-equal the target. Under fixed concurrency the first sessions start at once and
-each later one when a running one ends (closed loop at the session level too).
+prompt, cached or not) new sessions start as a Poisson process and, by default,
+their turns follow open-loop timelines (:mod:`~tokensched.benchmark.workloads.sessions`),
+so the load offered does not depend on how fast the server answers. The rate is
+the target divided by a session's expected input tokens; with ``window`` given,
+the whole schedule is known in advance and the Poisson gaps are rescaled by one
+common factor so that the prompt tokens *arriving inside the window* make
+exactly the target TPM (to within one request). A load generator does the same:
+it offers what the label says. The factor, near 1, is reported as ``rate_scale``.
+
+Under fixed concurrency the first sessions start at once and each later one
+when a running one ends (closed loop at the session level too).
 
 A run that began with no session in flight would spend its first minutes
 ramping up, since a session sends most of its tokens in its later turns. With
 ``steady_start`` it begins in steady state instead: sessions that would be in
 progress at t=0 join at the turn they have reached, sending the whole
 conversation so far with nothing cached, as a server sees after a restart.
-Their phases come from a nominal turn timeline
-(:func:`~tokensched.benchmark.workloads.coding_agent.nominal_turn_offsets`).
+Their phases come from the reference turn timeline
+(:meth:`~tokensched.benchmark.workloads.trace.SessionRecord.turn_offsets`), which
+open-loop turns follow exactly.
 
-Sessions, in-progress sessions and start times come from separate seeded
+Sessions, in-progress sessions and start gaps come from separate seeded
 streams, so a sweep over load levels with one seed offers the same new
 sessions at each level, only closer together.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Iterator
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.workloads.coding_agent import (
     CodingAgentConfig,
     CodingAgentGenerator,
-    nominal_turn_offsets,
     session_statistics,
 )
 from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceHeader
+
+_SCALE_RANGE = (0.25, 4.0)  # the rescaling searched; outside it the window is too short to hold the target
+_BISECTIONS = 48
 
 
 class Arrivals(BaseModel):
@@ -44,6 +58,9 @@ class Arrivals(BaseModel):
         default=10.0, ge=0.0, description="without steady_start, concurrent sessions start over this"
     )
     steady_start: bool = Field(default=True, description="begin with sessions in progress (cold cache) instead of none")
+    turns: Literal["open", "closed"] = Field(
+        default="open", description="open: turns on a fixed timeline (rate arrivals only); closed: after each answer"
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Arrivals:
@@ -51,17 +68,33 @@ class Arrivals(BaseModel):
             raise ValueError("set exactly one of target_tpm and concurrency")
         return self
 
+    @property
+    def turn_timing(self) -> Literal["open", "closed"]:
+        """Open-loop turns only under a target TPM (a fixed concurrency is closed-loop by nature)."""
+        return self.turns if self.target_tpm is not None else "closed"
+
 
 class CodingAgentSource:
     """Sessions in start order, for :class:`~tokensched.benchmark.workloads.sessions.SessionWorkload`.
 
     Under a target TPM the source ends at ``duration_s``; under fixed
     concurrency it never ends (the workload takes a session whenever one ends).
+    ``window`` (start, end) is the measured window whose offered TPM is made to
+    match the target (open-loop turns only; see the module docstring).
     """
 
-    def __init__(self, config: CodingAgentConfig, arrivals: Arrivals, duration_s: float, seed: int) -> None:
+    def __init__(
+        self,
+        config: CodingAgentConfig,
+        arrivals: Arrivals,
+        duration_s: float,
+        seed: int,
+        *,
+        window: tuple[float, float] | None = None,
+    ) -> None:
         self.header = TraceHeader(
             arrival="rate" if arrivals.target_tpm is not None else "concurrency",
+            turns=arrivals.turn_timing,
             target_tpm=arrivals.target_tpm,
             concurrency=arrivals.concurrency,
             duration_s=duration_s,
@@ -71,54 +104,106 @@ class CodingAgentSource:
             max_context_tokens=config.max_context_tokens,
             seed=seed,
         )
+        self._config = config
+        self._seed = seed
         self._generator = CodingAgentGenerator(config, seed)
         self._arrival_rng = random.Random(f"tokensched/coding-agent/arrivals/{seed}")
         self._arrivals = arrivals
         self._duration = duration_s
         self._count = 0
-        self._clock = 0.0
         self._sessions_per_second = 0.0
-        self._in_progress: list[SessionRecord] = []
-        self._upcoming: SessionRecord | None = None
+        self.rate_scale = 1.0
+        self._scheduled: Iterator[SessionRecord] = iter(())
         if arrivals.target_tpm is not None:
             stats = session_statistics(config, seed)
             self._sessions_per_second = arrivals.target_tpm / 60.0 / stats.mean_input_tokens
-            if arrivals.steady_start:
-                self._in_progress = self._already_running(config, seed, horizon=2 * stats.max_span_s)
-            self._upcoming = self._next_new()
+            self._horizon = 1.5 * stats.max_span_s if arrivals.steady_start else 0.0
+            self._new: list[tuple[float, SessionRecord]] = []  # (cumulative unit-rate gap, session)
+            self._old: list[tuple[float, SessionRecord]] = []  # the same, backwards from t=0
+            self._old_generator = CodingAgentGenerator(config, seed, stream="in-progress")
+            self._old_rng = random.Random(f"tokensched/coding-agent/in-progress-arrivals/{seed}")
+            if window is not None and arrivals.turn_timing == "open":
+                self.rate_scale = self._rescale(arrivals.target_tpm, window)
+                self.header = self.header.model_copy(update={"rate_scale": self.rate_scale})
+            self._scheduled = iter(self._schedule(self.rate_scale))
 
     @property
     def sessions_per_second(self) -> float:
-        """The Poisson rate under a target TPM (0 under fixed concurrency)."""
-        return self._sessions_per_second
-
-    @property
-    def num_in_progress(self) -> int:
-        """Sessions already in progress at t=0 (steady start under a target TPM)."""
-        return len(self._in_progress)
+        """The Poisson rate under a target TPM, rescaled (0 under fixed concurrency)."""
+        return self._sessions_per_second * self.rate_scale
 
     def next_session(self) -> SessionRecord | None:
         if self._arrivals.concurrency is not None:
             return self._next_concurrent()
-        upcoming = self._upcoming
-        if self._in_progress and (upcoming is None or (self._in_progress[-1].start_time or 0.0) <= _start(upcoming)):
-            return self._in_progress.pop()
-        if upcoming is not None:
-            self._upcoming = self._next_new()
-        return upcoming
+        return next(self._scheduled, None)
 
     def take(self, limit: int) -> Trace:
         """The first ``limit`` sessions as a trace (stops early when the source ends)."""
-        sessions: list[SessionRecord] = []
-        while len(sessions) < limit and (session := self.next_session()) is not None:
-            sessions.append(session)
-        return Trace(header=self.header, sessions=tuple(sessions))
+        return Trace(header=self.header, sessions=tuple(itertools.islice(iter(self.next_session, None), limit)))
 
-    def _next_new(self) -> SessionRecord | None:
-        self._clock += self._arrival_rng.expovariate(self._sessions_per_second)
-        if self._clock >= self._duration:
-            return None
-        return self._sample(self._clock)
+    def offered_tokens(self, scale: float, window: tuple[float, float]) -> int:
+        """Prompt tokens of the turns the schedule at ``scale`` sends inside ``window`` (open-loop turns)."""
+        start, end = window
+        total = 0
+        for session in self._schedule(scale):
+            offsets = session.turn_offsets()
+            lengths = session.prompt_lengths()
+            origin = (session.start_time or 0.0) - offsets[session.join_turn]
+            for offset, length in zip(offsets[session.join_turn :], lengths[session.join_turn :], strict=True):
+                if start <= origin + offset < end:
+                    total += length
+        return total
+
+    def _rescale(self, target_tpm: float, window: tuple[float, float]) -> float:
+        """The common factor on the arrival rate that makes the window's offered TPM the target."""
+        target = target_tpm * (window[1] - window[0]) / 60.0
+        low, high = _SCALE_RANGE
+        if self.offered_tokens(high, window) < target:
+            return high
+        if self.offered_tokens(low, window) > target:
+            return low
+        for _ in range(_BISECTIONS):
+            middle = (low + high) / 2
+            if self.offered_tokens(middle, window) < target:
+                low = middle
+            else:
+                high = middle
+        # The offered tokens jump by one request at a time: take the side nearer the target.
+        below, above = self.offered_tokens(low, window), self.offered_tokens(high, window)
+        return low if target - below < above - target else high
+
+    def _schedule(self, scale: float) -> list[SessionRecord]:
+        """Every session of the run at ``scale``: those in progress at t=0 (joined), then new ones, by start."""
+        rate = self._sessions_per_second * scale
+        sessions: list[SessionRecord] = []
+        for gap, session in self._stream(self._old, self._horizon * rate, old=True):
+            started = -gap / rate
+            offsets = session.turn_offsets()
+            join = next((k for k, offset in enumerate(offsets) if started + offset >= 0), None)
+            if join is None or started + offsets[join] >= self._duration:
+                continue  # finished before the run, or its next turn falls after it
+            sessions.append(session.model_copy(update={"start_time": started + offsets[join], "join_turn": join}))
+        for gap, session in self._stream(self._new, self._duration * rate, old=False):
+            sessions.append(session.model_copy(update={"start_time": gap / rate}))
+        sessions.sort(key=lambda s: s.start_time or 0.0)
+        return sessions
+
+    def _stream(
+        self, drawn: list[tuple[float, SessionRecord]], limit: float, *, old: bool
+    ) -> Iterator[tuple[float, SessionRecord]]:
+        """Sessions with cumulative unit-rate gaps below ``limit``, drawn once and kept (so every scale sees them)."""
+        for index in itertools.count():
+            if index == len(drawn):
+                last = drawn[-1][0] if drawn else 0.0
+                if last >= limit and drawn:
+                    return
+                rng, generator = (self._old_rng, self._old_generator) if old else (self._arrival_rng, self._generator)
+                name = f"p{index:06d}" if old else f"s{index:06d}"
+                drawn.append((last + rng.expovariate(1.0), generator.sample_session(name)))
+            gap, session = drawn[index]
+            if gap >= limit:
+                return
+            yield gap, session
 
     def _next_concurrent(self) -> SessionRecord:
         if self._count >= (self._arrivals.concurrency or 0):
@@ -126,7 +211,7 @@ class CodingAgentSource:
         if not self._arrivals.steady_start:
             return self._sample(self._arrival_rng.uniform(0.0, self._arrivals.stagger_s))
         session = self._sample(None)
-        offsets = nominal_turn_offsets(session)
+        offsets = session.turn_offsets()
         elapsed = self._arrival_rng.uniform(0.0, offsets[-1])  # how far into its timeline it is at t=0
         join = next(k for k, offset in enumerate(offsets) if offset >= elapsed)
         return session.model_copy(update={"start_time": offsets[join] - elapsed, "join_turn": join})
@@ -135,23 +220,3 @@ class CodingAgentSource:
         session = self._generator.sample_session(f"s{self._count:06d}", start)
         self._count += 1
         return session
-
-    def _already_running(self, config: CodingAgentConfig, seed: int, horizon: float) -> list[SessionRecord]:
-        """Sessions that started in ``[-horizon, 0)`` and still have a turn to send, latest start last."""
-        generator = CodingAgentGenerator(config, seed, stream="in-progress")
-        rng = random.Random(f"tokensched/coding-agent/in-progress-arrivals/{seed}")
-        sessions: list[SessionRecord] = []
-        t = -horizon
-        while (t := t + rng.expovariate(self._sessions_per_second)) < 0:
-            session = generator.sample_session(f"p{len(sessions):06d}")
-            offsets = nominal_turn_offsets(session)
-            join = next((k for k, offset in enumerate(offsets) if t + offset >= 0), None)
-            if join is None or t + offsets[join] >= self._duration:
-                continue  # finished before the run, or its next turn falls after it
-            sessions.append(session.model_copy(update={"start_time": t + offsets[join], "join_turn": join}))
-        sessions.sort(key=_start, reverse=True)  # popped from the end: earliest first
-        return sessions
-
-
-def _start(session: SessionRecord) -> float:
-    return session.start_time or 0.0

@@ -1,18 +1,28 @@
-"""Synthetic coding-agent sessions: long first prompts, small increments, closed-loop turns.
+"""Synthetic coding-agent sessions shaped like the published benchmark: prompts growing from ~45k to ~200k.
 
-A session opens with a ~45-50k token prompt (system prompt, tool definitions,
-the files the agent read), then runs 10-15 turns. Each later turn sends the
-whole previous context back: the previous prompt, the previous answer, and
-~800 new tokens (tool output, the user's message), so consecutive turns share
-everything but their last few hundred tokens and a prefix cache that keeps the
-session's blocks through the agent's think time skips almost all prefill.
-Answers follow a clipped lognormal fitted to a mean of ~450, a median of ~293
-and a p99 of ~2,230 tokens. A context that would pass 200k tokens ends the
-session, as an agent would then compact or start over.
+Sources (the published coding-agent benchmark, Together AI, "Benchmarking inference at
+scale: coding agents", https://together.ai/blog/coding-agent-benchmarks, 2026-05-19):
+prompt lengths range from ~45k to 200k tokens, "simulating realistic coding session
+growth"; answers average ~450 tokens with a median of 293 and a p99 of 2,230.
 
-When sessions start is :mod:`tokensched.benchmark.workloads.arrivals`' business; a
-session's next turn is released only when its previous answer has finished
-(see :mod:`tokensched.benchmark.workloads.sessions`).
+The model, and what is an assumption:
+
+- A session opens with a 40-50k token prompt (uniform; mean 45k, the published low end).
+- Each later turn sends the whole conversation back plus new tokens (tool output, files
+  read, the user's message). *Assumption*: new tokens per turn are lognormal with a
+  median of 3,000 and sigma 1.0 (mean ~4,900), so a session reaches the 200k cap after
+  ~30 turns and its prompts cover 45k-200k evenly. The published material gives the
+  range, not the per-turn increment.
+- A session runs until its next turn would pass 200k tokens (the published upper end);
+  an agent would compact or start over there.
+- Answers: the lognormal through the published p50 (293) and p99 (2,230) tokens
+  (sigma = ln(2230/293) / z_0.99 = 0.873); its mean is 429, 5% under the published ~450
+  (:meth:`CodingAgentConfig.output_lengths`; checked by a test). Clipped to 16,384.
+- Think time between an answer and the next turn (the agent running tools).
+  *Assumption*: lognormal, median 5 s, sigma 0.8 (mean ~6.9 s, p99 ~32 s).
+
+When sessions start is :mod:`tokensched.benchmark.workloads.arrivals`' business; when
+a later turn is sent (open or closed loop) is :mod:`tokensched.benchmark.workloads.sessions`'.
 """
 
 from __future__ import annotations
@@ -24,11 +34,9 @@ import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.workloads.distributions import LogNormal
-from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord
+from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord, reference_answer_s
 
 _ESTIMATE_SAMPLES = 4096
-NOMINAL_FIRST_TOKEN_S = 2.0  # a warm turn's prefill and queueing, for placing in-progress sessions only
-NOMINAL_SECONDS_PER_OUTPUT_TOKEN = 0.02  # a loaded decode step
 
 
 class CodingAgentConfig(BaseModel):
@@ -36,15 +44,17 @@ class CodingAgentConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    first_turn_min_tokens: int = Field(default=45_000, ge=1)
+    first_turn_min_tokens: int = Field(default=40_000, ge=1)
     first_turn_max_tokens: int = Field(default=50_000, ge=1)
-    new_tokens_min: int = Field(default=600, ge=0, description="tokens a later turn adds besides the previous answer")
-    new_tokens_max: int = Field(default=1_000, ge=0)
-    min_turns: int = Field(default=10, ge=1)
-    max_turns: int = Field(default=15, ge=1)
-    output_mean: float = Field(default=450.0, gt=0.0)
-    output_p50: float = Field(default=293.0, gt=0.0)
-    output_p99: float = Field(default=2_230.0, gt=0.0)
+    new_tokens_median: float = Field(
+        default=3_000.0, ge=0.0, description="median tokens a later turn adds besides the previous answer"
+    )
+    new_tokens_sigma: float = Field(default=1.0, ge=0.0, description="lognormal shape of the new tokens per turn")
+    new_tokens_max: int = Field(default=50_000, ge=0, description="new tokens per turn are clipped to this")
+    min_turns: int = Field(default=1, ge=1)
+    max_turns: int = Field(default=1_000, ge=1, description="by default the context cap ends a session first")
+    output_p50: float = Field(default=293.0, gt=0.0, description="published median answer length")
+    output_p99: float = Field(default=2_230.0, gt=0.0, description="published p99 answer length")
     output_max_tokens: int = Field(default=16_384, ge=1, description="answers are clipped to this")
     think_time_median_s: float = Field(default=5.0, ge=0.0, description="agent/tool time between turns")
     think_time_sigma: float = Field(default=0.8, ge=0.0, description="lognormal shape of the think time")
@@ -56,7 +66,6 @@ class CodingAgentConfig(BaseModel):
     def _ranges_are_ordered(self) -> CodingAgentConfig:
         for low, high in (
             ("first_turn_min_tokens", "first_turn_max_tokens"),
-            ("new_tokens_min", "new_tokens_max"),
             ("min_turns", "max_turns"),
         ):
             if getattr(self, low) > getattr(self, high):
@@ -71,7 +80,13 @@ class CodingAgentConfig(BaseModel):
         return self
 
     def output_lengths(self) -> LogNormal:
-        return LogNormal.fit(self.output_mean, self.output_p50, self.output_p99, low=1, high=self.output_max_tokens)
+        """The lognormal through the published median and p99 (clipped to ``[1, output_max_tokens]``)."""
+        return LogNormal.from_quantiles(self.output_p50, 0.99, self.output_p99, low=1, high=self.output_max_tokens)
+
+    def new_tokens(self) -> LogNormal:
+        if self.new_tokens_median == 0:
+            return LogNormal(mu=0.0, sigma=0.0, low=0.0, high=0.0)
+        return LogNormal.from_median(self.new_tokens_median, self.new_tokens_sigma, high=self.new_tokens_max)
 
     def think_times(self) -> LogNormal:
         if self.think_time_median_s == 0:
@@ -90,10 +105,28 @@ class CodingAgentGenerator:
         self.config = config
         self._rng = random.Random(f"tokensched/coding-agent/{stream}/{seed}")
         self._outputs = config.output_lengths()
+        self._new = config.new_tokens()
         self._think = config.think_times()
 
     def sample_session(self, session_id: str, start_time: float | None = None) -> SessionRecord:
-        return _sample(self.config, self._rng, self._outputs, self._think, session_id, start_time)
+        config, rng = self.config, self._rng
+        num_turns = rng.randint(config.min_turns, config.max_turns)
+        first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
+        answer = min(self._outputs.sample_int(rng), config.max_context_tokens - first)
+        # Every field is in range by construction; skipping validation halves the cost of sampling.
+        turn = TurnRecord.model_construct
+        turns = [turn(new_tokens=first, output_tokens=answer, think_time=0.0)]
+        context = first + answer
+        for _ in range(num_turns - 1):
+            new_tokens = self._new.sample_int(rng)
+            answer = self._outputs.sample_int(rng)
+            pause = self._think.sample(rng)
+            if context + new_tokens + answer > config.max_context_tokens:
+                break  # the agent would compact here; the session ends
+            turns.append(turn(new_tokens=new_tokens, output_tokens=answer, think_time=pause))
+            context += new_tokens + answer
+        token_seed = rng.getrandbits(62)
+        return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=tuple(turns))
 
 
 @attrs.frozen(slots=True)
@@ -101,8 +134,9 @@ class SessionStatistics:
     """Expectations over sessions, estimated by sampling (so clipping and the context cap count)."""
 
     mean_input_tokens: float  # prompt tokens a session sends over all its turns
-    mean_span_s: float  # nominal first-to-last-answer time (see :func:`nominal_turn_offsets`)
+    mean_span_s: float  # first turn to last answer at the reference speed (SessionRecord.turn_offsets)
     max_span_s: float
+    median_prompt_tokens: float  # over every turn of every session
 
 
 @functools.lru_cache(maxsize=32)
@@ -111,51 +145,16 @@ def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _EST
     generator = CodingAgentGenerator(config, seed, stream="estimate")
     tokens = 0
     spans = []
+    prompts: list[int] = []
     for _ in range(samples):
         session = generator.sample_session("estimate")
         tokens += session.input_tokens()
-        spans.append(nominal_turn_offsets(session)[-1] + _nominal_service_s(session.turns[-1].output_tokens))
-    return SessionStatistics(tokens / samples, sum(spans) / samples, max(spans))
+        prompts += session.prompt_lengths()
+        spans.append(session.turn_offsets()[-1] + reference_answer_s(session.turns[-1].output_tokens))
+    prompts.sort()
+    return SessionStatistics(tokens / samples, sum(spans) / samples, max(spans), float(prompts[len(prompts) // 2]))
 
 
 def nominal_turn_offsets(session: SessionRecord) -> list[float]:
-    """When each turn would be sent, from the session's start, if answers took a nominal time.
-
-    Only used to place sessions that are already in progress when a run begins;
-    during the run answers take what the executor says.
-    """
-    offsets = [0.0]
-    for previous, turn in zip(session.turns, session.turns[1:], strict=False):
-        offsets.append(offsets[-1] + _nominal_service_s(previous.output_tokens) + turn.think_time)
-    return offsets
-
-
-def _nominal_service_s(output_tokens: int) -> float:
-    return NOMINAL_FIRST_TOKEN_S + NOMINAL_SECONDS_PER_OUTPUT_TOKEN * output_tokens
-
-
-def _sample(
-    config: CodingAgentConfig,
-    rng: random.Random,
-    outputs: LogNormal,
-    think: LogNormal,
-    session_id: str,
-    start_time: float | None,
-) -> SessionRecord:
-    num_turns = rng.randint(config.min_turns, config.max_turns)
-    first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
-    answer = min(outputs.sample_int(rng), config.max_context_tokens - first)
-    # Every field is in range by construction; skipping validation halves the cost of sampling.
-    turn = TurnRecord.model_construct
-    turns = [turn(new_tokens=first, output_tokens=answer, think_time=0.0)]
-    context = first + answer
-    for _ in range(num_turns - 1):
-        new_tokens = rng.randint(config.new_tokens_min, config.new_tokens_max)
-        answer = outputs.sample_int(rng)
-        pause = think.sample(rng)
-        if context + new_tokens + answer > config.max_context_tokens:
-            break  # the agent would compact here; the session ends
-        turns.append(turn(new_tokens=new_tokens, output_tokens=answer, think_time=pause))
-        context += new_tokens + answer
-    token_seed = rng.getrandbits(62)
-    return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=tuple(turns))
+    """When each turn is sent at the reference speed (:meth:`SessionRecord.turn_offsets`)."""
+    return session.turn_offsets()

@@ -35,6 +35,18 @@ class LogNormal:
         return cls(mu=math.log(median), sigma=sigma, low=low, high=high)
 
     @classmethod
+    def from_quantiles(
+        cls, median: float, q: float, value_at_q: float, low: float = 0.0, high: float = math.inf
+    ) -> LogNormal:
+        """The lognormal with this median whose ``q``-quantile is ``value_at_q`` (two published figures)."""
+        if not 0.5 < q < 1:
+            raise ValueError(f"need 0.5 < q < 1, got {q}")
+        if not 0 < median < value_at_q:
+            raise ValueError(f"need 0 < median < value_at_q, got median={median}, value_at_q={value_at_q}")
+        sigma = (math.log(value_at_q) - math.log(median)) / _STANDARD_NORMAL.inv_cdf(q)
+        return cls(mu=math.log(median), sigma=sigma, low=low, high=high)
+
+    @classmethod
     def fit(cls, mean: float, p50: float, p99: float, low: float = 1.0, high: float = math.inf) -> LogNormal:
         """The lognormal whose mean, median and p99 are closest (in log space) to the targets.
 

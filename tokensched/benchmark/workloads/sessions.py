@@ -1,10 +1,20 @@
-"""Plays sessions closed-loop: a turn is released only after the previous answer plus think time.
+"""Plays sessions turn by turn: closed loop (after the previous answer) or open loop (on a fixed timeline).
 
 The driver asks :meth:`SessionWorkload.next_release_time` when to wake up,
 submits what :meth:`SessionWorkload.release` returns, and reports each finished
 request through :meth:`SessionWorkload.on_finished` with the answer's token
 ids. The next turn's prompt is the previous prompt, those exact answer tokens
 and the turn's new tokens, so the scheduler's prefix cache sees a true prefix.
+
+Closed loop (``TraceHeader.turns == "closed"``): a turn is released think time
+after the previous answer finished, so a slow server slows its own arrivals.
+Open loop (``"open"``): every turn is released at its session's start plus
+:meth:`~tokensched.benchmark.workloads.trace.SessionRecord.turn_offsets`, so the
+offered load is the same whatever the server does, as a replay of recorded
+sessions is. If the previous answer is not in yet when the turn is due, the
+prompt carries a stand-in answer of the planned length (the recorded answer of a
+replay), drawn from the session's seed; the server's own answer then does not
+match it and the prefix cache hits only up to the previous prompt.
 
 Prompt tokens are pseudo-random 16-bit ids drawn from each session's own seed
 (reduced modulo the vocabulary when it is smaller), so they are identical on
@@ -77,8 +87,8 @@ class _LiveSession:
     record: SessionRecord
     rng: random.Random  # the session's prompt-token stream
     context: list[int] = attrs.field(factory=list)  # every token of the conversation so far
-    turn: int = 0  # index of the next turn to release (or of the one in flight)
-    request_id: str | None = None  # the turn in flight
+    turn: int = 0  # index of the next turn to release
+    answer: list[int] | None = None  # the last released turn's answer, once it is in and until it is used
 
 
 @attrs.define(slots=True)
@@ -88,8 +98,10 @@ class WorkloadCounts:
     sessions_started: int = 0
     sessions_completed: int = 0  # ran every turn
     sessions_capped: int = 0  # the next turn would have passed the context cap
-    sessions_failed: int = 0  # a turn finished with "abort" or "error"
+    sessions_failed: int = 0  # closed loop: a turn finished with "abort" or "error", ending its session
     requests_released: int = 0
+    requests_failed: int = 0  # finished with "abort" or "error" (open loop: the session goes on)
+    stand_in_answers: int = 0  # open loop: turns sent before the previous answer was in
     prompt_tokens_released: int = 0
 
 
@@ -131,7 +143,7 @@ class SessionWorkload:
         self._end = source.header.duration_s
         self._pending: list[tuple[float, int, _LiveSession]] = []  # (release time, tie-break, session)
         self._sequence = 0
-        self._in_flight: dict[str, _LiveSession] = {}
+        self._in_flight: dict[str, tuple[_LiveSession, int]] = {}  # request id -> (session, turn)
         self._taken: list[SessionRecord] = []  # in the order taken from the source, as a replay takes them
         self._shared_prefix = prompt_tokens(
             f"tokensched/shared-prefix/{source.header.shared_prefix_seed}",
@@ -139,6 +151,7 @@ class SessionWorkload:
             source.header.vocab_size,
         )
         self._concurrent = source.header.arrival == "concurrency"
+        self._open = source.header.turns == "open"
         self._upcoming: SessionRecord | None = None  # open loop: the next session to start
         if self._concurrent:
             for _ in range(source.header.concurrency or 0):
@@ -164,8 +177,8 @@ class SessionWorkload:
 
     def planned_output_tokens(self, request_id: str) -> int | None:
         """The answer length the trace plans for a request in flight (``None`` if unknown)."""
-        live = self._in_flight.get(request_id)
-        return None if live is None else live.record.turns[live.turn].output_tokens
+        entry = self._in_flight.get(request_id)
+        return None if entry is None else entry[0].record.turns[entry[1]].output_tokens
 
     def next_release_time(self) -> float | None:
         """When the next request becomes due; ``None`` if none ever will without a completion."""
@@ -198,28 +211,42 @@ class SessionWorkload:
         now: float,
         finish_reason: FinishReason | None = None,
     ) -> None:
-        """Record a finished turn; schedule the session's next turn after its think time."""
-        live = self._in_flight.pop(request_id, None)
-        if live is None:
+        """Record a finished turn; closed loop: schedule the session's next turn after its think time."""
+        entry = self._in_flight.pop(request_id, None)
+        if entry is None:
             raise UnknownRequest(f"request {request_id!r} was not released by this workload or already finished")
-        live.request_id = None
-        if finish_reason in (FinishReason.ABORT, FinishReason.ERROR):
+        live, turn_index = entry
+        failed = finish_reason in (FinishReason.ABORT, FinishReason.ERROR)
+        self.counts.requests_failed += failed
+        last = turn_index == len(live.record.turns) - 1
+        if self._open:
+            if turn_index == live.turn - 1 and not failed:
+                live.answer = list(output_token_ids)  # the next turn is not out yet: it carries this answer
+            self.counts.sessions_completed += last
+            return
+        if failed:
             self.counts.sessions_failed += 1
             self._session_ended(now)
             return
-        live.context.extend(output_token_ids)
-        live.turn += 1
-        turns = live.record.turns
-        if live.turn >= len(turns):
+        live.answer = list(output_token_ids)
+        if last:
             self.counts.sessions_completed += 1
             self._session_ended(now)
             return
-        turn = turns[live.turn]
-        if len(live.context) + turn.new_tokens + turn.output_tokens > self.header.max_context_tokens:
-            self.counts.sessions_capped += 1
+        if self._next_turn_passes_cap(live):
             self._session_ended(now)
             return
-        self._push(now + turn.think_time, live)
+        self._push(now + live.record.turns[live.turn].think_time, live)
+
+    def _next_turn_passes_cap(self, live: _LiveSession) -> bool:
+        """Whether the next turn's prompt plus planned answer would pass the context cap (it ends the session)."""
+        previous = live.record.turns[live.turn - 1]
+        answer = len(live.answer) if live.answer is not None else previous.output_tokens
+        turn = live.record.turns[live.turn]
+        if len(live.context) + answer + turn.new_tokens + turn.output_tokens > self.header.max_context_tokens:
+            self.counts.sessions_capped += 1
+            return True
+        return False
 
     def trace(self) -> Trace:
         """The sessions taken from the source so far, as a trace that replays this run."""
@@ -244,9 +271,10 @@ class SessionWorkload:
 
     def _make_request(self, live: _LiveSession, at: float) -> RequestSpec:
         record = live.record
-        turn = record.turns[live.turn]
+        index = live.turn
+        turn = record.turns[index]
         vocab = self.header.vocab_size
-        if live.turn == record.join_turn:
+        if index == record.join_turn:
             self.counts.sessions_started += 1
             first = record.turns[0].new_tokens
             shared = self._shared_prefix[:first]
@@ -256,10 +284,20 @@ class SessionWorkload:
                 context += _draw(live.rng, joined.new_tokens, vocab)
             live.context = context
         else:
+            answer = live.answer
+            if answer is None:  # open loop, the previous answer not in yet: the recorded one stands in
+                self.counts.stand_in_answers += 1
+                stand_in = random.Random(f"{record.token_seed}/answer/{index - 1}")
+                answer = _draw(stand_in, record.turns[index - 1].output_tokens, vocab)
+            live.context.extend(answer)
+            live.answer = None
             live.context.extend(_draw(live.rng, turn.new_tokens, vocab))
-        request_id = f"{record.session_id}/{live.turn}"
-        live.request_id = request_id
-        self._in_flight[request_id] = live
+        request_id = f"{record.session_id}/{index}"
+        self._in_flight[request_id] = (live, index)
+        live.turn = index + 1
+        if self._open and live.turn < len(record.turns) and not self._next_turn_passes_cap(live):
+            offsets = record.turn_offsets()
+            self._push(at + offsets[live.turn] - offsets[index], live)
         self.counts.requests_released += 1
         self.counts.prompt_tokens_released += len(live.context)
         prompt_len = len(live.context)

@@ -26,6 +26,13 @@ from tokensched.errors import TokenschedError
 
 TRACE_VERSION: Literal[1] = 1
 
+# Open-loop turns are sent when the previous answer would have finished at this reference speed, plus the
+# turn's think time. An assumption, not a measurement: a warm turn's first token after 2 s and 50 tokens/s
+# per user afterwards (below the >=70 TPS/user the published benchmark aims for, so a server that meets that
+# target has answered before the agent sends its next turn). Nothing of it reaches the metrics.
+REFERENCE_FIRST_TOKEN_S = 2.0
+REFERENCE_SECONDS_PER_OUTPUT_TOKEN = 0.02
+
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -95,6 +102,22 @@ class SessionRecord(BaseModel):
         """Prompt tokens this session sends over the turns it runs (what TPM counts)."""
         return sum(self.prompt_lengths()[self.join_turn :])
 
+    def turn_offsets(self) -> list[float]:
+        """When each turn is sent, from the session's first turn, if answers take the reference time.
+
+        Open-loop turns (``TraceHeader.turns == "open"``) are sent exactly at these
+        offsets; closed-loop runs use them only to place sessions already in progress at t=0.
+        """
+        offsets = [0.0]
+        for previous, turn in zip(self.turns, self.turns[1:], strict=False):
+            offsets.append(offsets[-1] + reference_answer_s(previous.output_tokens) + turn.think_time)
+        return offsets
+
+
+def reference_answer_s(output_tokens: int) -> float:
+    """How long an answer of ``output_tokens`` takes at the reference speed (first token and decode)."""
+    return REFERENCE_FIRST_TOKEN_S + REFERENCE_SECONDS_PER_OUTPUT_TOKEN * output_tokens
+
 
 class TraceHeader(BaseModel):
     """How sessions arrive and how their prompt tokens are made."""
@@ -104,6 +127,12 @@ class TraceHeader(BaseModel):
     kind: Literal["header"] = "header"
     version: Literal[1] = TRACE_VERSION
     arrival: Literal["rate", "concurrency"]
+    turns: Literal["closed", "open"] = Field(
+        default="closed",
+        description="closed: a turn is sent think_time after the previous answer finished; open: at its "
+        "session's start plus SessionRecord.turn_offsets(), whether or not the previous answer is in "
+        "(a replay whose load does not depend on the server)",
+    )
     target_tpm: float | None = Field(default=None, gt=0.0, description="input tokens per minute (rate arrivals)")
     concurrency: int | None = Field(default=None, ge=1, description="sessions kept running (concurrency arrivals)")
     duration_s: float = Field(gt=0.0, description="no session starts and no turn is sent from this time on")
@@ -112,6 +141,9 @@ class TraceHeader(BaseModel):
     shared_prefix_seed: int = Field(default=0, ge=0)
     max_context_tokens: int = Field(default=200_000, ge=2)
     seed: int | None = Field(default=None, description="the generator seed, if synthetic (informational)")
+    rate_scale: float = Field(
+        default=1.0, gt=0.0, description="session rate over the nominal Poisson rate (informational, see arrivals)"
+    )
 
     @model_validator(mode="after")
     def _arrival_matches_its_parameter(self) -> TraceHeader:
@@ -119,6 +151,8 @@ class TraceHeader(BaseModel):
             raise ValueError("rate arrivals need target_tpm")
         if self.arrival == "concurrency" and self.concurrency is None:
             raise ValueError("concurrency arrivals need concurrency")
+        if self.arrival == "concurrency" and self.turns == "open":
+            raise ValueError("open-loop turns need rate arrivals (a fixed concurrency is closed-loop by nature)")
         return self
 
 
