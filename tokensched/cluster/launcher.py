@@ -175,6 +175,7 @@ class Cluster:
             str(max(1, int(spec.stop_timeout_s) - 1)),
             "--log-level",
             "warn",
+            *(["--routing-key-headers", spec.routing_key_header] if spec.routing_key_header else []),
             *spec.smg_args,
         ]
         self.gateway = self._spawn("gateway", f"http://{spec.host}:{port}", command)

@@ -21,6 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import attrs
 import httpx
 
+SESSION_HEADER = "X-Session-ID"
+"""Names the session: tokensched serve reads it, and smg keys sticky policies on it with
+``--routing-key-headers X-Session-ID``."""
+
 
 @attrs.frozen
 class TurnResult:
@@ -97,7 +101,9 @@ def run_session(client: httpx.Client, url: str, workload: SessionWorkload, sessi
         messages.append({"role": "user", "content": _text(rng, workload.user_chars)})
         body = {"model": workload.model, "messages": messages, "max_tokens": workload.max_tokens}
         try:
-            response = client.post(url + "/v1/chat/completions", json=body, timeout=workload.timeout_s)
+            response = client.post(
+                url + "/v1/chat/completions", json=body, headers={SESSION_HEADER: session}, timeout=workload.timeout_s
+            )
         except httpx.HTTPError as exc:
             results.append(TurnResult(session, turn, 0, error=f"{type(exc).__name__}: {exc}"))
             return results

@@ -40,6 +40,12 @@ class ClusterSpec(BaseModel):
     prometheus_port: int = Field(default=0, ge=0, le=65535, description="the gateway's /metrics; 0: a free port")
     replica_ports: tuple[int, ...] = Field(default=(), description="one per replica; empty: free ports")
     model_name: str = Field(default="tokensched", min_length=1)
+    routing_key_header: str | None = Field(
+        default="X-Session-ID",
+        min_length=1,
+        description="smg --routing-key-headers: the header consistent_hashing keys on (tokensched serve reads the "
+        "same header as the session id); None leaves smg's default",
+    )
     serve_args: tuple[str, ...] = ()
     smg_args: tuple[str, ...] = ()
     smg_binary: str | None = Field(default=None, description="the smg command (default: beside python, or PATH)")
