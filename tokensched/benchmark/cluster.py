@@ -133,13 +133,16 @@ class _Chains:
         return chain
 
 
-def _make_replica(config: BenchConfig, workload: SessionWorkload, seed: int) -> _Replica:
+def _make_replica(
+    config: BenchConfig, output_lengths: Callable[[str], int | None], seed: int, *, prefill_budget: int | None = None
+) -> _Replica:
+    """One deployment as ``run_bench`` builds it; ``prefill_budget`` overrides the profile's token budget."""
     sim = executor_package("sim")
     profile = PROFILES[config.policy]
     executor = sim.SimExecutor(
         make_deployment(config),
         block_size=config.block_size,
-        output_lengths=workload.planned_output_tokens,
+        output_lengths=output_lengths,
         eos_token_id=EOS_TOKEN_ID,
         mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
         seed=seed,
@@ -150,10 +153,27 @@ def _make_replica(config: BenchConfig, workload: SessionWorkload, seed: int) -> 
         "num_speculative_tokens": config.num_speculative_tokens,
         **profile.settings,
     }
+    if prefill_budget is not None:
+        settings["max_batched_tokens"] = prefill_budget
     scheduler = Scheduler(
         SchedulerConfig.model_validate(settings), policy=profile.make_policy(config), clock=executor.now
     )
     return _Replica(Engine(scheduler, executor))
+
+
+def make_workload(bench: BenchConfig, stop: float) -> SessionWorkload:
+    """The bench's coding-agent workload, capped as ``run_bench`` caps it (a context no replica holds ends it)."""
+    probe = executor_package("sim").CostModel(make_deployment(bench))
+    capacity = min(probe.max_request_tokens(bench.block_size), probe.num_kv_blocks(bench.block_size) * bench.block_size)
+    workload_config = bench.workload.model_copy(
+        update={"max_context_tokens": min(bench.workload.max_context_tokens, capacity)}
+    )
+    window = (bench.warmup_s, bench.duration_s)
+    return SessionWorkload(
+        CodingAgentSource(workload_config, bench.arrivals, stop, bench.seed, window=window),
+        ttft_deadline_s=bench.ttft_slo_s,
+        eos_token_id=EOS_TOKEN_ID,
+    )
 
 
 def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] | None = None) -> ClusterSimResult:
@@ -161,19 +181,10 @@ def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] |
     bench = config.bench
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     stop = bench.duration_s + bench.drain_s
-    probe = executor_package("sim").CostModel(make_deployment(bench))
-    capacity = min(probe.max_request_tokens(bench.block_size), probe.num_kv_blocks(bench.block_size) * bench.block_size)
-    # as run_bench does: a context no replica's KV pool can hold ends its session
-    workload_config = bench.workload.model_copy(
-        update={"max_context_tokens": min(bench.workload.max_context_tokens, capacity)}
-    )
-    window = (bench.warmup_s, bench.duration_s)
-    workload = SessionWorkload(
-        CodingAgentSource(workload_config, bench.arrivals, stop, bench.seed, window=window),
-        ttft_deadline_s=bench.ttft_slo_s,
-        eos_token_id=EOS_TOKEN_ID,
-    )
-    replicas = [_make_replica(bench, workload, bench.seed * 1000 + r) for r in range(config.replicas)]
+    workload = make_workload(bench, stop)
+    replicas = [
+        _make_replica(bench, workload.planned_output_tokens, bench.seed * 1000 + r) for r in range(config.replicas)
+    ]
     router = SimRouter(
         config.router,
         config.replicas,
