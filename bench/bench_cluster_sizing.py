@@ -28,13 +28,17 @@ GUESS_TPM_PER_REPLICA = {"cache_aware": 1.4e6, "round_robin": 0.8e6}  # starting
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="10M,25M,50M")
-    parser.add_argument("--routers", default="cache_aware,round_robin")
+    parser.add_argument("--routers", default="cache_aware", help="routers whose replica count is searched")
+    parser.add_argument(
+        "--compare", default="round_robin", help="routers run at the searched counts (x1 and x2) for comparison"
+    )
     parser.add_argument("--ttft", type=float, default=1.0, help="p50 TTFT target, seconds")
     parser.add_argument("--policy", default="prefix-aware", help="the replicas' engine profile")
     parser.add_argument("--duration", type=float, default=240.0)
     parser.add_argument("--warmup", type=float, default=60.0)
     parser.add_argument("--drain", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-replicas", type=int, default=64, help="give up above this many (reported as >N)")
     parser.add_argument("--out", type=Path, default=Path("out/cluster_sizing.json"))
     args = parser.parse_args()
     rows: list[dict[str, object]] = []
@@ -74,17 +78,20 @@ def main() -> int:
     def ok(result: ClusterSimResult) -> bool:
         return not math.isnan(result.metrics.ttft_s.p50) and result.metrics.ttft_s.p50 <= args.ttft
 
-    answers: dict[tuple[float, str], int] = {}
+    answers: dict[tuple[float, str], int | None] = {}  # None: no count up to --max-replicas meets the target
     for level in (parse_level(x) for x in args.levels.split(",")):
         for router in (r.strip() for r in args.routers.split(",")):
             n = max(1, round(level / GUESS_TPM_PER_REPLICA.get(router, 1e6)))
             passed: int | None = None
             failed = 0
-            while passed is None:  # grow until one count passes
+            while passed is None and n <= args.max_replicas:  # grow until one count passes
                 if ok(run(level, router, n)):
                     passed = n
                 else:
                     failed, n = n, max(n + 1, math.ceil(n * 1.25))
+            if passed is None:
+                answers[(level, router)] = None
+                continue
             if failed == 0:  # the first guess passed: shrink until one fails
                 while passed > 1:
                     n = max(1, math.floor(passed / 1.25))
@@ -103,10 +110,22 @@ def main() -> int:
                     failed = mid
             answers[(level, router)] = passed
     routers = [r.strip() for r in args.routers.split(",")]
-    print(f"\nreplicas of 4x B200 ({args.policy}) for p50 TTFT <= {args.ttft:g} s:")
-    print(f"{'TPM':>6}" + "".join(f"{r:>16}" for r in routers))
+    compared: dict[tuple[float, str, int], float] = {}
+    for (level, _searched), found in list(answers.items()):
+        for other in (c.strip() for c in args.compare.split(",") if c.strip()):
+            for count in (found, 2 * found) if found else ():
+                compared[(level, other, count)] = run(level, other, count).metrics.ttft_s.p50
+    print(f"\nreplicas of {args.policy} on 4x B200 for p50 TTFT <= {args.ttft:g} s:")
+    print(f"{'TPM':>6}" + "".join(f"{r:>16}" for r in routers) + "  others at those counts (p50 TTFT)")
     for level in sorted({lvl for lvl, _ in answers}):
-        print(f"{format_level(level):>6}" + "".join(f"{answers[(level, r)]:>16}" for r in routers))
+        cells = [answers[(level, r)] for r in routers]
+        others = ", ".join(f"{o} x{c}: {t:.2f} s" for (lvl, o, c), t in compared.items() if lvl == level)
+        print(
+            f"{format_level(level):>6}"
+            + "".join(f"{n if n else f'>{args.max_replicas}':>16}" for n in cells)
+            + "  "
+            + others
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

@@ -38,7 +38,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     n = args.replicas
-    header = f"{'config':<22}{'TTFT p50':>9}{'p99':>9}{'ITL ms':>9}{'TPS/user':>10}{'tok/s/GPU':>10}{'TPM/GPU':>10}{'hit':>8}"
+    header = f"{'config':<22}{'TTFT p50':>9}{'p99':>9}{'ITL ms':>9}{'TPS/user':>10}{'tok/s/GPU':>10}"
+    header += f"{'TPM/GPU':>10}{'hit':>8}"
     for level in (parse_level(x) for x in args.levels.split(",")):
         bench = BenchConfig(
             policy=args.policy,
