@@ -73,14 +73,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: flo
     return predicate()
 
 
-def scrape(live: Live) -> dict[str, float]:
-    """``/metrics`` as name{labels} -> value."""
+def parse_samples(text: str) -> dict[str, float]:
+    """Prometheus text as name{labels} -> value, leaving out the labels every sample carries (model, engine)."""
     samples: dict[str, float] = {}
-    for line in httpx.get(live.url + "/metrics", timeout=10).text.splitlines():
+    for line in text.splitlines():
         if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
+            series, value = line.rsplit(" ", 1)
+            name, _, labels = series.partition("{")
+            kept = [pair for pair in labels.rstrip("}").split(",") if pair and not pair.startswith(COMMON_LABELS)]
+            samples[name + ("{" + ",".join(kept) + "}" if kept else "")] = float(value)
     return samples
+
+
+COMMON_LABELS = ("model_name=", "engine=")
+
+
+def scrape(live: Live) -> dict[str, float]:
+    """``/metrics`` as name{labels} -> value (without the model and engine labels)."""
+    return parse_samples(httpx.get(live.url + "/metrics", timeout=10).text)
 
 
 def idle_and_empty(live: Live) -> bool:

@@ -11,7 +11,7 @@ LONG = 4000  # tokens: about half a minute of simulated decoding, far longer tha
 
 
 def aborted(live: Live) -> float:
-    return scrape(live).get('tokensched_request_success_total{finished_reason="abort"}', 0.0)
+    return scrape(live).get('tokensched:request_success_total{finished_reason="abort"}', 0.0)
 
 
 @pytest.mark.parametrize("route", ["completions", "chat/completions"])

@@ -155,7 +155,7 @@ def test_one_client_past_its_share_of_requests_gets_429_with_retry_after() -> No
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "too_many_requests"
-        assert scrape(live)['tokensched_request_rejected_total{reason="client_cap"}'] == 1
+        assert scrape(live)['tokensched:request_rejected_total{reason="client_cap"}'] == 1
     # the two streams closed: their slots are free again
 
 

@@ -97,7 +97,7 @@ def test_wrong_routes_and_methods_answer_in_openai_shape(small_server: Live) -> 
 def test_refusals_are_counted_and_the_server_still_answers(small_server: Live) -> None:
     post(small_server, "completions", content=b"{")
     samples = scrape(small_server)
-    assert samples['tokensched_request_rejected_total{reason="invalid"}'] >= 1
+    assert samples['tokensched:request_rejected_total{reason="invalid"}'] >= 1
     answer = post(small_server, "completions", json={"model": MODEL, "prompt": "still here?", "max_tokens": 4})
     assert answer.status_code == 200
     assert len(answer.json()["choices"][0]["text"]) == 4
@@ -119,4 +119,4 @@ def test_a_full_queue_is_a_429_with_retry_after_and_clears_when_clients_leave() 
         assert wait_for(lambda: idle_and_empty(live))
         after = http.post(live.v1 + "/completions", json={"model": MODEL, "prompt": "now?", "max_tokens": 2})
         assert after.status_code == 200
-        assert scrape(live)['tokensched_request_rejected_total{reason="queue_full"}'] == 1
+        assert scrape(live)['tokensched:request_rejected_total{reason="queue_full"}'] == 1

@@ -52,9 +52,9 @@ def test_64_concurrent_clients_all_get_complete_answers(sim_server: Live) -> Non
         assert (len(text), reason, used) == (expected, "length", expected), f"client {i}"
     assert wait_for(lambda: idle_and_empty(sim_server))
     samples = scrape(sim_server)
-    assert samples['tokensched_request_success_total{finished_reason="length"}'] == CLIENTS
-    assert samples["tokensched_time_to_first_token_seconds_count"] == CLIENTS
-    assert samples["tokensched_e2e_request_latency_seconds_count"] == CLIENTS
-    assert samples["tokensched_generation_tokens_total"] == sum(8 + i % 17 for i in range(CLIENTS))
+    assert samples['tokensched:request_success_total{finished_reason="length"}'] == CLIENTS
+    assert samples["tokensched:time_to_first_token_seconds_count"] == CLIENTS
+    assert samples["tokensched:e2e_request_latency_seconds_count"] == CLIENTS
+    assert samples["tokensched:generation_tokens_total"] == sum(8 + i % 17 for i in range(CLIENTS))
     # No prefix-hit assertion here: when all 64 are admitted in the same step, none of the shared system
     # prompt is committed yet, so hits depend on timing. test_openai_client checks cached tokens in order.

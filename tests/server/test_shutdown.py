@@ -92,7 +92,7 @@ def _running(url: str) -> str:
     except httpx.HTTPError:
         return ""
     value = next(
-        (line.split()[-1] for line in text.splitlines() if line.startswith("tokensched_num_requests_running")), "0"
+        (line.split()[-1] for line in text.splitlines() if line.startswith("tokensched:num_requests_running")), "0"
     )
     return f"running: {int(float(value))}"
 

@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 
 from openai import OpenAI
 
-from tests.server.conftest import MODEL, Live, live_server
+from tests.server.conftest import MODEL, Live, live_server, scrape
 from tokensched.server.launch import torch_backend
 from tokensched_torch import TorchExecutor, greedy_reference
 
@@ -53,3 +53,23 @@ def test_a_stop_string_cuts_the_answer_just_before_it(torch_server: Live) -> Non
     answer = api.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0, stop=stop)
     assert answer.choices[0].text == full[: full.find(stop)]
     assert answer.choices[0].finish_reason == "stop"
+
+
+def test_speculative_decoding_reports_vllms_draft_counters() -> None:
+    from tokensched.server import EngineRunner
+    from tokensched.server.tokenizer import ByteTokenizer
+    from tokensched_torch import MLAConfig
+
+    executor = TorchExecutor(MLAConfig.tiny(init_seed=0), num_blocks=128, num_speculative_tokens=2)
+    runner = EngineRunner.create(executor, config={"num_speculative_tokens": 2})
+    with live_server(runner, ByteTokenizer(), metrics_prefix="vllm") as live:
+        api = OpenAI(base_url=live.v1, api_key="unused", max_retries=0, timeout=60.0)
+        prompt = "abcabcabcabcabcabcabcabc"  # n-gram lookup always finds something to propose
+        done = api.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+        )
+        assert done.usage is not None and done.usage.completion_tokens == 24
+        samples = scrape(live)
+    assert samples["vllm:spec_decode_num_drafts_total"] >= 1
+    assert samples["vllm:spec_decode_num_draft_tokens_total"] <= 2 * samples["vllm:spec_decode_num_drafts_total"]
+    assert samples["vllm:spec_decode_num_accepted_tokens_total"] <= samples["vllm:spec_decode_num_draft_tokens_total"]

@@ -72,7 +72,7 @@ def create_app(
     """An app serving ``runner``'s scheduler. One app per runner; the runner is not shared."""
     tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
     settings = settings if settings is not None else ServerSettings()
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(settings.model_name, settings.metrics_prefix, runner.config.max_model_len)
     started = time.time()
     shed = ShedLog(settings.shed_log_interval_s)
     drain = Drain()
@@ -204,7 +204,7 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        return PlainTextResponse(metrics.render(runner.stats), media_type=CONTENT_TYPE)
+        return PlainTextResponse(metrics.render(runner.stats, runner.spec_decode), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -211,6 +211,15 @@ def serve_command(
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     serve(app, settings, log_level=log_level.value)
+    # Drained and stopped: exit now. Tearing down the interpreter would free the KV pool's and the prefix
+    # cache's objects one by one (0.6 s measured for the simulator's 25,650 blocks) for nobody's benefit.
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 app = typer.Typer(add_completion=False, help="The tokensched OpenAI-compatible server.")

@@ -19,7 +19,7 @@ import attrs
 
 from tokensched import RequestOutput, RequestSpec
 from tokensched.plan import FinishReason
-from tokensched.server.metrics import ServerMetrics
+from tokensched.server.metrics import RequestTiming, ServerMetrics
 from tokensched.server.runner import EngineRunner
 from tokensched.server.tokenizer import StreamDecoder, Tokenizer
 from tokensched.server.wire import FinishReasonWire
@@ -72,11 +72,14 @@ class _Choice:
     index: int
     request_id: str
     num_prompt_tokens: int
+    max_tokens: int
     decoder: StreamDecoder
     stop: StopMatcher
     num_tokens: int = 0
     num_cached_tokens: int = 0
     last_token_at: float | None = None
+    first_token_at: float | None = None
+    launched_at: float | None = None
     finish_reason: FinishReasonWire | None = None
 
 
@@ -108,6 +111,7 @@ class Generation:
                 index=i,
                 request_id=spec.request_id,
                 num_prompt_tokens=len(spec.prompt_token_ids),
+                max_tokens=spec.max_tokens,
                 decoder=StreamDecoder(tokenizer),
                 stop=StopMatcher(stops),
             )
@@ -197,9 +201,10 @@ class Generation:
 
     def _time_tokens(self, choice: _Choice, count: int, now: float) -> None:
         if choice.last_token_at is None:
-            self._metrics.on_first_token(now - self.accepted_at)
-            if count > 1:
-                self._metrics.on_tokens(0.0, count - 1)
+            choice.first_token_at = now
+            choice.launched_at = self._runner.take_launched_at(choice.request_id)
+            self._metrics.on_first_token(now - self.accepted_at, choice.num_prompt_tokens)
+            self._metrics.on_tokens(0.0, count, first=True)
         else:
             self._metrics.on_tokens(now - choice.last_token_at, count)
         choice.last_token_at = now
@@ -208,4 +213,17 @@ class Generation:
     def _finish(self, choice: _Choice, reason: FinishReasonWire, now: float) -> None:
         choice.finish_reason = reason
         self._unfinished -= 1
-        self._metrics.on_finished(reason, now - self.accepted_at, choice.num_prompt_tokens, choice.num_tokens)
+        relaunched_at = self._runner.take_launched_at(choice.request_id)  # forget it (a resume re-records it)
+        launched_at = choice.launched_at if choice.first_token_at is not None else relaunched_at
+        accepted = self.accepted_at
+        self._metrics.on_finished(
+            RequestTiming(
+                reason=reason,
+                e2e=now - accepted,
+                prompt_tokens=choice.num_prompt_tokens,
+                generation_tokens=choice.num_tokens,
+                max_tokens=choice.max_tokens,
+                scheduled=None if launched_at is None else max(0.0, launched_at - accepted),
+                first_token=None if choice.first_token_at is None else choice.first_token_at - accepted,
+            )
+        )

@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 
@@ -28,7 +29,7 @@ import attrs
 
 from tokensched import Engine, Executor, RequestOutput, RequestSpec, Scheduler, SchedulerConfig
 from tokensched.errors import TokenschedError, UnknownRequest
-from tokensched.plan import FinishReason
+from tokensched.plan import FinishReason, StepPlan, StepResult
 from tokensched.policies.base import Policy
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,80 @@ def served_max_model_len(executor: Executor, config: Mapping[str, object]) -> in
 
 class EngineStopped(TokenschedError):
     """The engine thread is not running (never started, stopped, or crashed)."""
+
+
+@attrs.define(slots=True)
+class SpecDecodeCounters:
+    """Draft tokens verified and accepted, in vLLM's terms (``vllm/v1/spec_decode/metrics.py``).
+
+    A *draft* is one request's proposed tokens in one step; a draft token is
+    accepted when verification kept it (the sampled tokens are the accepted
+    drafts then one bonus token). Written by the engine thread, read by scrapes.
+    """
+
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: list[int] = attrs.field(factory=list)
+
+    def record(self, plan_drafts: Sequence[Sequence[int]], sampled: Sequence[Sequence[int]]) -> None:
+        for drafts, tokens in zip(plan_drafts, sampled, strict=False):
+            if not drafts or not tokens:
+                continue
+            accepted = min(len(tokens) - 1, len(drafts))
+            self.num_drafts += 1
+            self.num_draft_tokens += len(drafts)
+            self.num_accepted_tokens += accepted
+            if len(self.accepted_per_position) < len(drafts):
+                self.accepted_per_position.extend([0] * (len(drafts) - len(self.accepted_per_position)))
+            for position in range(accepted):
+                self.accepted_per_position[position] += 1
+
+
+class _LaunchClock:
+    """The executor, noting the wall time each request is first launched in a step (for queue-time metrics),
+    and, when speculative decoding is on, the drafts each step verified and how many were accepted.
+
+    ``StepPlan.new_requests`` names the requests entering the running set, so
+    this costs O(new requests) per step; a resumed request keeps its first time.
+    """
+
+    def __init__(
+        self, executor: Executor, launched_at: dict[str, float], spec: SpecDecodeCounters | None = None
+    ) -> None:
+        self._executor = executor
+        self._launched_at = launched_at
+        self._spec = spec
+        self._drafts: deque[list[tuple[int, ...]]] = deque()  # per step in flight, oldest first
+
+    @property
+    def block_size(self) -> int:
+        return self._executor.block_size
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self._executor.num_kv_blocks
+
+    def launch(self, plan: StepPlan) -> None:
+        now = time.perf_counter()
+        for new in plan.new_requests:
+            self._launched_at.setdefault(new.request_id, now)
+        self._executor.launch(plan)
+        if self._spec is not None:
+            self._drafts.append(plan.draft_token_ids)
+
+    def collect(self) -> StepResult:
+        drafts = self._drafts.popleft() if self._spec is not None and self._drafts else None
+        result = self._executor.collect()  # a failed step raises here: its drafts were verified by nobody
+        if self._spec is not None and drafts is not None:
+            self._spec.record(drafts, result.sampled_token_ids)
+        return result
+
+    def now(self) -> float:
+        return self._executor.now()
+
+    def wait_until(self, t: float) -> None:
+        self._executor.wait_until(t)
 
 
 @attrs.frozen(slots=True)
@@ -97,7 +172,10 @@ class EngineRunner:
             raise ValueError(f"realtime must be >= 0 (wall seconds per executor second), got {realtime}")
         self.scheduler = scheduler
         self.executor = executor
-        self._engine = Engine(scheduler, executor)
+        self._launched_at: dict[str, float] = {}
+        self.spec_decode = SpecDecodeCounters() if scheduler.config.num_speculative_tokens > 0 else None
+        """Draft counters, when the scheduler plans speculative decoding (None otherwise)."""
+        self._engine = Engine(scheduler, _LaunchClock(executor, self._launched_at, self.spec_decode))
         self._realtime = realtime
         self._check_invariants = check_invariants
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -168,6 +246,14 @@ class EngineRunner:
         if self._stopped.is_set():  # stopped while we queued: nobody else will answer it
             self._fail_pending_commands()
         return done
+
+    def take_launched_at(self, request_id: str) -> float | None:
+        """When (``time.perf_counter()``) the request was first launched in a step, once; None if never.
+
+        Written by the engine thread before the step's outputs are delivered,
+        so a request's first token always finds it; the reader removes it.
+        """
+        return self._launched_at.pop(request_id, None)
 
     def abort(self, request_ids: Sequence[str]) -> None:
         """Abort requests (a client went away); unknown or finished ids are ignored."""
