@@ -59,7 +59,7 @@ def test_the_gateway_and_each_replica_agree_on_how_many_requests_each_served(cac
     def counts() -> tuple[list[float], list[float]]:
         members = cache_aware.replicas
         gateway = [metric_sum(cache_aware.metrics_url, "smg_worker_requests_total", worker=r.url) for r in members]
-        replicas = [metric_sum(r.url + "/metrics", "tokensched_request_success_total") for r in members]
+        replicas = [metric_sum(r.url + "/metrics", "tokensched:request_success_total") for r in members]
         return gateway, replicas
 
     gateway, replicas = settle(counts, lambda c: c[0] == c[1])  # type: ignore[index]
@@ -89,7 +89,7 @@ def test_killing_a_replica_mid_run_loses_no_unstarted_request_and_moves_new_sess
         started = settle(in_flight, lambda n: n >= 3)  # type: ignore[operator]
         assert isinstance(started, int) and started > 0
         cluster.kill_replica(1)
-        served_before = [metric_sum(r.url + "/metrics", "tokensched_request_success_total") for r in survivors]
+        served_before = [metric_sum(r.url + "/metrics", "tokensched:request_success_total") for r in survivors]
         after = run_sessions(cluster.url, _workload("after", sessions=6, turns=3, concurrency=6, max_tokens=8))
         running.join(timeout=90)
         assert not running.is_alive(), "a client of the killed replica hung"
@@ -100,6 +100,6 @@ def test_killing_a_replica_mid_run_loses_no_unstarted_request_and_moves_new_sess
         assert all(t.status in (0, 500, 502, 503) for t in before[0].failed)
         # new sessions all land on the survivors and are all answered
         assert after.failed == []
-        served_after = [metric_sum(r.url + "/metrics", "tokensched_request_success_total") for r in survivors]
+        served_after = [metric_sum(r.url + "/metrics", "tokensched:request_success_total") for r in survivors]
         assert sum(served_after) - sum(served_before) >= len(after.ok)
         assert victim.url not in settle(cluster.healthy_workers, lambda w: victim.url not in w)  # type: ignore[operator]
