@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import httpx
 import pytest
@@ -73,7 +74,6 @@ def test_the_gateway_and_each_replica_agree_on_how_many_requests_each_served(cac
 def test_killing_a_replica_mid_run_loses_no_unstarted_request_and_moves_new_sessions_to_survivors() -> None:
     paced = ("--realtime", "1")  # the simulated H100's own speed: requests are in flight when the replica dies
     with Cluster(ClusterSpec(replicas=3, router=RouterPolicy.CACHE_AWARE, serve_args=paced)) as cluster:
-        victim, survivors = cluster.replicas[1], [cluster.replicas[0], cluster.replicas[2]]
         before: list[SessionsReport] = []
         running = threading.Thread(
             target=lambda: before.append(
@@ -82,13 +82,19 @@ def test_killing_a_replica_mid_run_loses_no_unstarted_request_and_moves_new_sess
         )
         running.start()
 
-        def in_flight() -> int:
-            load = httpx.get(victim.url + "/v1/loads", timeout=5).json()["loads"][0]
-            return int(load["num_running_reqs"] + load["num_waiting_reqs"])
+        def in_flight() -> list[int]:
+            loads = [httpx.get(r.url + "/v1/loads", timeout=5).json()["loads"][0] for r in cluster.replicas]
+            return [int(load["num_running_reqs"] + load["num_waiting_reqs"]) for load in loads]
 
-        started = settle(in_flight, lambda n: n >= 3)  # type: ignore[operator]
-        assert isinstance(started, int) and started > 0
-        cluster.kill_replica(1)
+        # the victim is the replica running the most requests once the run is under way
+        loads = cast(list[int], settle(in_flight, lambda n: max(cast(list[int], n)) >= 2, within_s=30))
+        index = max(range(len(loads)), key=loads.__getitem__)
+        started = loads[index]
+        assert started > 0, loads
+        victim = cluster.replicas[index]
+        survivors = [r for r in cluster.replicas if r is not victim]
+        started = max(started, in_flight()[index])  # read again just before the kill: requests keep arriving
+        cluster.kill_replica(index)
         served_before = [metric_sum(r.url + "/metrics", "tokensched:request_success_total") for r in survivors]
         after = run_sessions(cluster.url, _workload("after", sessions=6, turns=3, concurrency=6, max_tokens=8))
         running.join(timeout=90)
