@@ -117,7 +117,7 @@ def prefix_admission(prompt_tokens: int, repeats: int) -> tuple[float, float, fl
         assert plan is not None and plan.new_requests[0].num_cached_tokens >= len(history) - 2 * bs
         hashes = s.live[f"n{k}"].block_hashes
         t0 = time.perf_counter()
-        s.pool.match_prefix(hashes)
+        s.pool.match_prefix(hashes, s.live[f"n{k}"].tokens, s.pool.root(None))
         lookup_ms.append((time.perf_counter() - t0) * 1e3)
         _drain(s, plan)
         history = [*turn, 7]

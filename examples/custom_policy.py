@@ -4,6 +4,12 @@ The policy: shortest remaining prompt first (prefills that finish soonest get
 their first token soonest), and preempt the request with the most KV to
 recompute last, i.e. the one with the least progress first. About 30 lines.
 
+The state machine checks, after every plan, every scheduler invariant and the
+policy's promises (``tokensched.policies.promises``): a policy that declares
+none gets the defaults (victims rank last, work conserving, and admission in
+order for a static policy); this one adds a promise of its own, in its own
+terms, to show how.
+
     python examples/custom_policy.py          # runs the property test
 """
 
@@ -13,7 +19,20 @@ from hypothesis import settings
 
 from tokensched.machines.request import Request
 from tokensched.policies import PolicyContext, SortKey
+from tokensched.policies.promises import VICTIMS_RANK_LAST, WORK_CONSERVING, Promise, StepRecord
 from tokensched.testing import SchedulerStateMachine
+
+
+def _least_progress_yields(record: StepRecord) -> str | None:
+    """No request preempted in a step has more output tokens than one that keeps running."""
+    for victim in record.preempted:
+        for kept in record.kept:
+            if victim.num_output_tokens > kept.num_output_tokens:
+                return f"{victim.request_id!r} yielded with more outputs than {kept.request_id!r}"
+    return None
+
+
+LEAST_PROGRESS_YIELDS = Promise("least progress yields", "victims have the fewest outputs", _least_progress_yields)
 
 
 class ShortestPromptFirst:
@@ -21,6 +40,7 @@ class ShortestPromptFirst:
 
     name = "shortest-prompt-first"
     dynamic = True  # the uncached part depends on the cache, which changes while requests wait
+    promises = (VICTIMS_RANK_LAST, WORK_CONSERVING, LEAST_PROGRESS_YIELDS)
 
     def admission_key(self, request: Request, ctx: PolicyContext) -> SortKey:
         uncached = len(request.tokens) - ctx.cached_prefix_tokens(request)
@@ -31,7 +51,7 @@ class ShortestPromptFirst:
 
 
 class ShortestPromptFirstMachine(SchedulerStateMachine):
-    """Every scheduler invariant, liveness included, under the custom policy."""
+    """Every scheduler invariant, liveness included, and the policy's promises, under the custom policy."""
 
     def make_policy(self) -> ShortestPromptFirst:
         return ShortestPromptFirst()
@@ -43,7 +63,8 @@ TestShortestPromptFirst.settings = settings(max_examples=100, stateful_step_coun
 
 def main() -> None:
     TestShortestPromptFirst().runTest()
-    print("ShortestPromptFirst: every invariant held over 100 random scheduler runs")
+    names = ", ".join(p.name for p in ShortestPromptFirst.promises)
+    print(f"ShortestPromptFirst: every invariant and promise ({names}) held over 100 random scheduler runs")
 
 
 if __name__ == "__main__":

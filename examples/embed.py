@@ -6,6 +6,11 @@ steps in flight: it plans step k+1 before collecting step k, so a decode's
 input in step k+1 is PLACEHOLDER_TOKEN, which the runner fills with the token
 it sampled in step k.
 
+The loop reads what happened through the public API only: outputs carry new
+tokens, finishes and events (a request preempted or rolled back says so);
+``last_plan_outcome`` says why ``plan()`` returned None; ``stats()`` balances
+the pool; ``running_requests()`` / ``waiting_requests()`` are read-only views.
+
     python examples/embed.py
 """
 
@@ -16,6 +21,7 @@ from collections import deque
 from tokensched import (
     PLACEHOLDER_TOKEN,
     FinishReason,
+    PlanOutcome,
     RequestSpec,
     Scheduler,
     SchedulerConfig,
@@ -47,7 +53,8 @@ class ToyRunner:
 
 
 def main() -> dict[str, list[int]]:
-    scheduler = Scheduler(SchedulerConfig(num_blocks=64, block_size=16, max_batched_tokens=64, max_steps_in_flight=2))
+    # 10 blocks for 4 requests that grow to 37 tokens (3 blocks) each: they run short, and some are preempted.
+    scheduler = Scheduler(SchedulerConfig(num_blocks=10, block_size=16, max_batched_tokens=64, max_steps_in_flight=2))
     runner = ToyRunner()
     for i in range(4):
         prompt = list(range(10 * i + 1, 10 * i + 30))
@@ -57,14 +64,25 @@ def main() -> dict[str, list[int]]:
     while scheduler.has_work:
         while (plan := scheduler.plan()) is not None:  # plan ahead while earlier steps "run"
             in_flight.append(runner.run(plan))
+        # WINDOW_FULL: max_steps_in_flight reached; BLOCKED: nothing fits until a step completes.
+        assert scheduler.last_plan_outcome in (PlanOutcome.WINDOW_FULL, PlanOutcome.BLOCKED)
         for output in scheduler.complete(in_flight.popleft()):
+            if output.event is not None:  # preempted: it recomputes later, its tokens so far stand
+                print(f"{output.request_id}: {output.event.value} after {output.num_output_tokens} tokens")
+                running = [(v.request_id, v.num_output_tokens) for v in scheduler.running_requests()]
+                waiting = [v.request_id for v in scheduler.waiting_requests()]
+                print(f"  running (id, tokens): {running}; waiting: {waiting}")
+                continue
             answers.setdefault(output.request_id, []).extend(output.new_token_ids)
             if output.finish_reason is not None:
                 reason = output.finish_reason.value
                 print(f"{output.request_id}: {answers[output.request_id]} ({reason})")
                 assert output.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
         scheduler.check_invariants()
-    print(scheduler.stats())
+    stats = scheduler.stats()
+    empty, evictable, held, pending = stats.pool_balance
+    print(f"pool: {empty} empty + {evictable} evictable + {held} held + {pending} pending = {stats.num_total_blocks}")
+    print(f"{stats.num_preemptions} preemptions, {stats.num_finished} finished, outcome {scheduler.last_plan_outcome}")
     return answers
 
 

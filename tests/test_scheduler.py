@@ -12,7 +12,9 @@ from tokensched import (
     FinishReason,
     IllegalTransition,
     InvalidRequest,
+    PlanOutcome,
     QueueFull,
+    RequestEvent,
     RequestOutput,
     RequestSpec,
     Scheduler,
@@ -335,7 +337,8 @@ def test_failed_step_retries_or_errors_without_leaks(policy: str) -> None:
         assert [o.finish_reason for o in outs] == [FinishReason.ERROR]
         assert not s.has_work
     else:
-        assert outs == [] and isinstance(s.get("a").state, Preempted)
+        assert [(o.request_id, o.event, o.finish_reason) for o in outs] == [("a", RequestEvent.ROLLED_BACK, None)]
+        assert isinstance(s.get("a").state, Preempted)
         run_to_end(s)
     assert s.pool.counts()[BlockState.OWNED] == 0
 
@@ -461,7 +464,7 @@ def test_releasing_a_block_more_often_than_it_is_held_is_refused_and_changes_not
 def _preemptions_while_running(s: Scheduler, plan: StepPlan) -> list[tuple[str, str]]:
     """(victim, kept) pairs of this plan where the preempted request ranks above one that keeps running."""
     key = s.policy.victim_key
-    ctx = s._policy_context()
+    ctx = s.policy_context()
     victims = [s.live[rid] for rid in plan.removed_request_ids if isinstance(s.live[rid].state, Preempted)]
     return [(v.request_id, k.request_id) for v in victims for k in s.running.values() if key(v, ctx) < key(k, ctx)]
 
@@ -519,3 +522,68 @@ def test_capacity_check_with_speculation_counts_the_room_drafts_are_capped_at() 
     outputs = [out for outs in Engine(s, executor).run() for out in outs]
     assert sum(len(out.new_token_ids) for out in outputs) == 4
     assert outputs[-1].finish_reason is FinishReason.LENGTH
+
+
+# ------------------------------------------------- an API that says what happened
+def test_a_preempted_request_is_told_with_the_next_complete() -> None:
+    config = SchedulerConfig(num_blocks=7, block_size=2, max_steps_in_flight=1)
+    s = Scheduler(config, policy=PriorityPolicy(), clock=lambda: 0.0)
+    s.submit(spec("low", [1, 2, 3], max_tokens=10, priority=5))
+    s.complete(answer(next_plan(s)))
+    s.submit(spec("high1", [4, 5, 6], max_tokens=10, priority=0))
+    s.submit(spec("high2", [7, 8, 9], max_tokens=10, priority=0))
+    events: list[RequestOutput] = []
+    for _ in range(3):
+        plan = next_plan(s)
+        events += [o for o in s.complete(answer(plan)) if o.event is not None]
+    assert [(e.request_id, e.event, e.new_token_ids, e.finished) for e in events] == [
+        ("low", RequestEvent.PREEMPTED, [], False)
+    ]
+    assert s.request_view("low").state == "preempted" and s.request_view("low").num_preemptions == 1
+    assert [v.request_id for v in s.waiting_requests()] == ["low"]
+    assert {v.request_id for v in s.running_requests()} == {"high1", "high2"}
+
+
+def test_plan_says_why_it_planned_nothing() -> None:
+    s = make(max_steps_in_flight=1)
+    assert s.plan() is None and s.last_plan_outcome is PlanOutcome.IDLE
+    s.submit(spec("a", [1, 2, 3]))
+    plan = next_plan(s)
+    assert s.last_plan_outcome is PlanOutcome.PLANNED
+    assert s.plan() is None and s.last_plan_outcome is PlanOutcome.WINDOW_FULL
+    s.complete(answer(plan))
+    # Two in flight, one decode: the second plan has nothing new until the first completes.
+    s = make(max_steps_in_flight=2, num_speculative_tokens=1)
+    s.submit(spec("a", [1, 2, 3]))
+    next_plan(s)
+    assert s.plan() is None and s.last_plan_outcome is PlanOutcome.BLOCKED
+
+
+def test_stats_balance_the_pool() -> None:
+    s = make(num_blocks=16, block_size=2)
+    s.submit(spec("a", [1, 2, 3, 4, 5], max_tokens=2))
+    s.submit(spec("b", [1, 2, 3, 4, 6], max_tokens=2))
+    first = next_plan(s)
+    s.abort("b")  # its blocks wait PENDING for the step in flight
+    stats = s.stats()
+    assert stats.num_pending_blocks > 0 and stats.num_held_blocks > 0
+    assert sum(stats.pool_balance) == 16
+    s.complete(answer(first))
+    run_to_end(s)
+    stats = s.stats()
+    assert stats.num_evictable_blocks > 0 and stats.num_held_blocks == 0
+    assert stats.pool_balance == (16 - stats.num_evictable_blocks, stats.num_evictable_blocks, 0, 0)
+
+
+def test_admission_reserve_is_a_config_field() -> None:
+    assert SchedulerConfig(num_blocks=10).admission_reserve == 0.01
+    with pytest.raises(ValueError, match="admission_reserve"):
+        SchedulerConfig(num_blocks=10, admission_reserve=1.5)
+    # 8 blocks: with a reserve of 1, a 2-block prompt beside 6 held blocks waits; with none it is admitted.
+    for reserve, admitted in ((0.01, False), (0.0, True)):
+        s = make(num_blocks=8, block_size=4, admission_reserve=reserve)
+        s.submit(spec("a", [1] * 24, max_tokens=8))
+        s.complete(answer(next_plan(s)))
+        s.submit(spec("b", [2] * 8, max_tokens=1))
+        plan = next_plan(s)
+        assert ("b" in plan.request_ids) is admitted

@@ -212,7 +212,8 @@ def derive_block_table(num_blocks: int = 3) -> tuple[Observed, set[tuple[str, st
 
 
 def _commit(config: _Config, block: int, block_hash: int) -> None:
-    config.pool.commit(block, block_hash)
+    pool = config.pool
+    pool.commit([block], [block_hash], [0] * pool.block_size, pool.root(None))
 
 
 def _share(config: _Config, block: int) -> None:

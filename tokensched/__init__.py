@@ -21,6 +21,7 @@ from tokensched.plan import (
     PLACEHOLDER_TOKEN,
     FinishReason,
     NewRequestData,
+    RequestEvent,
     RequestOutput,
     ScheduledRequest,
     StepPlan,
@@ -28,6 +29,7 @@ from tokensched.plan import (
 )
 from tokensched.scheduler import Scheduler
 from tokensched.stats import SchedulerStats
+from tokensched.views import PlanOutcome, RequestView
 
 __version__ = "0.1.0"
 
@@ -42,10 +44,13 @@ __all__ = [
     "InvalidRequest",
     "InvariantViolation",
     "NewRequestData",
+    "PlanOutcome",
     "QueueFull",
+    "RequestEvent",
     "RequestMirror",
     "RequestOutput",
     "RequestSpec",
+    "RequestView",
     "SamplingParams",
     "ScheduledRequest",
     "Scheduler",

@@ -152,9 +152,22 @@ class StepResult:
     elapsed: float | None = None  # seconds the step took on the executor's clock, if known
 
 
+class RequestEvent(StrEnum):
+    """Something that happened to a live request besides new tokens (``RequestOutput.event``)."""
+
+    PREEMPTED = "preempted"  # lost its KV to a better-ranked request; it will recompute, its tokens stand
+    ROLLED_BACK = "rolled_back"  # its step failed and is retried by recompute (StepFailurePolicy.RETRY)
+
+
 @attrs.frozen(slots=True)
 class RequestOutput:
-    """New tokens for one request after a step, and whether it finished."""
+    """New tokens for one request after a step, and whether it finished.
+
+    An output with ``event`` set carries no tokens: it tells the caller that
+    the request was preempted (delivered with the next ``complete()`` or
+    ``fail()``, since ``plan()`` returns only the plan) or rolled back by
+    ``fail()``. The request stays live and its tokens so far stand.
+    """
 
     request_id: str
     new_token_ids: list[int]
@@ -162,6 +175,7 @@ class RequestOutput:
     logprobs: list[float] | None = None
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
+    event: RequestEvent | None = None
 
     @property
     def finished(self) -> bool:

@@ -43,6 +43,9 @@ class SessionRetention:
         self._until.pop(sid, None)
         self._until[sid] = (now + self.window_s, request)
 
+    def sessions(self) -> frozenset[str]:
+        return frozenset(self._until)
+
     def holds(self, session_id: str | None) -> bool:
         """Whether ``session_id``'s cache is retained (its next turn is warm)."""
         return session_id is not None and session_id in self._until

@@ -30,11 +30,20 @@ from collections.abc import Callable
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
-from tokensched.machines.blocks import BlockPool
-from tokensched.machines.prefix import extend_hashes, shared_prefix_blocks
+from tokensched.machines.blocks import BlockPool, BlockPoolListener
+from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
 from tokensched.machines.step import StepTracker
-from tokensched.plan import NO_BLOCKS, NO_DRAFTS, FinishReason, NewRequestData, RequestOutput, StepPlan, StepResult
+from tokensched.plan import (
+    NO_BLOCKS,
+    NO_DRAFTS,
+    FinishReason,
+    NewRequestData,
+    RequestEvent,
+    RequestOutput,
+    StepPlan,
+    StepResult,
+)
 from tokensched.policies.base import Policy, PolicyContext
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.queue import WaitingQueue
@@ -42,6 +51,7 @@ from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.validation import validate_result
+from tokensched.views import PlanOutcome, RequestView
 
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
 
@@ -54,11 +64,16 @@ class Scheduler:
         config: SchedulerConfig,
         policy: Policy | None = None,
         clock: Callable[[], float] | None = None,
+        *,
+        hasher: BlockHasher | None = None,
+        listener: BlockPoolListener | None = None,
     ) -> None:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
         self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
-        self.pool = BlockPool(config.num_blocks)
+        self.pool = BlockPool(config.num_blocks, config.block_size, listener)
+        self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
+        self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
         self.live: dict[str, Request] = {}
         self.waiting = WaitingQueue(self.policy.dynamic)
@@ -71,7 +86,10 @@ class Scheduler:
         self._caching = config.enable_prefix_caching
         self._chunk = config.long_prefill_chunk or config.max_batched_tokens
         self._k_spec = config.num_speculative_tokens
-        self._admit_reserve = max(1, config.num_blocks // 100)  # keep 1% free for running decodes
+        reserve = config.admission_reserve
+        self._admit_reserve = max(1, int(config.num_blocks * reserve)) if reserve > 0 else 0
+        self._events: list[RequestOutput] = []  # preemptions in plan(), told with the next complete() or fail()
+        self.last_plan_outcome = PlanOutcome.IDLE
         retention_s = config.session_kv_retention_s
         self._retention = (
             SessionRetention(retention_s, self.pool)
@@ -123,15 +141,24 @@ class Scheduler:
         hashes = request.block_hashes
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
-        if previous is not None:
+        if previous is not None and previous.cache_salt == request.cache_salt:
             shared = shared_prefix_blocks(previous.tokens, request.tokens, self._bs)
             hashes.extend(previous.block_hashes[:shared])
-        extend_hashes(hashes, request.tokens, self._bs)
+        self.hasher.extend(hashes, request.tokens, self._root(request)[0])
+
+    def _root(self, request: Request) -> tuple[int, int]:
+        """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
+        salt = request.cache_salt
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = (self.hasher.root(salt), self.pool.root(salt))
+        return root
 
     def _enqueue(self, request: Request) -> None:
-        self.waiting.push(request, self.policy.admission_key(request, self._policy_context()))
+        self.waiting.push(request, self.policy.admission_key(request, self.policy_context()))
 
-    def _policy_context(self) -> PolicyContext:
+    def policy_context(self) -> PolicyContext:
+        """What the policy sees now (for checking its keys from outside, as ``tokensched.testing`` does)."""
         return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._estimate_cached)
 
     def _estimate_cached(self, request: Request) -> int:
@@ -154,15 +181,21 @@ class Scheduler:
 
     # ============================================================== planning
     def plan(self) -> StepPlan | None:
-        """The next step, or None when nothing can run now (idle, or max steps in flight)."""
-        if self.steps.full or not (self.running or self.waiting):
+        """The next step, or None when nothing can run now; :attr:`last_plan_outcome` says which case."""
+        if self.steps.full:
+            self.last_plan_outcome = PlanOutcome.WINDOW_FULL
+            return None
+        if not (self.running or self.waiting):
+            self.last_plan_outcome = PlanOutcome.IDLE
             return None
         builder = StepBuilder(self.steps.next_step_id, self._bs)
         budget, preempted = self._schedule_running(builder)
         if not preempted and budget > 0 and self.waiting:
             self._admit_waiting(builder, budget)
         if not builder:
+            self.last_plan_outcome = PlanOutcome.BLOCKED
             return None
+        self.last_plan_outcome = PlanOutcome.PLANNED
         self.steps.open(builder.step())
         removed = tuple(self._removed)
         self._removed.clear()
@@ -190,7 +223,7 @@ class Scheduler:
         if pool.num_free >= -(-budget // bs) + len(running):
             order = list(running.values())
         else:
-            ctx = self._policy_context()
+            ctx = self.policy_context()
             victim_key = self.policy.victim_key
             order = sorted(running.values(), key=lambda r: victim_key(r, ctx))
         starved = False
@@ -271,7 +304,7 @@ class Scheduler:
         cfg = self.config
         waiting = self.waiting
         if self.policy.dynamic and waiting.needs_resort():
-            ctx = self._policy_context()
+            ctx = self.policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))
         retention = self._retention
@@ -297,7 +330,7 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            matched = pool.match_prefix(request.block_hashes) if self._caching else []
+            matched = pool.match_prefix(request.block_hashes, tokens, self._root(request)[1]) if self._caching else []
             if len(matched) * bs >= known:
                 matched.pop()  # always compute at least the last token, to sample from it
             cached = len(matched) * bs
@@ -345,7 +378,7 @@ class Scheduler:
         validate_result(step, result, self._k_spec)
         step.move("complete")
         now = self.clock()
-        outputs: list[RequestOutput] = []
+        outputs = self._take_events()
         bs = self._bs
         caching = self._caching
         pool = self.pool
@@ -373,7 +406,7 @@ class Scheduler:
             reason, kept = self._append_tokens(request, sampled)
             if caching:
                 if len(request.tokens) >= (len(request.block_hashes) + 1) * bs:
-                    extend_hashes(request.block_hashes, request.tokens, bs)
+                    self.hasher.extend(request.block_hashes, request.tokens, self._root(request)[0])
                 self._commit_full_blocks(request, state)
             if type(state) is Prefilling:
                 decoding = Decoding(
@@ -418,17 +451,19 @@ class Scheduler:
 
     def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
         # Accepted drafts are computed before they are appended; a stop among them ends the request.
-        full = min(state.num_computed, len(request.tokens)) // self._bs
+        bs = self._bs
+        full = min(state.num_computed, len(request.tokens)) // bs
         committed = state.num_committed
         if committed >= full:
             return
         hashes = request.block_hashes
         if len(hashes) < full:
-            extend_hashes(hashes, request.tokens, self._bs)
+            self.hasher.extend(hashes, request.tokens, self._root(request)[0])
         blocks = state.blocks
-        commit = self.pool.commit
-        for b in range(committed, full):
-            commit(blocks[b], hashes[b])
+        after = blocks[committed - 1] if committed else self._root(request)[1]
+        self.pool.commit(
+            blocks[committed:full], hashes[committed:full], request.tokens[committed * bs : full * bs], after
+        )
         state.num_committed = full
 
     def _roll_back_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
@@ -446,7 +481,7 @@ class Scheduler:
         step.move("fail")
         self._failed_steps += 1
         retry = self.config.on_step_failure is StepFailurePolicy.RETRY
-        outputs: list[RequestOutput] = []
+        outputs = self._take_events()
         now = self.clock()
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
@@ -454,7 +489,8 @@ class Scheduler:
             request.num_failures += 1
             request.inflight_steps -= 1  # the failed step touches nothing any more
             if retry and request.num_failures <= self.config.max_step_retries:
-                self._preempt(request)  # recompute from what the prefix cache kept
+                self._preempt(request, RequestEvent.ROLLED_BACK)  # recompute from what the prefix cache kept
+                outputs.append(self._event_output(request, RequestEvent.ROLLED_BACK))
             else:
                 request.finish_time = now
                 self._finish(request, FinishReason.ERROR, "finish")
@@ -474,13 +510,29 @@ class Scheduler:
         return self.steps.newest_step_id if request.inflight_steps else None
 
     # ================================================== leaving the running set
-    def _preempt(self, request: Request) -> None:
+    def _preempt(self, request: Request, why: RequestEvent = RequestEvent.PREEMPTED) -> None:
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         transition(request, "preempt", Preempted())
         self._leave_running(request)
         request.num_preemptions += 1
-        self._preemptions += 1
+        self._preemptions += 1  # rollbacks included, as before: both cost a recompute
+        if why is RequestEvent.PREEMPTED:
+            self._events.append(self._event_output(request, why))  # fail() reports its rollbacks itself
         self._enqueue(request)
+
+    @staticmethod
+    def _event_output(request: Request, event: RequestEvent) -> RequestOutput:
+        return RequestOutput(
+            request.request_id, [], None, None, request.num_output_tokens, request.num_cached_tokens, event
+        )
+
+    def _take_events(self) -> list[RequestOutput]:
+        """Preemption events since the last complete() or fail(), dropping requests that finished since."""
+        if not self._events:
+            return []
+        events, self._events = self._events, []
+        live = self.live
+        return [e for e in events if e.request_id in live]
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
         self.pool.release(held_blocks(request.state), self._hold_for(request))
@@ -510,6 +562,23 @@ class Scheduler:
                 self._sessions.popitem(last=False)
 
     # ========================================================== inspection
+    def running_requests(self) -> list[RequestView]:
+        """Read-only snapshots of the running set, in the order it is served when blocks are plentiful."""
+        return [RequestView.of(r) for r in self.running.values()]
+
+    def waiting_requests(self) -> list[RequestView]:
+        """Read-only snapshots of the waiting queue, in the policy's admission order (as of its latest sort)."""
+        return [RequestView.of(r) for r in self.waiting]
+
+    def request_view(self, request_id: str) -> RequestView:
+        """A read-only snapshot of one live request; raises UnknownRequest."""
+        return RequestView.of(self.get(request_id))
+
+    @property
+    def retained_sessions(self) -> frozenset[str]:
+        """Sessions whose cache is retained for their next turn (``session_kv_retention_s``)."""
+        return self._retention.sessions() if self._retention is not None else frozenset()
+
     def get(self, request_id: str) -> Request:
         request = self.live.get(request_id)
         if request is None:
@@ -531,6 +600,8 @@ class Scheduler:
             num_aborted=self._aborted,
             num_failed_steps=self._failed_steps,
             num_steps=self.steps.next_step_id,
+            num_evictable_blocks=self.pool.num_evictable,
+            num_held_blocks=self.config.num_blocks - self.pool.num_free - self.pool.num_pending,
         )
 
     def check_invariants(self) -> None:

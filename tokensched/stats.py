@@ -1,4 +1,9 @@
-"""A snapshot of the scheduler's counters, cheap to take and safe to hand out."""
+"""A snapshot of the scheduler's counters, cheap to take and safe to hand out.
+
+The pool balances: ``num_empty_blocks + num_evictable_blocks +
+num_held_blocks + num_pending_blocks == num_total_blocks`` (see
+:attr:`SchedulerStats.pool_balance`).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,18 @@ class SchedulerStats:
     num_aborted: int
     num_failed_steps: int
     num_steps: int
+    num_evictable_blocks: int = 0  # cached, held by nobody: counted in num_free_blocks, evicted last-used first
+    num_held_blocks: int = 0  # owned or shared by running requests
+
+    @property
+    def num_empty_blocks(self) -> int:
+        """Free and holding nothing cached."""
+        return self.num_free_blocks - self.num_evictable_blocks
+
+    @property
+    def pool_balance(self) -> tuple[int, int, int, int]:
+        """(empty, evictable, held, pending): every block is in exactly one, so they sum to the pool size."""
+        return (self.num_empty_blocks, self.num_evictable_blocks, self.num_held_blocks, self.num_pending_blocks)
 
     @property
     def kv_usage(self) -> float:

@@ -20,13 +20,19 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from tokensched.errors import CapacityError, IllegalTransition
 from tokensched.machines.blocks import BlockPool, BlockState
-from tokensched.machines.prefix import extend_hashes
+from tokensched.machines.prefix import BlockHasher
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
 BS = 2  # block size
 MAX_IN_FLIGHT = 2
 PREFIXES = ((), (1, 2), (1, 2, 3, 4), (5, 6, 7))
 TOKENS = st.integers(1, 3)
+HASHER = BlockHasher(BS, secret=b"block pool stateful test")
+ROOT = HASHER.root(None)
+
+
+def extend_hashes(hashes: list[int], tokens: list[int]) -> None:
+    HASHER.extend(hashes, tokens, ROOT)
 
 
 @attrs.define
@@ -40,7 +46,7 @@ class Holder:
 class BlockPoolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.pool = BlockPool(1)
+        self.pool = BlockPool(1, BS)
         self.holders: dict[int, Holder] = {}
         self.next_holder = 0
         self.in_flight: list[tuple[int, frozenset[int]]] = []  # (step id, blocks its plan references)
@@ -54,7 +60,7 @@ class BlockPoolMachine(RuleBasedStateMachine):
 
     @initialize(num_blocks=st.integers(3, 6))
     def make_pool(self, num_blocks: int) -> None:
-        self.pool = BlockPool(num_blocks)
+        self.pool = BlockPool(num_blocks, BS)
 
     # ------------------------------------------------------------ helpers
     def holder_counts(self) -> Counter[int]:
@@ -127,8 +133,8 @@ class BlockPoolMachine(RuleBasedStateMachine):
         if not tokens:
             return
         hashes: list[int] = []
-        extend_hashes(hashes, tokens, BS)
-        matched = self.pool.match_prefix(hashes)
+        extend_hashes(hashes, tokens)
+        matched = self.pool.match_prefix(hashes, tokens, self.pool.root(None))
         self.check_match(hashes, tokens, matched)
         if len(matched) * BS >= len(tokens):
             matched.pop()  # the last token is always computed
@@ -186,12 +192,13 @@ class BlockPoolMachine(RuleBasedStateMachine):
     def commit_full(self, holder: Holder, limit: int) -> None:
         full = min(len(holder.tokens) // BS, len(holder.blocks), holder.committed + limit)
         for i in range(holder.committed, full):
-            extend_hashes(holder.hashes, holder.tokens[: (i + 1) * BS], BS)
+            extend_hashes(holder.hashes, holder.tokens[: (i + 1) * BS])
             h = holder.hashes[i]
             block = holder.blocks[i]
             prefix = tuple(holder.tokens[: (i + 1) * BS])
             assert self.hash_tokens.setdefault(h, prefix) == prefix, "two token prefixes share a chained hash"
-            self.pool.commit(block, h)
+            after = holder.blocks[i - 1] if i else self.pool.root(None)
+            self.pool.commit([block], [h], holder.tokens[i * BS : (i + 1) * BS], after)
             self.index.setdefault(h, block)
             self.content[block] = prefix
             self.hash_of[block] = h
@@ -265,7 +272,7 @@ class BlockPoolMachine(RuleBasedStateMachine):
             elif call == "release":
                 self.pool.release([block], self.newest_step())
             else:
-                self.pool.commit(block, 12345)
+                self.pool.commit([block], [12345], [0] * BS, self.pool.root(None))
             raise AssertionError(f"{call} of a {state.name} block succeeded")
         except IllegalTransition as e:
             assert (e.state, e.event) == (state.name, call)
@@ -322,8 +329,9 @@ class BlockPoolMachine(RuleBasedStateMachine):
                 assert self.content[block] == tokens
         for holder in self.holders.values():
             hashes: list[int] = []
-            extend_hashes(hashes, holder.tokens, BS)
-            self.check_match(hashes, holder.tokens, self.pool.match_prefix(hashes))
+            extend_hashes(hashes, holder.tokens)
+            matched = self.pool.match_prefix(hashes, holder.tokens, self.pool.root(None))
+            self.check_match(hashes, holder.tokens, matched)
 
 
 TestBlockPool = BlockPoolMachine.TestCase

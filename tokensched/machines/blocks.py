@@ -16,6 +16,24 @@ States of one block (see ``specs/blocks.toml``)::
 
 Every operation validates fully before it changes anything, so a refused call
 leaves the pool exactly as it was. Hot operations are O(1) per block.
+
+Hash to find, compare to confirm: the prefix index maps a chained block hash
+(:mod:`tokensched.machines.prefix`) to a candidate block, and a candidate is
+shared only if it holds exactly the request's tokens for that block *and* was
+computed right after the block the match took for the previous position (its
+*link*: that block's id and allocation generation, or for a first block the
+request's ``cache_salt``). Committed tokens live in one pool-wide int32 array
+(``block_size * 4`` bytes a block), so :meth:`BlockPool.match_prefix` confirms
+a whole run of candidates in one vectorised compare. By induction a confirmed
+run holds exactly the request's prefix, whatever the hashes do: a collision
+costs a miss, never another prefix's KV.
+
+KV events: a :class:`BlockPoolListener` passed as ``listener`` hears
+``blocks_stored`` when blocks become findable by prefix (commit of the first
+copy of some content), ``blocks_removed`` when they stop being findable
+(eviction, :meth:`BlockPool.clear_cache`) and ``all_cleared`` when the index
+empties through :meth:`BlockPool.clear_cache`. With no listener (the default)
+nothing is built for it.
 """
 
 from __future__ import annotations
@@ -25,6 +43,10 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from operator import itemgetter
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
 
@@ -44,6 +66,25 @@ _EVICTABLE = BlockState.EVICTABLE.value
 _PENDING = BlockState.PENDING.value
 
 
+class BlockPoolListener(Protocol):
+    """Hears the prefix index change (for a KV-events publisher, e.g. a cache-aware router).
+
+    ``blocks_stored``: blocks ``block_hashes`` (a chain, in order) became
+    findable; ``parent_block_hash`` is the hash of the block before the first
+    one, or None when the first one starts its request's prompt; ``token_ids``
+    holds ``block_size`` tokens per block. ``blocks_removed``: those hashes are
+    no longer findable. ``all_cleared``: nothing is findable any more.
+    """
+
+    def blocks_stored(
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+    ) -> None: ...
+
+    def blocks_removed(self, block_hashes: list[int]) -> None: ...
+
+    def all_cleared(self) -> None: ...
+
+
 class BlockPool:
     """``num_blocks`` KV blocks, their states, refcounts and the prefix index.
 
@@ -52,12 +93,45 @@ class BlockPool:
     is pruned when a block is evicted.
     """
 
-    __slots__ = ("_evictable", "_free", "_hash", "_index", "_pending", "_refcount", "_state", "num_blocks")
+    __slots__ = (
+        "_canon",
+        "_canon_gen",
+        "_evictable",
+        "_free",
+        "_gen",
+        "_hash",
+        "_index",
+        "_link",
+        "_link_gen",
+        "_pending",
+        "_refcount",
+        "_roots",
+        "_state",
+        "_tokens",
+        "block_size",
+        "listener",
+        "num_blocks",
+    )
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int = 16, listener: BlockPoolListener | None = None) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be at least 1, got {num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
         self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.listener = listener
+        self._tokens = np.zeros((num_blocks, block_size), dtype=np.int32)  # what each committed block holds
+        # Link of a committed block: the block it was computed after (negative: a salt root) and that
+        # block's generation then. A generation is bumped whenever a block is handed out anew.
+        self._link = np.zeros(num_blocks, dtype=np.int64)
+        self._link_gen = np.zeros(num_blocks, dtype=np.int64)
+        self._gen = np.zeros(num_blocks, dtype=np.int64)
+        # Canonical copy of a committed block's content (itself when it is the indexed copy); its
+        # successors link to that copy, so they stay findable after a duplicate is freed.
+        self._canon = [0] * num_blocks
+        self._canon_gen = [0] * num_blocks
+        self._roots: dict[str | None, int] = {None: -1}
         self._state = bytearray(num_blocks)  # all FREE
         self._refcount = [0] * num_blocks
         self._hash: list[int | None] = [None] * num_blocks
@@ -72,6 +146,11 @@ class BlockPool:
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable)."""
         return len(self._free) + len(self._evictable)
+
+    @property
+    def num_evictable(self) -> int:
+        """Cached blocks held by nobody (counted in :attr:`num_free`)."""
+        return len(self._evictable)
 
     @property
     def num_pending(self) -> int:
@@ -100,11 +179,23 @@ class BlockPool:
         s = self._state[block]
         return block if s in (_COMMITTED, _EVICTABLE) else None
 
-    def match_prefix(self, hashes: Sequence[int]) -> list[int]:
-        """Longest run of shareable blocks for a chain of block hashes (no state change).
+    def root(self, salt: str | None) -> int:
+        """The link of a request's first block: one negative id per ``cache_salt`` (None included)."""
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = -1 - len(self._roots)
+        return root
 
-        Batched through C-level ``map``/``itemgetter`` rather than a Python loop:
-        a 200k-token prompt is 12.5k look-ups and this is on the admission path.
+    def match_prefix(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int
+    ) -> list[int]:
+        """Longest confirmed run of shareable blocks for a chain of block hashes (no state change).
+
+        ``tokens`` are the request's tokens (at least ``len(hashes)`` full
+        blocks) and ``root`` is :meth:`root` of its ``cache_salt``. The index
+        proposes candidates (batched through C-level ``map``/``itemgetter``:
+        a 200k-token prompt is 12.5k look-ups); one vectorised compare of their
+        tokens and links then keeps the leading run that truly holds this prefix.
         """
         found = list(map(self._index.get, hashes))
         with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
@@ -116,7 +207,27 @@ class BlockPool:
         if min(states) < _COMMITTED or max(states) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
             cut = next(i for i, s in enumerate(states) if s != _COMMITTED and s != _EVICTABLE)
             matched = matched[:cut]
-        return matched
+            if not matched:
+                return []
+        cut = self._confirmed(np.array(matched, dtype=np.int64), tokens, root)
+        return matched if cut == len(matched) else matched[:cut]
+
+    def _confirmed(
+        self, candidates: npt.NDArray[np.int64], tokens: Sequence[int] | npt.NDArray[np.int32], root: int
+    ) -> int:
+        """How many leading ``candidates`` hold the request's blocks, each linked to the one before."""
+        m = len(candidates)
+        bs = self.block_size
+        want = np.asarray(tokens[: m * bs], dtype=np.int32).reshape(m, bs)
+        ok = (self._tokens[candidates] == want).all(axis=1)
+        before = np.empty(m, dtype=np.int64)
+        before[0] = root
+        before[1:] = candidates[:-1]
+        before_gen = np.zeros(m, dtype=np.int64)
+        before_gen[1:] = self._gen[candidates[:-1]]
+        ok &= self._link[candidates] == before
+        ok &= self._link_gen[candidates] == before_gen
+        return m if bool(ok.all()) else int(np.argmin(ok))
 
     def cached_prefix_length(self, hashes: Sequence[int], *, held: bool = False) -> int:
         """How many leading blocks of a hash chain are cached (and, with ``held``, also referenced).
@@ -151,15 +262,20 @@ class BlockPool:
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
         free = self._free
         out: list[int] = []
+        removed: list[int] | None = [] if self.listener is not None else None
         for _ in range(n):
             if free:
                 block = free.pop()
             else:
                 block, _ = self._evictable.popitem(last=False)
-                self._unindex(block)
+                self._unindex(block, removed)
             self._state[block] = _OWNED
             self._refcount[block] = 1
             out.append(block)
+        if out:
+            self._gen[out] += 1  # whatever linked to these blocks' old content no longer matches
+        if removed and self.listener is not None:
+            self.listener.blocks_removed(removed)
         return out
 
     def allocate_one(self) -> int:
@@ -168,20 +284,117 @@ class BlockPool:
             block = self._free.pop()
         elif self._evictable:
             block, _ = self._evictable.popitem(last=False)
-            self._unindex(block)
+            if self.listener is not None:
+                removed: list[int] = []
+                self._unindex(block, removed)
+                if removed:
+                    self.listener.blocks_removed(removed)
+            else:
+                self._unindex(block, None)
         else:
             raise CapacityError("no block can be handed out")
         self._state[block] = _OWNED
         self._refcount[block] = 1
+        self._gen[block] += 1
         return block
 
-    def commit(self, block: int, block_hash: int) -> None:
-        """A full OWNED block becomes COMMITTED and, unless its content is cached already, indexed."""
-        if self._state[block] != _OWNED:
-            raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
-        self._state[block] = _COMMITTED
-        self._hash[block] = block_hash
-        self._index.setdefault(block_hash, block)
+    def commit(
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        tokens: Sequence[int] | npt.NDArray[np.int32],
+        after: int,
+    ) -> None:
+        """Full OWNED ``blocks`` (consecutive in one request) become COMMITTED; new content is indexed.
+
+        ``hashes`` are their chained hashes, ``tokens`` their ``block_size``
+        tokens each, and ``after`` the block the first one follows in the
+        request's table (or :meth:`root` of its salt when it is the request's
+        first block). A block whose content the index confirms it holds
+        already stays an unindexed duplicate, freed when its holders let go.
+        """
+        n = len(blocks)
+        bs = self.block_size
+        if len(hashes) != n or len(tokens) != n * bs:
+            raise ValueError(f"commit of {n} blocks needs {n} hashes and {n * bs} tokens")
+        for block in blocks:
+            if self._state[block] != _OWNED:
+                raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
+        if not -len(self._roots) <= after < self.num_blocks:
+            raise ValueError(f"commit after unknown block or salt root {after}")
+        values = np.asarray(tokens, dtype=np.int32).reshape(n, bs)
+        self._tokens[list(blocks)] = values
+        if after < 0:
+            link, link_gen, parent_hash = after, 0, None
+        else:
+            link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
+        index = self._index
+        gen = self._gen
+        stored: list[int] = []  # position in the run of each newly indexed block, for the listener
+        for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
+            self._state[block] = _COMMITTED
+            self._hash[block] = h
+            self._link[block] = link
+            self._link_gen[block] = link_gen
+            twin = index.get(h)
+            if twin is None:
+                index[h] = block
+                canon = block
+                stored.append(i)
+            elif (
+                self._link[twin] == link
+                and self._link_gen[twin] == link_gen
+                and np.array_equal(self._tokens[twin], values[i])
+            ):
+                canon = twin  # the same content after the same prefix: successors link to the indexed copy
+            else:
+                canon = block  # a hash collision: this copy stays unfindable, and so do its successors
+            link = self._canon[block] = canon
+            link_gen = self._canon_gen[block] = int(gen[canon])
+        if stored and self.listener is not None:
+            self._announce(blocks, hashes, values, stored, parent_hash)
+
+    def _announce(
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        values: npt.NDArray[np.int32],
+        stored: list[int],
+        parent_hash: int | None,
+    ) -> None:
+        """Tell the listener about each run of consecutive newly indexed blocks."""
+        assert self.listener is not None
+        start = 0
+        while start < len(stored):
+            end = start + 1
+            while end < len(stored) and stored[end] == stored[end - 1] + 1:
+                end += 1
+            lo, hi = stored[start], stored[end - 1] + 1
+            parent = parent_hash if lo == 0 else hashes[lo - 1]
+            self.listener.blocks_stored(list(hashes[lo:hi]), parent, values[lo:hi].ravel().tolist(), self.block_size)
+            start = end
+
+    def clear_cache(self) -> int:
+        """Forget every cached block nobody holds (EVICTABLE becomes FREE); returns how many.
+
+        Blocks held by requests or pending on a step stay as they are. The
+        listener hears ``all_cleared`` when the index ends up empty, else
+        ``blocks_removed`` for the hashes that went.
+        """
+        removed: list[int] = []
+        lru = self._evictable
+        count = len(lru)
+        while lru:
+            block, _ = lru.popitem(last=False)
+            self._unindex(block, removed)
+            self._state[block] = _FREE
+            self._free.append(block)
+        if self.listener is not None:
+            if not self._index:
+                self.listener.all_cleared()
+            elif removed:
+                self.listener.blocks_removed(removed)
+        return count
 
     def share(self, blocks: Sequence[int]) -> None:
         """Take one more reference on each of ``blocks`` (a prefix-cache hit)."""
@@ -265,11 +478,13 @@ class BlockPool:
             self._state[block] = _FREE
             self._free.append(block)
 
-    def _unindex(self, block: int) -> None:
+    def _unindex(self, block: int, removed: list[int] | None) -> None:
         h = self._hash[block]
         if h is not None:
             if self._index.get(h) == block:
                 del self._index[h]
+                if removed is not None:
+                    removed.append(h)
             self._hash[block] = None
 
     # ------------------------------------------------------------- invariants

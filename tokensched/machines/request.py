@@ -126,6 +126,7 @@ class Request:
     ttft_deadline: float | None
     sampling: SamplingParams
     seq: int  # submission order, the tie-breaker of every policy
+    cache_salt: str | None = None  # shares cached KV only with requests of the same salt
     state: RequestState = attrs.field(factory=Waiting)
     block_hashes: list[int] = attrs.field(factory=list)  # of every full block of ``tokens``
     epoch: int = 0  # bumped when the request leaves the running set; stale step results are dropped
@@ -157,6 +158,7 @@ class Request:
             ttft_deadline=spec.ttft_deadline,
             sampling=spec.sampling,
             seq=seq,
+            cache_salt=spec.cache_salt,
         )
 
     @property

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from tokensched.machines.request import Request
 from tokensched.policies.base import PolicyContext, SortKey
+from tokensched.policies.promises import VICTIMS_RANK_LAST, WORK_CONSERVING
 
 
 class PrefixAwarePolicy:
     name = "prefix-aware"
     dynamic = True
+    promises = (VICTIMS_RANK_LAST, WORK_CONSERVING)  # order: as fresh as its latest re-sort
 
     def __init__(self, max_queue_for_matching: int = 256) -> None:
         self.max_queue_for_matching = max_queue_for_matching

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from tokensched.machines.request import Request
 from tokensched.policies.base import PolicyContext, SortKey
+from tokensched.policies.promises import ADMISSION_IN_ORDER, VICTIMS_RANK_LAST, WORK_CONSERVING
 
 
 class SLOPolicy:
     name = "slo"
     dynamic = False
+    promises = (VICTIMS_RANK_LAST, ADMISSION_IN_ORDER, WORK_CONSERVING)
 
     def __init__(self, default_ttft_deadline: float = 10.0) -> None:
         if default_ttft_deadline <= 0:

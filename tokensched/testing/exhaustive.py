@@ -13,7 +13,8 @@ state reached it checks:
   residency, or is PENDING and in nobody's table: it was not handed to
   another request (nor back to the same one) before that step completed;
 - liveness: from every state, without aborts or failures, some sequence of
-  plans and results finishes every request.
+  plans and results finishes every request;
+- the policy's promises (:mod:`tokensched.policies.promises`) at every plan.
 
 Where random testing samples, this proves the properties for every schedule
 within the bounds. Run it with ``python -m tokensched.testing.exhaustive``.
@@ -37,7 +38,10 @@ from tokensched.machines.blocks import BlockState
 from tokensched.machines.request import Request, held_blocks, state_name
 from tokensched.machines.step import Step
 from tokensched.plan import StepPlan, StepResult
+from tokensched.policies import POLICIES
+from tokensched.policies.base import Policy
 from tokensched.scheduler import Scheduler
+from tokensched.testing.promises import observe_plan
 
 EOS = 0
 
@@ -55,6 +59,11 @@ class Bounds:
     long_prefill_chunk: int | None = 2
     alphabet: tuple[int, ...] = (7, EOS)
     max_step_retries: int = 1
+    policy: str = "fcfs"  # a name in tokensched.policies.POLICIES
+    priorities: tuple[int, ...] = (0, 0, 0)  # of each prompt's request, for the priority policy
+
+    def make_policy(self) -> Policy:
+        return POLICIES[self.policy]()
 
     def config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -184,7 +193,11 @@ def actions(node: Node, bounds: Bounds) -> Iterator[tuple[str, Action, bool]]:
 def submit_next(node: Node, bounds: Bounds) -> None:
     i = node.submitted
     spec = RequestSpec(
-        request_id=f"r{i}", prompt_token_ids=list(bounds.prompts[i]), max_tokens=bounds.max_tokens, eos_token_id=EOS
+        request_id=f"r{i}",
+        prompt_token_ids=list(bounds.prompts[i]),
+        max_tokens=bounds.max_tokens,
+        eos_token_id=EOS,
+        priority=bounds.priorities[i % len(bounds.priorities)],
     )
     node.scheduler.submit(spec)
     node.submitted += 1
@@ -192,7 +205,7 @@ def submit_next(node: Node, bounds: Bounds) -> None:
 
 def plan_step(node: Node) -> None:
     s = node.scheduler
-    plan = s.plan()
+    plan, _ = observe_plan(s)  # raises PromiseBroken, which the search reports as a violation
     if plan is not None:
         node.writes = (*node.writes, (plan.step_id, frozenset(_plan_writes(s, plan))))
 
@@ -288,7 +301,7 @@ def explore(bounds: Bounds | None = None, max_states: int = 1_000_000) -> Report
     bounds = bounds or Bounds()
     started = time.perf_counter()
     report = Report()
-    root = Node(Scheduler(bounds.config(), clock=_clock), 0, ())
+    root = Node(Scheduler(bounds.config(), policy=bounds.make_policy(), clock=_clock), 0, ())
     root_key = fingerprint(root)
     parent: dict[Key, tuple[Key, str] | None] = {root_key: None}
     depth = {root_key: 0}
@@ -365,8 +378,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=Bounds().max_tokens)
     parser.add_argument("--num-blocks", type=int, default=Bounds().num_blocks)
     parser.add_argument("--steps-in-flight", type=int, default=Bounds().max_steps_in_flight)
+    parser.add_argument("--policy", choices=sorted(POLICIES), default=Bounds().policy)
+    parser.add_argument("--priorities", type=int, nargs="+", default=list(Bounds().priorities))
     args = parser.parse_args(argv)
-    bounds = Bounds(max_tokens=args.max_tokens, num_blocks=args.num_blocks, max_steps_in_flight=args.steps_in_flight)
+    bounds = Bounds(
+        max_tokens=args.max_tokens,
+        num_blocks=args.num_blocks,
+        max_steps_in_flight=args.steps_in_flight,
+        policy=args.policy,
+        priorities=tuple(args.priorities),
+    )
     report = explore(bounds)
     print(f"bounds: {bounds}")
     print(report.summary())

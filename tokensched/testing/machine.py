@@ -14,7 +14,9 @@ internals:
 - no KV slot is written while a step in flight still references its block
   for another request (overlap safety);
 - refused input (bad results, unknown ids, duplicate ids) changes nothing;
-- aborts free everything, and in the end every request finishes (liveness).
+- aborts free everything, and in the end every request finishes (liveness);
+- every promise the policy declares (:mod:`tokensched.policies.promises`)
+  holds after every plan: override :meth:`promises` to check others.
 
 Usage::
 
@@ -39,12 +41,15 @@ from tokensched.errors import CapacityError, ExecutorError, InvalidRequest, Queu
 from tokensched.executor import Executor, RequestMirror
 from tokensched.machines.blocks import BlockState
 from tokensched.machines.request import Preempted, Waiting, held_blocks
-from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestOutput, StepPlan, StepResult
+from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestEvent, RequestOutput, StepPlan, StepResult
 from tokensched.policies.base import Policy
 from tokensched.policies.fcfs import FCFSPolicy
+from tokensched.policies.promises import Promise, promises_of
 from tokensched.scheduler import Scheduler
 from tokensched.testing.fake_executor import FakeExecutor
-from tokensched.testing.strategies import EOS, VOCAB, request_specs, scheduler_configs
+from tokensched.testing.promises import observe_plan
+from tokensched.testing.strategies import EOS, VOCAB, boundary, request_specs, scheduler_configs
+from tokensched.views import PlanOutcome
 
 MAX_DRAIN_STEPS = 5000
 
@@ -92,6 +97,10 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     def configs(self) -> st.SearchStrategy[SchedulerConfig]:
         return scheduler_configs()
 
+    def promises(self) -> tuple[Promise, ...]:
+        """Checked after every plan; by default what the policy declares."""
+        return promises_of(self.s.policy)
+
     def __init__(self) -> None:
         super().__init__()
         self.scheduler: Scheduler | None = None
@@ -108,6 +117,7 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         # in-flight step -> block -> (request, residency, writes?) for every block its rows read or write
         self.step_blocks: dict[int, dict[int, set[tuple[str, int, bool]]]] = {}
         self.next_id = 0
+        self.preempted_untold: list[str] = []  # preempted by a plan, told with the next complete() or fail()
 
     @property
     def s(self) -> Scheduler:
@@ -131,13 +141,23 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------- rules
     @rule(data=st.data())
     def submit(self, data: st.DataObject) -> None:
-        spec = data.draw(request_specs(f"r{self.next_id}"), label="spec")
+        cfg = self.s.config
+        spec = data.draw(request_specs(f"r{self.next_id}", config=cfg), label="spec")
+        # Drafts are capped at the room left: no request ever holds more blocks than this.
+        worst = -(-(len(spec.prompt_token_ids) + spec.max_tokens - 1) // cfg.block_size)
+        if worst == cfg.num_blocks:
+            boundary("request fills the pool exactly")
+        elif worst == cfg.num_blocks + 1:
+            boundary("request one block over the pool")
         before = self.fingerprint()
         try:
             self.s.submit(spec)
-        except (InvalidRequest, CapacityError, QueueFull):
+        except (InvalidRequest, CapacityError, QueueFull) as refused:
             assert self.fingerprint() == before, "a refused submit changed the scheduler"
+            if isinstance(refused, CapacityError):
+                assert worst > cfg.num_blocks, f"refused a request that fits: {worst} of {cfg.num_blocks} blocks"
             return
+        assert worst <= cfg.num_blocks, f"accepted a request that can never fit: {worst} of {cfg.num_blocks} blocks"
         self.next_id += 1
         self.models[spec.request_id] = RequestModel(spec, list(spec.prompt_token_ids))
 
@@ -169,10 +189,24 @@ class SchedulerStateMachine(RuleBasedStateMachine):
 
     @rule()
     def plan(self) -> None:
-        plan = self.s.plan()
+        plan, record = observe_plan(self.s, self.promises())
+        self.preempted_untold.extend(r.request_id for r in record.preempted)
+        outcome = self.s.last_plan_outcome
+        assert (plan is not None) == (outcome is PlanOutcome.PLANNED), outcome
+        if outcome is PlanOutcome.WINDOW_FULL:
+            assert len(self.s.steps) == self.s.config.max_steps_in_flight
+        elif outcome is PlanOutcome.IDLE:
+            assert not self.s.running_requests() and not self.s.waiting_requests()
+        elif outcome is PlanOutcome.BLOCKED:
+            assert len(self.s.steps) > 0, "blocked with no step in flight to wait for"
+        if record.preempted:
+            boundary("a preemption (victim order checked)")
+        if record.admitted and record.still_waiting:
+            boundary("an admission passing requests that keep waiting (admission order checked)")
         if plan is None:
             return
         rows = self._check_plan(plan)
+        self._note_boundaries(plan)
         if PLACEHOLDER_TOKEN in plan.token_ids:
             event("plan with a placeholder (overlap)")
         if any(plan.draft_token_ids):
@@ -198,14 +232,31 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         try:
             result = self.executor.collect()
         except ExecutorError as error:
-            outputs = self.s.fail(plan.step_id, error)
+            failed_ids = {row.request_id for row in rows if not self._is_stale(row.request_id, row.residency)}
+            outputs = self._take_events(self.s.fail(plan.step_id, error))
             for out in outputs:
-                assert out.finish_reason is FinishReason.ERROR
+                assert out.request_id in failed_ids, f"{out.request_id}: output from a failed step it was not in"
+                if out.event is RequestEvent.ROLLED_BACK:
+                    assert out.request_id in self.s.live and out.finish_reason is None
+                    continue
+                assert out.finish_reason is FinishReason.ERROR and out.event is None
                 self._on_finished(out)
             return
         assert result.step_id == plan.step_id, "executor returned results out of order"
-        outputs = self.s.complete(result)
+        outputs = self._take_events(self.s.complete(result))
         self._check_result(rows, result, outputs)
+
+    def _take_events(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """Check the preemption events at the head of ``outputs`` against the plans' preemptions; return the rest."""
+        told = [out for out in outputs if out.event is RequestEvent.PREEMPTED]
+        assert outputs[: len(told)] == told, "preemption events come first"
+        assert not any(out.new_token_ids or out.finished for out in told)
+        expected = sorted(rid for rid in self.preempted_untold if rid in self.s.live)
+        assert sorted(out.request_id for out in told) == expected, (
+            f"preempted {expected} but told {[out.request_id for out in told]}"
+        )
+        self.preempted_untold.clear()
+        return outputs[len(told) :]
 
     @precondition(lambda self: self.scheduler is not None and bool(self.launched))
     @rule(kind=st.sampled_from(["wrong_step", "missing_row", "extra_tokens", "negative_token"]))
@@ -255,6 +306,24 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     def machines_are_consistent(self) -> None:
         if self.scheduler is not None:
             self.scheduler.check_invariants()
+
+    @invariant()
+    def stats_balance_the_pool(self) -> None:
+        if self.scheduler is None:
+            return
+        stats = self.s.stats()
+        counts = self.s.pool.counts()
+        assert stats.pool_balance == (
+            counts[BlockState.FREE],
+            counts[BlockState.EVICTABLE],
+            counts[BlockState.OWNED] + counts[BlockState.COMMITTED],
+            counts[BlockState.PENDING],
+        ), f"stats {stats.pool_balance} disagree with the pool {counts}"
+        assert sum(stats.pool_balance) == stats.num_total_blocks
+        views = self.s.running_requests()
+        assert [v.request_id for v in views] == list(self.s.running)
+        assert all(v.state in ("prefilling", "decoding") for v in views)
+        assert all(v.state in ("waiting", "preempted") for v in self.s.waiting_requests())
 
     def teardown(self) -> None:
         if self.scheduler is None:
@@ -324,6 +393,24 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             rows.append(Row(plan.step_id, rid, model.residency, start, hi - lo, nd, plan.sample[i]))
         in_flight_blocks[plan.step_id] = used
         return rows
+
+    def _note_boundaries(self, plan: StepPlan) -> None:
+        """Count the edges this plan reached (see :mod:`tokensched.testing.strategies`)."""
+        s = self.s
+        cfg = s.config
+        drafts = any(plan.draft_token_ids)
+        if plan.num_tokens == cfg.max_batched_tokens:
+            boundary("token budget filled exactly")
+            if drafts:
+                boundary("token budget filled exactly while drafts are verified")
+        if any(d and b for d, b in zip(plan.draft_token_ids, plan.new_block_ids, strict=True)):
+            boundary("drafts grow a row into a new block")
+        if any(len(new.token_ids) % plan.block_size == 0 for new in plan.new_requests):
+            boundary("a request enters with its tokens ending on a block edge")
+        if s.pool.num_free == 0:
+            boundary("no free block after a plan")
+        if s.steps.full and s.running and all(r.inflight_steps for r in s.running.values()):
+            boundary("every running request in a step in flight")
 
     def _is_stale(self, request_id: str, residency: int) -> bool:
         """Whether a row planned for ``request_id`` in ``residency`` will be discarded when its result comes."""

@@ -1,0 +1,135 @@
+"""Hash to find, compare to confirm: a deliberately weak hash never makes the scheduler share the wrong KV.
+
+Every block hashes to one of three values (and every ``cache_salt`` to the
+same root), so the prefix index proposes wrong candidates constantly. Random
+traffic runs through the real Scheduler and the FakeExecutor, which records
+which (request, position) last wrote each KV slot; whenever a plan serves a
+request from the prefix cache, every cached position must have been written
+by a request with the same salt and exactly the same tokens up to and
+including that position.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from tokensched.config import RequestSpec, SchedulerConfig
+from tokensched.errors import CapacityError, InvalidRequest
+from tokensched.machines.prefix import BlockHasher, Tokens
+from tokensched.plan import StepPlan
+from tokensched.scheduler import Scheduler
+from tokensched.testing.fake_executor import FakeExecutor
+from tokensched.testing.strategies import EOS, VOCAB, prompts, scheduler_configs
+
+EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
+SALTS = (None, "tenant-a", "tenant-b")
+
+
+class WeakHasher(BlockHasher):
+    """Collides all the time: three hash values in all, and one root for every salt."""
+
+    def root(self, salt: str | None) -> int:
+        return 7
+
+    def extend(self, hashes: list[int], tokens: Tokens, root: int) -> None:
+        start = len(hashes)
+        super().extend(hashes, tokens, root)
+        hashes[start:] = [h % 3 for h in hashes[start:]]
+
+
+@st.composite
+def traffic(draw: st.DrawFn) -> list[tuple[list[int], str | None, int, str | None]]:
+    """(prompt, cache_salt, max_tokens, session_id) per request."""
+    return draw(
+        st.lists(
+            st.tuples(
+                prompts(),
+                st.sampled_from(SALTS),
+                st.integers(1, 8),
+                st.none() | st.sampled_from(["s1", "s2"]),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
+
+
+def check_cached_prefixes(
+    plan: StepPlan, executor: FakeExecutor, history: dict[str, list[int]], salt: dict[str, str | None]
+) -> None:
+    bs = plan.block_size
+    for new in plan.new_requests:
+        tokens = list(new.token_ids)
+        for p in range(new.num_cached_tokens):
+            slot = new.block_ids[p // bs] * bs + p % bs
+            writer, position = executor.slot_owner[slot]
+            assert position == p, f"{new.request_id}: cached position {p} holds position {position} of {writer}"
+            assert salt[writer] == salt[new.request_id], f"{new.request_id} shares KV across salts with {writer}"
+            assert history[writer][: p + 1] == tokens[: p + 1], (
+                f"{new.request_id}: cached position {p} was computed after other tokens (by {writer})"
+            )
+        if new.num_cached_tokens:
+            event("served from the prefix cache")
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(
+    config=scheduler_configs(speculative=False).map(lambda c: c.model_copy(update={"enable_prefix_caching": True})),
+    requests=traffic(),
+    seed=st.integers(0, 2**16),
+    arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+)
+def test_weak_hash_never_shares_the_wrong_kv(
+    config: SchedulerConfig,
+    requests: list[tuple[list[int], str | None, int, str | None]],
+    seed: int,
+    arrivals: list[int],
+) -> None:
+    executor = FakeExecutor(config.num_blocks, config.block_size, seed=seed, vocab_size=VOCAB, eos_token_id=EOS)
+    scheduler = Scheduler(config, clock=executor.now, hasher=WeakHasher(config.block_size, secret=b"weak"))
+    history: dict[str, list[int]] = {}
+    salt: dict[str, str | None] = {}
+    pending = list(enumerate(requests))
+    for _ in range(2000):
+        arriving = arrivals[len(pending) % len(arrivals)] if scheduler.has_work else 1
+        for _ in range(arriving):
+            if not pending:
+                break
+            k, (prompt, cache_salt, max_tokens, session) = pending.pop(0)
+            rid = f"r{k}"
+            spec = RequestSpec(
+                request_id=rid,
+                prompt_token_ids=prompt,
+                max_tokens=max_tokens,
+                eos_token_id=EOS,
+                cache_salt=cache_salt,
+                session_id=session,
+            )
+            try:
+                scheduler.submit(spec)
+            except (InvalidRequest, CapacityError):
+                continue
+            history[rid] = list(prompt)
+            salt[rid] = cache_salt
+        plan = scheduler.plan()
+        if plan is not None:
+            check_cached_prefixes(plan, executor, history, salt)
+            executor.launch(plan)
+        elif not len(scheduler.steps):
+            if not pending and not scheduler.has_work:
+                break
+            continue
+        if plan is not None and len(scheduler.steps) < config.max_steps_in_flight:
+            continue  # keep steps in flight: results arrive later, as with overlap
+        result = executor.collect()
+        for out in scheduler.complete(result):
+            history[out.request_id].extend(out.new_token_ids)
+        scheduler.check_invariants()
+    assert not pending and not scheduler.has_work, "the traffic did not drain"

@@ -1,0 +1,218 @@
+"""Keyed block hashes, confirmed prefix matches, cache salts and the KV event hook."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
+from tokensched.errors import IllegalTransition
+from tokensched.machines.blocks import BlockPool, BlockState
+from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
+
+
+def make(**overrides: object) -> Scheduler:
+    settings: dict[str, object] = {"num_blocks": 32, "block_size": 4, "max_batched_tokens": 64, "max_model_len": 512}
+    settings.update(overrides)
+    return Scheduler(SchedulerConfig.model_validate(settings), clock=lambda: 0.0)
+
+
+def run(s: Scheduler, token: int = 5) -> None:
+    while (plan := s.plan()) is not None:
+        s.complete(StepResult(plan.step_id, [[token] if x else [] for x in plan.sample]))
+
+
+def cached_at_admission(s: Scheduler, spec: RequestSpec) -> int:
+    s.submit(spec)
+    plan = s.plan()
+    assert plan is not None and plan.new_requests[0].request_id == spec.request_id
+    s.complete(StepResult(plan.step_id, [[5] if x else [] for x in plan.sample]))
+    return plan.new_requests[0].num_cached_tokens
+
+
+# ---------------------------------------------------------------- hashing
+@given(
+    tokens=st.lists(st.integers(0, 2**31 - 1), max_size=80),
+    cuts=st.lists(st.integers(0, 80), max_size=4),
+    salt=st.none() | st.text(min_size=1, max_size=5),
+)
+def test_hashes_do_not_depend_on_how_tokens_arrive(tokens: list[int], cuts: list[int], salt: str | None) -> None:
+    """One vectorised pass, block by block, from a list or an int32 array: the same chain."""
+    hasher = BlockHasher(4, secret=b"k")
+    root = hasher.root(salt)
+    whole: list[int] = []
+    hasher.extend(whole, tokens, root)
+    pieces: list[int] = []
+    for cut in sorted(cuts):
+        hasher.extend(pieces, tokens[:cut], root)
+    hasher.extend(pieces, np.array(tokens, dtype=np.int32), root)
+    assert pieces == whole and len(whole) == len(tokens) // 4
+
+
+def test_hashes_are_keyed_salted_and_chained() -> None:
+    tokens = list(range(12))
+    chains = {}
+    for name, secret, salt in (("a", b"one", None), ("b", b"two", None), ("c", b"one", "tenant")):
+        hasher = BlockHasher(4, secret=secret)
+        chains[name] = []
+        hasher.extend(chains[name], tokens, hasher.root(salt))
+    assert chains["a"] != chains["b"], "another secret gives other hashes"
+    assert not set(chains["a"]) & set(chains["c"]), "another salt gives an unrelated chain"
+    hasher = BlockHasher(4, secret=b"one")
+    later: list[int] = []
+    hasher.extend(later, [99, 1, 2, 3, *tokens[4:]], hasher.root(None))
+    assert later[1] != chains["a"][1], "a block's hash names its whole prefix"
+
+
+def test_process_secret_is_drawn_lazily_and_shared() -> None:
+    a, b = BlockHasher(4), BlockHasher(4)
+    assert a.root(None) == b.root(None)
+
+
+def test_shared_prefix_blocks_on_lists_and_arrays() -> None:
+    old = list(range(20))
+    new = [*range(10), 99, *range(11, 20)]
+    assert shared_prefix_blocks(old, new, 4) == 2
+    assert shared_prefix_blocks(np.array(old, dtype=np.int32), np.array(new, dtype=np.int32), 4) == 2
+    assert shared_prefix_blocks(np.array(old, dtype=np.int32), [*old, 1], 4) == 5
+
+
+# --------------------------------------------------------- confirmation
+def test_a_colliding_hash_is_a_miss_not_a_match() -> None:
+    pool = BlockPool(4, block_size=2)
+    root = pool.root(None)
+    a = pool.allocate(2)
+    pool.commit(a, [111, 222], [1, 2, 3, 4], root)
+    assert pool.match_prefix([111, 222], [1, 2, 3, 4], root) == a
+    assert pool.match_prefix([111, 222], [1, 2, 3, 9], root) == a[:1], "second block holds other tokens"
+    assert pool.match_prefix([111, 222], [7, 2, 3, 4], root) == [], "first block holds other tokens"
+    assert pool.match_prefix([111, 222], [1, 2, 3, 4], pool.root("other")) == [], "another salt"
+    # A second request whose first block differs but whose second block collides in hash and tokens:
+    b = pool.allocate(2)
+    pool.commit(b, [333, 222], [8, 8, 3, 4], root)
+    assert pool.state(b[1]) is BlockState.COMMITTED
+    assert pool.match_prefix([333, 222], [8, 8, 3, 4], root) == b[:1], "its tail follows another prefix"
+
+
+def test_a_duplicates_successors_stay_findable_after_it_is_freed() -> None:
+    pool = BlockPool(6, block_size=2)
+    root = pool.root(None)
+    first = pool.allocate(1)
+    pool.commit(first, [1], [1, 2], root)
+    second = pool.allocate(2)  # computed the same first block concurrently, then went further
+    pool.commit(second, [1, 2], [1, 2, 3, 4], root)
+    pool.release(second, None)  # the duplicate is freed; its successor links to the indexed copy
+    assert pool.state(second[0]) is BlockState.FREE
+    assert pool.match_prefix([1, 2], [1, 2, 3, 4], root) == [first[0], second[1]]
+
+
+def test_an_evicted_parent_orphans_its_successors() -> None:
+    pool = BlockPool(3, block_size=1)
+    root = pool.root(None)
+    blocks = pool.allocate(2)
+    pool.commit(blocks, [10, 20], [1, 2], root)
+    pool.release(blocks, None)
+    pool.share(blocks[1:])
+    pool.release(blocks[1:], None)  # the tail was used last: the parent is evicted first
+    assert pool.allocate(1) == [2]
+    fresh = pool.allocate(1)
+    assert fresh == blocks[:1] and pool.state(blocks[1]) is BlockState.EVICTABLE
+    pool.commit(fresh, [10], [9], root)  # new content whose hash collides with the old parent's
+    assert pool.match_prefix([10, 20], [9, 2], root) == fresh, "the old tail was computed after token 1, not 9"
+
+
+def test_commit_refuses_bad_input_and_changes_nothing() -> None:
+    pool = BlockPool(4, block_size=2)
+    root = pool.root(None)
+    blocks = pool.allocate(2)
+    with pytest.raises(ValueError, match="needs 2 hashes and 4 tokens"):
+        pool.commit(blocks, [1, 2], [1, 2, 3], root)
+    with pytest.raises(IllegalTransition):
+        pool.commit([blocks[0], 3], [1, 2], [1, 2, 3, 4], root)
+    assert [pool.state(b) for b in blocks] == [BlockState.OWNED, BlockState.OWNED]
+    pool.check_invariants()
+
+
+# ------------------------------------------------------------ cache_salt
+def test_cache_salt_separates_tenants_and_shares_within_one() -> None:
+    s = make()
+    prompt = list(range(1, 18))
+    assert cached_at_admission(s, RequestSpec(request_id="a", prompt_token_ids=prompt, max_tokens=1)) == 0
+    run(s)
+    salted = RequestSpec(request_id="b", prompt_token_ids=prompt, max_tokens=1, cache_salt="tenant")
+    assert cached_at_admission(s, salted) == 0, "another salt never shares KV"
+    run(s)
+    same = RequestSpec(request_id="c", prompt_token_ids=prompt, max_tokens=1, cache_salt="tenant")
+    assert cached_at_admission(s, same) == 16
+    unsalted = RequestSpec(request_id="d", prompt_token_ids=prompt, max_tokens=1)
+    run(s)
+    assert cached_at_admission(s, unsalted) == 16
+    s.check_invariants()
+
+
+def test_a_session_turn_under_another_salt_rehashes() -> None:
+    s = make()
+    prompt = list(range(1, 18))
+    s.submit(RequestSpec(request_id="a", prompt_token_ids=prompt, max_tokens=1, session_id="x"))
+    run(s)
+    turn = RequestSpec(request_id="b", prompt_token_ids=prompt, max_tokens=1, session_id="x", cache_salt="t")
+    assert cached_at_admission(s, turn) == 0
+
+
+def test_cache_salt_is_validated() -> None:
+    with pytest.raises(ValueError, match="cache_salt"):
+        RequestSpec(request_id="a", prompt_token_ids=[1], cache_salt="")
+
+
+# ------------------------------------------------------------- KV events
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[object, ...]] = []
+
+    def blocks_stored(
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+    ) -> None:
+        self.events.append(("stored", tuple(block_hashes), parent_block_hash, tuple(token_ids), block_size))
+
+    def blocks_removed(self, block_hashes: list[int]) -> None:
+        self.events.append(("removed", tuple(block_hashes)))
+
+    def all_cleared(self) -> None:
+        self.events.append(("cleared",))
+
+
+def test_listener_hears_commits_evictions_and_clears() -> None:
+    recorder = Recorder()
+    pool = BlockPool(3, block_size=2, listener=recorder)
+    root = pool.root(None)
+    blocks = pool.allocate(2)
+    pool.commit(blocks[:1], [1], [1, 2], root)
+    pool.commit(blocks[1:], [2], [3, 4], blocks[0])
+    twin = pool.allocate(1)
+    pool.commit(twin, [1], [1, 2], root)  # the same content again: not findable anew, no event
+    assert recorder.events == [("stored", (1,), None, (1, 2), 2), ("stored", (2,), 1, (3, 4), 2)]
+    pool.release(twin, None)
+    pool.release(blocks, None)
+    recorder.events.clear()
+    pool.allocate(2)  # one free block, then the LRU tail (hash 2)
+    assert recorder.events == [("removed", (2,))]
+    assert pool.clear_cache() == 1
+    assert recorder.events[-1] == ("cleared",)
+
+
+def test_scheduler_publishes_a_prompts_chain_once() -> None:
+    recorder = Recorder()
+    config = SchedulerConfig(num_blocks=32, block_size=4, max_batched_tokens=64, max_model_len=512)
+    s = Scheduler(config, clock=lambda: 0.0, listener=recorder)
+    s.submit(RequestSpec(request_id="a", prompt_token_ids=list(range(1, 10)), max_tokens=1))
+    run(s)
+    stored = [e for e in recorder.events if e[0] == "stored"]
+    assert stored == [("stored", tuple(_chain(s, range(1, 9))), None, tuple(range(1, 9)), 4)]
+
+
+def _chain(s: Scheduler, tokens: range) -> list[int]:
+    hashes: list[int] = []
+    s.hasher.extend(hashes, list(tokens), s.hasher.root(None))
+    return hashes

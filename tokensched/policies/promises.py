@@ -1,0 +1,151 @@
+"""What a policy promises, as predicates over one step that a test can check.
+
+A policy's sort keys say how it *means* to order requests; a promise says what
+the scheduler, run with that policy, guarantees a caller about a step. Each
+:class:`Promise` is a named predicate over a :class:`StepRecord` (what one
+``plan()`` did, seen from outside: who ran, who was admitted, who was
+preempted). ``tokensched.testing`` checks a policy's promises after every
+plan of its state machine and of the exhaustive search, so a policy written
+by a user is checked with no extra code.
+
+A policy declares them as a ``promises`` attribute; one that declares none
+gets :func:`default_promises`: the victim order and work conservation for
+every policy, and admission order as well for a static policy (one whose keys
+are fixed while a request waits).
+
+Built-in promises:
+
+- :data:`VICTIMS_RANK_LAST`: a request preempted in a step never ranks above
+  (by the policy's victim key) a request that keeps running. Preemption picks
+  from the whole running set, worst first, and the requester never preempts
+  itself. (vLLM: ``_preempt_request`` takes ``max(running, key=priority)``.)
+- :data:`ADMISSION_IN_ORDER`: the requests admitted in a step come first in
+  the policy's admission order among those that were waiting, except for the
+  one documented look-ahead: past a head held back by another session's
+  retained cache, a retained session's next turn may go first
+  (``session_kv_retention_s``, at most ``MAX_PASSED_OVER`` places).
+- :data:`WORK_CONSERVING`: the scheduler never idles while requests wait: if
+  nothing is in flight and a request is live, ``plan()`` schedules something.
+  With every request finishing in the end (checked when a run drains), no
+  request waits unboundedly while the pool could serve it.
+
+A dynamic policy (its keys change while a request waits, like
+``PrefixAwarePolicy``) does not promise admission order step by step: its
+queue is re-sorted at most once per admitting step and only every
+``RESORT_EVERY`` steps when nobody new arrived, so its order is as fresh as
+its latest re-sort (see :mod:`tokensched.queue`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+
+from tokensched.machines.request import Request
+from tokensched.policies.base import Policy, PolicyContext, SortKey
+
+
+@attrs.frozen(slots=True)
+class StepRecord:
+    """One ``plan()`` seen from outside; built by ``tokensched.testing.observe_plan``.
+
+    Requests are the scheduler's own objects, read after the plan.
+    """
+
+    policy: Policy
+    ctx: PolicyContext  # the policy's view at the end of the plan
+    planned: bool  # plan() returned a step
+    waiting_before: tuple[Request, ...]  # in queue order
+    admission_keys: dict[str, SortKey]  # of every request waiting before the plan, taken before it
+    retained_sessions: frozenset[str]  # sessions whose next turn may be admitted by look-ahead
+    admitted: tuple[Request, ...]  # entered the running set in this plan
+    preempted: tuple[Request, ...]  # left the running set for the waiting queue in this plan
+    kept: tuple[Request, ...]  # in the running set after the plan
+    still_waiting: tuple[Request, ...]  # waiting before and after
+    steps_in_flight: int  # after the plan
+    live: int  # live requests after the plan
+
+
+@attrs.frozen(slots=True)
+class Promise:
+    """A named guarantee; ``check`` returns None when it holds, else what broke it."""
+
+    name: str
+    description: str
+    check: Callable[[StepRecord], str | None]
+
+
+def _victims_rank_last(record: StepRecord) -> str | None:
+    key = record.policy.victim_key
+    ctx = record.ctx
+    for victim in record.preempted:
+        victim_key = key(victim, ctx)
+        for kept in record.kept:
+            if key(kept, ctx) > victim_key:
+                return (
+                    f"{victim.request_id!r} (victim key {victim_key}) was preempted while "
+                    f"{kept.request_id!r} (victim key {key(kept, ctx)}), ranked below it, keeps running"
+                )
+    return None
+
+
+def _admission_in_order(record: StepRecord) -> str | None:
+    keys = record.admission_keys
+    for admitted in record.admitted:
+        if admitted.request_id not in keys or admitted.session_id in record.retained_sessions:
+            continue  # preempted in this very plan, or the documented look-ahead
+        admitted_key = keys[admitted.request_id]
+        for waiting in record.still_waiting:
+            if keys[waiting.request_id] < admitted_key:
+                return (
+                    f"{admitted.request_id!r} (admission key {admitted_key}) was admitted before "
+                    f"{waiting.request_id!r} (admission key {keys[waiting.request_id]}), which still waits"
+                )
+    return None
+
+
+def _work_conserving(record: StepRecord) -> str | None:
+    if not record.planned and record.steps_in_flight == 0 and record.live:
+        return f"plan() scheduled nothing with no step in flight and {record.live} live requests"
+    return None
+
+
+VICTIMS_RANK_LAST = Promise(
+    "victims rank last",
+    "a request preempted in a step never ranks above one that keeps running",
+    _victims_rank_last,
+)
+ADMISSION_IN_ORDER = Promise(
+    "admission in order",
+    "requests are admitted in the policy's order, except the documented retention look-ahead",
+    _admission_in_order,
+)
+WORK_CONSERVING = Promise(
+    "work conserving",
+    "with nothing in flight and a request live, plan() schedules a step",
+    _work_conserving,
+)
+
+
+def default_promises(policy: Policy) -> tuple[Promise, ...]:
+    """What the scheduler guarantees for any policy (admission order only for a static one)."""
+    if policy.dynamic:
+        return (VICTIMS_RANK_LAST, WORK_CONSERVING)
+    return (VICTIMS_RANK_LAST, ADMISSION_IN_ORDER, WORK_CONSERVING)
+
+
+def promises_of(policy: Policy) -> tuple[Promise, ...]:
+    """The promises ``policy`` declares (its ``promises`` attribute), else :func:`default_promises`."""
+    declared: Sequence[Promise] | None = getattr(policy, "promises", None)
+    return tuple(declared) if declared is not None else default_promises(policy)
+
+
+def broken_promises(promises: Sequence[Promise], record: StepRecord) -> list[str]:
+    """``"name: what broke it"`` for every promise the step broke."""
+    broken: list[str] = []
+    for promise in promises:
+        problem = promise.check(record)
+        if problem is not None:
+            broken.append(f"{promise.name}: {problem}")
+    return broken
