@@ -58,6 +58,6 @@ class KVEventsMachine(SchedulerStateMachine):
 
 
 KVEventsMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestKVEvents = KVEventsMachine.TestCase

@@ -15,8 +15,8 @@ from .conftest import settle
 
 
 def test_the_stream_of_a_serving_replica_rebuilds_its_index_through_evictions() -> None:
-    # 48 blocks of 16 tokens: six sessions of ~1,000-token prompts cannot all stay cached, so blocks are evicted
-    runner, tokenizer = sim_backend(num_kv_blocks=48, block_size=16, realtime=None)
+    # 96 blocks of 16 tokens: six sessions of up to ~900-token prompts cannot all stay cached, so blocks are evicted
+    runner, tokenizer = sim_backend(num_kv_blocks=96, block_size=16, realtime=None)
     publisher = ZmqKVEventPublisher("tcp://127.0.0.1:*", flush_interval_s=0.005)
     subscriber = KVEventSubscriber(publisher.endpoint)
     index = CachedBlockIndex()
@@ -30,7 +30,7 @@ def test_the_stream_of_a_serving_replica_rebuilds_its_index_through_evictions() 
         publisher.attach(runner.scheduler)
         server_app = create_app(runner, tokenizer, ServerSettings(model_name="tokensched"))
         with BackgroundServer(server_app) as server:
-            workload = SessionWorkload(name="kv", sessions=6, turns=3, system_chars=700, user_chars=150, concurrency=3)
+            workload = SessionWorkload(name="kv", sessions=6, turns=3, system_chars=400, user_chars=150, concurrency=3)
             report = run_sessions(server.url, workload)
             assert report.failed == []
             settle(lambda: runner.stats, lambda s: s.num_running + s.num_waiting == 0)  # type: ignore[attr-defined]
