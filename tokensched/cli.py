@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from tokensched.benchmark.cli import bench_command
+from tokensched.cluster.cli import cluster_command
 from tokensched.server.cli import serve_command
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ def specs(
 
 
 app.command("serve")(serve_command)
+app.command("cluster")(cluster_command)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
-from tokensched.server import convert
+from tokensched.server import convert, gateway
 from tokensched.server.admission import ClientCap
 from tokensched.server.errors import ApiError, from_engine_error, from_validation_error
 from tokensched.server.generation import Delta, Generation
@@ -102,6 +102,7 @@ def create_app(
     app.state.tokenizer = tokenizer
     app.state.shed = shed
     app.state.drain = drain
+    app.include_router(gateway.router)  # /v1/loads, /server_info, /model_info: what a model gateway polls
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -158,6 +158,14 @@ def serve_command(
         ),
     ] = None,
     default_max_tokens: Annotated[int, typer.Option(help="when a request names no max_tokens")] = 256,
+    kv_events_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TOKENSCHED_KV_EVENTS_ENDPOINT",
+            help="publish vLLM-format KV events on a ZMQ PUB socket bound here, e.g. tcp://127.0.0.1:5557 "
+            "(the kv-events extra; see docs/cluster.md)",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed of the simulator's tokens or the tiny model's weights")] = 0,
     device: Annotated[str, typer.Option(help="torch device for the tiny model")] = "cpu",
     log_level: Annotated[LogLevel, typer.Option(help="log level")] = LogLevel.INFO,
@@ -208,6 +216,10 @@ def serve_command(
                 "max_batched_tokens": max_batched_tokens,
             },
         )
+        if kv_events_endpoint is not None:
+            from tokensched.kv_events import ZmqKVEventPublisher
+
+            ZmqKVEventPublisher(kv_events_endpoint).attach(app.state.runner.scheduler)
     except (ValidationError, ValueError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     serve(app, settings, log_level=log_level.value)
