@@ -53,7 +53,6 @@ from tokensched.queue import WaitingQueue
 from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
-from tokensched.tokens import as_token_array
 from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
