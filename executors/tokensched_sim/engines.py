@@ -83,6 +83,11 @@ class EngineSpec(BaseModel):
         default=None, ge=0, description="largest captured decode batch; None: derived per GPU"
     )
     attention_dtype: Literal["bf16", "fp8"] = "bf16"
+    mixed_batches: bool = Field(
+        default=True,
+        description="prefill chunks and decodes share one forward pass; False: a step holding both runs them as "
+        "two passes (SGLang's default, enable_mixed_chunk=False, and forced off with EAGLE)",
+    )
     efficiency: Efficiency = Efficiency()
     source: str = ""
 
@@ -140,8 +145,11 @@ ENGINES: dict[str, EngineSpec] = {
         name="SGLang-like",
         memory_rule="static_fraction",
         max_num_seqs=1024,
+        mixed_batches=False,
         efficiency=_SHARED_EFFICIENCY,
         source=(
+            "SGLang ServerArgs.enable_mixed_chunk=False (prefill and decode batches run as separate forward passes; "
+            "_handle_speculative_decoding also forces it off with EAGLE); "
             "SGLang server_args._handle_gpu_memory_settings (mem_fraction_static, chunked_prefill_size, "
             "cuda_graph_max_bs by GPU memory and TP); model_runner.profile_max_num_token (KV = free after weights "
             "- total * (1 - mem_fraction_static)). Default MLA backend on SM100 is trtllm_mla (NVIDIA kernels)."

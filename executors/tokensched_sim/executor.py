@@ -160,7 +160,12 @@ class SimExecutor(VirtualClock):
         """The step's tokens from the RNG and its duration from the cost model."""
         sampled = self.tokens.sample(plan)
         model = self.cost_model
-        duration = model.step_time(BatchShape.from_plan(plan))
+        shape = BatchShape.from_plan(plan)
+        if model.engine.mixed_batches or not shape.num_prefill_tokens or shape.num_tokens == shape.num_prefill_tokens:
+            duration = model.step_time(shape)
+        else:  # the engine runs the prefill chunks and the decodes as two forward passes
+            prefill, decode = shape.split()
+            duration = model.step_time(prefill) + model.step_time(decode)
         if sampled.num_proposing:
             k = self.num_speculative_tokens
             duration += model.draft_time(sampled.num_proposing, sampled.proposing_kv_tokens, k)

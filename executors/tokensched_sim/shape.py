@@ -28,6 +28,36 @@ class BatchShape:
     decode_pairs: int = 0
     decode_kv_tokens: int = 0
     num_requests: int = 0  # requests in the step (0: unknown; DP attention then assumes perfect balance)
+    num_prefill_tokens: int = 0  # query tokens of the prefill chunks (the rest are decodes and drafts)
+    num_prefill_requests: int = 0
+    num_prefill_logits: int = 0  # prefill chunks that sample (each a request's last chunk)
+
+    def split(self) -> tuple[BatchShape, BatchShape]:
+        """``(prefill, decode)``: the step as two forward passes, one over its prefill chunks, one over the rest.
+
+        What an engine that does not mix prefill and decode in one batch runs
+        (SGLang unless ``--enable-mixed-chunk``, which EAGLE turns off): see
+        ``EngineSpec.mixed_batches``. Either part may be empty (``num_tokens == 0``).
+        """
+        prefill = BatchShape(
+            num_tokens=self.num_prefill_tokens,
+            num_logits=self.num_prefill_logits,
+            prefill_pairs=self.prefill_pairs,
+            prefill_kv_tokens=self.prefill_kv_tokens,
+            prefill_context_tokens=self.prefill_context_tokens,
+            num_requests=self.num_prefill_requests,
+            num_prefill_tokens=self.num_prefill_tokens,
+            num_prefill_requests=self.num_prefill_requests,
+            num_prefill_logits=self.num_prefill_logits,
+        )
+        decode = BatchShape(
+            num_tokens=self.num_tokens - self.num_prefill_tokens,
+            num_logits=self.num_logits - self.num_prefill_logits,
+            decode_pairs=self.decode_pairs,
+            decode_kv_tokens=self.decode_kv_tokens,
+            num_requests=max(self.num_requests - self.num_prefill_requests, 0),
+        )
+        return prefill, decode
 
     @classmethod
     def from_counts(
@@ -62,6 +92,9 @@ class BatchShape:
             decode_pairs=q * decode_context_tokens + num_decode_requests * q * (q + 1) // 2,
             decode_kv_tokens=decode_context_tokens + num_decode_requests * q,
             num_requests=num_prefill_requests + num_decode_requests,
+            num_prefill_tokens=num_prefill_tokens,
+            num_prefill_requests=num_prefill_requests,
+            num_prefill_logits=num_prefill_requests,
         )
 
     @classmethod
@@ -84,10 +117,17 @@ class BatchShape:
         qs = list(map(sub, islice(offsets, 1, None), offsets))
         pairs = sum(map(mul, qs, computed)) + (sum(map(mul, qs, qs)) + t) // 2
         limits = map(add, map(len, drafts), repeat(1)) if has_drafts else repeat(1)
-        pre_pairs = pre_kv = pre_ctx = 0
+        pre_pairs = pre_kv = pre_ctx = pre_q = pre_n = pre_logits = 0
+        sample = plan.sample
         for i in compress(range(n), map(gt, qs, limits)):
             q, c = qs[i], computed[i]
             pre_pairs += q * c + q * (q + 1) // 2
             pre_kv += c + q
             pre_ctx += c
-        return cls(t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv, n)
+            pre_q += q
+            pre_n += 1
+            if sample[i]:
+                pre_logits += 1 + len(drafts[i])
+        return cls(
+            t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv, n, pre_q, pre_n, pre_logits
+        )

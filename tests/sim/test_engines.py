@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tokensched_sim import ENGINES, BatchShape, CostModel, Deployment, ModelSpec, model_preset
+from tests.sim.helpers import Entry, make_plan, new_request
+from tokensched_sim import ENGINES, BatchShape, CostModel, Deployment, ModelSpec, SimExecutor, model_preset
 from tokensched_sim.engines import TRTLLM_MIN_LATENCY_LAYER_OVERHEAD_S, TRTLLM_MIN_LATENCY_TPS_PER_USER
 
 
@@ -42,3 +43,22 @@ def test_every_profile_carries_the_floor_and_its_sources() -> None:
     )
     one = BatchShape.from_counts(num_decode_requests=1, decode_context_tokens=50_000)
     assert floor.step_time(one) - none.step_time(one) == pytest.approx(61 * TRTLLM_MIN_LATENCY_LAYER_OVERHEAD_S)
+
+
+def test_an_engine_that_does_not_mix_batches_pays_two_passes_for_a_mixed_step() -> None:
+    """SGLang runs prefill and decode batches separately (enable_mixed_chunk=False): a mixed step costs both passes."""
+    batch = [Entry("p", 100_000, 8192), Entry("d1", 50_000, 1), Entry("d2", 60_000, 1)]
+    new = [new_request(e.request_id, e.computed + e.num_tokens) for e in batch]
+    shape = BatchShape.from_plan(make_plan(0, batch))
+    prefill, decode = shape.split()
+    for engine in ("sglang", "trtllm"):
+        deployment = Deployment(model="kimi-k2.5", gpu="b200", tp=8, kv_dtype="fp8", engine=engine)
+        executor = SimExecutor(deployment, block_size=16, num_kv_blocks=20_000)
+        executor.launch(make_plan(0, batch, new))
+        elapsed = executor.collect().elapsed
+        model = executor.cost_model
+        one_pass = model.step_time(shape)
+        two_passes = model.step_time(prefill) + model.step_time(decode)
+        assert two_passes > one_pass  # a second pass pays the weights, the latency floor and the overhead again
+        assert elapsed == pytest.approx(one_pass if model.engine.mixed_batches else two_passes)
+    assert not ENGINES["sglang"].mixed_batches and ENGINES["trtllm"].mixed_batches

@@ -23,7 +23,7 @@ entries = st.lists(
 
 
 def naive(batch: list[Entry]) -> BatchShape:
-    pre_pairs = pre_kv = pre_ctx = dec_pairs = dec_kv = logits = 0
+    pre_pairs = pre_kv = pre_ctx = dec_pairs = dec_kv = logits = pre_q = pre_n = pre_logits = 0
     for e in batch:
         q, c = e.num_tokens, e.computed
         pairs = sum(c + j + 1 for j in range(q))  # query j attends to c + j + 1 keys
@@ -31,9 +31,13 @@ def naive(batch: list[Entry]) -> BatchShape:
             dec_pairs, dec_kv = dec_pairs + pairs, dec_kv + c + q
         else:
             pre_pairs, pre_kv, pre_ctx = pre_pairs + pairs, pre_kv + c + q, pre_ctx + c
+            pre_q, pre_n = pre_q + q, pre_n + 1
+            pre_logits += (1 + len(e.drafts)) if e.sample else 0
         logits += (1 + len(e.drafts)) if e.sample else 0
     tokens = sum(e.num_tokens for e in batch)
-    return BatchShape(tokens, logits, pre_pairs, pre_kv, pre_ctx, dec_pairs, dec_kv, len(batch))
+    return BatchShape(
+        tokens, logits, pre_pairs, pre_kv, pre_ctx, dec_pairs, dec_kv, len(batch), pre_q, pre_n, pre_logits
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -89,3 +93,17 @@ def test_fast_draft_time_equals_the_sum_of_its_passes(which: int, requests: int,
         comm = (requests * 2 * ring / e.network + 2 * e.allreduce_latency_s) if tp > 1 else 0.0
         slow += weights + attn + comm + head.num_layers * e.layer_overhead_s
     assert model.draft_time(requests, kv, drafts) == pytest.approx(slow, rel=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(entries)
+def test_split_partitions_a_step_into_its_prefill_and_decode_passes(batch: list[Entry]) -> None:
+    batch = [Entry(f"r{i}", e.computed, e.num_tokens, e.sample, e.drafts) for i, e in enumerate(batch)]
+    whole = BatchShape.from_plan(make_plan(0, batch))
+    prefill, decode = whole.split()
+    assert prefill.num_tokens + decode.num_tokens == whole.num_tokens
+    assert prefill.num_logits + decode.num_logits == whole.num_logits
+    assert prefill.num_requests + decode.num_requests == whole.num_requests
+    assert (prefill.decode_pairs, prefill.decode_kv_tokens) == (0, 0)
+    assert (decode.prefill_pairs, decode.prefill_kv_tokens, decode.num_prefill_tokens) == (0, 0, 0)
+    assert prefill.prefill_pairs == whole.prefill_pairs and decode.decode_pairs == whole.decode_pairs
