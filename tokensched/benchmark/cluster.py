@@ -151,7 +151,7 @@ def _make_replica(
         "num_blocks": executor.num_kv_blocks,
         "block_size": config.block_size,
         "num_speculative_tokens": config.num_speculative_tokens,
-        **profile.settings,
+        **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
     }
     if prefill_budget is not None:
         settings["max_batched_tokens"] = prefill_budget

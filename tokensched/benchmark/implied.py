@@ -34,7 +34,6 @@ from typing import Any
 
 import attrs
 
-
 PROMPT_RANGE = (45_000, 200_000)  # the published prompt range
 _GRID = 1_000  # prompts are priced on a grid of this many tokens (the step costs are smooth in length)
 

@@ -29,7 +29,17 @@ Definitions (``n`` = output tokens of a request):
   ``max(OVERLOAD_MIN_GROWTH_S, half the half's median TTFT)``
   (a queue growing steadily from the window's start grows by 2/3 of that median), or more than
   ``OVERLOAD_CENSORED_SHARE`` of the window's requests never got a first token.
+  A queue that is long but flat is overloaded too (*saturated*): over the second half,
+  the mean number of requests waiting for their first token, by Little's law
+  ``L = arrivals per second x mean TTFT``, is at least ``OVERLOAD_WAITING`` (4). In an
+  M/M/1 queue ``L = rho / (1 - rho)``, so ``L >= 4`` is utilisation ``rho >= 0.8``, where
+  ``d ln TTFT / d ln load = rho / (1 - rho) >= 4``: a 5% change in load moves TTFT by
+  20% or more, and the p50 measures the queue, not the server. (A point at the
+  published TTFTs, 1.1 s or 5.1 s with ~0.35 turns/s, has ``L`` of 0.4-1.8.)
   The thresholds are this project's choice, not published ones.
+- KV: ``kv_usage`` is the share of the pool that cannot be handed out now (blocks held
+  by running requests or by a step in flight); ``kv_resident`` adds the cached blocks
+  nobody holds (the prefix cache's contents), i.e. the share of the pool holding KV.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from tokensched.plan import RequestOutput
 _TIMELINE_POINTS = 200
 OVERLOAD_MIN_GROWTH_S = 2.0
 OVERLOAD_CENSORED_SHARE = 0.05
+OVERLOAD_WAITING = 4.0
 
 MaybeNaN = Annotated[float, BeforeValidator(lambda value: math.nan if value is None else value)]
 """A float that may be NaN (no data): JSON writes NaN as null, and null reads back as NaN."""
@@ -134,10 +145,13 @@ class MetricsSummary(BaseModel):
     cached_prompt_fraction: MaybeNaN  # per request: cached prompt tokens / prompt tokens
     ttft_growth_s: MaybeNaN  # TTFT trend over the window's second half (slope x half the window)
     queue_growth: MaybeNaN  # waiting-queue trend over the same half (slope x half the window)
-    overloaded: bool  # the queue is still growing at the end: no steady-state percentile (see module docstring)
+    overloaded: bool  # growing or saturated queue: no steady-state percentile (see module docstring)
+    waiting_for_first_token: MaybeNaN = float("nan")  # Little's law over the second half: arrivals/s x mean TTFT
+    saturated: bool = False  # waiting_for_first_token >= OVERLOAD_WAITING (part of ``overloaded``)
     num_preemptions: int
     kv_usage_mean: MaybeNaN
     kv_usage_max: MaybeNaN
+    kv_resident_mean: MaybeNaN = float("nan")  # share of the pool holding KV, the prefix cache's contents included
     queue_len_mean: MaybeNaN
     queue_len_max: int
     running_mean: MaybeNaN
@@ -180,6 +194,7 @@ class _Sample:
     waiting: int
     running: int
     kv_usage: float
+    kv_resident: float
     hit_tokens: int
     query_tokens: int
     preemptions: int
@@ -252,6 +267,7 @@ class MetricsCollector:
                 waiting=stats.num_waiting,
                 running=stats.num_running,
                 kv_usage=stats.kv_usage,
+                kv_resident=stats.kv_usage + _evictable_share(stats),
                 hit_tokens=stats.prefix_hit_tokens,
                 query_tokens=stats.prefix_query_tokens,
                 preemptions=stats.num_preemptions,
@@ -296,8 +312,12 @@ class MetricsCollector:
         ttft_growth = _slope(late) * (end - middle)
         queue_growth = _slope([(q.t, float(q.waiting)) for q in samples if q.t >= middle]) * (end - middle)
         late_p50 = percentile(sorted(x for _, x in late), 50)
-        overloaded = censored > OVERLOAD_CENSORED_SHARE * len(window) or (
-            ttft_growth > max(OVERLOAD_MIN_GROWTH_S, 0.5 * late_p50 if not math.isnan(late_p50) else 0.0)
+        waiting = len(late) / max(end - middle, 1e-9) * _mean(x for _, x in late) if late else math.nan
+        saturated = not math.isnan(waiting) and waiting >= OVERLOAD_WAITING
+        overloaded = (
+            censored > OVERLOAD_CENSORED_SHARE * len(window)
+            or ttft_growth > max(OVERLOAD_MIN_GROWTH_S, 0.5 * late_p50 if not math.isnan(late_p50) else 0.0)
+            or saturated
         )
         return MetricsSummary(
             window_start_s=start,
@@ -322,9 +342,12 @@ class MetricsCollector:
             ttft_growth_s=ttft_growth,
             queue_growth=queue_growth,
             overloaded=overloaded,
+            waiting_for_first_token=waiting,
+            saturated=saturated,
             num_preemptions=last.preemptions - first.preemptions if first and last else 0,
             kv_usage_mean=_mean(s.kv_usage for s in samples),
             kv_usage_max=max((s.kv_usage for s in samples), default=math.nan),
+            kv_resident_mean=_mean(s.kv_resident for s in samples),
             queue_len_mean=_mean(s.waiting for s in samples),
             queue_len_max=max((s.waiting for s in samples), default=0),
             running_mean=_mean(s.running for s in samples),
@@ -361,6 +384,12 @@ def _share_within(values: list[float], limit: float | None) -> float:
     if limit is None or not values:
         return math.nan
     return sum(1 for v in values if v <= limit) / len(values)
+
+
+def _evictable_share(stats: StatsLike) -> float:
+    """Cached blocks nobody holds, as a share of the pool (0 for stats that do not count them)."""
+    total = getattr(stats, "num_total_blocks", 0)
+    return getattr(stats, "num_evictable_blocks", 0) / total if total else 0.0
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -53,10 +53,15 @@ class PolicyProfile:
     description: str
     make_policy: Callable[[BenchConfig], Policy]
     settings: dict[str, Any] = attrs.field(factory=dict)  # SchedulerConfig overrides
+    speculative_settings: dict[str, Any] = attrs.field(factory=dict)  # further overrides when drafts are on
     engine: Engine = "tokensched"
     tp: int | None = None  # None: the run's tp
     attention: Literal["tp", "dp"] = "tp"
     moe: Literal["tp", "ep"] = "tp"
+
+    def scheduler_settings(self, *, speculative: bool) -> dict[str, Any]:
+        """The ``SchedulerConfig`` overrides of this stack, with those its engine applies under speculation."""
+        return {**self.settings, **self.speculative_settings} if speculative else dict(self.settings)
 
     def shape(self, tp: int) -> str:
         """``"TP4 (attention TP, MoE TP) on trtllm"``: the deployment this profile runs at ``tp``."""
@@ -76,10 +81,14 @@ def _slo(config: BenchConfig) -> Policy:
 
 
 _SGLANG = {"max_batched_tokens": 16384, "max_running": 1024}
+# What SGLang's ServerArgs._handle_speculative_decoding sets for EAGLE/EAGLE3 when the user does not: at most 48
+# running requests, and the overlap scheduler off unless SGLANG_ENABLE_SPEC_V2 (one step in flight at a time).
+_SGLANG_EAGLE = {"max_running": 48, "max_steps_in_flight": 1}
 _SGLANG_TEXT = (
     "SGLang-like: longest-prefix-match order (schedule_policy=lpm), chunked_prefill_size=16384 "
-    "(ServerArgs default for GPUs over 160 GB), recompute on retraction; engine sglang "
-    "(mem_fraction_static as ServerArgs derives it)"
+    "(ServerArgs default for GPUs over 160 GB), recompute on retraction; with EAGLE max_running_requests=48 and "
+    "the overlap scheduler off (ServerArgs._handle_speculative_decoding); engine sglang (mem_fraction_static as "
+    "ServerArgs derives it; prefill and decode batches as separate passes, enable_mixed_chunk=False)"
 )
 
 PROFILES: dict[str, PolicyProfile] = {
@@ -94,14 +103,28 @@ PROFILES: dict[str, PolicyProfile] = {
             engine="trtllm",
             tp=4,
         ),
-        PolicyProfile("sglang", _SGLANG_TEXT + ", TP4", _lpm, dict(_SGLANG), engine="sglang", tp=4),
+        PolicyProfile(
+            "sglang", _SGLANG_TEXT + ", TP4", _lpm, dict(_SGLANG), dict(_SGLANG_EAGLE), engine="sglang", tp=4
+        ),
         PolicyProfile(
             "sglang-tp8",
             _SGLANG_TEXT + ", TP8 (the published SGLang run: EAGLE ran out of memory at TP4)",
             _lpm,
             dict(_SGLANG),
+            dict(_SGLANG_EAGLE),
             engine="sglang",
             tp=8,
+        ),
+        PolicyProfile(
+            "trtllm-no-reuse",
+            "TensorRT-LLM-like as trtllm, with KV block reuse off: a sensitivity case, not the default. TensorRT-LLM "
+            "1.0's speculative-decoding docs name MTP as the one speculation algorithm supporting KV cache reuse and "
+            "the overlap scheduler, and PR #5448 turned block reuse off when a separate drafter runs; whether the "
+            "published EAGLE-3 run reused blocks is not published",
+            _fcfs,
+            {"max_batched_tokens": 8192, "max_running": 2048, "enable_prefix_caching": False},
+            engine="trtllm",
+            tp=4,
         ),
         PolicyProfile(
             "vllm",

@@ -194,7 +194,7 @@ def run_bench(
         "num_blocks": executor.num_kv_blocks,
         "block_size": config.block_size,
         "num_speculative_tokens": config.num_speculative_tokens,
-        **profile.settings,
+        **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
     }
     scheduler = Scheduler(
         SchedulerConfig.model_validate(settings), policy=profile.make_policy(config), clock=executor.now
