@@ -126,13 +126,13 @@ def test_collector_refuses_unknown_and_duplicate_requests() -> None:
         MetricsCollector(window_start=5.0, window_end=5.0)
 
 
-def _steady_or_growing(growth_per_s: float, *, censor_last: int = 0) -> MetricsSummary:
-    """One arrival a second over [0, 100); TTFT 0.5 s plus ``growth_per_s`` per second of arrival time."""
+def _steady_or_growing(growth_per_s: float, *, censor_last: int = 0, base_s: float = 0.5) -> MetricsSummary:
+    """One arrival a second over [0, 100); TTFT ``base_s`` plus ``growth_per_s`` per second of arrival time."""
     m = MetricsCollector(window_start=0.0, window_end=100.0, sample_interval_s=1.0)
     for i in range(100):
         m.on_arrival(f"r{i}", 1_000, float(i))
         if i < 100 - censor_last:
-            m.on_outputs([out(f"r{i}", 1, done=True)], i + 0.5 + growth_per_s * i)
+            m.on_outputs([out(f"r{i}", 1, done=True)], i + base_s + growth_per_s * i)
         m.on_stats(float(i), Stats(round(growth_per_s * i), 1, 0.5, 0, 0, 0))
     return m.summarize(end_time=100.0)
 
@@ -153,3 +153,29 @@ def test_a_queue_still_growing_at_the_end_of_the_window_is_overloaded() -> None:
 
 def test_many_requests_without_a_first_token_mean_overloaded() -> None:
     assert _steady_or_growing(0.0, censor_last=10).overloaded
+
+
+def test_a_long_flat_queue_is_saturated_and_so_overloaded() -> None:
+    """TTFT flat at 6 s with one arrival a second: 6 requests wait for a first token on average (Little's law)."""
+    long = _steady_or_growing(0.0, base_s=6.0)
+    assert long.ttft_growth_s == pytest.approx(0.0, abs=1e-9)
+    assert long.waiting_for_first_token == pytest.approx(6.0, rel=0.05)
+    assert long.saturated and long.overloaded
+    short = _steady_or_growing(0.0, base_s=2.0)  # 2 waiting: utilisation ~0.67 in M/M/1 terms, a steady state
+    assert short.waiting_for_first_token == pytest.approx(2.0, rel=0.05)
+    assert not short.saturated and not short.overloaded
+
+
+@dataclass(frozen=True)
+class PoolStats(Stats):
+    num_total_blocks: int
+    num_evictable_blocks: int
+
+
+def test_kv_resident_counts_the_cached_blocks_nobody_holds() -> None:
+    m = MetricsCollector(window_start=0.0, window_end=10.0, sample_interval_s=1.0)
+    m.on_stats(0.0, PoolStats(0, 1, 0.1, 0, 0, 0, num_total_blocks=100, num_evictable_blocks=60))
+    m.on_stats(5.0, PoolStats(0, 1, 0.3, 0, 0, 0, num_total_blocks=100, num_evictable_blocks=40))
+    s = m.summarize(end_time=10.0)
+    assert s.kv_usage_mean == pytest.approx(0.2)  # held by running requests
+    assert s.kv_resident_mean == pytest.approx(0.7)  # held + cached
