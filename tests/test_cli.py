@@ -67,12 +67,12 @@ def test_reproduce_prints_published_beside_simulated_with_ratio_and_writes_json(
     assert "published vs simulated" in result.output and "1.10 s" in result.output and "5.10 s" in result.output
     comparison = json.loads((tmp_path / "reproduce.json").read_text())
     rows = {row["profile"]: row for row in comparison["rows"]}
-    assert set(rows) == {None, "trtllm", "sglang-tp8"}
+    assert set(rows) == {None, "trtllm-latency", "sglang-tp8"}
     assert rows[None]["simulated_s"] is None  # Together's engine has no profile
-    simulated_order = rows["trtllm"]["simulated_s"]["median"] < rows["sglang-tp8"]["simulated_s"]["median"]
+    simulated_order = rows["trtllm-latency"]["simulated_s"]["median"] < rows["sglang-tp8"]["simulated_s"]["median"]
     assert comparison["order_matches"] is simulated_order  # published: TensorRT-LLM 1.1 s before SGLang 5.1 s
     assert ("order as published" if simulated_order else "order NOT as published") in result.output
-    for profile, published in (("trtllm", 1.1), ("sglang-tp8", 5.1)):
+    for profile, published in (("trtllm-latency", 1.1), ("sglang-tp8", 5.1)):
         row = rows[profile]
         assert row["ratio"] == pytest.approx(row["simulated_s"]["median"] / published)
         assert f"{row['ratio']:.2f}x" in result.output

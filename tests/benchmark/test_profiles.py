@@ -27,3 +27,16 @@ def test_the_no_reuse_sensitivity_profile_differs_from_trtllm_only_in_prefix_cac
     base, variant = PROFILES["trtllm"], PROFILES["trtllm-no-reuse"]
     assert variant.settings == {**base.settings, "enable_prefix_caching": False}
     assert (variant.engine, variant.tp) == (base.engine, base.tp)
+
+
+def test_the_latency_profile_takes_three_quarters_of_free_memory_for_kv() -> None:
+    """NVIDIA's B200 TP4 configs for DeepSeek-R1-class models set free_gpu_memory_fraction=0.75 (default 0.9)."""
+    from tokensched.benchmark.config import BenchConfig
+    from tokensched.benchmark.run import kv_capacity, make_deployment
+
+    latency = make_deployment(BenchConfig(policy="trtllm-latency"))
+    assert latency.memory_utilization == 0.75 and latency.engine == "trtllm"
+    assert make_deployment(BenchConfig(policy="trtllm")).memory_utilization is None
+    small, large = kv_capacity(BenchConfig(policy="trtllm-latency")), kv_capacity(BenchConfig(policy="trtllm"))
+    assert 0.75 / 0.9 - 0.05 < small.tokens / large.tokens < 0.75 / 0.9 + 0.05
+    assert PROFILES["trtllm-latency"].settings["max_batched_tokens"] == 8320

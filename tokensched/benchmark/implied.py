@@ -165,7 +165,7 @@ def clock_for(policy: str, **bench: Any) -> PrefillClock:
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the implied uncached share for each published p50 TTFT at 2.5M TPM (the table in docs/sim.md)."""
     del argv
-    for policy, published in (("trtllm", 1.1), ("sglang-tp8", 5.1)):
+    for policy, published in (("trtllm-latency", 1.1), ("sglang-tp8", 5.1)):
         clock = clock_for(policy)
         result = implied_fraction(clock, 2.5e6, published)
         u = "-" if result.uncached_fraction is None else f"{result.uncached_fraction:.3f}"

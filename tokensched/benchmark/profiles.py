@@ -58,6 +58,7 @@ class PolicyProfile:
     tp: int | None = None  # None: the run's tp
     attention: Literal["tp", "dp"] = "tp"
     moe: Literal["tp", "ep"] = "tp"
+    memory_fraction: float | None = None  # the engine's memory-rule fraction as the mirrored config sets it
 
     def scheduler_settings(self, *, speculative: bool) -> dict[str, Any]:
         """The ``SchedulerConfig`` overrides of this stack, with those its engine applies under speculation."""
@@ -114,6 +115,18 @@ PROFILES: dict[str, PolicyProfile] = {
             dict(_SGLANG_EAGLE),
             engine="sglang",
             tp=8,
+        ),
+        PolicyProfile(
+            "trtllm-latency",
+            "TensorRT-LLM-like in NVIDIA's published configuration for DeepSeek-R1-class models on B200 at TP4 "
+            "(TensorRT-LLM examples/configs/database/deepseek-ai/DeepSeek-R1-0528/B200/8k1k_tp4_conc*.yaml, and "
+            "curated/deepseek-r1-latency.yaml): kv_cache_config.free_gpu_memory_fraction=0.75, max_num_tokens=8320, "
+            "FP8 KV; otherwise as trtllm",
+            _fcfs,
+            {"max_batched_tokens": 8320, "max_running": 2048},
+            engine="trtllm",
+            tp=4,
+            memory_fraction=0.75,
         ),
         PolicyProfile(
             "trtllm-no-reuse",

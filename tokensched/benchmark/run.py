@@ -106,6 +106,7 @@ def make_deployment(config: BenchConfig) -> Any:
         attention=profile.attention,
         moe=profile.moe,
         num_speculative_tokens=config.num_speculative_tokens,
+        memory_utilization=profile.memory_fraction,
     )
     sim.CostModel(deployment)  # sizes memory: a deployment whose weights do not fit fails here
     return deployment
