@@ -21,7 +21,19 @@ simulator's side of each engine is documented in ``tokensched_sim.engines``):
   because its EAGLE ran out of memory at TP4): longest-prefix-match order
   (``schedule_policy="lpm"``, the ServerArgs default), ``chunked_prefill_size=16384``
   (ServerArgs ``_handle_gpu_memory_settings`` for GPUs over 160 GB),
-  ``max_running_requests`` left to the pool (1024 here), retraction by recompute.
+  ``max_running_requests`` left to the pool (1024 here), retraction by recompute. With
+  EAGLE (``--spec-tokens`` > 0), what ``ServerArgs._handle_speculative_decoding`` sets
+  when the user does not: ``max_running_requests=48`` and the overlap scheduler off
+  (one step in flight); its engine runs prefill and decode batches as separate passes
+  (``enable_mixed_chunk`` is off by default and forced off with EAGLE).
+- ``trtllm-latency`` (the reproduction's TensorRT-LLM): NVIDIA's published B200 TP4
+  configuration for DeepSeek-R1-class models (TensorRT-LLM
+  ``examples/configs/database/deepseek-ai/DeepSeek-R1-0528/B200/8k1k_tp4_conc*.yaml``: TP4,
+  MoE TP, FP8 KV, ``free_gpu_memory_fraction=0.75``, ``max_num_tokens=8320``; the curated
+  ``deepseek-r1-latency.yaml`` also uses 0.75), since the published engines were configured
+  for low latency.
+- ``trtllm-no-reuse``: ``trtllm`` with KV block reuse off, a sensitivity case (TensorRT-LLM's
+  EAGLE paths have not always supported block reuse; see docs/sim.md).
 - ``vllm`` (vLLM-like): FCFS, ``max_num_batched_tokens=8192``, ``max_num_seqs=1024``
   (V1 EngineArgs defaults for >=70 GiB GPUs in the API server), block-hash prefix
   cache, recompute preemption.
