@@ -209,6 +209,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             boundary("a preemption (victim order checked)")
         if record.admitted and record.still_waiting:
             boundary("an admission passing requests that keep waiting (admission order checked)")
+            if record.resort_keys is not None:
+                boundary("an admission passing requests right after a re-sort (dynamic order checked)")
         if plan is None:
             return
         rows = self._check_plan(plan)
