@@ -14,7 +14,9 @@ from tokensched.benchmark.eviction import (
     compare_evictions,
     parse_evictions,
     run_eviction,
+    system_prompt,
 )
+from tokensched.benchmark.workloads import CodingAgentConfig, CodingAgentSource, SessionWorkload
 from tokensched.cli import app
 
 TINY = ["--duration", "60", "--warmup", "20", "--drain", "5"]
@@ -74,3 +76,14 @@ def test_bad_eviction_arguments_get_one_line_and_exit_2(tmp_path: Path, args: li
 
 def test_parse_evictions_keeps_the_given_order() -> None:
     assert parse_evictions(" pinned, lru ") == ["pinned", "lru"]
+
+
+def test_the_pinned_tokens_are_the_prefix_every_session_opens_with() -> None:
+    """system_prompt() derives the prompt as the workload does: what is pinned is what requests hash."""
+    config = tiny(workload=CodingAgentConfig(shared_prefix_tokens=1000))
+    source = CodingAgentSource(config.workload, config.arrivals, 60.0, config.seed)
+    workload = SessionWorkload(source, ttft_deadline_s=10.0, eos_token_id=0)
+    prompt = system_prompt(workload.header)
+    firsts = [spec for spec in workload.release(60.0)]
+    assert len(prompt) == 1000 and len(firsts) >= 2
+    assert all(list(spec.prompt_token_ids[:1000]) == prompt and spec.cache_salt is None for spec in firsts)
