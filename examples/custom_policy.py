@@ -7,8 +7,8 @@ recompute last, i.e. the one with the least progress first. About 30 lines.
 The state machine checks, after every plan, every scheduler invariant and the
 policy's promises (``tokensched.policies.promises``): a policy that declares
 none gets the defaults (victims rank last, work conserving, and admission in
-order for a static policy); this one adds a promise of its own, in its own
-terms, to show how.
+its order: as of the queue's latest re-sort for a dynamic policy like this
+one); this one adds a promise of its own, in its own terms, to show how.
 
     python examples/custom_policy.py          # runs the property test
 """
@@ -19,7 +19,13 @@ from hypothesis import settings
 
 from tokensched.machines.request import Request
 from tokensched.policies import PolicyContext, SortKey
-from tokensched.policies.promises import VICTIMS_RANK_LAST, WORK_CONSERVING, Promise, StepRecord
+from tokensched.policies.promises import (
+    ADMISSION_IN_SORTED_ORDER,
+    VICTIMS_RANK_LAST,
+    WORK_CONSERVING,
+    Promise,
+    StepRecord,
+)
 from tokensched.testing import SchedulerStateMachine
 
 
@@ -40,7 +46,7 @@ class ShortestPromptFirst:
 
     name = "shortest-prompt-first"
     dynamic = True  # the uncached part depends on the cache, which changes while requests wait
-    promises = (VICTIMS_RANK_LAST, WORK_CONSERVING, LEAST_PROGRESS_YIELDS)
+    promises = (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING, LEAST_PROGRESS_YIELDS)
 
     def admission_key(self, request: Request, ctx: PolicyContext) -> SortKey:
         uncached = len(request.tokens) - ctx.cached_prefix_tokens(request)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig
+from tokensched.benchmark.config import BenchConfig
+from tokensched.benchmark.profiles import PROFILES
 from tokensched.machines.request import Request
 from tokensched.policies import FCFSPolicy, PolicyContext, PrefixAwarePolicy, PriorityPolicy, SLOPolicy
 from tokensched.policies.base import Policy, SortKey
 from tokensched.policies.promises import (
     ADMISSION_IN_ORDER,
+    ADMISSION_IN_SORTED_ORDER,
     VICTIMS_RANK_LAST,
     WORK_CONSERVING,
     StepRecord,
@@ -17,6 +22,7 @@ from tokensched.policies.promises import (
     default_promises,
     promises_of,
 )
+from tokensched.queue import RESORT_EVERY, WaitingQueue
 from tokensched.testing.exhaustive import Bounds, explore
 
 # The scopes below are the smallest found where the previous victim selection broke a promise:
@@ -59,7 +65,7 @@ def test_every_interleaving_keeps_the_other_policies_promises(policy: str) -> No
 def test_built_in_policies_declare_their_promises() -> None:
     for policy in (FCFSPolicy(), PriorityPolicy(), SLOPolicy()):
         assert promises_of(policy) == (VICTIMS_RANK_LAST, ADMISSION_IN_ORDER, WORK_CONSERVING)
-    assert promises_of(PrefixAwarePolicy()) == (VICTIMS_RANK_LAST, WORK_CONSERVING)
+    assert promises_of(PrefixAwarePolicy()) == (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING)
 
 
 class _Undeclared:
@@ -87,6 +93,8 @@ def _record(s: Scheduler, **changes: object) -> StepRecord:
         "planned": True,
         "waiting_before": (),
         "admission_keys": {},
+        "resort_keys": None,
+        "waiting_after": (),
         "retained_sessions": frozenset(),
         "admitted": (),
         "preempted": (),
@@ -114,3 +122,80 @@ def test_each_promise_reports_a_step_that_breaks_it() -> None:
     assert len(broken) == 1 and broken[0].startswith("admission in order: 'b'")
     broken = broken_promises(promises, _record(s, planned=False, steps_in_flight=0))
     assert len(broken) == 1 and broken[0].startswith("work conserving")
+
+
+def test_the_sorted_order_promise_reports_a_step_that_breaks_it() -> None:
+    s = Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=PrefixAwarePolicy(), clock=lambda: 0.0)
+    for rid in ("a", "b", "c"):
+        s.submit(RequestSpec(request_id=rid, prompt_token_ids=[1, 2, 3]))
+    a, b, c = s.waiting.at(0), s.waiting.at(1), s.waiting.at(2)
+    promises = (ADMISSION_IN_SORTED_ORDER,)
+    # No re-sort in the plan: the admitted must lead the queue as it stood.
+    assert broken_promises(promises, _record(s, waiting_before=(a, b), admitted=(a,), still_waiting=(b,))) == []
+    broken = broken_promises(promises, _record(s, waiting_before=(a, b), admitted=(b,), still_waiting=(a,)))
+    assert len(broken) == 1 and "'b' was admitted from place 1" in broken[0]
+    # A re-sort in the plan: judged by the keys the policy gave then, and the queue is left in that order.
+    keys = {"a": (0.0, 2.0), "b": (-2.0, 1.0), "c": (1.0, 0.0)}
+    ok = _record(
+        s, waiting_before=(a, b, c), resort_keys=keys, admitted=(b,), still_waiting=(a, c), waiting_after=(a, c)
+    )
+    assert broken_promises(promises, ok) == []
+    wrong = _record(s, waiting_before=(a, b, c), resort_keys=keys, admitted=(a,), still_waiting=(b, c))
+    assert "'a' (key (0.0, 2.0) at the re-sort) was admitted before 'b'" in broken_promises(promises, wrong)[0]
+    unsorted = _record(s, waiting_before=(a, b, c), resort_keys=keys, still_waiting=(a, b, c), waiting_after=(c, a, b))
+    assert "the re-sorted queue has 'c'" in broken_promises(promises, unsorted)[0]
+
+
+def test_a_queue_left_out_of_its_resorted_order_breaks_the_prefix_aware_promise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not vacuous: a re-sort that asks for keys but keeps the old order is caught by the exhaustive search."""
+
+    def keep_order(queue: WaitingQueue, key: Callable[[Request], SortKey]) -> None:
+        for request in queue:
+            key(request)
+
+    monkeypatch.setattr(WaitingQueue, "resort", keep_order)
+    report = explore(RESORT_SCOPE)
+    assert any("admission in sorted order" in v for v in report.violations), report.summary()
+
+
+def test_a_dynamic_queue_is_resorted_after_a_join_and_every_resort_every_steps() -> None:
+    """The freshness that ADMISSION_IN_SORTED_ORDER leaves unchecked, pinned on the queue itself."""
+    s = Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=PrefixAwarePolicy(), clock=lambda: 0.0)
+    for rid in ("a", "b"):
+        s.submit(RequestSpec(request_id=rid, prompt_token_ids=[1, 2, 3]))
+    queue = s.waiting
+    assert queue.needs_resort()  # a request joined since the last sort
+    queue.resort(lambda r: (r.seq,))
+    asks = [queue.needs_resort() for _ in range(RESORT_EVERY)]
+    assert asks == [False] * (RESORT_EVERY - 1) + [True]
+
+
+RESORT_SCOPE = Bounds(
+    prompts=((1, 2, 9), (5, 6, 7), (1, 2, 4)),
+    max_tokens=1,
+    num_blocks=4,
+    max_steps_in_flight=1,
+    alphabet=(7,),
+    policy="prefix-aware",
+)
+
+
+def test_every_interleaving_keeps_the_prefix_aware_promises_where_the_cache_reorders_the_queue() -> None:
+    report = explore(RESORT_SCOPE)
+    assert not report.violations, "\n\n".join(report.violations[:3])
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_bench_profile_is_checked_like_its_policy(name: str) -> None:
+    """The vLLM-, SGLang- and TensorRT-LLM-like profiles the bench compares: their configured policy and settings."""
+    profile = PROFILES[name]
+    policy = profile.make_policy(BenchConfig())
+    declared = promises_of(policy)
+    assert declared == promises_of(type(policy)()) and len(declared) == 3
+    # One step in flight keeps the seven searches to seconds; the profile state machine covers overlap.
+    report = explore(
+        Bounds(max_tokens=1, max_steps_in_flight=1, alphabet=(7,)), policy=policy, settings=profile.settings
+    )
+    assert not report.violations, "\n\n".join(report.violations[:3])

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from tokensched.benchmark.answer import ANSWER_LEVELS, ANSWER_POLICIES, Answer, answer_table, find_answer
 from tokensched.benchmark.config import BenchConfig
+from tokensched.benchmark.eviction import eviction_command, parse_evictions
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.reproduce import REPRODUCTIONS, Reproduction, compare_table, reproduce_rows
 from tokensched.benchmark.run import KVCapacity, kv_capacity
@@ -73,6 +74,13 @@ def bench_command(
     answer: Annotated[
         bool, typer.Option(help="most TPM/GPU at p50 TTFT <= 1 s and >= 70 TPS/user: tokensched vs baselines")
     ] = False,
+    eviction: Annotated[
+        str | None,
+        typer.Option(
+            help="instead of the sweep, compare prefix eviction (e.g. lru,lfu,cost,pinned) on the first "
+            "profile at each TPM level, one seed; writes eviction.json"
+        ),
+    ] = None,
 ) -> None:
     """Sweep load levels of coding-agent sessions on the simulated GPU and compare engine profiles."""
     console = Console()
@@ -130,6 +138,7 @@ def bench_command(
         )
         capacities = [kv_capacity(base.model_copy(update={"policy": p})) for p in chosen]
         trace = Trace.load(trace_in) if trace_in is not None else None
+        evictions = parse_evictions(eviction, concurrency is not None) if eviction is not None else None
     except ValidationError as exc:
         _fail(_one_line(exc))
     except (ValueError, TokenschedError) as exc:
@@ -143,6 +152,9 @@ def bench_command(
         )
     _check_writable(out)
     console.print(_capacity_table(capacities))
+    if evictions is not None:  # tokensched.benchmark.eviction
+        eviction_command(base, points, evictions, out, console.print)
+        return
     if answer:
         points = sorted(points)
     report = _run_with_progress(console, base, chosen, points, trace, trace_out, seeds, answer)

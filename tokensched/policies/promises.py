@@ -24,20 +24,29 @@ Built-in promises:
   one documented look-ahead: past a head held back by another session's
   retained cache, a retained session's next turn may go first
   (``session_kv_retention_s``, at most ``MAX_PASSED_OVER`` places).
+- :data:`ADMISSION_IN_SORTED_ORDER`: the promise of a dynamic policy (its keys
+  change while a request waits, like ``PrefixAwarePolicy``, whose cached
+  prefix lengths move with the cache). Its queue is re-sorted at steps that
+  admit, when a request joined it since the last sort and every
+  ``RESORT_EVERY`` such steps otherwise (see :mod:`tokensched.queue`), so
+  what it can promise is: the requests admitted in a step come first in the
+  policy's order *as of the queue's latest re-sort* (the keys the policy gave
+  then), with the same look-ahead; a re-sort leaves the queue in that order.
+  Comparing with fresh keys instead would flag every step where the cache
+  moved since the last sort, which the policy never promised.
 - :data:`WORK_CONSERVING`: the scheduler never idles while requests wait: if
   nothing is in flight and a request is live, ``plan()`` schedules something.
   With every request finishing in the end (checked when a run drains), no
   request waits unboundedly while the pool could serve it.
 
-A dynamic policy (its keys change while a request waits, like
-``PrefixAwarePolicy``) does not promise admission order step by step: its
-queue is re-sorted at most once per admitting step and only every
-``RESORT_EVERY`` steps when nobody new arrived, so its order is as fresh as
-its latest re-sort (see :mod:`tokensched.queue`).
+Not checked step by step: how stale a dynamic order may grow (the re-sort
+period above); a re-sort skipped after a request joined shows up only when
+it lets a request admitted later break the order of the next re-sort.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -58,6 +67,8 @@ class StepRecord:
     planned: bool  # plan() returned a step
     waiting_before: tuple[Request, ...]  # in queue order
     admission_keys: dict[str, SortKey]  # of every request waiting before the plan, taken before it
+    resort_keys: dict[str, SortKey] | None  # keys the policy gave at a re-sort in this plan; None: no re-sort
+    waiting_after: tuple[Request, ...]  # the queue after the plan, in its order
     retained_sessions: frozenset[str]  # sessions whose next turn may be admitted by look-ahead
     admitted: tuple[Request, ...]  # entered the running set in this plan
     preempted: tuple[Request, ...]  # left the running set for the waiting queue in this plan
@@ -93,7 +104,7 @@ def _victims_rank_last(record: StepRecord) -> str | None:
 def _admission_in_order(record: StepRecord) -> str | None:
     keys = record.admission_keys
     for admitted in record.admitted:
-        if admitted.request_id not in keys or admitted.session_id in record.retained_sessions:
+        if admitted.request_id not in keys or _look_ahead(record, admitted):
             continue  # preempted in this very plan, or the documented look-ahead
         admitted_key = keys[admitted.request_id]
         for waiting in record.still_waiting:
@@ -102,6 +113,43 @@ def _admission_in_order(record: StepRecord) -> str | None:
                     f"{admitted.request_id!r} (admission key {admitted_key}) was admitted before "
                     f"{waiting.request_id!r} (admission key {keys[waiting.request_id]}), which still waits"
                 )
+    return None
+
+
+def _look_ahead(record: StepRecord, request: Request) -> bool:
+    return request.session_id in record.retained_sessions
+
+
+def _admission_in_sorted_order(record: StepRecord) -> str | None:
+    keys = record.resort_keys
+    if keys is None:  # the queue kept its order: those admitted must lead it
+        position = {r.request_id: i for i, r in enumerate(record.waiting_before)}
+        for admitted in record.admitted:
+            if admitted.request_id not in position or _look_ahead(record, admitted):
+                continue
+            for waiting in record.still_waiting:
+                if position[waiting.request_id] < position[admitted.request_id]:
+                    return (
+                        f"{admitted.request_id!r} was admitted from place {position[admitted.request_id]} of a "
+                        f"queue not re-sorted since, while {waiting.request_id!r} ahead of it still waits"
+                    )
+        return None
+    for admitted in record.admitted:
+        if admitted.request_id not in keys or _look_ahead(record, admitted):
+            continue
+        for waiting in record.still_waiting:
+            if keys[waiting.request_id] < keys[admitted.request_id]:
+                return (
+                    f"{admitted.request_id!r} (key {keys[admitted.request_id]} at the re-sort) was admitted before "
+                    f"{waiting.request_id!r} (key {keys[waiting.request_id]}), which still waits"
+                )
+    sorted_part = [r for r in record.waiting_after if r.request_id in keys]
+    for before, after in itertools.pairwise(sorted_part):
+        if keys[after.request_id] < keys[before.request_id]:
+            return (
+                f"the re-sorted queue has {before.request_id!r} (key {keys[before.request_id]}) ahead of "
+                f"{after.request_id!r} (key {keys[after.request_id]})"
+            )
     return None
 
 
@@ -121,6 +169,11 @@ ADMISSION_IN_ORDER = Promise(
     "requests are admitted in the policy's order, except the documented retention look-ahead",
     _admission_in_order,
 )
+ADMISSION_IN_SORTED_ORDER = Promise(
+    "admission in sorted order",
+    "requests are admitted in the policy's order as of the queue's latest re-sort, except the retention look-ahead",
+    _admission_in_sorted_order,
+)
 WORK_CONSERVING = Promise(
     "work conserving",
     "with nothing in flight and a request live, plan() schedules a step",
@@ -129,9 +182,9 @@ WORK_CONSERVING = Promise(
 
 
 def default_promises(policy: Policy) -> tuple[Promise, ...]:
-    """What the scheduler guarantees for any policy (admission order only for a static one)."""
+    """What the scheduler guarantees for any policy (admission order as of the latest re-sort for a dynamic one)."""
     if policy.dynamic:
-        return (VICTIMS_RANK_LAST, WORK_CONSERVING)
+        return (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING)
     return (VICTIMS_RANK_LAST, ADMISSION_IN_ORDER, WORK_CONSERVING)
 
 

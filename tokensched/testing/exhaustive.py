@@ -28,7 +28,7 @@ import pickle
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -133,11 +133,25 @@ def fingerprint(node: Node) -> Key:
     # Attributes this module does not know stay in whole: a new field can only split states, never merge them.
     others = tuple((k, repr(v)) for k, v in sorted(vars(s).items()) if k not in _SCHEDULER_KNOWN)
     lists = (repr(pool._free), repr(pool._evict.order()))
-    return (node.submitted, requests, order, blocks, lists, pending, steps, writes, others)
+    retention = s._retention
+    # Its repr is an address, different in every copy: keyed by what it holds, or no two states would coincide.
+    retained = None if retention is None else tuple((sid, t, r.request_id) for sid, (t, r) in retention._until.items())
+    return (node.submitted, requests, order, blocks, lists, pending, steps, writes, others, retained)
 
 
 _SCHEDULER_KNOWN = frozenset(
-    {"config", "policy", "clock", "pool", "steps", "live", "waiting", "running", "_seq"}  # fingerprinted above
+    {
+        "config",
+        "policy",
+        "clock",
+        "pool",
+        "steps",
+        "live",
+        "waiting",
+        "running",
+        "_seq",
+        "_retention",
+    }  # fingerprinted above
     | {"_removed", "_truncated"}  # only what the next plan reports to the executor
     | {"_hit_tokens", "_query_tokens", "_preemptions", "_finished", "_aborted", "_failed_steps"}  # statistics
     | {"_bs", "_caching", "_chunk", "_k_spec", "_admit_reserve"}  # constants
@@ -297,12 +311,25 @@ def _note_state(report: Report, node: Node) -> None:
 
 
 # -------------------------------------------------------------------- search
-def explore(bounds: Bounds | None = None, max_states: int = 1_000_000) -> Report:
-    """Breadth-first search of every state reachable within ``bounds``; returns what it found."""
+def explore(
+    bounds: Bounds | None = None,
+    max_states: int = 1_000_000,
+    policy: Policy | None = None,
+    settings: Mapping[str, object] | None = None,
+) -> Report:
+    """Breadth-first search of every state reachable within ``bounds``; returns what it found.
+
+    ``policy`` replaces the one ``bounds`` names, and ``settings`` override
+    fields of its config: how a bench profile (a configured policy and the
+    scheduler settings of the stack it mirrors) is checked the same way.
+    """
     bounds = bounds or Bounds()
     started = time.perf_counter()
     report = Report()
-    root = Node(Scheduler(bounds.config(), policy=bounds.make_policy(), clock=_clock), 0, ())
+    config = bounds.config()
+    if settings:
+        config = SchedulerConfig.model_validate({**config.model_dump(), **settings})
+    root = Node(Scheduler(config, policy=policy or bounds.make_policy(), clock=_clock), 0, ())
     root_key = fingerprint(root)
     parent: dict[Key, tuple[Key, str] | None] = {root_key: None}
     depth = {root_key: 0}

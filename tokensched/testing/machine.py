@@ -76,7 +76,7 @@ class Row:
 
 
 class SchedulerStateMachine(RuleBasedStateMachine):
-    """Override :meth:`make_policy` (and optionally :meth:`make_executor`, :meth:`configs`)."""
+    """Override :meth:`make_policy` (and optionally :meth:`make_executor`, :meth:`configs`, :meth:`draw_setup`)."""
 
     def make_policy(self) -> Policy:
         return FCFSPolicy()
@@ -97,6 +97,10 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     def configs(self) -> st.SearchStrategy[SchedulerConfig]:
         return scheduler_configs()
 
+    def draw_setup(self, data: st.DataObject) -> tuple[SchedulerConfig, Policy]:
+        """The run's config and policy; override to draw both together (a bench profile sets both)."""
+        return data.draw(self.configs(), label="config"), self.make_policy()
+
     def promises(self) -> tuple[Promise, ...]:
         """Checked after every plan; by default what the policy declares."""
         return promises_of(self.s.policy)
@@ -108,9 +112,9 @@ class SchedulerStateMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------- setup
     @initialize(data=st.data(), seed=st.integers(0, 2**16))
     def setup(self, data: st.DataObject, seed: int) -> None:
-        config = data.draw(self.configs(), label="config")
+        config, policy = self.draw_setup(data)
         self.executor = self.make_executor(config, seed)
-        self.scheduler = Scheduler(config, policy=self.make_policy(), clock=self.executor.now)
+        self.scheduler = Scheduler(config, policy=policy, clock=self.executor.now)
         if config.prefix_eviction == "pinned" and config.enable_prefix_caching:
             self.scheduler.pin_prefix(list(data.draw(st.sampled_from(PREFIXES[1:]), label="pinned prefix")))
         self.launched: deque[tuple[StepPlan, list[Row]]] = deque()
@@ -205,6 +209,8 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             boundary("a preemption (victim order checked)")
         if record.admitted and record.still_waiting:
             boundary("an admission passing requests that keep waiting (admission order checked)")
+            if record.resort_keys is not None:
+                boundary("an admission passing requests right after a re-sort (dynamic order checked)")
         if plan is None:
             return
         rows = self._check_plan(plan)
