@@ -145,6 +145,15 @@ class DecodeColumns:
         if self.last_step >= 0:
             request.planned_in = self.last_step
 
+    def flush_tokens(self, i: int, token: int) -> None:
+        """Write row ``i``'s pending tokens and ``token`` (sampled now) into its buffer; counters stay here."""
+        start = int(self.flushed[i])
+        tokens = self.requests[i].tokens
+        if start < self.npend:
+            tokens.extend(self.pending[i, start : self.npend].tolist())
+        tokens.append(token)
+        self.flushed[i] = self.npend
+
     def reload_row(self, i: int) -> None:
         """Row ``i`` went through the per-request code and stays: take its counters from its state again."""
         request = self.requests[i]

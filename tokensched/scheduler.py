@@ -584,12 +584,12 @@ class Scheduler:
         if int(sampled.min()) < 0 or int(sampled.max()) > INT32_MAX:
             return None
         pos = cols.pos
-        rare = (sampled == cols.eos) | (pos + 2 >= cols.limit)
-        if self._caching:
-            rare |= (pos + 1) % self._bs == 0
+        rare = (sampled == cols.eos) | (pos + 2 >= cols.limit)  # finishes: the per-request code applies them
         for i in cols.stop_rows:
             if flat[i] in cols.requests[i].stop_token_ids:
                 rare[i] = True
+        # rows that fill a block and go on: their tokens are written back and the blocks committed in one batch
+        fill_rows = np.flatnonzero(((pos + 1) % self._bs == 0) & ~rare).tolist() if self._caching else []
         step.move("complete")
         now = self.clock()
         events = self._take_events()
@@ -602,11 +602,16 @@ class Scheduler:
             told: list[RequestOutput] = []
             self._apply_row(i, requests[i], step, result, now, told, fills)
             special[i] = told[0]
+        for i in fill_rows:
+            cols.flush_tokens(i, flat[i])
+            fills.append(requests[i])
         cols.in_flight = -1
         outputs = OutputBatch(events, cols.ids, rows, pos + 2 - cols.prompt_len, cols.cached, special)
         cols.pos = pos + 1
         cols.last = sampled
         cols.push_tokens(sampled)
+        if fill_rows:
+            cols.flushed[fill_rows] = cols.npend
         if rare_rows:
             keep = np.ones(n, dtype=np.bool_)
             running = self._running
