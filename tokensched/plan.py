@@ -98,13 +98,6 @@ class PlanArrays:
     slot_mapping: npt.NDArray[np.int64]
 
 
-def _one_or_none(value: PlanArrays | list[PlanArrays] | None) -> list[PlanArrays]:
-    """A plan's array cache: a list of at most one PlanArrays (a frozen plan can still fill it once)."""
-    if value is None:
-        return []
-    return [value] if isinstance(value, PlanArrays) else value
-
-
 @attrs.frozen(slots=True)
 class StepPlan:
     """One step: which tokens of which requests to compute, and where their KV goes.
@@ -132,7 +125,14 @@ class StepPlan:
     sample: list[bool]
     draft_token_ids: list[tuple[int, ...]]
     truncated_block_tables: dict[str, int] = attrs.field(factory=dict)
-    _arrays: list[PlanArrays] = attrs.field(factory=list, eq=False, repr=False, alias="arrays", converter=_one_or_none)
+    # The arrays, once built (a list so that a frozen plan can fill it once); not an init argument, so
+    # attrs.evolve() of a plan with other columns never carries arrays that no longer match them.
+    _arrays: list[PlanArrays] = attrs.field(init=False, factory=list, eq=False, repr=False)
+
+    def attach_arrays(self, arrays: PlanArrays) -> StepPlan:
+        """Keep ``arrays`` (the same columns, already built by the planner) for :meth:`arrays`; returns the plan."""
+        self._arrays[:] = [arrays]
+        return self
 
     def arrays(self) -> PlanArrays:
         """The columns as numpy arrays: the columnar decode path hands over those it built, others convert once."""

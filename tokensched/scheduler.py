@@ -560,8 +560,7 @@ class Scheduler:
             sample=[True] * n,
             draft_token_ids=[NO_DRAFTS] * n,
             truncated_block_tables=truncated,
-            arrays=PlanArrays(computed, offsets, tokens, computed, slot.copy()),
-        )
+        ).attach_arrays(PlanArrays(computed, offsets, tokens, computed, slot.copy()))
 
     def _complete_fast(self, cols: DecodeColumns, step: Step, result: StepResult) -> OutputBatch | None:
         """Apply a fast step's result over the columns; None (nothing changed) when the per-request path must.
