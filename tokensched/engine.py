@@ -8,7 +8,7 @@ loop embeds only the :class:`~tokensched.scheduler.Scheduler` instead (see
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from tokensched.config import SchedulerConfig
 from tokensched.errors import ExecutorError, TokenschedError
@@ -57,7 +57,7 @@ class Engine:
             self._launched.append(plan.step_id)
             launched += 1
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> Sequence[RequestOutput]:
         """Launch what can run, then wait for the oldest step and apply it; [] when nothing is in flight."""
         self.launch_ready()
         if not self._launched:
@@ -69,7 +69,7 @@ class Engine:
             return self.scheduler.fail(step_id, error)  # collect() answers for the oldest step launched
         return self.scheduler.complete(result)
 
-    def run(self) -> Iterator[list[RequestOutput]]:
+    def run(self) -> Iterator[Sequence[RequestOutput]]:
         """Step until every submitted request has finished; yields each step's outputs."""
         while self.scheduler.has_work:
             if self.launch_ready() == 0 and not self._launched:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
+from typing import overload
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 
 from tokensched.config import SamplingParams
 
@@ -79,6 +82,23 @@ NO_DRAFTS: tuple[int, ...] = ()
 
 
 @attrs.frozen(slots=True)
+class PlanArrays:
+    """A plan's columns as numpy arrays, for ``torch.from_numpy`` (no copy) or vectorised executors.
+
+    ``token_ids`` is int32, the rest int64. ``positions`` is per token
+    (``num_computed_tokens[i] + j`` for the j-th token of request i), the one
+    column the lists leave implicit. The arrays belong to the plan: an
+    executor that writes into them (say to substitute placeholders) copies first.
+    """
+
+    num_computed_tokens: npt.NDArray[np.int64]
+    token_offsets: npt.NDArray[np.int64]
+    token_ids: npt.NDArray[np.int32]
+    positions: npt.NDArray[np.int64]
+    slot_mapping: npt.NDArray[np.int64]
+
+
+@attrs.frozen(slots=True)
 class StepPlan:
     """One step: which tokens of which requests to compute, and where their KV goes.
 
@@ -105,6 +125,27 @@ class StepPlan:
     sample: list[bool]
     draft_token_ids: list[tuple[int, ...]]
     truncated_block_tables: dict[str, int] = attrs.field(factory=dict)
+    # The arrays, once built (a list so that a frozen plan can fill it once); not an init argument, so
+    # attrs.evolve() of a plan with other columns never carries arrays that no longer match them.
+    _arrays: list[PlanArrays] = attrs.field(init=False, factory=list, eq=False, repr=False)
+
+    def attach_arrays(self, arrays: PlanArrays) -> StepPlan:
+        """Keep ``arrays`` (the same columns, already built by the planner) for :meth:`arrays`; returns the plan."""
+        self._arrays[:] = [arrays]
+        return self
+
+    def arrays(self) -> PlanArrays:
+        """The columns as numpy arrays: the columnar decode path hands over those it built, others convert once."""
+        if not self._arrays:
+            offsets = np.asarray(self.token_offsets, dtype=np.int64)
+            computed = np.asarray(self.num_computed_tokens, dtype=np.int64)
+            counts = np.diff(offsets)
+            starts = np.repeat(computed - offsets[:-1], counts)
+            positions = starts + np.arange(offsets[-1] if len(offsets) else 0, dtype=np.int64)
+            tokens = np.asarray(self.token_ids, dtype=np.int32)
+            slots = np.asarray(self.slot_mapping, dtype=np.int64)
+            self._arrays.append(PlanArrays(computed, offsets, tokens, positions, slots))
+        return self._arrays[0]
 
     @property
     def num_requests(self) -> int:
@@ -180,3 +221,75 @@ class RequestOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+
+class OutputBatch(Sequence[RequestOutput]):
+    """One step's outputs: preemption events, then one output per sampling request in plan order.
+
+    The columnar decode path fills it from columns (request ids, the result's
+    rows, output counts) and builds each :class:`RequestOutput` only when it is
+    read, so a step's cost does not include objects nobody looks at. Compares
+    equal to a list of the same outputs.
+    """
+
+    __slots__ = ("_built", "_cached", "_events", "_ids", "_num_output", "_rows", "_special")
+
+    def __init__(
+        self,
+        events: list[RequestOutput],
+        ids: list[str],
+        rows: list[list[int]],
+        num_output: npt.NDArray[np.int64],
+        num_cached: npt.NDArray[np.int64],
+        special: dict[int, RequestOutput],
+    ) -> None:
+        self._events = events
+        self._ids = ids
+        self._rows = rows
+        self._num_output = num_output
+        self._cached = num_cached
+        self._special = special
+        self._built: list[RequestOutput] | None = None
+
+    @classmethod
+    def of(cls, outputs: list[RequestOutput]) -> OutputBatch:
+        """A batch of outputs built one by one (the per-request path)."""
+        batch = cls(outputs, [], [], np.zeros(0, np.int64), np.zeros(0, np.int64), {})
+        batch._built = outputs
+        return batch
+
+    def _list(self) -> list[RequestOutput]:
+        built = self._built
+        if built is None:
+            special = self._special
+            built = list(self._events)
+            for i, (rid, row, count, cached) in enumerate(
+                zip(self._ids, self._rows, self._num_output.tolist(), self._cached.tolist(), strict=True)
+            ):
+                out = special.get(i)
+                built.append(out if out is not None else RequestOutput(rid, row, None, None, count, cached))
+            self._built = built
+        return built
+
+    def __len__(self) -> int:
+        return len(self._built) if self._built is not None else len(self._events) + len(self._ids)
+
+    @overload
+    def __getitem__(self, index: int) -> RequestOutput: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RequestOutput]: ...
+    def __getitem__(self, index: int | slice) -> RequestOutput | list[RequestOutput]:
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[RequestOutput]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OutputBatch | list | tuple):
+            return self._list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OutputBatch({self._list()!r})"

@@ -25,23 +25,27 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from itertools import chain
 
 import numpy as np
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
+from tokensched.decode_columns import DecodeColumns
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.invariants import check_scheduler
 from tokensched.machines.blocks import BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
-from tokensched.machines.step import StepTracker
+from tokensched.machines.step import Step, StepTracker
 from tokensched.plan import (
     NO_BLOCKS,
     NO_DRAFTS,
     FinishReason,
     NewRequestData,
+    OutputBatch,
+    PlanArrays,
     RequestEvent,
     RequestOutput,
     StepPlan,
@@ -53,6 +57,7 @@ from tokensched.queue import WaitingQueue
 from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
+from tokensched.tokens import INT32_MAX
 from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
@@ -70,6 +75,7 @@ class Scheduler:
         *,
         hasher: BlockHasher | None = None,
         listener: BlockPoolListener | None = None,
+        fast_decode: bool = True,
     ) -> None:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
@@ -79,9 +85,9 @@ class Scheduler:
         self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
         self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
-        self.live: dict[str, Request] = {}
+        self._live: dict[str, Request] = {}
         self.waiting = WaitingQueue(self.policy.dynamic)
-        self.running: dict[str, Request] = {}
+        self._running: dict[str, Request] = {}
         self._removed: list[str] = []
         self._truncated: dict[str, int] = {}
         self._sessions: OrderedDict[str, Request] = OrderedDict()
@@ -106,17 +112,38 @@ class Scheduler:
         self._finished = 0
         self._aborted = 0
         self._failed_steps = 0
+        self._fast = fast_decode  # the columnar decode path (False: every step per request, the reference)
+        self._cols: DecodeColumns | None = None
+
+    @property
+    def live(self) -> dict[str, Request]:
+        """Every live request by id (waiting or running); read-only by convention."""
+        self._materialize()
+        return self._live
+
+    @property
+    def running(self) -> dict[str, Request]:
+        """The running set by id, in admission order; read-only by convention."""
+        self._materialize()
+        return self._running
+
+    def _materialize(self) -> None:
+        """Write the decode columns back into the requests and drop them (before anything reads or moves one)."""
+        cols = self._cols
+        if cols is not None:
+            cols.flush_all()
+            self._cols = None
 
     @property
     def has_work(self) -> bool:
-        return bool(self.live) or len(self.steps) > 0
+        return bool(self._live) or len(self.steps) > 0
 
     # ================================================================ intake
     def submit(self, spec: RequestSpec) -> None:
         """Queue a request. Raises InvalidRequest, CapacityError or QueueFull, and then changes nothing."""
         cfg = self.config
         rid = spec.request_id
-        if rid in self.live:
+        if rid in self._live:
             raise InvalidRequest(f"request {rid!r}: a live request already has this id")
         prompt_len = len(spec.prompt_token_ids)
         if prompt_len + spec.max_tokens > cfg.max_model_len:
@@ -137,7 +164,7 @@ class Scheduler:
         self._seq += 1
         if self._caching:
             self._hash_prompt(request)
-        self.live[rid] = request
+        self._live[rid] = request
         self._enqueue(request)
 
     def _hash_prompt(self, request: Request) -> None:
@@ -171,9 +198,10 @@ class Scheduler:
 
     def abort(self, request_id: str) -> RequestOutput:
         """Finish a live request with reason ABORT; its blocks go back (held while a step may use them)."""
-        request = self.live.get(request_id)
+        request = self._live.get(request_id)
         if request is None:
             raise UnknownRequest(f"request {request_id!r} is not live (never submitted, or already finished)")
+        self._materialize()
         state = request.state
         if type(state) is Prefilling or type(state) is Decoding:
             self._finish(request, FinishReason.ABORT, "abort")
@@ -189,9 +217,15 @@ class Scheduler:
         if self.steps.full:
             self.last_plan_outcome = PlanOutcome.WINDOW_FULL
             return None
-        if not (self.running or self.waiting):
+        if not (self._running or self.waiting):
             self.last_plan_outcome = PlanOutcome.IDLE
             return None
+        if self._fast:
+            fast = self._plan_fast()
+            if fast is not None:
+                self.last_plan_outcome = PlanOutcome.PLANNED
+                return fast
+        self._materialize()
         builder = StepBuilder(self.steps.next_step_id, self._bs)
         budget, preempted = self._schedule_running(builder)
         if not preempted and budget > 0 and self.waiting:
@@ -223,7 +257,7 @@ class Scheduler:
         budget = self.config.max_batched_tokens
         chunk_cap = self._chunk
         k_spec = self._k_spec
-        running = self.running
+        running = self._running
         if pool.num_free >= -(-budget // bs) + len(running):
             order = list(running.values())
         else:
@@ -291,7 +325,7 @@ class Scheduler:
         for the steps in flight, and the method returns False.
         """
         pool = self.pool
-        running = self.running
+        running = self._running
         for victim in reversed(order[index + 1 :]):
             if pool.num_free >= need:
                 return True
@@ -314,7 +348,7 @@ class Scheduler:
         retention = self._retention
         now = self.clock() if retention is not None else 0.0
         index = 0  # past a head held back by retention, only retained sessions' next turns may go first
-        while index < len(waiting) and budget > 0 and len(self.running) < cfg.max_running:
+        while index < len(waiting) and budget > 0 and len(self._running) < cfg.max_running:
             request = waiting.at(index)
             if index and (retention is None or not retention.holds(request.session_id)):
                 if index >= MAX_PASSED_OVER:
@@ -323,7 +357,7 @@ class Scheduler:
                 continue
             available = pool.num_free
             protected = 0
-            if retention is not None and len(retention) and self.running:  # work-conserving: never idle for it
+            if retention is not None and len(retention) and self._running:  # work-conserving: never idle for it
                 protected = retention.protected_blocks(request, now)
                 available -= protected
             if available <= request.blocked_at_free:
@@ -345,7 +379,7 @@ class Scheduler:
             n = min(known - cached, budget, self._chunk)
             need = (cached + n + bs - 1) // bs - len(matched)
             if need + revived > available or (
-                self.running and uncached_blocks + revived + self._admit_reserve > available
+                self._running and uncached_blocks + revived + self._admit_reserve > available
             ):
                 request.blocked_at_free = available
                 if protected and index < MAX_PASSED_OVER:
@@ -359,7 +393,7 @@ class Scheduler:
             pool.share(matched)
             blocks = matched + pool.allocate(need)
             transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, len(matched)))
-            self.running[request.request_id] = request
+            self._running[request.request_id] = request
             request.num_cached_tokens = cached
             self._hit_tokens += cached
             self._query_tokens += known
@@ -378,72 +412,221 @@ class Scheduler:
             budget -= n
 
     # ============================================================= results
-    def complete(self, result: StepResult) -> list[RequestOutput]:
-        """Apply the oldest step's result; returns new tokens per request and finishes."""
+    def complete(self, result: StepResult) -> Sequence[RequestOutput]:
+        """Apply the oldest step's result; returns new tokens per request and finishes.
+
+        The outputs are an :class:`~tokensched.plan.OutputBatch`: a sequence of
+        :class:`~tokensched.plan.RequestOutput` (preemption events first, then
+        one per sampling request in plan order), built when first read.
+        """
         step = self.steps.oldest(result.step_id, "complete")
+        cols = self._cols
+        if cols is not None and cols.in_flight == step.step_id:
+            fast = self._complete_fast(cols, step, result)
+            if fast is not None:
+                return fast
+        self._materialize()
         validate_result(step, result, self._k_spec)
         step.move("complete")
         now = self.clock()
         outputs = self._take_events()
-        bs = self._bs
-        caching = self._caching
-        pool = self.pool
-        drafts_in = result.draft_token_ids
-        logprobs_in = result.logprobs
         fills: list[Request] = []  # requests whose one new full block is hashed and committed in a batch below
         for i, request in enumerate(step.requests):
             if request.epoch != step.epochs[i]:
                 continue  # left the running set (finished, aborted, preempted) after this step was planned
-            state = request.state
-            assert type(state) is Prefilling or type(state) is Decoding
-            request.inflight_steps -= 1
-            sampled = result.sampled_token_ids[i]
-            nd = step.num_drafts[i]
-            if nd:
-                state.num_computed += step.num_tokens[i] - nd + len(sampled) - 1
-                state.num_scheduled = state.num_computed
-                self._roll_back_blocks(request, state)
-            else:
-                state.num_computed += step.num_tokens[i]
-            if not step.samples[i]:
-                if caching:
-                    self._commit_full_blocks(request, state)
-                continue
-            request.inflight_samples -= 1 + nd
-            reason, kept = self._append_tokens(request, sampled)
-            if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
-                if min(state.num_computed, request.tokens.size) // bs == state.num_committed + 1:
-                    fills.append(request)  # the common case: one block filled
-            elif caching:
-                if request.tokens.size >= (len(request.block_hashes) + 1) * bs:
-                    self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
-                self._commit_full_blocks(request, state)
-            if type(state) is Prefilling:
-                decoding = Decoding(
-                    state.blocks, state.num_computed, state.num_scheduled, state.num_cached, state.num_committed
-                )
-                transition(request, "first_token", decoding)
-                request.first_token_time = now
-            if drafts_in is not None and reason is None:
-                request.draft_tokens = drafts_in[i][: self._k_spec]
-            outputs.append(
-                RequestOutput(
-                    request.request_id,
-                    sampled if reason is None else sampled[:kept],
-                    reason,
-                    logprobs_in[i] if logprobs_in is not None and request.sampling.logprobs else None,
-                    request.num_output_tokens,
-                    request.num_cached_tokens,
-                )
-            )
-            if reason is not None:
-                request.finish_time = now
-                self._finish(request, reason, "finish")
+            self._apply_row(i, request, step, result, now, outputs, fills)
         if fills:
             self._commit_fills(fills)
         step.move("apply")
         self.steps.close(step)
-        pool.step_completed(step.step_id)
+        self.pool.step_completed(step.step_id)
+        return OutputBatch.of(outputs)
+
+    def _apply_row(
+        self,
+        i: int,
+        request: Request,
+        step: Step,
+        result: StepResult,
+        now: float,
+        outputs: list[RequestOutput],
+        fills: list[Request],
+    ) -> None:
+        """Apply row ``i`` of ``result`` to ``request`` (still in the running set since ``step`` was planned)."""
+        state = request.state
+        assert type(state) is Prefilling or type(state) is Decoding
+        caching = self._caching
+        request.inflight_steps -= 1
+        sampled = result.sampled_token_ids[i]
+        nd = step.num_drafts[i]
+        if nd:
+            state.num_computed += step.num_tokens[i] - nd + len(sampled) - 1
+            state.num_scheduled = state.num_computed
+            self._roll_back_blocks(request, state)
+        else:
+            state.num_computed += step.num_tokens[i]
+        if not step.samples[i]:
+            if caching:
+                self._commit_full_blocks(request, state)
+            return
+        request.inflight_samples -= 1 + nd
+        reason, kept = self._append_tokens(request, sampled)
+        if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
+            if min(state.num_computed, request.tokens.size) // self._bs == state.num_committed + 1:
+                fills.append(request)  # the common case: one block filled
+        elif caching:
+            if request.tokens.size >= (len(request.block_hashes) + 1) * self._bs:
+                self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
+            self._commit_full_blocks(request, state)
+        if type(state) is Prefilling:
+            decoding = Decoding(
+                state.blocks, state.num_computed, state.num_scheduled, state.num_cached, state.num_committed
+            )
+            transition(request, "first_token", decoding)
+            request.first_token_time = now
+        drafts_in = result.draft_token_ids
+        if drafts_in is not None and reason is None:
+            request.draft_tokens = drafts_in[i][: self._k_spec]
+        logprobs_in = result.logprobs
+        outputs.append(
+            RequestOutput(
+                request.request_id,
+                sampled if reason is None else sampled[:kept],
+                reason,
+                logprobs_in[i] if logprobs_in is not None and request.sampling.logprobs else None,
+                request.num_output_tokens,
+                request.num_cached_tokens,
+            )
+        )
+        if reason is not None:
+            request.finish_time = now
+            self._finish(request, reason, "finish")
+
+    # ================================================== the columnar decode path
+    def _plan_fast(self) -> StepPlan | None:
+        """Plan a step of plain decodes from the columns, or None when the per-request path must plan it.
+
+        Builds exactly the plan :meth:`_schedule_running` would (see
+        :mod:`tokensched.decode_columns` for when that holds), with the same
+        blocks allocated in the same order.
+        """
+        running = self._running
+        n = len(running)
+        bs = self._bs
+        budget = self.config.max_batched_tokens
+        if self.steps or self.waiting or self._k_spec or not n or n > budget:
+            return None
+        pool = self.pool
+        if pool.num_free < -(-budget // bs) + n:
+            return None  # the reference would serve the running set by victim key
+        cols = self._cols
+        if cols is None:
+            requests = list(running.values())
+            if not DecodeColumns.eligible(requests, bs, self._caching):
+                return None
+            cols = self._cols = DecodeColumns(requests, bs, self.config.max_model_len)
+        step_id = self.steps.next_step_id
+        pos = cols.pos
+        slot = cols.slot + 1
+        new_blocks = [NO_BLOCKS] * n
+        starts = np.flatnonzero(pos % bs == 0)
+        if len(starts):
+            states = cols.states
+            for i in starts.tolist():
+                block = pool.allocate_one()
+                states[i].blocks.append(block)
+                new_blocks[i] = (block,)
+                slot[i] = block * bs
+        cols.slot = slot
+        cols.in_flight = cols.last_step = step_id
+        self.steps.open(Step(step_id, cols.requests, cols.epochs, [1] * n, [0] * n, [True] * n))
+        removed = tuple(self._removed)
+        self._removed.clear()
+        truncated, self._truncated = self._truncated, {}
+        offsets = np.arange(n + 1, dtype=np.int64)
+        tokens = cols.last.astype(np.int32)
+        computed = pos.copy()
+        return StepPlan(
+            step_id=step_id,
+            block_size=bs,
+            new_requests=(),
+            removed_request_ids=removed,
+            request_ids=list(cols.ids),
+            num_computed_tokens=computed.tolist(),
+            token_offsets=offsets.tolist(),
+            token_ids=tokens.tolist(),
+            slot_mapping=slot.tolist(),
+            new_block_ids=new_blocks,
+            sample=[True] * n,
+            draft_token_ids=[NO_DRAFTS] * n,
+            truncated_block_tables=truncated,
+        ).attach_arrays(PlanArrays(computed, offsets, tokens, computed, slot.copy()))
+
+    def _complete_fast(self, cols: DecodeColumns, step: Step, result: StepResult) -> OutputBatch | None:
+        """Apply a fast step's result over the columns; None (nothing changed) when the per-request path must.
+
+        Rows that fill a block, sample a stop or reach their length are
+        written back and applied by :meth:`_apply_row`, in plan order, as the
+        per-request path would; the others move in a few array operations.
+        """
+        rows = result.sampled_token_ids
+        n = len(cols)
+        if result.draft_token_ids is not None or result.logprobs is not None or len(rows) != n or not n:
+            return None
+        flat = list(chain.from_iterable(rows))
+        if len(flat) != n or min(map(len, rows)) != 1 or not set(map(type, flat)) <= {int}:
+            return None  # not one plain int a row: validate_result explains
+        try:
+            sampled = np.array(flat, dtype=np.int64)
+        except OverflowError:
+            return None
+        if int(sampled.min()) < 0 or int(sampled.max()) > INT32_MAX:
+            return None
+        pos = cols.pos
+        rare = (sampled == cols.eos) | (pos + 2 >= cols.limit)  # finishes: the per-request code applies them
+        for i in cols.stop_rows:
+            if flat[i] in cols.requests[i].stop_token_ids:
+                rare[i] = True
+        # rows that fill a block and go on: their tokens are written back and the blocks committed in one batch
+        fill_rows = np.flatnonzero(((pos + 1) % self._bs == 0) & ~rare).tolist() if self._caching else []
+        step.move("complete")
+        now = self.clock()
+        events = self._take_events()
+        special: dict[int, RequestOutput] = {}
+        fills: list[Request] = []
+        rare_rows = np.flatnonzero(rare).tolist()
+        requests = cols.requests
+        for i in rare_rows:
+            cols.flush_row(i)
+            told: list[RequestOutput] = []
+            self._apply_row(i, requests[i], step, result, now, told, fills)
+            special[i] = told[0]
+        for i in fill_rows:
+            cols.flush_tokens(i, flat[i])
+            fills.append(requests[i])
+        cols.in_flight = -1
+        outputs = OutputBatch(events, cols.ids, rows, pos + 2 - cols.prompt_len, cols.cached, special)
+        cols.pos = pos + 1
+        cols.last = sampled
+        cols.push_tokens(sampled)
+        if fill_rows:
+            cols.flushed[fill_rows] = cols.npend
+        if rare_rows:
+            keep = np.ones(n, dtype=np.bool_)
+            running = self._running
+            for i in rare_rows:
+                cols.flushed[i] = cols.npend
+                if requests[i].request_id in running:
+                    cols.reload_row(i)
+                else:
+                    keep[i] = False
+            if not keep.all():
+                cols.keep(keep)
+        if fills:
+            self._commit_fills(fills)
+        step.move("apply")
+        self.steps.close(step)
+        self.pool.step_completed(step.step_id)
         return outputs
 
     def _commit_fills(self, fills: list[Request]) -> None:
@@ -530,6 +713,7 @@ class Scheduler:
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""
         step = self.steps.oldest(step_id, "fail")
+        self._materialize()
         step.move("fail")
         self._failed_steps += 1
         retry = self.config.on_step_failure is StepFailurePolicy.RETRY
@@ -583,7 +767,7 @@ class Scheduler:
         if not self._events:
             return []
         events, self._events = self._events, []
-        live = self.live
+        live = self._live
         return [e for e in events if e.request_id in live]
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
@@ -592,7 +776,7 @@ class Scheduler:
         self._retire(request, reason, event)
 
     def _leave_running(self, request: Request) -> None:
-        del self.running[request.request_id]
+        del self._running[request.request_id]
         self._removed.append(request.request_id)
         self._truncated.pop(request.request_id, None)
         request.epoch += 1
@@ -602,7 +786,7 @@ class Scheduler:
 
     def _retire(self, request: Request, reason: FinishReason, event: str) -> None:
         transition(request, event, Finished(reason))
-        del self.live[request.request_id]
+        del self._live[request.request_id]
         self._finished += 1
         sid = request.session_id
         if sid is not None and self._caching:
@@ -667,7 +851,7 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
-            num_running=len(self.running),
+            num_running=len(self._running),
             num_waiting=len(self.waiting),
             num_steps_in_flight=len(self.steps),
             num_free_blocks=self.pool.num_free,

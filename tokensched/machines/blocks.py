@@ -492,7 +492,7 @@ class BlockPool:
         return count
 
     def share(self, blocks: Sequence[int]) -> None:
-        """Take one more reference on each of ``blocks`` (a prefix-cache hit)."""
+        """Take one more reference on each of ``blocks`` (a prefix-cache hit: a run of distinct blocks)."""
         if not blocks:
             return
         states = bytes(itemgetter(*blocks)(self._state)) if len(blocks) > 1 else bytes([self._state[blocks[0]]])
@@ -501,16 +501,20 @@ class BlockPool:
             raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
         refcount = self._refcount
         evict = self._evict
-        if _EVICTABLE in states:
-            state = self._state
-            for block in blocks:
-                if state[block] == _EVICTABLE:
-                    evict.remove(block)
-                    state[block] = _COMMITTED
-        hashes = self._hash
-        for block in blocks:
-            refcount[block] += 1
-            evict.hit(hashes[block])  # type: ignore[arg-type]  # a shared block is committed: it has a hash
+        if _EVICTABLE in states:  # revive them, in order, in a few C-level passes (a 200k-token hit is 12k blocks)
+            if states.count(_EVICTABLE) == len(states):
+                revived = list(blocks)  # the common long hit: a finished request's whole prefix
+            else:
+                where = np.flatnonzero(np.frombuffer(states, dtype=np.uint8) == _EVICTABLE)
+                revived = [blocks[i] for i in where.tolist()]
+            evict.remove_many(revived)
+            np.frombuffer(self._state, dtype=np.uint8)[revived] = _COMMITTED
+        if len(blocks) > 1:
+            counts = itemgetter(*blocks)(refcount)
+            deque(map(refcount.__setitem__, blocks, map((1).__add__, counts)), maxlen=0)
+        else:
+            refcount[blocks[0]] += 1
+        evict.hit_many(map(self._hash.__getitem__, blocks))  # type: ignore[arg-type]  # committed: hashed
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).

@@ -28,7 +28,8 @@ that holds it), in a dict bounded by the pool's size.
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import Protocol
 
 
@@ -50,6 +51,12 @@ class EvictionPolicy(Protocol):
 
     def hit(self, block_hash: int) -> None:
         """A request matched content ``block_hash`` (COMMITTED or EVICTABLE) from the cache."""
+
+    def remove_many(self, blocks: Iterable[int]) -> None:
+        """:meth:`remove` each of ``blocks`` in order (a long prefix hit revives thousands at once)."""
+
+    def hit_many(self, block_hashes: Iterable[int]) -> None:
+        """:meth:`hit` each of ``block_hashes`` in order; a policy that ignores hits need not iterate."""
 
     def order(self) -> list[int]:
         """The blocks held, in the order they would be evicted (O(n log n); checks and tests only)."""
@@ -75,6 +82,12 @@ class LRUEviction:
 
     def remove(self, block: int) -> None:
         del self._lru[block]
+
+    def remove_many(self, blocks: Iterable[int]) -> None:
+        deque(map(self._lru.pop, blocks), maxlen=0)  # one C-level pass
+
+    def hit_many(self, block_hashes: Iterable[int]) -> None:
+        return None  # recency is set when a block is let go, not when it is matched
 
     def pop(self) -> int:
         return self._lru.popitem(last=False)[0]
@@ -122,6 +135,13 @@ class _ScoredEviction:
 
     def remove(self, block: int) -> None:
         del self._live[block]  # its heap entry goes stale
+
+    def remove_many(self, blocks: Iterable[int]) -> None:
+        deque(map(self._live.pop, blocks), maxlen=0)
+
+    def hit_many(self, block_hashes: Iterable[int]) -> None:
+        for h in block_hashes:
+            self.hit(h)
 
     def pop(self) -> int:
         heap = self._heap
@@ -215,6 +235,13 @@ class PinnedEviction:
 
     def hit(self, block_hash: int) -> None:
         self._inner.hit(block_hash)
+
+    def remove_many(self, blocks: Iterable[int]) -> None:
+        for block in blocks:
+            self.remove(block)
+
+    def hit_many(self, block_hashes: Iterable[int]) -> None:
+        self._inner.hit_many(block_hashes)
 
     def order(self) -> list[int]:
         return [*self._inner.order(), *self._pinned_held]

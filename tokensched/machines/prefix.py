@@ -130,8 +130,8 @@ class BlockHasher:
         if end - start <= 2:
             self._extend_small(hashes, tokens, start, end, parent)
             return
-        block = np.asarray(tokens[start * bs : end * bs], dtype=np.int64).reshape(end - start, bs)
-        x = ((block.astype(np.uint64) ^ self._k) * self._m).sum(axis=1, dtype=np.uint64)
+        block = np.asarray(tokens[start * bs : end * bs]).astype(np.uint64).reshape(end - start, bs)
+        x = ((block ^ self._k) * self._m).sum(axis=1, dtype=np.uint64)
         y = _fmix_array(x ^ np.uint64(self._k0))
         n = end - start
         rpow, rinvpow = self._powers(n)

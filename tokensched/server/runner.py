@@ -279,7 +279,7 @@ class EngineRunner:
         if delay > 0:
             time.sleep(delay)
 
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
+    def _deliver(self, outputs: Sequence[RequestOutput]) -> None:
         by_request: dict[str, list[RequestOutput]] = {}
         for output in outputs:
             by_request.setdefault(output.request_id, []).append(output)

@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import attrs
 from hypothesis import event
@@ -256,7 +257,7 @@ class SchedulerStateMachine(RuleBasedStateMachine):
         outputs = self._take_events(self.s.complete(result), live)
         self._check_result(rows, result, outputs)
 
-    def _take_events(self, outputs: list[RequestOutput], live: set[str]) -> list[RequestOutput]:
+    def _take_events(self, outputs: Sequence[RequestOutput], live: set[str]) -> list[RequestOutput]:
         """Check the preemption events at the head of ``outputs`` against the plans' preemptions; return the rest."""
         told = [out for out in outputs if out.event is RequestEvent.PREEMPTED]
         assert outputs[: len(told)] == told, "preemption events come first"
@@ -266,7 +267,7 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             f"preempted {expected} but told {[out.request_id for out in told]}"
         )
         self.preempted_untold.clear()
-        return outputs[len(told) :]
+        return list(outputs[len(told) :])
 
     @precondition(lambda self: self.scheduler is not None and bool(self.launched))
     @rule(kind=st.sampled_from(["wrong_step", "missing_row", "extra_tokens", "negative_token"]))
