@@ -213,7 +213,7 @@ class Scheduler:
         truncated, self._truncated = self._truncated, {}
         plan = builder.plan(removed, truncated)
         if host is not None:
-            host.write_back(self.pool.num_free - len(self.running) - self._chunk // self._bs - self._admit_reserve)
+            host.write_back(self.pool.num_free - len(self.running) - self._admit_reserve)  # room for decodes
             transfers = host.take_transfers()
             if transfers:
                 plan = attrs.evolve(plan, kv_transfers=transfers)
