@@ -24,7 +24,7 @@ first; ``host_transfer_blocks`` bounds them per step so they overlap compute.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from tokensched.plan import KVTransfer, TransferKind
 NO_SLOTS: list[int] = []
 
 
+@runtime_checkable
 class LoadCost(Protocol):
     """The executor's say on whether a host hit is worth loading (an optional hook on an executor)."""
 
