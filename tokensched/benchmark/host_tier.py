@@ -36,14 +36,15 @@ def host_tier_settings(config: BenchConfig, executor: Any) -> dict[str, Any]:
 def crossing(levels: Sequence[float], values: Sequence[float], threshold: float) -> float | None:
     """The first load at which ``values`` reach ``threshold``, linearly interpolated between levels.
 
-    None when no level reaches it; the lowest level when it is already reached there.
+    None when no level reaches it; the lowest level when it is already reached there; a level whose
+    value is infinite (no steady-state figure) crosses at that level.
     ``levels`` must be increasing.
     """
     if len(levels) != len(values) or any(b <= a for a, b in itertools.pairwise(levels)):
         raise ValueError("levels must increase and match values one to one")
     for i, (level, value) in enumerate(zip(levels, values, strict=True)):
         if value >= threshold:
-            if i == 0 or math.isnan(values[i - 1]):
+            if i == 0 or not math.isfinite(value):  # no p50 to interpolate to (overloaded): by this level
                 return level
             lo, v0 = levels[i - 1], values[i - 1]
             return lo + (threshold - v0) / (value - v0) * (level - lo)
