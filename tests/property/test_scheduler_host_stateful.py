@@ -48,8 +48,9 @@ class HostTierSchedulerMachine(SchedulerStateMachine):
 
     @rule()
     def plan(self) -> None:  # engine_steps calls it too
+        before = len(self.launched)
         super().plan()
-        if self.launched:
+        if len(self.launched) > before:  # a new plan: its transfers are checked as they were planned
             self._check_transfers(self.launched[-1][0])
 
     def _check_transfers(self, plan: StepPlan) -> None:
