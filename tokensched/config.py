@@ -144,6 +144,29 @@ class SchedulerConfig(BaseModel):
         gt=0.0,
         description="protect a finished turn's KV for its session's next turn this long (see tokensched.retention)",
     )
+    host_kv_blocks: int = Field(
+        default=0,
+        ge=0,
+        description="host-memory KV slots (tokensched.machines.host_tier), one block each; 0 turns the host tier "
+        "off. Cached blocks about to be evicted are written back to it, and admission loads prefixes from it",
+    )
+    host_transfer_blocks: int = Field(
+        default=64,
+        ge=1,
+        description="blocks copied between device and host per step at most (loads first, then write-backs), so "
+        "transfers overlap a step's compute instead of stalling it",
+    )
+    host_eviction: Literal["lru", "lfu", "cost"] = Field(
+        default="lru", description="which host slot is reused first when a write-back needs room"
+    )
+
+    @model_validator(mode="after")
+    def _host_tier_needs_prefix_caching(self) -> SchedulerConfig:
+        if self.host_kv_blocks and not self.enable_prefix_caching:
+            raise ValueError(
+                f"host_kv_blocks={self.host_kv_blocks} needs enable_prefix_caching: the host tier holds cached blocks"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget_fits_a_decode(self) -> SchedulerConfig:

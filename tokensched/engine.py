@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from tokensched.config import SchedulerConfig
 from tokensched.errors import ExecutorError, TokenschedError
 from tokensched.executor import Executor
+from tokensched.host_kv import LoadCost
 from tokensched.plan import RequestOutput
 from tokensched.policies.base import Policy
 from tokensched.scheduler import Scheduler
@@ -39,7 +40,10 @@ class Engine:
         """A scheduler sized by the executor (its block size, block count and clock) and an engine over it."""
         settings: dict[str, object] = {"num_blocks": executor.num_kv_blocks, "block_size": executor.block_size}
         settings.update(config)
-        scheduler = Scheduler(SchedulerConfig.model_validate(settings), policy=policy, clock=executor.now)
+        load_cost = executor if isinstance(executor, LoadCost) else None  # the executor prices host loads
+        scheduler = Scheduler(
+            SchedulerConfig.model_validate(settings), policy=policy, clock=executor.now, load_cost=load_cost
+        )
         return cls(scheduler, executor)
 
     @property

@@ -66,6 +66,12 @@ def check_scheduler(s: Scheduler) -> None:
     for rid, r in s.live.items():
         if isinstance(r.state, Finished):
             problems.append(f"finished request {rid!r} is still live")
+    if s.host is not None:  # a write-back in flight holds its device block like a request
+        holders.update(s.host.tier.writing_blocks())
+        try:
+            s.host.tier.check_invariants()
+        except InvariantViolation as e:
+            problems.append(str(e))
     try:
         s.pool.check_invariants(dict(holders))
     except InvariantViolation as e:

@@ -77,6 +77,20 @@ class ScheduledRequest:
         return range(self.start_position, self.start_position + len(self.token_ids))
 
 
+class TransferKind(StrEnum):
+    STORE = "store"  # device block -> host slot (a write-back)
+    LOAD = "load"  # host slot -> device block
+
+
+@attrs.frozen(slots=True)
+class KVTransfer:
+    """One block copied between device KV and the host tier (:mod:`tokensched.machines.host_tier`)."""
+
+    kind: TransferKind
+    host_slot: int
+    device_block: int
+
+
 NO_BLOCKS: tuple[int, ...] = ()
 NO_DRAFTS: tuple[int, ...] = ()
 
@@ -110,6 +124,10 @@ class StepPlan:
     come back in the same plan.
     ``truncated_block_tables`` maps a request to the length its block table
     shrank to (speculative rollback) before ``new_block_ids`` are appended.
+    ``kv_transfers`` are the host tier's copies for this step, to perform in
+    order before the step's compute reads KV: a load fills a block this step
+    reads as cached prefix; a stored block stays held until this step
+    completes, so its copy may also overlap the compute.
     """
 
     step_id: int
@@ -125,6 +143,7 @@ class StepPlan:
     sample: list[bool]
     draft_token_ids: list[tuple[int, ...]]
     truncated_block_tables: dict[str, int] = attrs.field(factory=dict)
+    kv_transfers: tuple[KVTransfer, ...] = ()  # host tier copies, performed in order before compute reads KV
     # The arrays, once built (a list so that a frozen plan can fill it once); not an init argument, so
     # attrs.evolve() of a plan with other columns never carries arrays that no longer match them.
     _arrays: list[PlanArrays] = attrs.field(init=False, factory=list, eq=False, repr=False)

@@ -28,11 +28,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from itertools import chain
 
+import attrs
 import numpy as np
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
+from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
 from tokensched.machines.blocks import BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
@@ -76,6 +78,7 @@ class Scheduler:
         hasher: BlockHasher | None = None,
         listener: BlockPoolListener | None = None,
         fast_decode: bool = True,
+        load_cost: LoadCost | None = None,
     ) -> None:
         self.config = config
         self.policy: Policy = policy if policy is not None else FCFSPolicy()
@@ -83,6 +86,7 @@ class Scheduler:
         eviction = make_eviction(config.prefix_eviction, config.pinned_prefix_blocks)
         self.pool = BlockPool(config.num_blocks, config.block_size, listener, eviction)
         self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
+        self.host = HostKV(config, self.pool, load_cost) if config.host_kv_blocks else None
         self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
         self._live: dict[str, Request] = {}
@@ -227,6 +231,9 @@ class Scheduler:
                 return fast
         self._materialize()
         builder = StepBuilder(self.steps.next_step_id, self._bs)
+        host = self.host
+        if host is not None:
+            host.begin(builder.step_id)
         budget, preempted = self._schedule_running(builder)
         if not preempted and budget > 0 and self.waiting:
             self._admit_waiting(builder, budget)
@@ -238,7 +245,13 @@ class Scheduler:
         removed = tuple(self._removed)
         self._removed.clear()
         truncated, self._truncated = self._truncated, {}
-        return builder.plan(removed, truncated)
+        plan = builder.plan(removed, truncated)
+        if host is not None:
+            host.write_back(self.pool.num_free - len(self._running) - self._admit_reserve)  # room for decodes
+            transfers = host.take_transfers()
+            if transfers:
+                plan = attrs.evolve(plan, kv_transfers=transfers)
+        return plan
 
     def _schedule_running(self, builder: StepBuilder) -> tuple[int, bool]:
         """Give every running request its next tokens; returns the budget left and whether admission must wait.
@@ -373,7 +386,12 @@ class Scheduler:
             )
             if len(matched) * bs >= known:
                 matched.pop()  # always compute at least the last token, to sample from it
-            cached = len(matched) * bs
+            loads = (
+                self.host.loadable(request.block_hashes, tokens.array, len(matched), known)
+                if self.host is not None
+                else NO_SLOTS
+            )
+            cached = (len(matched) + len(loads)) * bs
             uncached_blocks = (known + bs - 1) // bs - len(matched)
             revived = pool.count_evictable(matched)
             n = min(known - cached, budget, self._chunk)
@@ -392,6 +410,8 @@ class Scheduler:
                 retention.forget(request.session_id)
             pool.share(matched)
             blocks = matched + pool.allocate(need)
+            if loads:  # the loaded blocks stay OWNED (unmatchable) until this step completes and commits them
+                self.host.load(loads, blocks[len(matched) : len(matched) + len(loads)])  # type: ignore[union-attr]
             transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, len(matched)))
             self._running[request.request_id] = request
             request.num_cached_tokens = cached
@@ -440,6 +460,8 @@ class Scheduler:
         step.move("apply")
         self.steps.close(step)
         self.pool.step_completed(step.step_id)
+        if self.host is not None:
+            self.host.step_completed(step.step_id)
         return OutputBatch.of(outputs)
 
     def _apply_row(
@@ -514,8 +536,8 @@ class Scheduler:
         n = len(running)
         bs = self._bs
         budget = self.config.max_batched_tokens
-        if self.steps or self.waiting or self._k_spec or not n or n > budget:
-            return None
+        if self.steps or self.waiting or self._k_spec or not n or n > budget or self.host is not None:
+            return None  # the host tier's write-backs are planned by the per-request path
         pool = self.pool
         if pool.num_free < -(-budget // bs) + n:
             return None  # the reference would serve the running set by victim key
@@ -735,6 +757,8 @@ class Scheduler:
                 )
         self.steps.close(step)
         self.pool.step_completed(step_id)
+        if self.host is not None:
+            self.host.step_failed(step_id)
         return outputs
 
     def _hold_for(self, request: Request) -> int | None:

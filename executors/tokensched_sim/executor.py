@@ -26,6 +26,7 @@ from tokensched_sim.cost import CostModel, Deployment
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
 from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
+from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
 
 
 @attrs.frozen(slots=True)
@@ -56,6 +57,8 @@ class SimExecutor(VirtualClock):
             included) to reproduce; with neither, the published Kimi EAGLE-3 figure (2.54 at 3 drafts).
         seed: seeds the one RNG behind every token and acceptance; same seed and plans, same results.
         num_kv_blocks: override the capacity computed from memory (e.g. a small pool for tests).
+        host_link: the link a plan's host KV copies take (a name in ``transfer.HOST_LINKS`` or a
+            ``HostLink``); they overlap the step (:mod:`tokensched_sim.transfer`).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class SimExecutor(VirtualClock):
         mean_accepted_length: float | None = None,
         seed: int = 0,
         num_kv_blocks: int | None = None,
+        host_link: str | HostLink = "pcie5-x16",
     ) -> None:
         deployment = deployment or Deployment()
         k = deployment.num_speculative_tokens if num_speculative_tokens is None else num_speculative_tokens
@@ -115,6 +119,11 @@ class SimExecutor(VirtualClock):
         self.acceptance_rate = acceptance_rate
         self._busy_until = 0.0
         self._in_flight: deque[_InFlight] = deque()
+        if isinstance(host_link, str):
+            if host_link not in HOST_LINKS:
+                raise ValueError(f"unknown host_link {host_link!r}; known: {', '.join(HOST_LINKS)}")
+            host_link = HOST_LINKS[host_link]
+        self.transfers = TransferModel(self.cost_model, host_link, block_size)
 
     # The Executor protocol -------------------------------------------------------------------------
 
@@ -152,6 +161,10 @@ class SimExecutor(VirtualClock):
     def num_steps_in_flight(self) -> int:
         return len(self._in_flight)
 
+    def load_is_cheaper(self, num_blocks: int, block_size: int, context_tokens: int) -> bool:
+        """The scheduler's LoadCost hook: a host load beats recomputing on this deployment and link."""
+        return self.transfers.load_is_cheaper(num_blocks, block_size, context_tokens)
+
     def target_output_length(self, request_id: str) -> int | None:
         """The length at which ``request_id`` gets its EOS, as the workload gave it (None: never)."""
         return self.tokens.target_output_length(request_id)
@@ -169,6 +182,7 @@ class SimExecutor(VirtualClock):
         if sampled.num_proposing:
             k = self.num_speculative_tokens
             duration += model.draft_time(sampled.num_proposing, sampled.proposing_kv_tokens, k)
+        duration = self.transfers.step_time(duration, plan)  # host KV copies, overlapped
         result = StepResult(
             step_id=plan.step_id,
             sampled_token_ids=sampled.tokens,

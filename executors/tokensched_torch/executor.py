@@ -54,6 +54,9 @@ class TorchExecutor(WallClock):
     passed in is moved to ``device`` and ``dtype`` in place (``nn.Module.to``).
     Sampling draws are fixed by (request seed, position), so a seeded request
     samples the same tokens however it is batched, chunked or preempted.
+    ``host_kv_blocks`` sizes the host pool a scheduler's host tier copies blocks
+    to and from (:class:`~tokensched_torch.host_pool.HostKVPool`); match
+    ``SchedulerConfig.host_kv_blocks``.
     """
 
     def __init__(
@@ -71,13 +74,21 @@ class TorchExecutor(WallClock):
         attention: MLAAttentionBackend | None = None,
         background: bool = False,
         check_plans: bool = True,
+        host_kv_blocks: int = 0,
     ) -> None:
         if model is None:
             model = MLAModel(model_config or MLAConfig())
         elif model_config is not None and model_config != model.cfg:
             raise ValueError("pass model_config or a model, not two different configs")
         self.model = model.to(device=torch.device(device), dtype=resolve_dtype(dtype)).eval()
-        self.runner = ModelRunner(self.model, num_blocks, block_size, backend=attention, check_plans=check_plans)
+        self.runner = ModelRunner(
+            self.model,
+            num_blocks,
+            block_size,
+            backend=attention,
+            check_plans=check_plans,
+            host_kv_blocks=host_kv_blocks,
+        )
         self.seed = seed
         self.num_speculative_tokens = num_speculative_tokens
         self.drafter: Drafter = drafter or NgramDrafter()

@@ -17,6 +17,7 @@ from tokensched.executor import RequestMirror
 from tokensched.plan import StepPlan, StepResult
 from tokensched_torch.attention import MLAAttentionBackend, MLAStepMetadata, TorchMLAAttention
 from tokensched_torch.cache import PagedLatentCache
+from tokensched_torch.host_pool import HostKVPool
 from tokensched_torch.model import MLAModel
 
 
@@ -46,9 +47,11 @@ class ModelRunner:
         *,
         backend: MLAAttentionBackend | None = None,
         check_plans: bool = True,
+        host_kv_blocks: int = 0,
     ) -> None:
         self.model = model
         self.cache = PagedLatentCache(model.cfg, num_blocks, block_size, device=model.device, dtype=model.dtype)
+        self.host = HostKVPool(self.cache, host_kv_blocks) if host_kv_blocks else None  # the host KV tier
         self.backend: MLAAttentionBackend = backend or TorchMLAAttention(model.cfg.softmax_scale)
         self.mirror = RequestMirror()
         self.check_plans = check_plans
@@ -74,6 +77,10 @@ class ModelRunner:
                     f"{self.model.cfg.vocab_size}) (an unresolved placeholder is -1)"
                 )
         rows, row_offsets = self._logit_rows(plan, all_logits)
+        if plan.kv_transfers:  # loads land before attention reads them
+            if self.host is None:
+                raise InvalidRequest(f"step {plan.step_id}: host KV transfers but the runner has no host pool")
+            self.host.apply(plan.kv_transfers, plan.step_id)
         self.backend.plan(meta)
         with torch.inference_mode():
             hidden = self.model.forward_paged(token_t.to(self.device), meta, self.cache, self.backend)

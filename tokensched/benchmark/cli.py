@@ -81,6 +81,9 @@ def bench_command(
             "profile at each TPM level, one seed; writes eviction.json"
         ),
     ] = None,
+    host_kv_gb: Annotated[
+        float, typer.Option(help="host-memory KV tier per replica in GB (0: device only; see docs/kv_tiers.md)")
+    ] = 0.0,
 ) -> None:
     """Sweep load levels of coding-agent sessions on the simulated GPU and compare engine profiles."""
     console = Console()
@@ -135,6 +138,7 @@ def bench_command(
             spec_accept_length=spec_acceptance if spec_tokens else 1.0,
             turns=turns,  # type: ignore[arg-type]  # validated by pydantic
             workload=CodingAgentConfig(think_time_median_s=think_time),
+            host_kv_gb=host_kv_gb,
         )
         capacities = [kv_capacity(base.model_copy(update={"policy": p})) for p in chosen]
         trace = Trace.load(trace_in) if trace_in is not None else None

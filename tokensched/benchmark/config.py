@@ -42,6 +42,12 @@ class BenchConfig(BaseModel):
         default="open", description="open: turns on a fixed timeline (offered load = label); closed: after answers"
     )
     workload: CodingAgentConfig = CodingAgentConfig()
+    host_kv_gb: float = Field(
+        default=0.0, ge=0.0, description="host memory for the KV tier per replica, GB (0: no host tier)"
+    )
+    host_link: Literal["pcie5-x16", "nvlink-c2c"] = Field(
+        default="pcie5-x16", description="GPU-host link the tier's copies take (tokensched_sim.transfer)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchConfig:

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from tokensched.benchmark.config import BenchConfig
+from tokensched.benchmark.host_tier import host_tier_settings
 from tokensched.benchmark.metrics import MaybeNaN, MetricsCollector, MetricsSummary
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.workloads import (
@@ -190,15 +191,20 @@ def run_bench(
         eos_token_id=EOS_TOKEN_ID,
         mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
         seed=config.seed,
+        host_link=config.host_link,
     )
     settings: dict[str, Any] = {
         "num_blocks": executor.num_kv_blocks,
         "block_size": config.block_size,
         "num_speculative_tokens": config.num_speculative_tokens,
         **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
+        **host_tier_settings(config, executor),
     }
     scheduler = Scheduler(
-        SchedulerConfig.model_validate(settings), policy=profile.make_policy(config), clock=executor.now
+        SchedulerConfig.model_validate(settings),
+        policy=profile.make_policy(config),
+        clock=executor.now,
+        load_cost=executor,
     )
     engine = Engine(scheduler, executor)
     metrics = MetricsCollector(

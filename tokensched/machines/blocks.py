@@ -186,6 +186,16 @@ class BlockPool:
     def block_hash(self, block: int) -> int | None:
         return self._hash[block]
 
+    def content(self, block: int) -> tuple[int, int, npt.NDArray[np.int32]]:
+        """A cached block's chained hash, depth in its chain and tokens (a copy), for the host tier.
+
+        Raises IllegalTransition unless the block is COMMITTED or EVICTABLE.
+        """
+        h = self._hash[block]
+        if h is None or self._state[block] not in (_COMMITTED, _EVICTABLE):
+            raise IllegalTransition(f"block {block}", self.state(block).name, "content")
+        return h, self._depth[block], self._tokens[block].copy()
+
     def counts(self) -> dict[BlockState, int]:
         counts = dict.fromkeys(BlockState, 0)
         for s in self._state:
@@ -491,8 +501,13 @@ class BlockPool:
                 self.listener.blocks_removed(removed)
         return count
 
-    def share(self, blocks: Sequence[int]) -> None:
-        """Take one more reference on each of ``blocks`` (a prefix-cache hit: a run of distinct blocks)."""
+    def share(self, blocks: Sequence[int], *, hit: bool = True) -> None:
+        """Take one more reference on each of ``blocks`` (a prefix-cache hit, unless ``hit`` is False).
+
+        ``hit=False`` is for holders that are not requests (a write-back to the
+        host tier): the reference keeps the block, but the eviction policy does
+        not count it as reuse.
+        """
         if not blocks:
             return
         states = bytes(itemgetter(*blocks)(self._state)) if len(blocks) > 1 else bytes([self._state[blocks[0]]])
@@ -514,7 +529,8 @@ class BlockPool:
             deque(map(refcount.__setitem__, blocks, map((1).__add__, counts)), maxlen=0)
         else:
             refcount[blocks[0]] += 1
-        evict.hit_many(map(self._hash.__getitem__, blocks))  # type: ignore[arg-type]  # committed: hashed
+        if hit:
+            evict.hit_many(map(self._hash.__getitem__, blocks))  # type: ignore[arg-type]  # committed: hashed
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).

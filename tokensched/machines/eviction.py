@@ -28,6 +28,7 @@ that holds it), in a dict bounded by the pool's size.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Protocol
@@ -60,6 +61,9 @@ class EvictionPolicy(Protocol):
 
     def order(self) -> list[int]:
         """The blocks held, in the order they would be evicted (O(n log n); checks and tests only)."""
+
+    def peek(self, k: int) -> list[int]:
+        """The next ``k`` blocks to evict, in order, without evicting them (the host tier writes them back)."""
 
 
 class LRUEviction:
@@ -97,6 +101,9 @@ class LRUEviction:
 
     def order(self) -> list[int]:
         return list(self._lru)
+
+    def peek(self, k: int) -> list[int]:
+        return list(itertools.islice(self._lru, k))
 
     def __repr__(self) -> str:
         return f"{self.name}{self.order()}"
@@ -162,6 +169,16 @@ class _ScoredEviction:
 
     def order(self) -> list[int]:
         return [b for _, _, b in sorted((s, t, b) for b, (s, t) in self._live.items())]
+
+    def peek(self, k: int) -> list[int]:
+        live = self._live
+        out: list[int] = []
+        for score, tick, block in heapq.nsmallest(k + len(self._heap) - len(live), self._heap):
+            if live.get(block) == (score, tick):
+                out.append(block)
+                if len(out) == k:
+                    break
+        return out
 
     def __repr__(self) -> str:
         return f"{self.name}{sorted((s, t, b) for b, (s, t) in self._live.items())} age={self._age} hits={self._hits}"
@@ -245,6 +262,10 @@ class PinnedEviction:
 
     def order(self) -> list[int]:
         return [*self._inner.order(), *self._pinned_held]
+
+    def peek(self, k: int) -> list[int]:
+        out = self._inner.peek(k)
+        return out + list(itertools.islice(self._pinned_held, k - len(out)))
 
     def __repr__(self) -> str:
         return f"{self.name}({self._inner!r}, pinned={sorted(self._pinned)}, held={list(self._pinned_held)})"

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tokensched.errors import TokenschedError
 
-MACHINES = ("request", "blocks", "step")
+MACHINES = ("request", "blocks", "host", "step")
 """The machines that have a spec, in the order the docs list them."""
 
 _NAME = r"^[a-z][a-z0-9_]*$"

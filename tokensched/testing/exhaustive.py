@@ -37,7 +37,7 @@ from tokensched.errors import ExecutorError, InvariantViolation
 from tokensched.machines.blocks import BlockState
 from tokensched.machines.request import Request, held_blocks, state_name
 from tokensched.machines.step import Step
-from tokensched.plan import StepPlan, StepResult
+from tokensched.plan import StepPlan, StepResult, TransferKind
 from tokensched.policies import POLICIES
 from tokensched.policies.base import Policy
 from tokensched.scheduler import Scheduler
@@ -62,6 +62,8 @@ class Bounds:
     max_step_retries: int = 1
     policy: str = "fcfs"  # a name in tokensched.policies.POLICIES
     priorities: tuple[int, ...] = (0, 0, 0)  # of each prompt's request, for the priority policy
+    host_kv_blocks: int = 0  # a host tier (tokensched.machines.host_tier) of this many slots; 0: none
+    host_transfer_blocks: int = 2
 
     def make_policy(self) -> Policy:
         return POLICIES[self.policy]()
@@ -75,10 +77,13 @@ class Bounds:
             max_steps_in_flight=self.max_steps_in_flight,
             long_prefill_chunk=self.long_prefill_chunk,
             max_step_retries=self.max_step_retries,
+            host_kv_blocks=self.host_kv_blocks,
+            host_transfer_blocks=self.host_transfer_blocks,
         )
 
 
 Ref = tuple[int, str, int]  # (block, request id, request epoch) a step in flight writes
+HOST = ""  # the request id of a Ref for a block a step in flight copies to the host tier (it reads it)
 
 
 @attrs.define
@@ -136,7 +141,16 @@ def fingerprint(node: Node) -> Key:
     retention = s._retention
     # Its repr is an address, different in every copy: keyed by what it holds, or no two states would coincide.
     retained = None if retention is None else tuple((sid, t, r.request_id) for sid, (t, r) in retention._until.items())
-    return (node.submitted, requests, order, blocks, lists, pending, steps, writes, others, retained)
+    return (node.submitted, requests, order, blocks, lists, pending, steps, writes, others, retained, _host_key(s, nxt))
+
+
+def _host_key(s: Scheduler, nxt: int) -> Key:
+    if s.host is None:
+        return ()
+    tier = s.host.tier
+    slots = tuple((tier.state(i), tier.slot_hash(i), tier.device_block(i)) for i in range(tier.num_slots))
+    in_flight = tuple((step - nxt, tuple(held)) for step, held in tier._in_flight)
+    return (slots, in_flight, repr(tier._free), repr(tier._evict.order()))
 
 
 _SCHEDULER_KNOWN = frozenset(
@@ -155,6 +169,7 @@ _SCHEDULER_KNOWN = frozenset(
     | {"_removed", "_truncated"}  # only what the next plan reports to the executor
     | {"_hit_tokens", "_query_tokens", "_preemptions", "_finished", "_aborted", "_failed_steps"}  # statistics
     | {"_bs", "_caching", "_chunk", "_k_spec", "_admit_reserve"}  # constants
+    | {"host"}  # fingerprinted by _host_key
 )
 _REQUEST_SKIPPED = frozenset(
     {"state", "epoch"}  # fingerprinted as state name + fields, and as current-or-stale per step
@@ -226,6 +241,12 @@ def plan_step(node: Node) -> None:
 
 
 def _plan_writes(s: Scheduler, plan: StepPlan) -> Iterator[Ref]:
+    owner = {b: new.request_id for new in plan.new_requests for b in new.block_ids}
+    for t in plan.kv_transfers:  # a load writes its device block; a store reads its one
+        if t.kind is TransferKind.LOAD:
+            yield t.device_block, owner[t.device_block], s.live[owner[t.device_block]].epoch
+        else:
+            yield t.device_block, HOST, 0
     for i, rid in enumerate(plan.request_ids):
         epoch = s.live[rid].epoch
         for slot in plan.slot_mapping[plan.token_offsets[i] : plan.token_offsets[i + 1]]:
@@ -271,7 +292,12 @@ def check(node: Node) -> list[str]:
             holders.setdefault(b, []).append(rid)
     for step_id, refs in node.writes:
         for block, rid, epoch in refs:
-            if _current(s, rid, epoch) and rid in s.running:
+            if rid == HOST:
+                if s.pool.state(block) is not BlockState.COMMITTED:
+                    problems.append(
+                        f"step {step_id} copies block {block} to host, but it is {s.pool.state(block).name}"
+                    )
+            elif _current(s, rid, epoch) and rid in s.running:
                 if holders.get(block) != [rid]:
                     problems.append(f"step {step_id} writes block {block} for {rid}, now held by {holders.get(block)}")
             elif block in holders or s.pool.state(block) is not BlockState.PENDING:
@@ -295,6 +321,11 @@ def _note_edge(report: Report, before: Node, after: Node) -> None:
         b_name = state_name(after_request.state) if after_request is not None else "finished"
         if a_name != b_name:
             report.coverage[f"request {a_name}->{b_name}"] += 1
+    if sa.host is not None and sb.host is not None:
+        for slot in range(sa.host.tier.num_slots):
+            a_slot, b_slot = sa.host.tier.state(slot), sb.host.tier.state(slot)
+            if a_slot is not b_slot:
+                report.coverage[f"host {a_slot.name.lower()}->{b_slot.name.lower()}"] += 1
     stats_a, stats_b = sa.stats(), sb.stats()
     if stats_b.num_preemptions > stats_a.num_preemptions:
         report.coverage["preemptions"] += 1
