@@ -63,8 +63,13 @@ def sim_server() -> Iterator[Live]:
         yield live
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; returns its last value."""
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` passes; returns its last value.
+
+    A passing wait returns as soon as the state is there; the bound only matters
+    when it never comes, so it is generous (a loaded 2-core CI runner can stall
+    a thread for seconds) and still well inside ``TEST_TIMEOUT_S``.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -1,4 +1,11 @@
-"""A client that goes away aborts its request and gives its KV blocks back."""
+"""A client that goes away aborts its request and gives its KV blocks back.
+
+Every check here reads state another thread publishes (the engine thread's
+stats snapshot, the event loop's counters), so each one waits for the state
+it expects, bounded, instead of sampling once: on a loaded machine a single
+sample can land before the publishing thread has run. What each wait asks
+for is exact (one running request, one abort, every block free).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,17 @@ LONG = 4000  # tokens: about half a minute of simulated decoding, far longer tha
 
 def aborted(live: Live) -> float:
     return scrape(live).get('tokensched:request_success_total{finished_reason="abort"}', 0.0)
+
+
+def running_one_holding_blocks(live: Live) -> bool:
+    stats = live.runner.stats
+    return stats.num_running == 1 and stats.num_free_blocks < stats.num_total_blocks
+
+
+def aborted_in_engine(live: Live, count: int) -> bool:
+    """Exactly ``count`` requests aborted and retired by the scheduler, and nothing else finished."""
+    stats = live.runner.stats
+    return stats.num_aborted == count and stats.num_finished == count
 
 
 @pytest.mark.parametrize("route", ["completions", "chat/completions"])
@@ -28,12 +46,11 @@ def test_a_mid_stream_disconnect_frees_the_requests_blocks(sim_server: Live, rou
             events += line.startswith("data: ")
             if events >= 5:
                 break
-        assert sim_server.runner.stats.num_running == 1
-        assert sim_server.runner.stats.num_free_blocks < sim_server.runner.stats.num_total_blocks
+        assert wait_for(lambda: running_one_holding_blocks(sim_server))
     # leaving the block closed the connection mid-stream
     assert wait_for(lambda: idle_and_empty(sim_server))
-    assert aborted(sim_server) == 1
-    assert sim_server.runner.stats.num_finished + sim_server.runner.stats.num_aborted >= 1
+    assert wait_for(lambda: aborted_in_engine(sim_server, 1))
+    assert wait_for(lambda: aborted(sim_server) == 1)
 
 
 def test_a_client_that_gives_up_on_a_whole_answer_frees_its_blocks(sim_server: Live) -> None:
@@ -41,7 +58,8 @@ def test_a_client_that_gives_up_on_a_whole_answer_frees_its_blocks(sim_server: L
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(sim_server.v1 + "/completions", json=body, timeout=httpx.Timeout(10.0, read=0.5))
     assert wait_for(lambda: idle_and_empty(sim_server))
-    assert aborted(sim_server) == 1
+    assert wait_for(lambda: aborted_in_engine(sim_server, 1))
+    assert wait_for(lambda: aborted(sim_server) == 1)
 
 
 def test_the_server_keeps_serving_after_clients_walk_away(sim_server: Live) -> None:
@@ -57,4 +75,5 @@ def test_the_server_keeps_serving_after_clients_walk_away(sim_server: Live) -> N
     assert answer.status_code == 200
     assert len(answer.json()["choices"][0]["text"]) == 3
     assert wait_for(lambda: idle_and_empty(sim_server))
-    assert aborted(sim_server) == 3
+    assert wait_for(lambda: aborted(sim_server) == 3)
+    assert wait_for(lambda: sim_server.runner.stats.num_aborted == 3)

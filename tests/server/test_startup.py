@@ -31,6 +31,12 @@ def test_an_empty_api_key_variable_refuses_to_start_instead_of_serving_without_a
     assert "api_key is empty" in output
 
 
+def test_a_zero_body_timeout_from_the_environment_is_refused() -> None:
+    code, output = invoke(env={"TOKENSCHED_BODY_TIMEOUT": "0"})
+    assert code == 2, output
+    assert "body_timeout_s" in output
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -39,6 +45,7 @@ def test_an_empty_api_key_variable_refuses_to_start_instead_of_serving_without_a
         (["--metrics-prefix", "prom"], "metrics_prefix"),
         (["--max-connections", "0"], "max_connections"),
         (["--drain-timeout", "-1"], "drain_timeout_s"),
+        (["--body-timeout", "0"], "body_timeout_s"),
         (["--tokenizer", "/nonexistent/tokenizer.json"], "no tokenizer at"),
     ],
 )

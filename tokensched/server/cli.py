@@ -129,6 +129,13 @@ def serve_command(
     header_timeout: Annotated[
         float, typer.Option(envvar="TOKENSCHED_HEADER_TIMEOUT", help="seconds a connection has to send its head")
     ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="TOKENSCHED_BODY_TIMEOUT",
+            help="seconds a request has, from its head, to send its whole body (past it 408)",
+        ),
+    ] = 30.0,
     keep_alive_timeout: Annotated[
         float, typer.Option(envvar="TOKENSCHED_KEEP_ALIVE_TIMEOUT", help="seconds an idle keep-alive connection lives")
     ] = 5.0,
@@ -190,6 +197,7 @@ def serve_command(
             default_max_tokens=default_max_tokens,
             max_connections=max_connections,
             header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
             keep_alive_timeout_s=keep_alive_timeout,
             max_requests_per_client=max_requests_per_client,
             drain_timeout_s=drain_timeout,

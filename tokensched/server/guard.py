@@ -1,4 +1,4 @@
-"""The connection layer's defences: a cap on open connections, a header-read timeout, one log line per interval.
+"""The connection layer's defences: a connection cap, head and body read timeouts, one log line per interval.
 
 uvicorn accepts every connection and keeps an idle one open forever; a client
 holding many idle sockets can then use up the process's file descriptors, and
@@ -12,6 +12,11 @@ protocol uvicorn builds per connection is wrapped here:
   fails for lack of one;
 * a connection that has not sent a whole request head within
   ``header_timeout_s`` of opening (or of its previous response) is closed;
+* a request whose body has not arrived whole within ``body_timeout_s`` of
+  its head gets a bare 408 and its connection is closed. The deadline is for
+  the whole body, not between chunks: a client trickling a byte now and then
+  (slowloris on the body) would reset a per-chunk timer forever, and a
+  connection inside a request is never evicted by the cap;
 * refusals are counted and written as one line per interval, never one per
   connection.
 """
@@ -38,6 +43,14 @@ _SHED_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
     b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY)
 )
+_BODY_TIMEOUT_BODY = (
+    b'{"error":{"message":"the request body did not arrive in time","type":"invalid_request_error",'
+    b'"code":"request_timeout"}}'
+)
+_BODY_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_BODY_TIMEOUT_BODY), _BODY_TIMEOUT_BODY)
+)
 
 
 def connection_limit(requested: int) -> int:
@@ -52,6 +65,7 @@ SHED_KINDS = {
     "idle_connection_evicted": "idle connections closed to admit new ones",
     "connection_refused_503": "connections refused with 503 (all busy)",
     "header_timeout": "connections closed for not sending a request head in time",
+    "body_timeout": "requests answered 408 for not sending their body in time",
     "client_cap_429": "requests refused with 429 (per-client cap)",
     "accept_no_descriptor": "accepts that found no free file descriptor",
 }
@@ -89,9 +103,10 @@ class ShedLog:
 class ConnectionGuard:
     """The open connections of one server, oldest first, and what to do when there are too many."""
 
-    def __init__(self, limit: int, header_timeout_s: float, shed: ShedLog) -> None:
+    def __init__(self, limit: int, header_timeout_s: float, shed: ShedLog, *, body_timeout_s: float) -> None:
         self.limit = connection_limit(limit)
         self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.shed = shed
         self.open: dict[GuardedH11Protocol, None] = {}  # insertion-ordered: the oldest first
 
@@ -118,6 +133,8 @@ class GuardedH11Protocol(H11Protocol):
     guard: ConnectionGuard
 
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
+    _body_timed_cycle: object = None  # the request cycle the body timer runs for (one timer per request)
     _admitted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -133,6 +150,7 @@ class GuardedH11Protocol(H11Protocol):
         if not self._admitted:
             return
         self._cancel_head_timer()
+        self._cancel_body_timer()
         self.guard.forget(self)
         super().connection_lost(exc)
 
@@ -140,19 +158,25 @@ class GuardedH11Protocol(H11Protocol):
         if not self._admitted:
             return
         super().data_received(data)
-        if self.in_request:
-            self._cancel_head_timer()
+        self._watch_body()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
             self._await_head()
+            self._watch_body()  # a pipelined request may have started inside on_response_complete
 
     @property
     def in_request(self) -> bool:
         """A request head has arrived and its response is not complete."""
         cycle = self.cycle
         return cycle is not None and not cycle.response_complete
+
+    @property
+    def awaiting_body(self) -> bool:
+        """Inside a request whose body has not all arrived, and nothing answered yet."""
+        cycle = self.cycle
+        return cycle is not None and cycle.more_body and not cycle.response_started and not cycle.disconnected
 
     def close(self) -> None:
         if not self.transport.is_closing():
@@ -171,6 +195,34 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer = None
         if not self.in_request and not self.transport.is_closing():
             self.guard.shed.count("header_timeout")
+            self.transport.close()
+
+    def _watch_body(self) -> None:
+        """After bytes arrive: a head starts the body's clock, a whole body stops it."""
+        if not self.in_request:
+            self._cancel_body_timer()
+            return
+        self._cancel_head_timer()
+        if not self.awaiting_body:
+            self._cancel_body_timer()
+        elif self._body_timed_cycle is not self.cycle:
+            self._cancel_body_timer()
+            self._body_timed_cycle = self.cycle
+            self._body_timer = self.loop.call_later(self.guard.body_timeout_s, self._body_timed_out)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._body_timed_cycle = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.awaiting_body and not self.transport.is_closing():
+            self.guard.shed.count("body_timeout")
+            # Nothing was sent on this request, so the 408 is the whole answer; closing makes the app's
+            # pending receive() return http.disconnect, and the half-read request never runs.
+            self.transport.write(_BODY_TIMEOUT_408)
             self.transport.close()
 
 

@@ -89,7 +89,9 @@ def torch_backend(
 
 def server_for(app: FastAPI, settings: ServerSettings, *, log_level: str = "info") -> GracefulServer:
     """uvicorn under tokensched's limits: the connection guard, timeouts, and a draining shutdown."""
-    guard = ConnectionGuard(settings.max_connections, settings.header_timeout_s, app.state.shed)
+    guard = ConnectionGuard(
+        settings.max_connections, settings.header_timeout_s, app.state.shed, body_timeout_s=settings.body_timeout_s
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

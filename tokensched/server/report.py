@@ -33,7 +33,8 @@ def banner(runner: EngineRunner, settings: ServerSettings, *, connection_limit: 
         f"{config.num_tokens_capacity} tokens; max_model_len {config.max_model_len}",
         f"tokensched: limits: {connection_limit} connections, body {settings.max_body_bytes} bytes, "
         f"{settings.max_requests_per_client or 'unlimited'} requests per client, header timeout "
-        f"{settings.header_timeout_s:g} s, keep-alive {settings.keep_alive_timeout_s:g} s, "
+        f"{settings.header_timeout_s:g} s, body timeout {settings.body_timeout_s:g} s, "
+        f"keep-alive {settings.keep_alive_timeout_s:g} s, "
         f"drain {settings.drain_timeout_s:g} s",
     ]
 

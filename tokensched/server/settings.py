@@ -50,6 +50,11 @@ class ServerSettings(BaseModel):
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection that has not sent a whole request head within this is closed"
     )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request whose whole body has not arrived within this of its head gets 408 and is closed",
+    )
     keep_alive_timeout_s: float = Field(
         default=5.0, gt=0, description="an idle keep-alive connection is closed after this"
     )
