@@ -15,10 +15,11 @@ first request, capped at the prompt's full blocks (``pinned_prefix_blocks``).
 The size is an assumption, not a measurement: a coding agent's system prompt
 with its tool definitions is taken to be about 16k tokens.
 
-The run is :func:`tokensched.benchmark.run.run_bench`'s, rebuilt here around
-:func:`~tokensched.benchmark.run.drive` because the prefix must be pinned on
-the scheduler before the first step; ``tests/benchmark/test_eviction_bench.py``
-checks that without pinning both give the same metrics.
+The run is built by :func:`tokensched.benchmark.run.build_simulation`, as
+:func:`~tokensched.benchmark.run.run_bench`'s is, and driven here because the
+prefix must be pinned on the scheduler before the first step;
+``tests/benchmark/test_eviction_bench.py`` checks that without pinning both
+give the same metrics.
 """
 
 from __future__ import annotations
@@ -27,20 +28,17 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from tokensched.benchmark.config import BenchConfig
-from tokensched.benchmark.metrics import MaybeNaN, MetricsCollector
-from tokensched.benchmark.profiles import PROFILES
-from tokensched.benchmark.run import EOS_TOKEN_ID, drive, make_deployment
-from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload, TraceHeader
+from tokensched.benchmark.metrics import MaybeNaN
+from tokensched.benchmark.run import build_simulation, drive
+from tokensched.benchmark.workloads import TraceHeader
 from tokensched.benchmark.workloads.sessions import prompt_tokens
 from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
-from tokensched.executor import executor_package
-from tokensched.scheduler import Scheduler
 
 EVICTION_POLICIES: tuple[str, ...] = get_args(SchedulerConfig.model_fields["prefix_eviction"].annotation)
 SYSTEM_PROMPT_TOKENS = 16_384
@@ -88,50 +86,13 @@ def run_eviction(config: BenchConfig, eviction: str) -> EvictionRow:
         raise ValueError(f"unknown eviction policy {eviction!r}; known: {', '.join(EVICTION_POLICIES)}")
     if config.target_tpm is None:
         raise ValueError("the eviction comparison runs at TPM levels, not at a concurrency")
-    sim = executor_package("sim")
     wall_start = time.perf_counter()
-    profile = PROFILES[config.policy]
-    deployment = make_deployment(config)
-    stop = config.duration_s + config.drain_s
-    probe = sim.CostModel(deployment)
-    capacity = min(
-        probe.max_request_tokens(config.block_size), probe.num_kv_blocks(config.block_size) * config.block_size
-    )
-    workload_config = config.workload.model_copy(
-        update={"max_context_tokens": min(config.workload.max_context_tokens, capacity)}
-    )
-    window = (config.warmup_s, config.duration_s)
-    source = CodingAgentSource(workload_config, config.arrivals, stop, config.seed, window=window)
-    workload = SessionWorkload(source, ttft_deadline_s=config.ttft_slo_s, eos_token_id=EOS_TOKEN_ID)
-    executor = sim.SimExecutor(
-        deployment,
-        block_size=config.block_size,
-        output_lengths=workload.planned_output_tokens,
-        eos_token_id=EOS_TOKEN_ID,
-        mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
-        seed=config.seed,
-    )
+    pinned_blocks = config.workload.shared_prefix_tokens // config.block_size
+    built = build_simulation(config, overrides={"prefix_eviction": eviction, "pinned_prefix_blocks": pinned_blocks})
+    workload, executor, scheduler, metrics = built.workload, built.executor, built.scheduler, built.metrics
     prompt = system_prompt(workload.header)
-    settings: dict[str, Any] = {
-        "num_blocks": executor.num_kv_blocks,
-        "block_size": config.block_size,
-        "num_speculative_tokens": config.num_speculative_tokens,
-        **profile.settings,
-        "prefix_eviction": eviction,
-        "pinned_prefix_blocks": len(prompt) // config.block_size,
-    }
-    scheduler = Scheduler(
-        SchedulerConfig.model_validate(settings), policy=profile.make_policy(config), clock=executor.now
-    )
     pinned = scheduler.pin_prefix(prompt) if eviction == "pinned" and prompt else 0
-    metrics = MetricsCollector(
-        num_gpus=config.num_gpus,
-        window_start=config.warmup_s,
-        window_end=config.duration_s,
-        sample_interval_s=config.sample_interval_s,
-        ttft_slo_s=config.ttft_slo_s,
-    )
-    drive(Engine(scheduler, executor), workload, metrics, stop)
+    drive(Engine(scheduler, executor), workload, metrics, built.stop)
     end = executor.now()
     metrics.on_stats(end, scheduler.stats())
     summary = metrics.summarize(end)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -162,8 +162,60 @@ def run_bench(
     from it instead of the generator; the arrivals of ``config`` are ignored.
     ``progress`` is called now and then with the fraction of simulated time done.
     """
-    sim = _simulator()
     wall_start, cpu_start = time.perf_counter(), time.process_time()
+    profile = PROFILES[config.policy]
+    built = build_simulation(config, trace=trace)
+    deployment, workload, executor, scheduler = built.deployment, built.workload, built.executor, built.scheduler
+    metrics, stop = built.metrics, built.stop
+    rejected = drive(Engine(scheduler, executor), workload, metrics, stop, progress)
+    end = executor.now()
+    metrics.on_stats(end, scheduler.stats())
+    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
+    counts = workload.counts
+    run = RunInfo(
+        deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, "
+        f"{PROFILES[config.policy].shape(config.tp)}",
+        num_kv_blocks=executor.num_kv_blocks,
+        kv_capacity_tokens=executor.num_kv_blocks * config.block_size,
+        max_context_tokens=workload.header.max_context_tokens,
+        sim_time_s=end,
+        num_steps=scheduler.stats().num_steps,
+        sessions_started=counts.sessions_started,
+        sessions_completed=counts.sessions_completed,
+        requests_released=counts.requests_released,
+        requests_rejected=rejected,
+        requests_unfinished=len(scheduler.live),
+        rate_scale=workload.header.rate_scale,
+        stand_in_answers=counts.stand_in_answers,
+        wall_s=wall,
+        cpu_s=cpu,
+        speedup=end / wall if wall > 0 else math.inf,
+    )
+    result = BenchResult(config=config, profile=profile.description, metrics=metrics.summarize(end), run=run)
+    return result, workload.trace()
+
+
+class Simulation(NamedTuple):
+    """One load level's pieces, built but not yet run: what :func:`run_bench` and its variants drive."""
+
+    deployment: Any
+    workload: SessionWorkload
+    executor: Any
+    scheduler: Scheduler
+    metrics: MetricsCollector
+    stop: float
+
+
+def build_simulation(
+    config: BenchConfig, *, trace: Trace | None = None, overrides: Mapping[str, Any] | None = None
+) -> Simulation:
+    """The deployment, workload, simulated executor, scheduler and metrics of one run of ``config``.
+
+    ``overrides`` replace scheduler settings the profile chose (the eviction
+    comparison changes only ``prefix_eviction``), so every variant of the
+    benchmark runs the same setup as :func:`run_bench`.
+    """
+    sim = _simulator()
     profile = PROFILES[config.policy]
     deployment = make_deployment(config)
     stop = config.duration_s + config.drain_s
@@ -199,6 +251,7 @@ def run_bench(
         "num_speculative_tokens": config.num_speculative_tokens,
         **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
         **host_tier_settings(config, executor),
+        **(overrides or {}),
     }
     scheduler = Scheduler(
         SchedulerConfig.model_validate(settings),
@@ -206,7 +259,6 @@ def run_bench(
         clock=executor.now,
         load_cost=executor,
     )
-    engine = Engine(scheduler, executor)
     metrics = MetricsCollector(
         num_gpus=config.num_gpus,
         window_start=config.warmup_s,
@@ -214,32 +266,7 @@ def run_bench(
         sample_interval_s=config.sample_interval_s,
         ttft_slo_s=config.ttft_slo_s,
     )
-    rejected = drive(engine, workload, metrics, stop, progress)
-    end = executor.now()
-    metrics.on_stats(end, scheduler.stats())
-    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    counts = workload.counts
-    run = RunInfo(
-        deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, "
-        f"{PROFILES[config.policy].shape(config.tp)}",
-        num_kv_blocks=executor.num_kv_blocks,
-        kv_capacity_tokens=executor.num_kv_blocks * config.block_size,
-        max_context_tokens=workload.header.max_context_tokens,
-        sim_time_s=end,
-        num_steps=scheduler.stats().num_steps,
-        sessions_started=counts.sessions_started,
-        sessions_completed=counts.sessions_completed,
-        requests_released=counts.requests_released,
-        requests_rejected=rejected,
-        requests_unfinished=len(scheduler.live),
-        rate_scale=workload.header.rate_scale,
-        stand_in_answers=counts.stand_in_answers,
-        wall_s=wall,
-        cpu_s=cpu,
-        speedup=end / wall if wall > 0 else math.inf,
-    )
-    result = BenchResult(config=config, profile=profile.description, metrics=metrics.summarize(end), run=run)
-    return result, workload.trace()
+    return Simulation(deployment, workload, executor, scheduler, metrics, stop)
 
 
 def drive(
