@@ -47,7 +47,8 @@ it lets a request admitted later break the order of the next re-sort.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import attrs
 
@@ -120,29 +121,39 @@ def _look_ahead(record: StepRecord, request: Request) -> bool:
     return request.session_id in record.retained_sessions
 
 
+_Rank = TypeVar("_Rank", int, SortKey)
+
+
+def _passed_over(record: StepRecord, rank: Mapping[str, _Rank]) -> tuple[Request, Request] | None:
+    """An admitted request and a still-waiting one ranked before it (by ``rank``, lower first), if any."""
+    for admitted in record.admitted:
+        if admitted.request_id not in rank or _look_ahead(record, admitted):
+            continue
+        for waiting in record.still_waiting:
+            if rank[waiting.request_id] < rank[admitted.request_id]:
+                return admitted, waiting
+    return None
+
+
 def _admission_in_sorted_order(record: StepRecord) -> str | None:
     keys = record.resort_keys
     if keys is None:  # the queue kept its order: those admitted must lead it
         position = {r.request_id: i for i, r in enumerate(record.waiting_before)}
-        for admitted in record.admitted:
-            if admitted.request_id not in position or _look_ahead(record, admitted):
-                continue
-            for waiting in record.still_waiting:
-                if position[waiting.request_id] < position[admitted.request_id]:
-                    return (
-                        f"{admitted.request_id!r} was admitted from place {position[admitted.request_id]} of a "
-                        f"queue not re-sorted since, while {waiting.request_id!r} ahead of it still waits"
-                    )
-        return None
-    for admitted in record.admitted:
-        if admitted.request_id not in keys or _look_ahead(record, admitted):
-            continue
-        for waiting in record.still_waiting:
-            if keys[waiting.request_id] < keys[admitted.request_id]:
-                return (
-                    f"{admitted.request_id!r} (key {keys[admitted.request_id]} at the re-sort) was admitted before "
-                    f"{waiting.request_id!r} (key {keys[waiting.request_id]}), which still waits"
-                )
+        passed = _passed_over(record, position)
+        if passed is None:
+            return None
+        admitted, waiting = passed
+        return (
+            f"{admitted.request_id!r} was admitted from place {position[admitted.request_id]} of a "
+            f"queue not re-sorted since, while {waiting.request_id!r} ahead of it still waits"
+        )
+    passed = _passed_over(record, keys)
+    if passed is not None:
+        admitted, waiting = passed
+        return (
+            f"{admitted.request_id!r} (key {keys[admitted.request_id]} at the re-sort) was admitted before "
+            f"{waiting.request_id!r} (key {keys[waiting.request_id]}), which still waits"
+        )
     sorted_part = [r for r in record.waiting_after if r.request_id in keys]
     for before, after in itertools.pairwise(sorted_part):
         if keys[after.request_id] < keys[before.request_id]:
