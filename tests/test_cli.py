@@ -101,7 +101,7 @@ def test_answer_names_the_best_tokensched_policy_and_its_ratio_to_each_baseline(
 
 def test_trace_recorded_by_the_cli_replays_to_the_same_metrics(tmp_path: Path) -> None:
     trace_path = tmp_path / "trace.jsonl"
-    common = ["bench", "--policies", "sglang", "--seeds", "1", "--no-plot", *TINY]
+    common = ["bench", "--policies", "sglang-tp8", "--seeds", "1", "--no-plot", *TINY]
     first = CliRunner().invoke(
         app, [*common, "--levels", "1M", "--out", str(tmp_path / "a"), "--trace-out", str(trace_path)]
     )
@@ -202,7 +202,7 @@ def test_levels_parse_and_format_with_k_and_m_suffixes() -> None:
 def test_example_script_runs_one_level_and_prints_the_summary() -> None:
     script = ROOT / "examples" / "bench_coding_agent.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--duration", "60", "--warmup", "20", "--policy", "sglang"],
+        [sys.executable, str(script), "--duration", "60", "--warmup", "20", "--policy", "sglang-tp8"],
         capture_output=True,
         text=True,
         check=True,

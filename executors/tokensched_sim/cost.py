@@ -28,7 +28,7 @@ import attrs
 from tokensched_sim.deployment import Deployment
 from tokensched_sim.draft import DEFAULT_DRAFT, DraftSpec, generic_draft
 from tokensched_sim.efficiency import Efficiency
-from tokensched_sim.engines import engine_preset, sglang_memory_settings
+from tokensched_sim.engines import engine_preset, sglang_memory_settings, sglang_vlm_factor
 from tokensched_sim.memory import (
     GRAPH_BYTES_PER_BATCH,
     DeploymentError,
@@ -226,7 +226,11 @@ class CostModel:
         fraction, batched, graphs = e.memory_fraction, e.max_num_batched_tokens, e.cuda_graph_max_batch
         if e.memory_rule == "static_fraction":
             mfs, chunk, max_bs = sglang_memory_settings(
-                gpu_bytes, d.tp, speculative=bool(d.num_speculative_tokens), dp_attention=d.attention == "dp"
+                gpu_bytes,
+                d.tp,
+                speculative=bool(d.num_speculative_tokens),
+                dp_attention=d.attention == "dp",
+                vlm_factor=sglang_vlm_factor(m.vision_num_layers, m.vision_hidden_size),
             )
             fraction = fraction or mfs
             batched = batched or chunk

@@ -92,8 +92,30 @@ class EngineSpec(BaseModel):
     source: str = ""
 
 
+def sglang_vlm_factor(vision_num_layers: int, vision_hidden_size: int) -> float:
+    """What SGLang multiplies ``mem_fraction_static`` by for a multimodal model (1.0 for text-only).
+
+    Mirrors sglang/srt/server_args.py ``adjust_mem_fraction_for_vlm``, which
+    ``_handle_gpu_memory_settings`` calls when the model is multimodal
+    (``KimiK25ForConditionalGeneration`` is in model_config.py's multimodal
+    architectures) and the user did not set the fraction: a base 0.95, times
+    ``1 - 0.1 * (ratio - 1)`` clamped to [0.8, 1.05], where ``ratio`` is the ViT's
+    ``layers * hidden^2`` over ViT-L/14's ``24 * 1024^2``. It is a reservation for the
+    vision encoder's activations, taken whether or not a request carries an image.
+    """
+    if not vision_num_layers or not vision_hidden_size:
+        return 1.0
+    ratio = vision_num_layers * vision_hidden_size**2 / (24 * 1024**2)
+    return 0.95 * max(0.8, min(1.05, 1.0 - 0.1 * (ratio - 1.0)))
+
+
 def sglang_memory_settings(
-    gpu_memory_bytes: float, tp: int, *, speculative: bool, dp_attention: bool = False
+    gpu_memory_bytes: float,
+    tp: int,
+    *,
+    speculative: bool,
+    dp_attention: bool = False,
+    vlm_factor: float = 1.0,
 ) -> tuple[float, int, int]:
     """``(mem_fraction_static, chunked_prefill_size, cuda_graph_max_bs)`` as SGLang's server_args picks them.
 
@@ -103,7 +125,8 @@ def sglang_memory_settings(
     attention, at least 10 GiB on GPUs over 60 GiB, + 2 GiB for an EAGLE draft;
     the fraction is ``round((gpu - reserved) / gpu, 3)``). Buckets by the GPU's
     MiB: < 90 GiB (H100) and < 160 GiB (H200): 8k chunks, 512 graphs at TP >= 4 (256
-    below); larger (B200): 16k chunks, 512 graphs.
+    below); larger (B200): 16k chunks, 512 graphs. A multimodal model's fraction is then
+    multiplied by ``vlm_factor`` (:func:`sglang_vlm_factor`), unrounded, as SGLang does.
     """
     gpu_mib = gpu_memory_bytes / _MIB
     if gpu_mib < 35 * 1024:
@@ -121,7 +144,7 @@ def sglang_memory_settings(
         reserved = max(reserved, 10 * 1024)
     if speculative:
         reserved += 2 * 1024
-    return round((gpu_mib - reserved) / gpu_mib, 3), chunk, graphs
+    return round((gpu_mib - reserved) / gpu_mib, 3) * vlm_factor, chunk, graphs
 
 
 _SHARED_EFFICIENCY = Efficiency(attention=B200_FMHA_ATTENTION, layer_overhead_s=TRTLLM_MIN_LATENCY_LAYER_OVERHEAD_S)

@@ -123,6 +123,10 @@ class ModelSpec(BaseModel):
     weight_dtype: Dtype = Field(default=Dtype.BF16, description="attention, dense MLP, shared experts, embeddings")
     expert_dtype: Dtype = Field(default=Dtype.BF16, description="routed expert weights")
     kv_dtype: Dtype = Dtype.BF16
+    # Vision tower of a multimodal checkpoint (0: text-only). Engines that size memory by the model's
+    # class read it: SGLang lowers mem_fraction_static for a VLM by the ViT's layers x hidden^2.
+    vision_num_layers: int = Field(default=0, ge=0, description="ViT layers (vision_config.num_hidden_layers)")
+    vision_hidden_size: int = Field(default=0, ge=0, description="ViT width (vision_config.hidden_size)")
     source: str = ""
 
     @model_validator(mode="after")
@@ -263,7 +267,12 @@ MODELS: dict[str, ModelSpec] = {
             "weight_dtype": Dtype.BF16,
             "expert_dtype": Dtype.INT4,
             "kv_dtype": Dtype.BF16,
-            "source": "moonshotai/Kimi-K2.5 model card and config.json (text_config, quantization_config)",
+            # MoonViT: vision_config vt_num_hidden_layers 27, vt_hidden_size 1152 (moonshotai/Kimi-K2.5
+            # config.json; SGLang's KimiK25VisionConfig defaults, sglang/srt/configs/kimi_k25.py).
+            "vision_num_layers": 27,
+            "vision_hidden_size": 1152,
+            "source": "moonshotai/Kimi-K2.5 model card and config.json (text_config, vision_config, "
+            "quantization_config)",
         }
     ),
     "deepseek-v3": ModelSpec.model_validate(

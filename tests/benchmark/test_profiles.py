@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.profiles import PROFILES
+from tokensched.benchmark.run import make_deployment
 from tokensched.config import SchedulerConfig
 
 
@@ -40,3 +44,11 @@ def test_the_latency_profile_takes_three_quarters_of_free_memory_for_kv() -> Non
     small, large = kv_capacity(BenchConfig(policy="trtllm-latency")), kv_capacity(BenchConfig(policy="trtllm"))
     assert 0.75 / 0.9 - 0.05 < small.tokens / large.tokens < 0.75 / 0.9 + 0.05
     assert PROFILES["trtllm-latency"].settings["max_batched_tokens"] == 8320
+
+
+def test_sglang_at_tp4_is_refused_before_a_run_and_tp8_is_not() -> None:
+    """SGLang's default fraction for the multimodal Kimi-K2.5 leaves TP4 no KV cache; the published run used TP8."""
+    with pytest.raises(ValueError, match=r"sglang, static_fraction 0\.768\).*3\.6 GB per rank short"):
+        make_deployment(BenchConfig(policy="sglang"))
+    deployment = make_deployment(BenchConfig(policy="sglang-tp8"))
+    assert deployment.tp == 8 and deployment.engine == "sglang"

@@ -16,7 +16,7 @@ from tokensched_sim import (
     gpu_preset,
     model_preset,
 )
-from tokensched_sim.engines import sglang_memory_settings
+from tokensched_sim.engines import sglang_memory_settings, sglang_vlm_factor
 
 GIB = 1 << 30
 
@@ -98,14 +98,42 @@ def test_mla_capacity_under_tp_counts_the_whole_latent_on_each_rank() -> None:
 
 
 def test_engines_divide_memory_differently() -> None:
-    """On 4x B200 the rules give Kimi-K2.5 from ~0.3M (SGLang + EAGLE) to ~1M (TensorRT-LLM) FP8 KV tokens."""
+    """On 4x B200 the rules give Kimi-K2.5 ~0.57M (vLLM) to ~1M (TensorRT-LLM) FP8 KV tokens; SGLang none."""
     tokens = {
         engine: CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine=engine)).num_kv_tokens
         for engine in ENGINES
+        if engine != "sglang"
     }
-    assert tokens["trtllm"] > tokens["vllm"] > tokens["sglang"]
+    assert tokens["trtllm"] > tokens["vllm"]
     assert 0.9e6 < tokens["trtllm"] < 1.1e6
     assert 0.5e6 < tokens["vllm"] < 0.65e6
+
+
+@pytest.mark.parametrize("spec_tokens", [0, 3])
+def test_sglang_cannot_start_kimi_k25_at_tp4_with_its_default_fraction(spec_tokens: int) -> None:
+    """SGLang's VLM adjustment takes Kimi-K2.5's fraction below its weights at TP4, EAGLE or not: refused."""
+    tp4 = Deployment(
+        model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="sglang", num_speculative_tokens=spec_tokens
+    )
+    with pytest.raises(DeploymentError, match=r"static_fraction 0\.7[67]\d.*per rank short"):
+        CostModel(tp4)
+    # The same deployment with the fraction set by hand (--mem-fraction-static 0.9) starts.
+    assert CostModel(tp4.model_copy(update={"memory_utilization": 0.9})).num_kv_tokens > 0
+
+
+def test_sglang_lowers_the_fraction_of_a_multimodal_model_by_its_vit() -> None:
+    # Kimi-K2.5's MoonViT, 27 layers x 1152: 1.42x ViT-L/14's 24 x 1024^2, so 0.95 x (1 - 0.1 x 0.42).
+    ratio = 27 * 1152**2 / (24 * 1024**2)
+    assert sglang_vlm_factor(27, 1152) == pytest.approx(0.95 * (1 - 0.1 * (ratio - 1)))
+    assert sglang_vlm_factor(0, 0) == 1.0
+    assert sglang_vlm_factor(24, 1024) == pytest.approx(0.95)
+    assert sglang_vlm_factor(200, 4096) == pytest.approx(0.95 * 0.8)  # clamped
+    b200 = 183_359 * MIB
+    assert sglang_memory_settings(b200, 8, speculative=True, vlm_factor=0.9)[0] == pytest.approx(
+        sglang_memory_settings(b200, 8, speculative=True)[0] * 0.9
+    )
+    text_only = CostModel(Deployment(model="deepseek-v3", gpu="b200", tp=8, kv_dtype="fp8", engine="sglang"))
+    assert text_only.memory_breakdown().fraction == sglang_memory_settings(b200, 8, speculative=False)[0]
 
 
 def test_sglang_mem_fraction_static_follows_its_heuristic() -> None:
@@ -115,8 +143,9 @@ def test_sglang_mem_fraction_static_follows_its_heuristic() -> None:
     h100_reserved = 512 + 1.5 * 8192 + 2 * 512 + 8 / 8 * 1024  # H100 bucket: 8k chunks, 512 graphs at TP >= 4
     expected = (round(1 - h100_reserved / 81_559, 3), 8192, 512)
     assert sglang_memory_settings(81_559 * MIB, 8, speculative=False) == expected
-    m = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="sglang")).memory_breakdown()
-    assert m.kv == pytest.approx(0.855 * 183_359 * MIB - m.runtime - m.weights)
+    m = CostModel(Deployment(model="kimi-k2.5", gpu="b200", tp=8, kv_dtype="fp8", engine="sglang")).memory_breakdown()
+    assert m.fraction == pytest.approx(0.852 * sglang_vlm_factor(27, 1152))
+    assert m.kv == pytest.approx(m.fraction * 183_359 * MIB - m.runtime - m.weights)
 
 
 def test_speculation_costs_draft_weights_and_kv() -> None:
@@ -177,11 +206,11 @@ def test_bad_deployments_are_refused_with_a_clear_message(args: dict[str, object
 
 
 def test_sglang_sizes_the_target_pool_first_and_takes_the_draft_cache_from_its_reserve() -> None:
-    eagle = Deployment(model="kimi-k2.5", gpu="b200", tp=4, kv_dtype="fp8", engine="sglang", num_speculative_tokens=3)
+    eagle = Deployment(model="kimi-k2.5", gpu="b200", tp=8, kv_dtype="fp8", engine="sglang", num_speculative_tokens=3)
     m = CostModel(eagle).memory_breakdown()
     pool = m.fraction * 183_359 * MIB - m.runtime - m.weights  # the target's layers only
     assert m.kv_tokens_per_rank == pool // (61 * 576)
-    draft_cell = 16 * 128 * 2  # 64 KV heads / 4 ranks, K and V, FP8
+    draft_cell = 8 * 128 * 2  # 64 KV heads / 8 ranks, K and V, FP8
     assert m.kv == pytest.approx(pool - pool % (61 * 576) + m.kv_tokens_per_rank * draft_cell, rel=1e-6)
     # With almost no reserve, the draft's weights and cache no longer fit: refused, saying by how much.
     with pytest.raises(DeploymentError, match="per rank short"):
