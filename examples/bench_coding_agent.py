@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from tokensched.benchmark import PROFILES, BenchConfig, run_bench
 
 
@@ -25,15 +27,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    config = BenchConfig(
-        policy=args.policy,
-        target_tpm=args.tpm,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        drain_s=min(30.0, args.duration / 4),
-        seed=args.seed,
-    )
-    result, trace = run_bench(config)
+    try:  # bad arguments, or a deployment that cannot start (weights do not fit), said in one line
+        config = BenchConfig(
+            policy=args.policy,
+            target_tpm=args.tpm,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            drain_s=min(30.0, args.duration / 4),
+            seed=args.seed,
+        )
+        result, trace = run_bench(config)
+    except ValidationError as exc:
+        raise SystemExit(f"error: {'; '.join(e['msg'] for e in exc.errors())}") from None
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     m, run = result.metrics, result.run
     print(f"{run.deployment}, policy {config.policy!r}, label {config.target_tpm:,.0f} TPM")
     print(f"  sessions started {run.sessions_started}, requests measured {m.num_requests} ({m.num_censored} censored)")
