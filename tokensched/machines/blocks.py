@@ -43,6 +43,7 @@ import contextlib
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
+from itertools import repeat
 from operator import itemgetter
 from typing import Protocol
 
@@ -240,7 +241,7 @@ class BlockPool:
             matched = matched[:cut]
             if not matched:
                 return []
-        cut = self._confirmed(np.array(matched, dtype=np.int64), tokens, root)
+        cut = self._confirmed(np.fromiter(matched, dtype=np.int64, count=len(matched)), tokens, root)
         return matched if cut == len(matched) else matched[:cut]
 
     def _confirmed(
@@ -524,11 +525,13 @@ class BlockPool:
                 revived = [blocks[i] for i in where.tolist()]
             evict.remove_many(revived)
             np.frombuffer(self._state, dtype=np.uint8)[revived] = _COMMITTED
-        if len(blocks) > 1:
+        if len(blocks) == 1:
+            refcount[blocks[0]] += 1
+        elif states.count(_EVICTABLE) == len(states):  # all held by nobody: every count goes 0 -> 1, no reads
+            deque(map(refcount.__setitem__, blocks, repeat(1)), maxlen=0)
+        else:
             counts = itemgetter(*blocks)(refcount)
             deque(map(refcount.__setitem__, blocks, map((1).__add__, counts)), maxlen=0)
-        else:
-            refcount[blocks[0]] += 1
         if hit:
             evict.hit_many(map(self._hash.__getitem__, blocks))  # type: ignore[arg-type]  # committed: hashed
 

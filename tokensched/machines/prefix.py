@@ -131,7 +131,9 @@ class BlockHasher:
             self._extend_small(hashes, tokens, start, end, parent)
             return
         block = np.asarray(tokens[start * bs : end * bs]).astype(np.uint64).reshape(end - start, bs)
-        x = ((block ^ self._k) * self._m).sum(axis=1, dtype=np.uint64)
+        block ^= self._k  # in place: a 200k-token prompt is 1.6 MB a temporary
+        block *= self._m
+        x = block.sum(axis=1, dtype=np.uint64)
         y = _fmix_array(x ^ np.uint64(self._k0))
         n = end - start
         rpow, rinvpow = self._powers(n)
