@@ -68,14 +68,20 @@ def test_reproduce_prints_published_beside_simulated_with_ratio_and_writes_json(
     comparison = json.loads((tmp_path / "reproduce.json").read_text())
     rows = {row["profile"]: row for row in comparison["rows"]}
     assert set(rows) == {None, "trtllm-latency", "sglang-tp8"}
-    assert rows[None]["simulated_s"] is None  # Together's engine has no profile
-    simulated_order = rows["trtllm-latency"]["simulated_s"]["median"] < rows["sglang-tp8"]["simulated_s"]["median"]
-    assert comparison["order_matches"] is simulated_order  # published: TensorRT-LLM 1.1 s before SGLang 5.1 s
-    assert ("order as published" if simulated_order else "order NOT as published") in result.output
+    assert rows[None]["simulated_s"] is None and rows[None]["verdict"] is None  # Together's engine has no profile
     for profile, published in (("trtllm-latency", 1.1), ("sglang-tp8", 5.1)):
         row = rows[profile]
-        assert row["ratio"] == pytest.approx(row["simulated_s"]["median"] / published)
-        assert f"{row['ratio']:.2f}x" in result.output
+        assert len(row["seed_p50s_s"]) == len(row["seed_overloaded"]) == 1
+        if row["verdict"] == "steady":
+            assert row["ratio"] == pytest.approx(row["steady_s"]["median"] / published)
+            assert f"{row['ratio']:.2f}x" in result.output
+        else:
+            assert row["verdict"] == "overloaded" and row["ratio"] is None  # one seed cannot be a cliff
+            assert "OVERLOADED in 1 of 1 seeds" in result.output
+    if all(rows[p]["verdict"] == "steady" for p in ("trtllm-latency", "sglang-tp8")):
+        simulated_order = rows["trtllm-latency"]["steady_s"]["median"] < rows["sglang-tp8"]["steady_s"]["median"]
+        assert comparison["order_matches"] is simulated_order  # published: TensorRT-LLM 1.1 s before SGLang 5.1 s
+        assert ("order as published" if simulated_order else "order NOT as published") in result.output
     report = SweepReport.model_validate_json((tmp_path / "bench.json").read_text())
     assert {p.num_gpus for p in report.points if p.policy == "sglang-tp8"} == {8}
 

@@ -35,6 +35,7 @@ DEFAULT_POLICIES = "trtllm,vllm,prefix-aware"
 DEFAULT_LEVELS = "1M,2.5M,4M"
 KV_DTYPES = ("fp8", "bf16")  # what serving engines store an MLA latent cache in on Blackwell
 MAX_BLOCK_SIZE = 4096  # SchedulerConfig's limit
+DEFAULT_SEEDS = 3  # the main job stays at about a minute; a reproduction runs more (Reproduction.seeds)
 
 
 def bench_command(
@@ -43,7 +44,10 @@ def bench_command(
     concurrency: Annotated[
         str | None, typer.Option(help="sweep sessions kept running instead of TPM, e.g. 2,4,8")
     ] = None,
-    seeds: Annotated[int, typer.Option(help="seeds per point (median and spread are reported)")] = 3,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help=f"seeds per point, median and spread reported (default {DEFAULT_SEEDS}; --reproduce: 7)"),
+    ] = None,
     model: Annotated[str, typer.Option(help="model preset of the simulator")] = "kimi-k2.5",
     gpu: Annotated[str, typer.Option(help="GPU preset of the simulator")] = "b200",
     tp: Annotated[int, typer.Option(help="tensor-parallel GPUs (profiles that name a TP keep theirs)")] = 4,
@@ -110,6 +114,8 @@ def bench_command(
         _fail(f"--policies: unknown {', '.join(unknown)}; known: {', '.join(PROFILES)}")
     if seed < 0:
         _fail(f"--seed must be >= 0, got {seed}")
+    if seeds is None:
+        seeds = reproduction.seeds if reproduction is not None else DEFAULT_SEEDS
     if seeds < 1:
         _fail(f"--seeds must be >= 1, got {seeds}")
     if kv_dtype not in KV_DTYPES:
