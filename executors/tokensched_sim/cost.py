@@ -21,6 +21,7 @@ the executor, with tiny constants).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import attrs
@@ -120,6 +121,7 @@ class CostModel:
         wb, eb = m.weight_dtype.bytes, m.expert_dtype.bytes
         heads = m.num_heads if dp else m.num_heads // tp
         self._dp_ranks = tp if dp else 1  # attention terms are scaled per step by the busiest rank's share
+        self._pooled = dp  # num_kv_blocks counts every rank's pool (False in a one_dp_rank view)
         self.num_layers = m.num_layers
         self.num_dense_layers = m.num_layers - m.num_moe_layers
         self.num_moe_layers = m.num_moe_layers
@@ -305,7 +307,28 @@ class CostModel:
     def num_kv_blocks(self, block_size: int) -> int:
         """KV blocks of ``block_size`` tokens the deployment holds (every rank's under DP attention)."""
         per_rank = self.num_kv_tokens // block_size
-        return per_rank * self.deployment.tp if self.deployment.attention == "dp" else per_rank
+        return per_rank * self.deployment.tp if self._pooled else per_rank
+
+    def one_dp_rank(self) -> CostModel:
+        """This DP-attention deployment as one rank's scheduler sees it: its own pool, its own batch.
+
+        The pooled model balances a step's requests over every rank (``dp_share``)
+        and counts every rank's blocks. An engine that runs a scheduler per DP rank
+        (SGLang's ``--enable-dp-attention``: one radix cache and pool per rank, a
+        controller routing each request to one rank) is simulated with one such
+        view per rank: a step holds only that rank's requests, so they all sit on
+        the busiest rank (share 1), and the pool is one rank's. The other ranks'
+        work in the same forward pass (MoE tokens gathered from every rank) is not
+        in the view: each rank is priced as if the others were idle.
+        """
+        if self.deployment.attention != "dp":
+            raise ValueError(
+                f"one_dp_rank needs DP attention; this deployment has attention {self.deployment.attention!r}"
+            )
+        rank = copy.copy(self)
+        rank._dp_ranks = 1
+        rank._pooled = False
+        return rank
 
     def max_request_tokens(self, block_size: int) -> int:
         """The longest context one request can hold: one rank's blocks (a request lives on one rank)."""

@@ -32,6 +32,18 @@ simulator's side of each engine is documented in ``tokensched_sim.engines``):
   MoE TP, FP8 KV, ``free_gpu_memory_fraction=0.75``, ``max_num_tokens=8320``; the curated
   ``deepseek-r1-latency.yaml`` also uses 0.75), since the published engines were configured
   for low latency.
+- ``sglang-tp8-dp`` (a sensitivity case, not the default: whether the published run used it is not
+  published): SGLang at TP8 with ``--enable-dp-attention --dp 8``, as SGLang's DeepSeek-V3 / Kimi-K2
+  launch commands commonly add. Each DP rank runs its own scheduler with its own radix cache and KV pool
+  (attention weights replicated, every head on the rank); the data-parallel controller sends each
+  request to one rank by ``load_balance_method``, whose ``auto`` default resolves to ``round_robin``
+  outside PD disaggregation (sglang server_args.py ``_handle_load_balance_method``;
+  managers/data_parallel_controller.py ``round_robin_scheduler``: a counter over ranks, no prefix
+  lookup). ``ServerArgs._handle_data_parallelism`` divides ``chunked_prefill_size`` by ``dp_size``
+  (16384 / 8 = 2048 tokens a rank a step), and the per-rank scheduler gets ``max_running_requests //
+  dp_size`` (48 / 8 = 6 with EAGLE). Simulated by :mod:`tokensched.benchmark.dp_attention`.
+  ``sglang-tp8-dp-lb``: the same with ``load_balance_method=total_requests`` (fewest requests first),
+  modelled as least load (running + waiting).
 - ``trtllm-no-reuse``: ``trtllm`` with KV block reuse off, a sensitivity case (TensorRT-LLM's
   EAGLE paths have not always supported block reuse; see docs/sim.md).
 - ``vllm`` (vLLM-like): FCFS, ``max_num_batched_tokens=8192``, ``max_num_seqs=1024``
@@ -71,6 +83,12 @@ class PolicyProfile:
     attention: Literal["tp", "dp"] = "tp"
     moe: Literal["tp", "ep"] = "tp"
     memory_fraction: float | None = None  # the engine's memory-rule fraction as the mirrored config sets it
+    dp_router: Literal["round_robin", "least_load"] | None = None  # DP attention: a scheduler per rank, routed so
+
+    @property
+    def per_rank_schedulers(self) -> bool:
+        """Each DP-attention rank schedules its own requests (SGLang); else one scheduler sees every rank's pool."""
+        return self.attention == "dp" and self.dp_router is not None
 
     def scheduler_settings(self, *, speculative: bool) -> dict[str, Any]:
         """The ``SchedulerConfig`` overrides of this stack, with those its engine applies under speculation."""
@@ -104,6 +122,17 @@ _SGLANG_TEXT = (
     "ServerArgs derives it; prefill and decode batches as separate passes, enable_mixed_chunk=False)"
 )
 
+# SGLang with --enable-dp-attention --dp 8 at TP8: per rank, chunked_prefill_size // dp_size and
+# max_running_requests // dp_size (ServerArgs._handle_data_parallelism; the per-rank scheduler's cap).
+_DP8 = 8
+_SGLANG_DP = {"max_batched_tokens": 16384 // _DP8, "max_running": 1024 // _DP8}
+_SGLANG_DP_EAGLE = {"max_running": 48 // _DP8, "max_steps_in_flight": 1}
+_SGLANG_DP_TEXT = (
+    _SGLANG_TEXT + ", TP8 with DP attention (--enable-dp-attention --dp 8): a scheduler, radix cache and KV pool per "
+    "rank, chunked_prefill_size 16384 // 8 = 2048 and max_running_requests 48 // 8 = 6 per rank "
+    "(ServerArgs._handle_data_parallelism); a sensitivity case, not the published configuration"
+)
+
 PROFILES: dict[str, PolicyProfile] = {
     profile.name: profile
     for profile in (
@@ -127,6 +156,28 @@ PROFILES: dict[str, PolicyProfile] = {
             dict(_SGLANG_EAGLE),
             engine="sglang",
             tp=8,
+        ),
+        PolicyProfile(
+            "sglang-tp8-dp",
+            _SGLANG_DP_TEXT + "; requests routed round robin (load_balance_method auto = round_robin)",
+            _lpm,
+            dict(_SGLANG_DP),
+            dict(_SGLANG_DP_EAGLE),
+            engine="sglang",
+            tp=_DP8,
+            attention="dp",
+            dp_router="round_robin",
+        ),
+        PolicyProfile(
+            "sglang-tp8-dp-lb",
+            _SGLANG_DP_TEXT + "; requests routed to the rank with the fewest (load_balance_method total_requests)",
+            _lpm,
+            dict(_SGLANG_DP),
+            dict(_SGLANG_DP_EAGLE),
+            engine="sglang",
+            tp=_DP8,
+            attention="dp",
+            dp_router="least_load",
         ),
         PolicyProfile(
             "trtllm-latency",

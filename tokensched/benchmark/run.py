@@ -162,8 +162,12 @@ def run_bench(
     from it instead of the generator; the arrivals of ``config`` are ignored.
     ``progress`` is called now and then with the fraction of simulated time done.
     """
-    wall_start, cpu_start = time.perf_counter(), time.process_time()
     profile = PROFILES[config.policy]
+    if profile.per_rank_schedulers:  # SGLang's DP attention: a scheduler and prefix cache per rank
+        from tokensched.benchmark.dp_attention import run_dp_attention
+
+        return run_dp_attention(config, trace=trace, progress=progress)
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
     built = build_simulation(config, trace=trace)
     deployment, workload, executor, scheduler = built.deployment, built.workload, built.executor, built.scheduler
     metrics, stop = built.metrics, built.stop
