@@ -67,9 +67,10 @@ def test_reproduce_prints_published_beside_simulated_with_ratio_and_writes_json(
     assert "published vs simulated" in result.output and "1.10 s" in result.output and "5.10 s" in result.output
     comparison = json.loads((tmp_path / "reproduce.json").read_text())
     rows = {row["profile"]: row for row in comparison["rows"]}
-    assert set(rows) == {None, "trtllm-latency", "sglang-tp8"}
+    assert set(rows) == {None, "trtllm-latency", "sglang-tp8", "sglang-tp8-dp"}
+    assert [row["sensitivity"] for row in comparison["rows"]] == [False, False, False, True]
     assert rows[None]["simulated_s"] is None and rows[None]["verdict"] is None  # Together's engine has no profile
-    for profile, published in (("trtllm-latency", 1.1), ("sglang-tp8", 5.1)):
+    for profile, published in (("trtllm-latency", 1.1), ("sglang-tp8", 5.1), ("sglang-tp8-dp", 5.1)):
         row = rows[profile]
         assert len(row["seed_p50s_s"]) == len(row["seed_overloaded"]) == 1
         if row["verdict"] == "steady":

@@ -72,6 +72,8 @@ def test_order_ranks_overloaded_last_and_refuses_a_cliff() -> None:
     assert order_matches([row("a", 1.1, [50.0, 60.0], [True, True]), slow]) is False  # overloaded is the slowest
     assert order_matches([fast, row("b", 5.1, [0.2, 70.0], [False, True])]) is None  # a cliff has no rank
     assert order_matches([fast]) is None
+    alternative = row("b-dp", 5.1, [0.1, 0.2], [False, False]).model_copy(update={"sensitivity": True})
+    assert order_matches([fast, slow, alternative]) is True  # a sensitivity row is not ranked
 
 
 def test_the_published_reproduction_runs_enough_seeds_to_see_a_cliff() -> None:

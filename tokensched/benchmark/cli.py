@@ -181,7 +181,7 @@ def bench_command(
         console.print(compare_table(reproduction, rows))
         (out / "reproduce.json").write_text(reproduction.result_json(rows, report) + "\n", encoding="utf-8")
         console.print(f"comparison: {out / 'reproduce.json'}")
-        published = [(r.label, r.tpm, r.ttft_p50_s) for r in reproduction.published]
+        published = [(r.label, r.tpm, r.ttft_p50_s) for r in reproduction.published if not r.sensitivity]
     found: Answer | None = None
     if answer:
         found = find_answer(report)

@@ -58,6 +58,7 @@ class PublishedPoint(BaseModel):
     num_gpus: int
     tpm: float
     ttft_p50_s: float
+    sensitivity: bool = False  # a sourced alternative configuration of the engine, not the published one
 
 
 class Reproduction(BaseModel):
@@ -87,6 +88,7 @@ class ComparisonRow(BaseModel):
     num_gpus: int
     tpm: float
     published_s: float
+    sensitivity: bool = False  # an alternative configuration, left out of the order
     simulated_s: Spread | None  # p50 TTFT over every seed, steady or not
     steady_s: Spread | None  # p50 TTFT over the steady seeds only (None: no seed steady, or not run)
     seed_p50s_s: list[MaybeNaN]  # p50 TTFT by seed, in seed order
@@ -119,7 +121,7 @@ def order_matches(rows: list[ComparisonRow]) -> bool | None:
     steady one (its latency is unbounded); None when fewer than two rows ran,
     or when a row is on a cliff (its rank depends on the seed).
     """
-    simulated = [r for r in rows if r.verdict is not None]
+    simulated = [r for r in rows if r.verdict is not None and not r.sensitivity]
     if len(simulated) < 2 or any(r.verdict is Verdict.CLIFF for r in simulated):
         return None
     if sum(r.verdict is Verdict.OVERLOADED for r in simulated) > 1:
@@ -152,12 +154,22 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     "coding-agent-b200": Reproduction(
         name="coding-agent-b200",
         source="Together AI, Benchmarking inference at scale: coding agents (together.ai/blog/coding-agent-benchmarks)",
-        policies=("trtllm-latency", "sglang-tp8"),
+        policies=("trtllm-latency", "sglang-tp8", "sglang-tp8-dp"),
         levels=(1_500_000.0, 2_500_000.0, 3_500_000.0),
         published=(
             PublishedPoint(label="Together Inference Engine", profile=None, num_gpus=4, tpm=2.5e6, ttft_p50_s=0.71),
             PublishedPoint(label="TensorRT-LLM (TP4)", profile="trtllm-latency", num_gpus=4, tpm=2.5e6, ttft_p50_s=1.1),
             PublishedPoint(label="SGLang (TP8)", profile="sglang-tp8", num_gpus=8, tpm=2.5e6, ttft_p50_s=5.1),
+            # Whether the published SGLang run used --enable-dp-attention is not published; SGLang's own
+            # DeepSeek-V3 / Kimi-K2 launch commands commonly add it (docs/sim.md).
+            PublishedPoint(
+                label="SGLang (TP8), if DP attention (sensitivity)",
+                profile="sglang-tp8-dp",
+                num_gpus=8,
+                tpm=2.5e6,
+                ttft_p50_s=5.1,
+                sensitivity=True,
+            ),
         ),
     ),
 }
@@ -184,6 +196,7 @@ def reproduce_rows(reproduction: Reproduction, report: SweepReport) -> list[Comp
                 num_gpus=published.num_gpus,
                 tpm=published.tpm,
                 published_s=published.ttft_p50_s,
+                sensitivity=published.sensitivity,
                 simulated_s=None if point is None else point.ttft_p50_s,
                 steady_s=steady,
                 seed_p50s_s=p50s,
@@ -228,14 +241,15 @@ def compare_table(reproduction: Reproduction, rows: list[ComparisonRow]) -> Tabl
     """Published p50 TTFTs beside the simulated ones, with their ratio."""
     order = order_matches(rows)
     if order is None:
-        ran = [r for r in rows if r.verdict is not None]
+        ran = [r for r in rows if r.verdict is not None and not r.sensitivity]
         verdict = "; order not determined (a profile is on a cliff or both overloaded)" if len(ran) > 1 else ""
     else:
         verdict = "; order as published" if order else "; order NOT as published"
     table = Table(
         title=f"{reproduction.name}: published vs simulated p50 TTFT",
         caption=f"source: {reproduction.source}; simulated: median p50 over the steady seeds \\[lowest-highest]; "
-        f"a ratio only where every seed is steady{verdict}",
+        f"a ratio only where every seed is steady; sensitivity rows are not the published configuration and are "
+        f"left out of the order{verdict}",
         caption_justify="left",
     )
     for name in ("engine", "profile", "GPUs", "label TPM", "offered (sim)", "published", "simulated", "ratio"):
