@@ -61,6 +61,21 @@ def test_next_turn_extends_previous_prompt_and_its_exact_answer() -> None:
     assert workload.counts.requests_released == 3
 
 
+def test_a_rewritten_tail_keeps_the_prompt_length_and_shares_only_what_comes_before_it() -> None:
+    workload = _one_session([(100, 5, 0.0), (20, 3, 4.0), (30, 2, 1.0)], rewrite_tail_tokens=40)
+    (first,) = workload.release(1.0)
+    workload.on_finished("s/0", [7, 8, 9, 10, 11], now=3.0)
+    (second,) = workload.release(7.5)
+    assert len(second.prompt_token_ids) == 125  # 100 + 5 answer + 20 new: lengths as without the rewrite
+    assert second.prompt_token_ids[:60] == first.prompt_token_ids[:60]  # the cache hits up to the rewritten 40
+    assert second.prompt_token_ids[60:100] != first.prompt_token_ids[60:100]
+    assert second.prompt_token_ids[100:105] == [7, 8, 9, 10, 11]  # the answer follows the rewritten tail
+    workload.on_finished("s/1", [1, 2, 3], now=9.0)
+    (third,) = workload.release(10.0)
+    assert third.prompt_token_ids[:85] == second.prompt_token_ids[:85] and len(third.prompt_token_ids) == 158
+    assert third.prompt_token_ids[85:125] != second.prompt_token_ids[85:125]
+
+
 def test_requests_ask_for_the_planned_length_by_default_and_up_to_max_tokens_with_eos() -> None:
     plain = _one_session([(100, 5, 0.0)])
     (spec,) = plain.release(1.0)

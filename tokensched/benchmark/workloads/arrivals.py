@@ -101,6 +101,7 @@ class CodingAgentSource:
             vocab_size=config.vocab_size,
             shared_prefix_tokens=config.shared_prefix_tokens,
             shared_prefix_seed=seed,
+            rewrite_tail_tokens=config.rewrite_tail_tokens,
             max_context_tokens=config.max_context_tokens,
             seed=seed,
         )

@@ -20,6 +20,9 @@ The model, and what is an assumption:
   (:meth:`CodingAgentConfig.output_lengths`; checked by a test). Clipped to 16,384.
 - Think time between an answer and the next turn (the agent running tools).
   *Assumption*: lognormal, median 5 s, sigma 0.8 (mean ~6.9 s, p99 ~32 s).
+- A later turn extends the previous prompt exactly (*assumption*); ``rewrite_tail_tokens``
+  > 0 instead rewrites that many tokens at the end of the previous prompt (its length
+  unchanged), so the prefix cache hits only up to there: a sensitivity knob, off by default.
 
 When sessions start is :mod:`tokensched.benchmark.workloads.arrivals`' business; when
 a later turn is sent (open or closed loop) is :mod:`tokensched.benchmark.workloads.sessions`'.
@@ -60,6 +63,12 @@ class CodingAgentConfig(BaseModel):
     think_time_sigma: float = Field(default=0.8, ge=0.0, description="lognormal shape of the think time")
     max_context_tokens: int = Field(default=200_000, ge=2, description="a turn whose prompt+answer passes this ends")
     shared_prefix_tokens: int = Field(default=0, ge=0, description="a system prompt common to every session")
+    rewrite_tail_tokens: int = Field(
+        default=0,
+        ge=0,
+        description="assumption, for sensitivity: tokens at the end of the previous prompt a later turn rewrites "
+        "(a truncated tool output, a moved reminder); 0: every turn extends the previous prompt exactly",
+    )
     vocab_size: int = Field(default=65_536, ge=2)
 
     @model_validator(mode="after")

@@ -150,6 +150,7 @@ class SessionWorkload:
             source.header.shared_prefix_tokens,
             source.header.vocab_size,
         )
+        self._rewrite = source.header.rewrite_tail_tokens
         self._concurrent = source.header.arrival == "concurrency"
         self._open = source.header.turns == "open"
         self._upcoming: SessionRecord | None = None  # open loop: the next session to start
@@ -289,6 +290,11 @@ class SessionWorkload:
                 self.counts.stand_in_answers += 1
                 stand_in = random.Random(f"{record.token_seed}/answer/{index - 1}")
                 answer = _draw(stand_in, record.turns[index - 1].output_tokens, vocab)
+            if self._rewrite:  # the agent rebuilt the end of its previous prompt: the cache hits only up to there
+                keep = max(len(live.context) - self._rewrite, min(len(self._shared_prefix), len(live.context)))
+                rewritten = len(live.context) - keep
+                del live.context[keep:]
+                live.context.extend(_draw(live.rng, rewritten, vocab))
             live.context.extend(answer)
             live.answer = None
             live.context.extend(_draw(live.rng, turn.new_tokens, vocab))

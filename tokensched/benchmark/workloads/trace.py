@@ -139,6 +139,9 @@ class TraceHeader(BaseModel):
     vocab_size: int = Field(default=65_536, ge=2)
     shared_prefix_tokens: int = Field(default=0, ge=0, description="system prompt opening every session")
     shared_prefix_seed: int = Field(default=0, ge=0)
+    rewrite_tail_tokens: int = Field(
+        default=0, ge=0, description="tokens at the end of the previous prompt a later turn rewrites (0: none)"
+    )
     max_context_tokens: int = Field(default=200_000, ge=2)
     seed: int | None = Field(default=None, description="the generator seed, if synthetic (informational)")
     rate_scale: float = Field(
