@@ -43,7 +43,7 @@ def test_dp_profiles_carry_sglangs_per_rank_settings() -> None:
 def test_run_bench_runs_a_dp_profile_as_eight_ranks_with_their_own_caches() -> None:
     config = BenchConfig(policy="sglang-tp8-dp", **TINY)
     result, trace = run_bench(config)
-    assert "a scheduler per rank routed round_robin" in result.run.deployment
+    assert "a pool and scheduler per rank, routed round_robin" in result.run.deployment
     assert result.metrics.num_gpus == 8 and result.metrics.num_requests > 0 and trace.sessions
     pooled = executor_package("sim").CostModel(make_deployment(config))
     assert result.run.kv_capacity_tokens == pooled.num_kv_blocks(64) * 64

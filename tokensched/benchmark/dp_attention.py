@@ -80,7 +80,7 @@ def run_dp_attention(
     counts = workload.counts
     run = RunInfo(
         deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, "
-        f"{profile.shape(config.tp)}, a scheduler per rank routed {profile.dp_router}",
+        f"{profile.shape(config.tp)}, routed {profile.dp_router}",
         num_kv_blocks=rank_blocks * ranks,
         kv_capacity_tokens=rank_blocks * ranks * config.block_size,
         max_context_tokens=workload.header.max_context_tokens,

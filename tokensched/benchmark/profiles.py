@@ -96,7 +96,8 @@ class PolicyProfile:
 
     def shape(self, tp: int) -> str:
         """``"TP4 (attention TP, MoE TP) on trtllm"``: the deployment this profile runs at ``tp``."""
-        return f"TP{self.tp or tp} (attention {self.attention.upper()}, MoE {self.moe.upper()}) on {self.engine}"
+        shape = f"TP{self.tp or tp} (attention {self.attention.upper()}, MoE {self.moe.upper()}) on {self.engine}"
+        return f"{shape}, a pool and scheduler per rank" if self.per_rank_schedulers else shape
 
 
 def _fcfs(_: BenchConfig) -> Policy:
