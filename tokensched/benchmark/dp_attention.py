@@ -17,11 +17,13 @@ blocks, requests balanced per step) cannot show that, so a profile with
 each over :meth:`tokensched_sim.cost.CostModel.one_dp_rank` (one rank's pool;
 its own batch priced with every head on that rank), behind
 :class:`~tokensched.cluster.router.SimRouter` in the profile's routing, driven
-by the cluster simulation's loop. One thing is left out and is labelled where
-the results are reported: SGLang runs every rank's batch in one forward pass
-(the MoE layers gather all ranks' tokens), so a rank's step waits for the
-slowest rank's attention; here each rank is priced as if the others were idle,
-which makes the DP case faster than it is when several ranks are busy at once.
+in lockstep (:func:`drive_lockstep`): SGLang runs every rank's batch in one
+forward pass (the MoE layers gather all ranks' tokens; an idle rank runs an idle
+batch), so each step every busy rank runs its own batch and all of them finish
+when the slowest does. What the lockstep leaves out: the MoE of a step is priced
+as the slowest rank's own (its tokens, every expert's weights read once), not
+over every rank's tokens together, which is close while the weight reads
+dominate, as they do at the few requests a step of this workload.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tokensched.benchmark.cluster import _Chains, _drive, _Replica, _totals
+from tokensched.benchmark.cluster import _Chains, _Replica, _submit, _totals
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.metrics import MetricsCollector
 from tokensched.benchmark.profiles import PROFILES
@@ -41,6 +43,7 @@ from tokensched.cluster.router import SimRouter
 from tokensched.cluster.spec import RouterPolicy
 from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
+from tokensched.errors import TokenschedError
 from tokensched.executor import executor_package
 from tokensched.scheduler import Scheduler
 
@@ -74,7 +77,7 @@ def run_dp_attention(
         sample_interval_s=config.sample_interval_s,
         ttft_slo_s=config.ttft_slo_s,
     )
-    rejected = _drive(replicas, router, workload, metrics, _Chains(config.block_size), stop, progress)
+    rejected = drive_lockstep(replicas, router, workload, metrics, _Chains(config.block_size), stop, progress)
     metrics.on_stats(stop, _totals(replicas))
     wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
     counts = workload.counts
@@ -142,3 +145,56 @@ def _rank(config: BenchConfig, deployment: Any, blocks: int, workload: SessionWo
         load_cost=executor,
     )
     return _Replica(Engine(scheduler, executor))
+
+
+def drive_lockstep(
+    ranks: list[_Replica],
+    router: SimRouter,
+    workload: SessionWorkload,
+    metrics: MetricsCollector,
+    chains: _Chains,
+    stop: float,
+    progress: Callable[[float], None] | None = None,
+) -> int:
+    """Step every busy rank together, each step ending when its slowest rank's does; returns requests refused.
+
+    Turns due by the current time are routed first (an idle rank's clock catches
+    up with the arrival); then each rank with work runs one step from the common
+    time, and every one of them waits for the slowest before the next step, as
+    SGLang's DP-attention ranks do in their shared forward pass.
+    """
+    rejected = 0
+    steps = 0
+    now = 0.0
+    while now < stop:
+        due = workload.next_release_time()
+        if due is not None and due <= now:
+            for spec in workload.release(now):
+                rejected += _submit(spec, ranks, router, chains, metrics, workload)
+            continue
+        if now >= metrics.next_sample_time:
+            metrics.on_stats(now, _totals(ranks))
+        busy = [r for r in ranks if r.scheduler.has_work]
+        if not busy:
+            now = min(due if due is not None else stop, max(metrics.next_sample_time, now), stop)
+            continue
+        for rank in busy:
+            rank.engine.executor.wait_until(now)  # a rank that got work while the others ran starts with them
+        results = [(rank, rank.engine.step()) for rank in busy]
+        end = max(rank.now for rank in busy)
+        for rank, outputs in results:
+            rank.engine.executor.wait_until(end)
+            if end == now and not outputs and rank.engine.num_in_flight == 0:
+                raise TokenschedError(f"t={now:.3f}s: a DP rank has unfinished requests but planned no step")
+            metrics.on_outputs(outputs, end)
+            for output in outputs:
+                if output.new_token_ids:
+                    rank.answers[output.request_id].extend(output.new_token_ids)
+                if output.finish_reason is not None:
+                    answer = rank.answers.pop(output.request_id)
+                    workload.on_finished(output.request_id, answer, end, output.finish_reason)
+        now = end
+        steps += 1
+        if progress is not None and steps % 1024 == 0:
+            progress(min(now / stop, 1.0))
+    return rejected

@@ -231,11 +231,17 @@ def main(
         raise typer.BadParameter(str(exc)) from exc
     start, cpu = time.perf_counter(), time.process_time()
     results: list[Setting] = []
+    measured: dict[str, Setting] = {}  # every assumption's default is the same run: measure it once
     for name in chosen:
         assumption = ASSUMPTIONS[name]
         print(f"{assumption.label} [{assumption.bound}]", flush=True)
         for value in assumption.values:
-            setting = run_setting(assumption, value, names, seeds)
+            key = BenchConfig.model_validate(assumption.apply(value)).model_dump_json()
+            if key in measured:
+                update = {"assumption": assumption.name, "value": value, "is_default": value == assumption.default}
+                setting = measured[key].model_copy(update=update)
+            else:
+                setting = measured[key] = run_setting(assumption, value, names, seeds)
             results.append(setting)
             print(format_setting(assumption, setting), flush=True)
     wall = time.perf_counter() - start
