@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tokensched.benchmark.config import BenchConfig
@@ -57,3 +59,72 @@ def test_run_bench_runs_a_dp_profile_as_eight_ranks_with_their_own_caches() -> N
 def test_run_dp_attention_refuses_a_profile_without_per_rank_schedulers() -> None:
     with pytest.raises(ValueError, match="does not run a scheduler per DP-attention rank"):
         run_dp_attention(BenchConfig(policy="sglang-tp8", **TINY))
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def wait_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+
+class _FakeEngine:
+    """A rank with ``steps`` steps of work, each taking ``step_s`` on its own."""
+
+    def __init__(self, steps: int, step_s: float) -> None:
+        self.executor = _Clock()
+        self.left, self.step_s, self.num_in_flight = steps, step_s, 0
+        self.scheduler = self
+        self.started: list[float] = []
+
+    @property
+    def has_work(self) -> bool:
+        return self.left > 0
+
+    def stats(self) -> SimpleNamespace:
+        return SimpleNamespace(
+            num_waiting=0,
+            num_running=int(self.has_work),
+            kv_usage=0.0,
+            prefix_hit_tokens=0,
+            prefix_query_tokens=0,
+            num_preemptions=0,
+        )
+
+    def step(self) -> list[object]:
+        self.started.append(self.executor.t)
+        self.executor.t += self.step_s
+        self.left -= 1
+        return []
+
+
+class _FakeRank:
+    def __init__(self, engine: _FakeEngine) -> None:
+        self.engine = self.scheduler = engine
+        self.answers: dict[str, list[int]] = {}
+
+    @property
+    def now(self) -> float:
+        return self.engine.executor.t
+
+
+class _NoArrivals:
+    def next_release_time(self) -> None:
+        return None
+
+
+def test_dp_ranks_step_in_lockstep_so_a_fast_rank_waits_for_the_slow_one() -> None:
+    from tokensched.benchmark.dp_attention import _Chains, drive_lockstep
+    from tokensched.benchmark.metrics import MetricsCollector
+
+    slow, fast = _FakeEngine(steps=4, step_s=0.5), _FakeEngine(steps=6, step_s=0.01)
+    ranks = [_FakeRank(e) for e in (slow, fast)]
+    metrics = MetricsCollector(num_gpus=8, window_start=0.0, window_end=10.0, sample_interval_s=100.0)
+    drive_lockstep(ranks, None, _NoArrivals(), metrics, _Chains(64), stop=10.0)  # type: ignore[arg-type]
+    # While the slow rank works, every step of both starts at the same time: the end of the previous round.
+    assert slow.started == [0.0, 0.5, 1.0, 1.5]
+    assert fast.started == [0.0, 0.5, 1.0, 1.5, 2.0, 2.01]  # then the fast rank runs alone at its own pace
