@@ -61,7 +61,8 @@ def test_bench_over_concurrency_levels(tmp_path: Path) -> None:
 
 
 def test_reproduce_prints_published_beside_simulated_with_ratio_and_writes_json(tmp_path: Path) -> None:
-    args = ["bench", "--reproduce", "coding-agent-b200", "--seeds", "1", "--no-plot", "--out", str(tmp_path), *TINY]
+    args = ["bench", "--reproduce", "coding-agent-b200", "--seeds", "1", "--levels", "2.5M", "--no-plot", "--out"]
+    args += [str(tmp_path), *TINY]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "published vs simulated" in result.output and "1.10 s" in result.output and "5.10 s" in result.output
