@@ -14,7 +14,9 @@ TensorRT-LLM is mirrored by ``trtllm-latency``, the configuration NVIDIA publish
 for this model class on B200 at TP4 and for low latency (``free_gpu_memory_fraction``
 0.75, ``max_num_tokens`` 8320; see ``tokensched.benchmark.profiles``), since the
 published engines were configured for low latency; ``trtllm`` (library defaults)
-stays the baseline of ``--answer``.
+stays the baseline of ``--answer``. ``sglang-tp8-dp`` (SGLang with DP attention, as
+its Kimi/DeepSeek launch commands often add) runs as a sensitivity row: whether the
+published run used it is not published, so it is neither ranked nor plotted as published.
 
 Reporting (why it is not a single median): a point near a capacity cliff can be
 steady in some seeds and overloaded in others, and then the median p50 over seeds
