@@ -33,6 +33,7 @@ import numpy as np
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
@@ -118,6 +119,7 @@ class Scheduler:
         self._failed_steps = 0
         self._fast = fast_decode  # the columnar decode path (False: every step per request, the reference)
         self._cols: DecodeColumns | None = None
+        self._run: tuple[DecodeRun, list[Request]] | None = None  # a decode run out (plan_run .. complete_run)
 
     @property
     def live(self) -> dict[str, Request]:
@@ -140,7 +142,7 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self._live) or len(self.steps) > 0
+        return bool(self._live) or len(self.steps) > 0 or self._run is not None
 
     # ================================================================ intake
     def submit(self, spec: RequestSpec) -> None:
@@ -205,6 +207,8 @@ class Scheduler:
         request = self._live.get(request_id)
         if request is None:
             raise UnknownRequest(f"request {request_id!r} is not live (never submitted, or already finished)")
+        if self._run is not None:
+            raise InvalidRequest(f"abort {request_id!r}: a decode run is out; complete_run() it first")
         self._materialize()
         state = request.state
         if type(state) is Prefilling or type(state) is Decoding:
@@ -218,7 +222,7 @@ class Scheduler:
     # ============================================================== planning
     def plan(self) -> StepPlan | None:
         """The next step, or None when nothing can run now; :attr:`last_plan_outcome` says which case."""
-        if self.steps.full:
+        if self.steps.full or self._run is not None:
             self.last_plan_outcome = PlanOutcome.WINDOW_FULL
             return None
         if not (self._running or self.waiting):
@@ -731,6 +735,186 @@ class Scheduler:
             self.pool.release(blocks[keep:], self._hold_for(request))
             del blocks[keep:]
             self._truncated[request.request_id] = keep
+
+    # ================================================== multi-step decode runs
+    def plan_run(self, max_steps: int) -> DecodeRun | None:
+        """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
+
+        See :mod:`tokensched.decode_run`. A run is offered only when single
+        steps would plan exactly it: nothing in flight, nothing waiting, no
+        host tier, every running request a plain decode (its drafts allowed)
+        whose first step needs no new block, and no removals, truncations or
+        events still to tell. Without drafts the engine would keep several
+        steps in flight, so runs then need ``max_steps_in_flight == 1``.
+        While a run is out, :meth:`plan` plans nothing and :meth:`abort` refuses.
+        """
+        if max_steps < 1:
+            raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
+        running = self._running
+        n = len(running)
+        k = self._k_spec
+        cfg = self.config
+        if (
+            self._run is not None
+            or not n
+            or self.steps
+            or self.waiting
+            or self.host is not None
+            or self._removed
+            or self._truncated
+            or self._events
+            or (not k and cfg.max_steps_in_flight != 1)
+            or n * (1 + k) > cfg.max_batched_tokens
+            or self.pool.num_free < -(-cfg.max_batched_tokens // self._bs) + n
+        ):
+            return None
+        self._materialize()
+        bs = self._bs
+        caching = self._caching
+        max_len = cfg.max_model_len
+        requests = list(running.values())
+        pos_l: list[int] = []
+        last: list[int] = []
+        drafts: list[list[int]] = []
+        tables: list[tuple[int, ...]] = []
+        ends: list[int] = []
+        rooms: list[int] = []
+        limits: list[int] = []
+        stops: list[frozenset[int]] = []
+        for r in requests:
+            s = r.state
+            if type(s) is not Decoding or r.inflight_steps or r.sampling.logprobs:
+                return None
+            pos = s.num_computed
+            blocks = s.blocks
+            if s.num_scheduled != pos or r.tokens.size != pos + 1 or len(blocks) != -(-pos // bs):
+                return None
+            if caching and not (s.num_committed == len(r.block_hashes) == pos // bs):
+                return None
+            room = r.max_tokens - (pos + 1 - r.num_prompt_tokens)
+            end = len(blocks) * bs
+            first = min(len(r.draft_tokens), k, room - 1)
+            if room < 1 or pos + 1 + max(first, 0) > end:
+                return None  # its next step needs a block: a single step allocates it
+            pos_l.append(pos)
+            last.append(r.last_token)
+            drafts.append(list(r.draft_tokens))
+            tables.append(tuple(blocks))
+            ends.append(end)
+            rooms.append(room)
+            limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
+            eos = r.eos_token_id
+            stops.append(r.stop_token_ids if eos is None else r.stop_token_ids | {eos})
+        run = DecodeRun(
+            first_step_id=self.steps.next_step_id,
+            max_steps=max_steps,
+            block_size=bs,
+            num_speculative_tokens=k,
+            request_ids=[r.request_id for r in requests],
+            num_computed_tokens=pos_l,
+            last_token_ids=last,
+            draft_token_ids=drafts,
+            block_tables=tables,
+            block_end=ends,
+            room=rooms,
+            length_limit=limits,
+            stop_token_ids=stops,
+        )
+        self._run = (run, requests)
+        return run
+
+    def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
+        """Apply the steps an executor ran of the run out; returns each step's outputs, in step order.
+
+        The result is validated whole first (InvalidRequest changes nothing).
+        Steps that only moved counters are applied in one pass per request; a
+        final step that finished a request or reached a block's end goes
+        through :meth:`complete`, as it would have as a single step.
+        """
+        if self._run is None:
+            raise InvalidRequest(f"complete_run for step {result.first_step_id}, but no decode run is out")
+        run, requests = self._run
+        if result.first_step_id != run.first_step_id:
+            raise InvalidRequest(
+                f"complete_run for step {result.first_step_id}, but the run out starts at step {run.first_step_id}"
+            )
+        steps = result.sampled_token_ids
+        count = len(steps)
+        where = f"run from step {run.first_step_id}"
+        if not count or len(result.draft_token_ids) != count or len(result.elapsed) != count:
+            raise InvalidRequest(f"{where}: {count} steps of tokens, {len(result.draft_token_ids)} of drafts")
+        cursor = RunCursor(run)
+        step_drafts: list[list[list[int]]] = []
+        common_pos: list[int] = []
+        for j in range(count):
+            drafts = cursor.next_step()
+            if drafts is None:
+                raise InvalidRequest(f"{where}: step {run.first_step_id + j} is past the end of the run")
+            step_drafts.append(drafts)
+            if not cursor.special:
+                common_pos = list(cursor.pos)
+            cursor.advance(steps[j], result.draft_token_ids[j], check=True)
+        if not cursor.special:
+            common_pos = cursor.pos
+        self._run = None
+        common = count - 1 if cursor.special else count
+        outputs: list[Sequence[RequestOutput]] = []
+        if common:
+            self._apply_common(run, requests, result, common, common_pos, outputs)
+        if cursor.special:
+            step_id = run.first_step_id + common
+            ns: list[int] = []
+            nds: list[int] = []
+            for r, d in zip(requests, step_drafts[common], strict=True):
+                nd = len(d)
+                state = r.state
+                assert type(state) is Decoding
+                state.num_scheduled = state.num_computed + 1 + nd
+                r.planned_in = step_id
+                r.inflight_steps += 1
+                r.inflight_samples += 1 + nd
+                ns.append(1 + nd)
+                nds.append(nd)
+            self.steps.open(Step(step_id, requests, [r.epoch for r in requests], ns, nds, [True] * len(requests)))
+            last = StepResult(step_id, steps[common], result.draft_token_ids[common], None, result.elapsed[common])
+            outputs.append(self.complete(last))
+        return outputs
+
+    def _apply_common(
+        self,
+        run: DecodeRun,
+        requests: list[Request],
+        result: RunResult,
+        common: int,
+        pos_after: list[int],
+        outputs: list[Sequence[RequestOutput]],
+    ) -> None:
+        """Apply the first ``common`` steps of ``result``, each of which only appended tokens to every row."""
+        steps = result.sampled_token_ids[:common]
+        proposals = [p for p in result.draft_token_ids[:common] if p is not None]
+        k = self._k_spec
+        ids = run.request_ids
+        counts = [r.num_output_tokens for r in requests]
+        cached = [r.num_cached_tokens for r in requests]
+        for rows in steps:
+            out: list[RequestOutput] = []
+            for i, tokens in enumerate(rows):
+                counts[i] += len(tokens)
+                out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
+            outputs.append(OutputBatch.of(out))
+        last_step = run.first_step_id + common - 1
+        for i, r in enumerate(requests):
+            state = r.state
+            assert type(state) is Decoding
+            new = list(chain.from_iterable(rows[i] for rows in steps))
+            r.tokens.extend(new)
+            r.last_token = new[-1]
+            state.num_computed = state.num_scheduled = pos_after[i]
+            r.planned_in = last_step
+            if proposals:
+                r.draft_tokens = proposals[-1][i][:k]
+        self.steps.next_step_id = last_step + 1
+        self.pool.step_completed(last_step)
 
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""

@@ -19,6 +19,7 @@ from collections import deque
 
 import attrs
 
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import TokenschedError
 from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
@@ -154,6 +155,53 @@ class SimExecutor(VirtualClock):
         if done.end > self._clock:
             self._clock = done.end
         return done.result
+
+    def launch_run(self, run: DecodeRun, until: float) -> RunResult:
+        """Run the steps of ``run`` that start before ``until`` (at least one); returns them all.
+
+        Multi-step decoding (:mod:`tokensched.decode_run`): each step draws
+        its tokens in the order :meth:`launch` of the equivalent single plan
+        would and is priced by the same cost model, and the clock ends where
+        single steps would have left it. Needs nothing in flight.
+        """
+        if self._in_flight:
+            raise TokenschedError("launch_run() with steps in flight")
+        cursor = RunCursor(run)
+        ids = run.request_ids
+        model = self.cost_model
+        k = self.num_speculative_tokens
+        stats = self.stats
+        clock = self._clock
+        start = self._busy_until if self._busy_until > clock else clock
+        sampled_steps: list[list[list[int]]] = []
+        draft_steps: list[list[list[int]] | None] = []
+        elapsed: list[float | None] = []
+        ends: list[float] = []
+        while not sampled_steps or start < until:
+            drafts = cursor.next_step()
+            if drafts is None:
+                break
+            computed = cursor.pos
+            qs = [1 + len(d) for d in drafts]
+            kv_after = [c + q for c, q in zip(computed, qs, strict=True)]
+            sampled = self.tokens.sample_decodes(ids, drafts, kv_after)
+            duration = model.step_time(BatchShape.decodes(computed, qs))
+            if sampled.num_proposing:
+                duration += model.draft_time(sampled.num_proposing, sampled.proposing_kv_tokens, k)
+            start += duration
+            stats.num_steps += 1
+            stats.busy_s += duration
+            stats.num_tokens += sum(qs)
+            sampled_steps.append(sampled.tokens)
+            draft_steps.append(sampled.drafts)
+            elapsed.append(duration)
+            ends.append(start)
+            if not cursor.advance(sampled.tokens, sampled.drafts):
+                break
+        self._busy_until = start
+        if start > self._clock:
+            self._clock = start
+        return RunResult(run.first_step_id, sampled_steps, draft_steps, elapsed, ends)
 
     # Internals --------------------------------------------------------------------------------------
 

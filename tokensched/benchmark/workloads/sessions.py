@@ -25,6 +25,7 @@ optional shared system prompt is common to all of them.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import sys
 from array import array
@@ -189,6 +190,18 @@ class SessionWorkload:
             times.append(self._upcoming.start_time)
         t = min(times, default=None)
         return t if t is not None and t < self._end else None
+
+    def next_event_time(self) -> float:
+        """The earliest ``now`` at which :meth:`release` would change anything (inf: none without a completion).
+
+        Unlike :meth:`next_release_time` it counts sessions that start past
+        the end too (``release`` still takes them into the trace), so a caller
+        that skips ``release`` calls before it changes nothing.
+        """
+        t = self._pending[0][0] if self._pending else math.inf
+        if self._upcoming is not None:
+            t = min(t, self._upcoming.start_time or 0.0)
+        return t
 
     def release(self, now: float) -> list[RequestSpec]:
         """Every request due at or before ``now``, in release order, with its true arrival time."""

@@ -1,0 +1,187 @@
+"""Multi-step decoding: a run of decode steps of one batch, planned in one call and applied in one pass.
+
+Why: when only plain decodes run (as in a long-context coding-agent workload
+at low concurrency), every step is the same few counter moves, and a
+simulator spends more CPU walking steps than the modelled GPU spends running
+them. vLLM's ``num_scheduler_steps`` made the same observation for GPUs: plan
+once, run k steps, return k steps of tokens.
+
+The contract (used by :meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`,
+:meth:`Scheduler.complete_run <tokensched.scheduler.Scheduler.complete_run>`
+and any executor with a ``launch_run`` method, see
+:class:`~tokensched.executor.RunExecutor`):
+
+1. ``plan_run()`` returns a :class:`DecodeRun` only when single steps would
+   plan exactly these rows in this order with nothing else to do: no step in
+   flight, nothing waiting, every running request a decode whose next steps
+   need no new KV block, no pending removals or events.
+2. The executor runs steps while :class:`RunCursor` says the next one is
+   still the step the scheduler would plan (:meth:`RunCursor.next_step`: the
+   drafts each row verifies, capped as the scheduler caps them; None once a
+   row would need a block it does not hold) and stops after a step that
+   changes the batch or a block (:meth:`RunCursor.advance` returns False: a
+   stop token, a length limit, a block filled or about to be), or once its
+   clock reaches the caller's ``until`` (the next arrival, say). It returns
+   the steps it ran as a :class:`RunResult`, one row per request per step.
+3. ``complete_run()`` replays the same cursor over the result to validate
+   it whole (a bad result changes nothing), applies the steps that only
+   moved counters in one pass, and applies a final step that finished a
+   request or touched a block through the ordinary per-request code. The
+   state afterwards is the state the single steps would have left: the
+   property test ``tests/property/test_fast_path.py`` checks it.
+
+Rows with drafts follow the scheduler's rule: a step verifies the drafts
+proposed by the previous step, at most ``num_speculative_tokens`` and at most
+``room - 1`` (tokens the row may still emit, less the bonus token).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tokensched.errors import InvalidRequest
+from tokensched.tokens import INT32_MAX
+
+
+@attrs.frozen(slots=True)
+class DecodeRun:
+    """Up to ``max_steps`` decode steps of one batch (row order = the running set's order).
+
+    ``num_computed_tokens[i]`` is row ``i``'s first input position and
+    ``last_token_ids[i]`` its token; ``draft_token_ids[i]`` the drafts its
+    first step verifies (before the cap of :meth:`RunCursor.next_step`);
+    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
+    ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
+    tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
+    ids that finish it (EOS included).
+    """
+
+    first_step_id: int
+    max_steps: int
+    block_size: int
+    num_speculative_tokens: int
+    request_ids: list[str]
+    num_computed_tokens: list[int]
+    last_token_ids: list[int]
+    draft_token_ids: list[list[int]]
+    block_tables: list[tuple[int, ...]]
+    block_end: list[int]
+    room: list[int]
+    length_limit: list[int]
+    stop_token_ids: list[frozenset[int]]
+
+
+@attrs.frozen(slots=True)
+class RunResult:
+    """The steps an executor ran of a :class:`DecodeRun`: ``[step][row]`` tokens, as in ``StepResult``.
+
+    ``draft_token_ids[j]`` holds the drafts step ``j`` proposed (None: the
+    executor proposes none); ``elapsed[j]`` the seconds step ``j`` took and
+    ``end_times[j]`` the executor's clock when it ended (empty if unknown).
+    """
+
+    first_step_id: int
+    sampled_token_ids: list[list[list[int]]]
+    draft_token_ids: list[list[list[int]] | None]
+    elapsed: list[float | None]
+    end_times: list[float] = attrs.field(factory=list)
+
+
+class RunCursor:
+    """Walks a :class:`DecodeRun` step by step, as the scheduler's single steps would.
+
+    The executor asks :meth:`next_step` before each step and reports with
+    :meth:`advance`; the scheduler replays the same calls over a
+    :class:`RunResult` (with ``check=True``) before applying it.
+    """
+
+    __slots__ = ("_k", "drafts", "num_steps", "pos", "room", "run", "size", "special", "step_drafts")
+
+    def __init__(self, run: DecodeRun) -> None:
+        self.run = run
+        self._k = run.num_speculative_tokens
+        self.pos = list(run.num_computed_tokens)  # positions computed (the next step's first input)
+        self.size = [p + 1 for p in self.pos]  # tokens known
+        self.room = list(run.room)
+        self.drafts = [list(d) for d in run.draft_token_ids]
+        self.num_steps = 0
+        self.special = False  # the latest step finished a row or reached a block's end: the run ends with it
+        self.step_drafts: list[list[int]] = []
+
+    def next_step(self) -> list[list[int]] | None:
+        """The drafts each row verifies in the next step, or None when the run ends before it."""
+        run = self.run
+        if self.special or self.num_steps >= run.max_steps:
+            return None
+        k = self._k
+        ends = run.block_end
+        pos = self.pos
+        room = self.room
+        out: list[list[int]] = []
+        for i, drafts in enumerate(self.drafts):
+            cap = min(k, room[i] - 1)
+            step = drafts[:cap] if len(drafts) > cap else drafts
+            if pos[i] + 1 + len(step) > ends[i]:
+                return None  # it would need a block it does not hold: the scheduler plans that step
+            out.append(step)
+        self.step_drafts = out
+        return out
+
+    def advance(self, sampled: list[list[int]], proposals: list[list[int]] | None, *, check: bool = False) -> bool:
+        """Take one step's tokens (after :meth:`next_step`); returns whether the run may go on.
+
+        With ``check`` a malformed step raises :class:`InvalidRequest`
+        before this cursor changes.
+        """
+        run = self.run
+        drafts = self.step_drafts
+        if check:
+            _check_step(run, self.num_steps, drafts, sampled, proposals)
+        stops, limits, ends = run.stop_token_ids, run.length_limit, run.block_end
+        k = self._k
+        special = False
+        for i, tokens in enumerate(sampled):
+            got = len(tokens)
+            self.pos[i] += got  # 1 + accepted drafts, with or without drafts
+            self.size[i] += got
+            self.room[i] -= got
+            stop = stops[i]
+            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or self.pos[i] + 1 >= ends[i]:
+                special = True
+            if proposals is not None:
+                self.drafts[i] = proposals[i][:k]
+        self.num_steps += 1
+        self.special = special
+        return not special
+
+
+def _check_step(
+    run: DecodeRun,
+    index: int,
+    drafts: list[list[int]],
+    sampled: list[list[int]],
+    proposals: list[list[int]] | None,
+) -> None:
+    """Refuse a malformed step of a run result whole, naming the step and request."""
+    where = f"run from step {run.first_step_id}, step {run.first_step_id + index}"
+    n = len(run.request_ids)
+    if len(sampled) != n:
+        raise InvalidRequest(f"{where}: {len(sampled)} rows of sampled tokens for {n} requests")
+    if proposals is not None and len(proposals) != n:
+        raise InvalidRequest(f"{where}: {len(proposals)} rows of drafts for {n} requests")
+    for i, tokens in enumerate(sampled):
+        if not 1 <= len(tokens) <= 1 + len(drafts[i]):
+            raise InvalidRequest(
+                f"{where}: request {run.request_ids[i]!r} sampled {len(tokens)} tokens; "
+                f"expected 1 to {1 + len(drafts[i])}"
+            )
+        for token in tokens:
+            if type(token) is not int or token < 0 or token > INT32_MAX:
+                raise InvalidRequest(f"{where}: request {run.request_ids[i]!r} sampled token {token!r}")
+    if proposals is not None:
+        if not run.num_speculative_tokens and any(proposals):
+            raise InvalidRequest(f"{where}: drafts proposed but num_speculative_tokens is 0")
+        for row in proposals:
+            for token in row:
+                if type(token) is not int or token < 0 or token > INT32_MAX:
+                    raise InvalidRequest(f"{where}: draft token {token!r}")
