@@ -53,7 +53,9 @@ class DecodeRun:
     ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
     ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
     tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
-    ids that finish it (EOS included).
+    ids that finish it (EOS included). ``removed_request_ids`` and
+    ``truncated_block_tables`` are what the first step's plan would have
+    carried (as in :class:`~tokensched.plan.StepPlan`).
     """
 
     first_step_id: int
@@ -61,6 +63,8 @@ class DecodeRun:
     block_size: int
     num_speculative_tokens: int
     request_ids: list[str]
+    removed_request_ids: tuple[str, ...]
+    truncated_block_tables: dict[str, int]
     num_computed_tokens: list[int]
     last_token_ids: list[int]
     draft_token_ids: list[list[int]]

@@ -758,10 +758,8 @@ class Scheduler:
             self._run is not None
             or not n
             or self.steps
-            or self.waiting
+            or (self.waiting and not self._admission_stays_shut())
             or self.host is not None
-            or self._removed
-            or self._truncated
             or self._events
             or (not k and cfg.max_steps_in_flight != 1)
             or n * (1 + k) > cfg.max_batched_tokens
@@ -811,6 +809,8 @@ class Scheduler:
             block_size=bs,
             num_speculative_tokens=k,
             request_ids=[r.request_id for r in requests],
+            removed_request_ids=tuple(self._removed),
+            truncated_block_tables=self._truncated,
             num_computed_tokens=pos_l,
             last_token_ids=last,
             draft_token_ids=drafts,
@@ -820,8 +820,24 @@ class Scheduler:
             length_limit=limits,
             stop_token_ids=stops,
         )
+        self._removed.clear()
+        self._truncated = {}
         self._run = (run, requests)
         return run
+
+    def _admission_stays_shut(self) -> bool:
+        """Whether every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
+
+        True when the running set is at ``max_running``, or when the head of
+        a static policy's queue did not fit with exactly the free blocks there
+        are now (a run allocates and frees none) and no retention window is
+        open (its protection depends on the clock).
+        """
+        if len(self._running) >= self.config.max_running:
+            return True
+        if self.policy.dynamic or (self._retention is not None and len(self._retention)):
+            return False
+        return self.waiting.at(0).blocked_at_free >= self.pool.num_free
 
     def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
         """Apply the steps an executor ran of the run out; returns each step's outputs, in step order.

@@ -166,6 +166,7 @@ class SimExecutor(VirtualClock):
         """
         if self._in_flight:
             raise TokenschedError("launch_run() with steps in flight")
+        self.tokens.forget(run.removed_request_ids)
         cursor = RunCursor(run)
         ids = run.request_ids
         model = self.cost_model

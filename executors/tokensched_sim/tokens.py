@@ -98,10 +98,8 @@ class TokenSource:
 
     def admit(self, plan: StepPlan) -> None:
         """Forget removed requests, then start new (or resumed) ones from the outputs they already have."""
+        self.forget(plan.removed_request_ids)
         left, logprobs = self._left, self._logprobs
-        for request_id in plan.removed_request_ids:
-            left.pop(request_id, None)
-            logprobs.discard(request_id)
         for new in plan.new_requests:
             target = self.target_output_length(new.request_id)
             left[new.request_id] = _NO_TARGET if target is None else target - new.num_output_tokens
@@ -109,6 +107,13 @@ class TokenSource:
                 logprobs.add(new.request_id)
             else:
                 logprobs.discard(new.request_id)
+
+    def forget(self, request_ids: Iterable[str]) -> None:
+        """Drop requests that left the running set (a plan's or a run's ``removed_request_ids``)."""
+        left, logprobs = self._left, self._logprobs
+        for request_id in request_ids:
+            left.pop(request_id, None)
+            logprobs.discard(request_id)
 
     def sample(self, plan: StepPlan) -> Sampled:
         """Tokens (and drafts, and logprobs where asked) for every request in ``plan``."""
