@@ -45,16 +45,24 @@ from tokensched.tokens import INT32_MAX
 
 @attrs.frozen(slots=True)
 class DecodeRun:
-    """Up to ``max_steps`` decode steps of one batch (row order = the running set's order).
+    """Up to ``max_steps`` decode steps over the rows of the running set.
+
+    Step ``j`` of the run (step id ``first_step_id + j``) schedules the rows
+    ``groups[j % len(groups)]``, in that order. One group: every step runs
+    every row, one step at a time. Two groups: the running set is split in
+    two halves whose steps alternate with one step in flight (speculative
+    decoding with two steps in flight plans a row again only once its
+    previous step is applied), and the run's step 0 was already launched as
+    a single step (``launched == 1``): the executor holds it in flight.
 
     ``num_computed_tokens[i]`` is row ``i``'s first input position and
     ``last_token_ids[i]`` its token; ``draft_token_ids[i]`` the drafts its
-    first step verifies (before the cap of :meth:`RunCursor.next_step`);
+    first step verifies (before the cap of :meth:`RunCursor.plan`);
     ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
     ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
     tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
     ids that finish it (EOS included). ``removed_request_ids`` and
-    ``truncated_block_tables`` are what the first step's plan would have
+    ``truncated_block_tables`` are what the first new step's plan would have
     carried (as in :class:`~tokensched.plan.StepPlan`).
     """
 
@@ -73,15 +81,32 @@ class DecodeRun:
     room: list[int]
     length_limit: list[int]
     stop_token_ids: list[frozenset[int]]
+    groups: list[list[int]] = attrs.field(factory=list)  # empty: one group of every row
+    launched: int = 0
+
+    def group(self, j: int) -> list[int]:
+        """The rows step ``j`` of the run schedules."""
+        groups = self.groups
+        if not groups:
+            return list(range(len(self.request_ids)))
+        return groups[j % len(groups)]
+
+    @property
+    def depth(self) -> int:
+        """Steps in flight at once: 1, or 2 when two groups alternate."""
+        return max(1, len(self.groups))
 
 
 @attrs.frozen(slots=True)
 class RunResult:
-    """The steps an executor ran of a :class:`DecodeRun`: ``[step][row]`` tokens, as in ``StepResult``.
+    """The steps an executor completed of a :class:`DecodeRun`: ``[step][row of its group]`` tokens.
 
     ``draft_token_ids[j]`` holds the drafts step ``j`` proposed (None: the
     executor proposes none); ``elapsed[j]`` the seconds step ``j`` took and
     ``end_times[j]`` the executor's clock when it ended (empty if unknown).
+    With two groups, the step after the last one here is still in flight on
+    the executor (launched as the single steps would have), and the
+    scheduler keeps it open as a single step.
     """
 
     first_step_id: int
@@ -94,67 +119,75 @@ class RunResult:
 class RunCursor:
     """Walks a :class:`DecodeRun` step by step, as the scheduler's single steps would.
 
-    The executor asks :meth:`next_step` before each step and reports with
-    :meth:`advance`; the scheduler replays the same calls over a
-    :class:`RunResult` (with ``check=True``) before applying it.
+    For step ``j`` the executor calls :meth:`plan` when the scheduler would
+    plan it and :meth:`take` when its result is applied; the scheduler
+    replays the same calls over a :class:`RunResult` (``check=True``)
+    before applying it.
     """
 
-    __slots__ = ("_k", "drafts", "num_steps", "pos", "room", "run", "size", "special", "step_drafts")
+    __slots__ = ("_k", "drafts", "fills", "planned", "pos", "room", "run", "size", "special")
 
     def __init__(self, run: DecodeRun) -> None:
         self.run = run
         self._k = run.num_speculative_tokens
         self.pos = list(run.num_computed_tokens)  # positions computed (the next step's first input)
+        bs = run.block_size
+        # from this position on a block is full or all its tokens are known: the single step commits or hashes it
+        self.fills = [(p // bs + 1) * bs - 1 for p in self.pos]
         self.size = [p + 1 for p in self.pos]  # tokens known
         self.room = list(run.room)
         self.drafts = [list(d) for d in run.draft_token_ids]
-        self.num_steps = 0
-        self.special = False  # the latest step finished a row or reached a block's end: the run ends with it
-        self.step_drafts: list[list[int]] = []
+        self.special = False  # a step finished a row or reached a block's end: the run ends with it
+        self.planned: dict[int, list[list[int]]] = {}  # step -> the drafts each row of its group verifies
 
-    def next_step(self) -> list[list[int]] | None:
-        """The drafts each row verifies in the next step, or None when the run ends before it."""
+    def plan(self, j: int) -> list[list[int]] | None:
+        """The drafts each row of step ``j``'s group verifies, or None when the run ends before step ``j``."""
         run = self.run
-        if self.special or self.num_steps >= run.max_steps:
+        if self.special or j >= run.max_steps:
             return None
         k = self._k
         ends = run.block_end
         pos = self.pos
         room = self.room
         out: list[list[int]] = []
-        for i, drafts in enumerate(self.drafts):
+        for i in run.group(j):
+            drafts = self.drafts[i]
             cap = min(k, room[i] - 1)
             step = drafts[:cap] if len(drafts) > cap else drafts
             if pos[i] + 1 + len(step) > ends[i]:
                 return None  # it would need a block it does not hold: the scheduler plans that step
             out.append(step)
-        self.step_drafts = out
+        self.planned[j] = out
         return out
 
-    def advance(self, sampled: list[list[int]], proposals: list[list[int]] | None, *, check: bool = False) -> bool:
-        """Take one step's tokens (after :meth:`next_step`); returns whether the run may go on.
+    def take(self, j: int, sampled: list[list[int]], proposals: list[list[int]] | None, *, check: bool = False) -> bool:
+        """Apply step ``j``'s tokens (planned before); returns whether the run may go on after it.
 
         With ``check`` a malformed step raises :class:`InvalidRequest`
         before this cursor changes.
         """
         run = self.run
-        drafts = self.step_drafts
+        rows = run.group(j)
+        drafts = self.planned[j]
         if check:
-            _check_step(run, self.num_steps, drafts, sampled, proposals)
+            _check_step(run, j, rows, drafts, sampled, proposals)
         stops, limits, ends = run.stop_token_ids, run.length_limit, run.block_end
         k = self._k
+        bs = run.block_size
+        fills = self.fills
         special = False
-        for i, tokens in enumerate(sampled):
+        for r, i in enumerate(rows):
+            tokens = sampled[r]
             got = len(tokens)
             self.pos[i] += got  # 1 + accepted drafts, with or without drafts
             self.size[i] += got
             self.room[i] -= got
             stop = stops[i]
-            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or self.pos[i] + 1 >= ends[i]:
-                special = True
+            pos = self.pos[i]
+            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or not ends[i] - bs < pos < fills[i]:
+                special = True  # a finish, a block full or about to be, or a rollback of the step's new block
             if proposals is not None:
-                self.drafts[i] = proposals[i][:k]
-        self.num_steps += 1
+                self.drafts[i] = proposals[r][:k]
         self.special = special
         return not special
 
@@ -162,26 +195,27 @@ class RunCursor:
 def _check_step(
     run: DecodeRun,
     index: int,
+    rows: list[int],
     drafts: list[list[int]],
     sampled: list[list[int]],
     proposals: list[list[int]] | None,
 ) -> None:
     """Refuse a malformed step of a run result whole, naming the step and request."""
     where = f"run from step {run.first_step_id}, step {run.first_step_id + index}"
-    n = len(run.request_ids)
+    n = len(rows)
+    ids = run.request_ids
     if len(sampled) != n:
         raise InvalidRequest(f"{where}: {len(sampled)} rows of sampled tokens for {n} requests")
     if proposals is not None and len(proposals) != n:
         raise InvalidRequest(f"{where}: {len(proposals)} rows of drafts for {n} requests")
-    for i, tokens in enumerate(sampled):
-        if not 1 <= len(tokens) <= 1 + len(drafts[i]):
+    for r, tokens in enumerate(sampled):
+        if not 1 <= len(tokens) <= 1 + len(drafts[r]):
             raise InvalidRequest(
-                f"{where}: request {run.request_ids[i]!r} sampled {len(tokens)} tokens; "
-                f"expected 1 to {1 + len(drafts[i])}"
+                f"{where}: request {ids[rows[r]]!r} sampled {len(tokens)} tokens; expected 1 to {1 + len(drafts[r])}"
             )
         for token in tokens:
             if type(token) is not int or token < 0 or token > INT32_MAX:
-                raise InvalidRequest(f"{where}: request {run.request_ids[i]!r} sampled token {token!r}")
+                raise InvalidRequest(f"{where}: request {ids[rows[r]]!r} sampled token {token!r}")
     if proposals is not None:
         if not run.num_speculative_tokens and any(proposals):
             raise InvalidRequest(f"{where}: drafts proposed but num_speculative_tokens is 0")

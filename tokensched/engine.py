@@ -82,13 +82,16 @@ class Engine:
         a sample), so a caller that looks at the clock between steps sees the
         same run as with :meth:`step`. None: call :meth:`step` instead.
         """
-        if self._runs is None or self._launched:
+        if self._runs is None or len(self._launched) > 1:
             return None
         run = self.scheduler.plan_run(max_steps)
         if run is None:
             return None
         result = self._runs.launch_run(run, until)
         outputs = self.scheduler.complete_run(result)
+        done = len(result.sampled_token_ids)
+        self._launched.clear()
+        self._launched.extend(range(run.first_step_id + done, run.first_step_id + done + run.depth - 1))
         times = result.end_times or [self.executor.now()] * len(outputs)
         return list(zip(times, outputs, strict=True))
 

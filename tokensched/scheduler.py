@@ -741,12 +741,15 @@ class Scheduler:
         """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
 
         See :mod:`tokensched.decode_run`. A run is offered only when single
-        steps would plan exactly it: nothing in flight, nothing waiting, no
-        host tier, every running request a plain decode (its drafts allowed)
-        whose first step needs no new block, and no removals, truncations or
-        events still to tell. Without drafts the engine would keep several
-        steps in flight, so runs then need ``max_steps_in_flight == 1``.
-        While a run is out, :meth:`plan` plans nothing and :meth:`abort` refuses.
+        steps would plan exactly it: no host tier, no admission possible,
+        every running request a plain decode (its drafts allowed) whose next
+        step needs no new block, no events still to tell, and either nothing
+        in flight (one group; without drafts this needs
+        ``max_steps_in_flight == 1``, since the engine would otherwise keep
+        several steps in flight) or, with drafts and two steps in flight, one
+        step of decodes in flight and the other decodes waiting for it (two
+        groups that alternate). While a run is out, :meth:`plan` plans
+        nothing and :meth:`abort` refuses.
         """
         if max_steps < 1:
             raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
@@ -757,20 +760,86 @@ class Scheduler:
         if (
             self._run is not None
             or not n
-            or self.steps
-            or (self.waiting and not self._admission_stays_shut())
             or self.host is not None
             or self._events
-            or (not k and cfg.max_steps_in_flight != 1)
             or n * (1 + k) > cfg.max_batched_tokens
             or self.pool.num_free < -(-cfg.max_batched_tokens // self._bs) + n
+            or (self.waiting and not self._admission_stays_shut())
         ):
             return None
+        flying: list[Request] = []
+        planned: list[int] = []
+        if self.steps:
+            if len(self.steps) != 1 or not k or cfg.max_steps_in_flight != 2:
+                return None
+            step = next(iter(self.steps))
+            flying = step.requests
+            if len(flying) >= n or not all(step.samples):
+                return None
+            for i, r in enumerate(flying):
+                if step.epochs[i] != r.epoch or step.num_tokens[i] != 1 + step.num_drafts[i]:
+                    return None
+            planned = step.num_tokens
+        elif not k and cfg.max_steps_in_flight != 1:
+            return None
         self._materialize()
+        if flying:
+            ids = {r.request_id for r in flying}
+            rows = flying + [r for r in running.values() if r.request_id not in ids]
+        else:
+            rows = list(running.values())
+        columns = self._run_columns(rows, planned)
+        if columns is None:
+            return None
+        pos, last, drafts, tables, ends, rooms, limits, stops = columns
+        run = DecodeRun(
+            first_step_id=self.steps.next_step_id - len(self.steps),
+            max_steps=max_steps,
+            block_size=self._bs,
+            num_speculative_tokens=k,
+            request_ids=[r.request_id for r in rows],
+            removed_request_ids=tuple(self._removed),
+            truncated_block_tables=self._truncated,
+            num_computed_tokens=pos,
+            last_token_ids=last,
+            draft_token_ids=drafts,
+            block_tables=tables,
+            block_end=ends,
+            room=rooms,
+            length_limit=limits,
+            stop_token_ids=stops,
+            groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else [],
+            launched=len(self.steps),
+        )
+        cursor = RunCursor(run)
+        for j in range(run.depth):
+            step_drafts = cursor.plan(j)
+            if step_drafts is None or (j < run.launched and [1 + len(d) for d in step_drafts] != planned):
+                return None  # the next step needs a block (or the step in flight is not the run's)
+        self._removed.clear()
+        self._truncated = {}
+        self._run = (run, rows)
+        return run
+
+    def _run_columns(
+        self, rows: list[Request], planned: list[int]
+    ) -> (
+        tuple[
+            list[int],
+            list[int],
+            list[list[int]],
+            list[tuple[int, ...]],
+            list[int],
+            list[int],
+            list[int],
+            list[frozenset[int]],
+        ]
+        | None
+    ):
+        """The per-row columns of a run over ``rows`` (the first ``len(planned)`` in flight), or None."""
         bs = self._bs
         caching = self._caching
-        max_len = cfg.max_model_len
-        requests = list(running.values())
+        max_len = self.config.max_model_len
         pos_l: list[int] = []
         last: list[int] = []
         drafts: list[list[int]] = []
@@ -779,51 +848,32 @@ class Scheduler:
         rooms: list[int] = []
         limits: list[int] = []
         stops: list[frozenset[int]] = []
-        for r in requests:
+        for i, r in enumerate(rows):
             s = r.state
-            if type(s) is not Decoding or r.inflight_steps or r.sampling.logprobs:
+            if type(s) is not Decoding or r.sampling.logprobs:
                 return None
             pos = s.num_computed
+            ahead = planned[i] if i < len(planned) else 0  # tokens of the step in flight
+            if r.inflight_steps != (1 if ahead else 0) or r.inflight_samples != ahead:
+                return None
             blocks = s.blocks
-            if s.num_scheduled != pos or r.tokens.size != pos + 1 or len(blocks) != -(-pos // bs):
+            if s.num_scheduled != pos + ahead or r.tokens.size != pos + 1 or len(blocks) != -(-(pos + ahead) // bs):
                 return None
             if caching and not (s.num_committed == len(r.block_hashes) == pos // bs):
                 return None
             room = r.max_tokens - (pos + 1 - r.num_prompt_tokens)
-            end = len(blocks) * bs
-            first = min(len(r.draft_tokens), k, room - 1)
-            if room < 1 or pos + 1 + max(first, 0) > end:
-                return None  # its next step needs a block: a single step allocates it
+            if room < 1:
+                return None
             pos_l.append(pos)
             last.append(r.last_token)
             drafts.append(list(r.draft_tokens))
             tables.append(tuple(blocks))
-            ends.append(end)
+            ends.append(len(blocks) * bs)
             rooms.append(room)
             limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
             eos = r.eos_token_id
             stops.append(r.stop_token_ids if eos is None else r.stop_token_ids | {eos})
-        run = DecodeRun(
-            first_step_id=self.steps.next_step_id,
-            max_steps=max_steps,
-            block_size=bs,
-            num_speculative_tokens=k,
-            request_ids=[r.request_id for r in requests],
-            removed_request_ids=tuple(self._removed),
-            truncated_block_tables=self._truncated,
-            num_computed_tokens=pos_l,
-            last_token_ids=last,
-            draft_token_ids=drafts,
-            block_tables=tables,
-            block_end=ends,
-            room=rooms,
-            length_limit=limits,
-            stop_token_ids=stops,
-        )
-        self._removed.clear()
-        self._truncated = {}
-        self._run = (run, requests)
-        return run
+        return pos_l, last, drafts, tables, ends, rooms, limits, stops
 
     def _admission_stays_shut(self) -> bool:
         """Whether every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
@@ -840,97 +890,114 @@ class Scheduler:
         return self.waiting.at(0).blocked_at_free >= self.pool.num_free
 
     def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
-        """Apply the steps an executor ran of the run out; returns each step's outputs, in step order.
+        """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.
 
         The result is validated whole first (InvalidRequest changes nothing).
         Steps that only moved counters are applied in one pass per request; a
         final step that finished a request or reached a block's end goes
-        through :meth:`complete`, as it would have as a single step.
+        through :meth:`complete`, as it would have as a single step. With two
+        groups, the step after the last completed one stays open (in flight).
         """
         if self._run is None:
             raise InvalidRequest(f"complete_run for step {result.first_step_id}, but no decode run is out")
-        run, requests = self._run
-        if result.first_step_id != run.first_step_id:
+        run, rows = self._run
+        first = run.first_step_id
+        if result.first_step_id != first:
             raise InvalidRequest(
-                f"complete_run for step {result.first_step_id}, but the run out starts at step {run.first_step_id}"
+                f"complete_run for step {result.first_step_id}, but the run out starts at step {first}"
             )
-        steps = result.sampled_token_ids
+        steps, proposals = result.sampled_token_ids, result.draft_token_ids
         count = len(steps)
-        where = f"run from step {run.first_step_id}"
-        if not count or len(result.draft_token_ids) != count or len(result.elapsed) != count:
-            raise InvalidRequest(f"{where}: {count} steps of tokens, {len(result.draft_token_ids)} of drafts")
+        where = f"run from step {first}"
+        if not count or len(proposals) != count or len(result.elapsed) != count:
+            raise InvalidRequest(f"{where}: {count} steps of tokens, {len(proposals)} of drafts")
+        depth = run.depth
         cursor = RunCursor(run)
-        step_drafts: list[list[list[int]]] = []
-        common_pos: list[int] = []
+        for j in range(depth):
+            cursor.plan(j)
         for j in range(count):
-            drafts = cursor.next_step()
-            if drafts is None:
-                raise InvalidRequest(f"{where}: step {run.first_step_id + j} is past the end of the run")
-            step_drafts.append(drafts)
-            if not cursor.special:
-                common_pos = list(cursor.pos)
-            cursor.advance(steps[j], result.draft_token_ids[j], check=True)
-        if not cursor.special:
-            common_pos = cursor.pos
+            go_on = cursor.take(j, steps[j], proposals[j], check=True)
+            if j < count - 1 and (not go_on or cursor.plan(j + depth) is None):
+                raise InvalidRequest(f"{where}: step {first + j + 1} is past the end of the run")
         self._run = None
-        common = count - 1 if cursor.special else count
+        special = cursor.special
+        bulk = count - 1 if special else count
         outputs: list[Sequence[RequestOutput]] = []
-        if common:
-            self._apply_common(run, requests, result, common, common_pos, outputs)
-        if cursor.special:
-            step_id = run.first_step_id + common
-            ns: list[int] = []
-            nds: list[int] = []
-            for r, d in zip(requests, step_drafts[common], strict=True):
-                nd = len(d)
+        self._apply_bulk(run, rows, result, bulk, outputs)
+        tracker = self.steps
+        if run.launched and bulk:  # the step launched before the run was applied above
+            step = tracker.oldest(first, "complete")
+            step.move("complete")
+            step.move("apply")
+            tracker.close(step)
+        for s in range(bulk, count + depth - 1):  # planned and still in flight (or the special step)
+            members = [rows[i] for i in run.group(s)]
+            ns = [1 + len(d) for d in cursor.planned[s]]
+            for r, q in zip(members, ns, strict=True):
                 state = r.state
                 assert type(state) is Decoding
-                state.num_scheduled = state.num_computed + 1 + nd
-                r.planned_in = step_id
-                r.inflight_steps += 1
-                r.inflight_samples += 1 + nd
-                ns.append(1 + nd)
-                nds.append(nd)
-            self.steps.open(Step(step_id, requests, [r.epoch for r in requests], ns, nds, [True] * len(requests)))
-            last = StepResult(step_id, steps[common], result.draft_token_ids[common], None, result.elapsed[common])
+                state.num_scheduled = state.num_computed + q
+                r.planned_in = first + s
+                r.inflight_steps = 1
+                r.inflight_samples = q
+            if s >= run.launched:
+                tracker.next_step_id = first + s
+                tracker.open(
+                    Step(first + s, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
+                )
+        if special:
+            last = StepResult(first + bulk, steps[bulk], proposals[bulk], None, result.elapsed[bulk])
             outputs.append(self.complete(last))
         return outputs
 
-    def _apply_common(
+    def _apply_bulk(
         self,
         run: DecodeRun,
-        requests: list[Request],
+        rows: list[Request],
         result: RunResult,
-        common: int,
-        pos_after: list[int],
+        bulk: int,
         outputs: list[Sequence[RequestOutput]],
     ) -> None:
-        """Apply the first ``common`` steps of ``result``, each of which only appended tokens to every row."""
-        steps = result.sampled_token_ids[:common]
-        proposals = [p for p in result.draft_token_ids[:common] if p is not None]
+        """Apply the first ``bulk`` steps of ``result``, each of which only appended tokens to its rows."""
+        if not bulk:
+            return
+        first = run.first_step_id
         k = self._k_spec
         ids = run.request_ids
-        counts = [r.num_output_tokens for r in requests]
-        cached = [r.num_cached_tokens for r in requests]
-        for rows in steps:
+        counts = [r.num_output_tokens for r in rows]
+        cached = [r.num_cached_tokens for r in rows]
+        new: list[list[int]] = [[] for _ in rows]
+        last_step = [-1] * len(rows)
+        drafts: list[list[int] | None] = [None] * len(rows)
+        for j in range(bulk):
+            sampled = result.sampled_token_ids[j]
+            proposed = result.draft_token_ids[j]
             out: list[RequestOutput] = []
-            for i, tokens in enumerate(rows):
+            for slot, i in enumerate(run.group(j)):
+                tokens = sampled[slot]
                 counts[i] += len(tokens)
+                new[i].extend(tokens)
+                last_step[i] = j
+                if proposed is not None:
+                    drafts[i] = proposed[slot]
                 out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
             outputs.append(OutputBatch.of(out))
-        last_step = run.first_step_id + common - 1
-        for i, r in enumerate(requests):
+        for i, r in enumerate(rows):
+            if last_step[i] < 0:
+                continue
             state = r.state
             assert type(state) is Decoding
-            new = list(chain.from_iterable(rows[i] for rows in steps))
-            r.tokens.extend(new)
-            r.last_token = new[-1]
-            state.num_computed = state.num_scheduled = pos_after[i]
-            r.planned_in = last_step
-            if proposals:
-                r.draft_tokens = proposals[-1][i][:k]
-        self.steps.next_step_id = last_step + 1
-        self.pool.step_completed(last_step)
+            r.tokens.extend(new[i])
+            r.last_token = new[i][-1]
+            state.num_computed = state.num_scheduled = state.num_computed + len(new[i])
+            r.planned_in = first + last_step[i]
+            r.inflight_steps = 0
+            r.inflight_samples = 0
+            proposed_row = drafts[i]
+            if proposed_row is not None:
+                r.draft_tokens = proposed_row[:k]
+        self.steps.next_step_id = max(self.steps.next_step_id, first + bulk)
+        self.pool.step_completed(first + bulk - 1)
 
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""

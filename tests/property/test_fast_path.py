@@ -396,7 +396,7 @@ def test_cursor_stops_before_a_step_that_needs_a_block() -> None:
     run = DecodeRun(
         first_step_id=0,
         max_steps=10,
-        block_size=4,
+        block_size=8,
         num_speculative_tokens=3,
         request_ids=["a"],
         removed_request_ids=(),
@@ -404,23 +404,52 @@ def test_cursor_stops_before_a_step_that_needs_a_block() -> None:
         num_computed_tokens=[1],
         last_token_ids=[9],
         draft_token_ids=[[1, 2, 3]],
-        block_tables=[(0, 1)],
+        block_tables=[(0,)],
         block_end=[8],
         room=[20],
         length_limit=[100],
         stop_token_ids=[frozenset({0})],
     )
     cursor = RunCursor(run)
-    assert cursor.next_step() == [[1, 2, 3]]  # positions 1..4 fit in blocks 0 and 1
-    assert cursor.advance([[1, 9]], [[4, 5, 6]])  # one draft accepted: 3 computed, 4 known
-    assert cursor.next_step() == [[4, 5, 6]]  # positions 3..6 still fit
-    assert not cursor.advance([[4, 5, 6, 7]], [[1, 2, 3]])  # 7 computed: the last slot of block 1 is next
-    assert cursor.next_step() is None
+    assert cursor.plan(0) == [[1, 2, 3]]  # positions 1..4 fit in block 0
+    assert cursor.take(0, [[1, 9]], [[4, 5, 6]])  # one draft accepted: 3 computed, 4 known
+    assert cursor.plan(1) == [[4, 5, 6]]  # positions 3..6 still fit
+    assert not cursor.take(1, [[4, 5, 6, 7]], [[1, 2, 3]])  # 7 computed: block 0's last token is known
+    assert cursor.plan(2) is None
 
 
 def test_cursor_ends_the_run_at_a_stop_token_and_caps_drafts_by_room() -> None:
-    run = DecodeRun(0, 10, 4, 3, ["a"], (), {}, [1], [9], [[1, 2, 3]], [(0, 1, 2)], [12], [3], [100], [frozenset({0})])
+    run = DecodeRun(0, 10, 4, 3, ["a"], (), {}, [5], [9], [[1, 2, 3]], [(0, 1, 2)], [12], [3], [100], [frozenset({0})])
     cursor = RunCursor(run)
-    assert cursor.next_step() == [[1, 2]]  # room 3: at most 2 drafts besides the bonus token
-    assert not cursor.advance([[0]], None)  # EOS
-    assert cursor.next_step() is None
+    assert cursor.plan(0) == [[1, 2]]  # room 3: at most 2 drafts besides the bonus token
+    assert not cursor.take(0, [[0]], None)  # EOS
+    assert cursor.plan(1) is None
+
+
+def test_cursor_alternates_two_groups() -> None:
+    run = DecodeRun(
+        7,
+        10,
+        16,
+        0,
+        ["a", "b"],
+        (),
+        {},
+        [17, 20],
+        [1, 2],
+        [[], []],
+        [(0, 1), (2, 3)],
+        [32, 32],
+        [9, 9],
+        [99, 99],
+        [frozenset(), frozenset()],
+        groups=[[1], [0]],
+        launched=1,
+    )
+    cursor = RunCursor(run)
+    assert run.depth == 2
+    assert cursor.plan(0) == [[]] and cursor.plan(1) == [[]]
+    assert cursor.take(0, [[5]], None)
+    assert cursor.pos == [17, 21]
+    with pytest.raises(InvalidRequest, match="step 8: 2 rows"):
+        cursor.take(1, [[5], [6]], None, check=True)
