@@ -11,24 +11,37 @@ The contract (used by :meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.
 and any executor with a ``launch_run`` method, see
 :class:`~tokensched.executor.RunExecutor`):
 
-1. ``plan_run()`` returns a :class:`DecodeRun` only when single steps would
-   plan exactly these rows in this order with nothing else to do: no step in
-   flight, nothing waiting, every running request a decode whose next steps
-   need no new KV block, no pending removals or events.
-2. The executor runs steps while :class:`RunCursor` says the next one is
-   still the step the scheduler would plan (:meth:`RunCursor.next_step`: the
-   drafts each row verifies, capped as the scheduler caps them; None once a
-   row would need a block it does not hold) and stops after a step that
-   changes the batch or a block (:meth:`RunCursor.advance` returns False: a
-   stop token, a length limit, a block filled or about to be), or once its
-   clock reaches the caller's ``until`` (the next arrival, say). It returns
-   the steps it ran as a :class:`RunResult`, one row per request per step.
+1. ``plan_run(max_steps)`` returns a :class:`DecodeRun` only when single
+   steps would plan exactly its steps with nothing else to do: no host tier,
+   no admission possible (nothing waiting, or a static policy's queue head
+   that did not fit the same free blocks), every running request a decode
+   whose next step needs no new KV block, no events to tell. Either nothing
+   is in flight (one group: every step runs every row), or, under
+   speculative decoding with two steps in flight, one step of decodes is in
+   flight and the other decodes wait for it (two groups that alternate; the
+   step in flight is the run's step 0).
+2. The executor plans step ``j + depth`` when step ``j`` completes, as the
+   single steps would: if :meth:`RunCursor.plan` allows it (the drafts each
+   row verifies, capped as the scheduler caps them; None once a row would
+   need a block it does not hold, after a step that finished a row or
+   filled, hashed or rolled back a block, or at ``max_steps``) and its clock
+   is still before the caller's ``until`` (the next arrival or metrics
+   sample: the moments the caller acts between steps). It returns the
+   completed steps as a :class:`RunResult` (with two groups the last launched
+   step stays in flight, as it would have).
 3. ``complete_run()`` replays the same cursor over the result to validate
    it whole (a bad result changes nothing), applies the steps that only
-   moved counters in one pass, and applies a final step that finished a
+   appended tokens in one pass, and applies a final step that finished a
    request or touched a block through the ordinary per-request code. The
    state afterwards is the state the single steps would have left: the
-   property test ``tests/property/test_fast_path.py`` checks it.
+   property test ``tests/property/test_fast_path.py`` checks outputs, clocks,
+   pools, requests and counters against single steps on the simulator.
+
+An embedding engine drives it as :meth:`Engine.step_run
+<tokensched.engine.Engine.step_run>` does: ``run = scheduler.plan_run(k)``;
+run the steps on the device (sampling, drafting and verifying there, the
+cursor deciding when to stop) and hand back ``scheduler.complete_run(result)``.
+While a run is out the scheduler plans nothing else and refuses ``abort``.
 
 Rows with drafts follow the scheduler's rule: a step verifies the drafts
 proposed by the previous step, at most ``num_speculative_tokens`` and at most
