@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from tokensched.config import SchedulerConfig
 from tokensched.errors import ExecutorError, TokenschedError
-from tokensched.executor import Executor
+from tokensched.executor import Executor, RunExecutor
 from tokensched.host_kv import LoadCost
 from tokensched.plan import RequestOutput
 from tokensched.policies.base import Policy
@@ -34,6 +34,7 @@ class Engine:
         self.scheduler = scheduler
         self.executor = executor
         self._launched: deque[int] = deque()
+        self._runs = executor if isinstance(executor, RunExecutor) else None
 
     @classmethod
     def create(cls, executor: Executor, policy: Policy | None = None, **config: object) -> Engine:
@@ -72,6 +73,27 @@ class Engine:
         except ExecutorError as error:
             return self.scheduler.fail(step_id, error)  # collect() answers for the oldest step launched
         return self.scheduler.complete(result)
+
+    def step_run(self, until: float, max_steps: int = 256) -> list[tuple[float, Sequence[RequestOutput]]] | None:
+        """Several decode steps in one call when the scheduler and executor allow it, else None.
+
+        Returns each step's end time on the executor's clock and its outputs.
+        Steps start only before ``until`` (the caller's next event: an arrival,
+        a sample), so a caller that looks at the clock between steps sees the
+        same run as with :meth:`step`. None: call :meth:`step` instead.
+        """
+        if self._runs is None or len(self._launched) > 1:
+            return None
+        run = self.scheduler.plan_run(max_steps)
+        if run is None:
+            return None
+        result = self._runs.launch_run(run, until)
+        outputs = self.scheduler.complete_run(result)
+        done = len(result.sampled_token_ids)
+        self._launched.clear()
+        self._launched.extend(range(run.first_step_id + done, run.first_step_id + done + run.depth - 1))
+        times = result.end_times or [self.executor.now()] * len(outputs)
+        return list(zip(times, outputs, strict=True))
 
     def run(self) -> Iterator[Sequence[RequestOutput]]:
         """Step until every submitted request has finished; yields each step's outputs."""

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from tokensched.config import SamplingParams
+from tokensched.decode_run import DecodeRun, RunResult
 from tokensched.errors import InvalidRequest, TokenschedError
 from tokensched.plan import PLACEHOLDER_TOKEN, StepPlan, StepResult
 
@@ -51,6 +52,19 @@ class Executor(Protocol):
 
     def wait_until(self, t: float) -> None:
         """Idle until the clock reads ``t`` (the simulator jumps there)."""
+
+
+@runtime_checkable
+class RunExecutor(Protocol):
+    """An executor that can also run several decode steps per call (see :mod:`tokensched.decode_run`)."""
+
+    def launch_run(self, run: DecodeRun, until: float) -> RunResult:
+        """Run the steps of ``run`` that start before ``until`` (at least one) and return them all.
+
+        Called with nothing in flight. Steps are run while
+        :class:`~tokensched.decode_run.RunCursor` allows, exactly as single
+        steps of the same plans would be (tokens, drafts, durations).
+        """
 
 
 class WallClock:

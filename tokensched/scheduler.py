@@ -33,6 +33,7 @@ import numpy as np
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
@@ -118,6 +119,7 @@ class Scheduler:
         self._failed_steps = 0
         self._fast = fast_decode  # the columnar decode path (False: every step per request, the reference)
         self._cols: DecodeColumns | None = None
+        self._run: tuple[DecodeRun, list[Request]] | None = None  # a decode run out (plan_run .. complete_run)
 
     @property
     def live(self) -> dict[str, Request]:
@@ -140,7 +142,7 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self._live) or len(self.steps) > 0
+        return bool(self._live) or len(self.steps) > 0 or self._run is not None
 
     # ================================================================ intake
     def submit(self, spec: RequestSpec) -> None:
@@ -205,6 +207,8 @@ class Scheduler:
         request = self._live.get(request_id)
         if request is None:
             raise UnknownRequest(f"request {request_id!r} is not live (never submitted, or already finished)")
+        if self._run is not None:
+            raise InvalidRequest(f"abort {request_id!r}: a decode run is out; complete_run() it first")
         self._materialize()
         state = request.state
         if type(state) is Prefilling or type(state) is Decoding:
@@ -218,7 +222,7 @@ class Scheduler:
     # ============================================================== planning
     def plan(self) -> StepPlan | None:
         """The next step, or None when nothing can run now; :attr:`last_plan_outcome` says which case."""
-        if self.steps.full:
+        if self.steps.full or self._run is not None:
             self.last_plan_outcome = PlanOutcome.WINDOW_FULL
             return None
         if not (self._running or self.waiting):
@@ -731,6 +735,269 @@ class Scheduler:
             self.pool.release(blocks[keep:], self._hold_for(request))
             del blocks[keep:]
             self._truncated[request.request_id] = keep
+
+    # ================================================== multi-step decode runs
+    def plan_run(self, max_steps: int) -> DecodeRun | None:
+        """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
+
+        See :mod:`tokensched.decode_run`. A run is offered only when single
+        steps would plan exactly it: no host tier, no admission possible,
+        every running request a plain decode (its drafts allowed) whose next
+        step needs no new block, no events still to tell, and either nothing
+        in flight (one group; without drafts this needs
+        ``max_steps_in_flight == 1``, since the engine would otherwise keep
+        several steps in flight) or, with drafts and two steps in flight, one
+        step of decodes in flight and the other decodes waiting for it (two
+        groups that alternate). While a run is out, :meth:`plan` plans
+        nothing and :meth:`abort` refuses.
+        """
+        if max_steps < 1:
+            raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
+        running = self._running
+        n = len(running)
+        k = self._k_spec
+        cfg = self.config
+        if (
+            self._run is not None
+            or not n
+            or self.host is not None
+            or self._events
+            or n * (1 + k) > cfg.max_batched_tokens
+            or self.pool.num_free < -(-cfg.max_batched_tokens // self._bs) + n
+            or (self.waiting and not self._admission_stays_shut())
+        ):
+            return None
+        flying: list[Request] = []
+        planned: list[int] = []
+        if self.steps:
+            if len(self.steps) != 1 or not k or cfg.max_steps_in_flight != 2:
+                return None
+            step = next(iter(self.steps))
+            flying = step.requests
+            if len(flying) >= n or not all(step.samples):
+                return None
+            for i, r in enumerate(flying):
+                if step.epochs[i] != r.epoch or step.num_tokens[i] != 1 + step.num_drafts[i]:
+                    return None
+            planned = step.num_tokens
+        elif not k and cfg.max_steps_in_flight != 1:
+            return None
+        self._materialize()
+        if flying:
+            ids = {r.request_id for r in flying}
+            rows = flying + [r for r in running.values() if r.request_id not in ids]
+        else:
+            rows = list(running.values())
+        columns = self._run_columns(rows, planned)
+        if columns is None:
+            return None
+        pos, last, drafts, tables, ends, rooms, limits, stops = columns
+        run = DecodeRun(
+            first_step_id=self.steps.next_step_id - len(self.steps),
+            max_steps=max_steps,
+            block_size=self._bs,
+            num_speculative_tokens=k,
+            request_ids=[r.request_id for r in rows],
+            removed_request_ids=tuple(self._removed),
+            truncated_block_tables=self._truncated,
+            num_computed_tokens=pos,
+            last_token_ids=last,
+            draft_token_ids=drafts,
+            block_tables=tables,
+            block_end=ends,
+            room=rooms,
+            length_limit=limits,
+            stop_token_ids=stops,
+            groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else [],
+            launched=len(self.steps),
+        )
+        cursor = RunCursor(run)
+        for j in range(run.depth):
+            step_drafts = cursor.plan(j)
+            if step_drafts is None or (j < run.launched and [1 + len(d) for d in step_drafts] != planned):
+                return None  # the next step needs a block (or the step in flight is not the run's)
+        self._removed.clear()
+        self._truncated = {}
+        self._run = (run, rows)
+        return run
+
+    def _run_columns(
+        self, rows: list[Request], planned: list[int]
+    ) -> (
+        tuple[
+            list[int],
+            list[int],
+            list[list[int]],
+            list[tuple[int, ...]],
+            list[int],
+            list[int],
+            list[int],
+            list[frozenset[int]],
+        ]
+        | None
+    ):
+        """The per-row columns of a run over ``rows`` (the first ``len(planned)`` in flight), or None."""
+        bs = self._bs
+        caching = self._caching
+        max_len = self.config.max_model_len
+        pos_l: list[int] = []
+        last: list[int] = []
+        drafts: list[list[int]] = []
+        tables: list[tuple[int, ...]] = []
+        ends: list[int] = []
+        rooms: list[int] = []
+        limits: list[int] = []
+        stops: list[frozenset[int]] = []
+        for i, r in enumerate(rows):
+            s = r.state
+            if type(s) is not Decoding or r.sampling.logprobs:
+                return None
+            pos = s.num_computed
+            ahead = planned[i] if i < len(planned) else 0  # tokens of the step in flight
+            if r.inflight_steps != (1 if ahead else 0) or r.inflight_samples != ahead:
+                return None
+            blocks = s.blocks
+            if s.num_scheduled != pos + ahead or r.tokens.size != pos + 1 or len(blocks) != -(-(pos + ahead) // bs):
+                return None
+            if caching and not (s.num_committed == len(r.block_hashes) == pos // bs):
+                return None
+            room = r.max_tokens - (pos + 1 - r.num_prompt_tokens)
+            if room < 1:
+                return None
+            pos_l.append(pos)
+            last.append(r.last_token)
+            drafts.append(list(r.draft_tokens))
+            tables.append(tuple(blocks))
+            ends.append(len(blocks) * bs)
+            rooms.append(room)
+            limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
+            eos = r.eos_token_id
+            stops.append(r.stop_token_ids if eos is None else r.stop_token_ids | {eos})
+        return pos_l, last, drafts, tables, ends, rooms, limits, stops
+
+    def _admission_stays_shut(self) -> bool:
+        """Whether every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
+
+        True when the running set is at ``max_running``, or when the head of
+        a static policy's queue did not fit with exactly the free blocks there
+        are now (a run allocates and frees none) and no retention window is
+        open (its protection depends on the clock).
+        """
+        if len(self._running) >= self.config.max_running:
+            return True
+        if self.policy.dynamic or (self._retention is not None and len(self._retention)):
+            return False
+        return self.waiting.at(0).blocked_at_free >= self.pool.num_free
+
+    def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
+        """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.
+
+        The result is validated whole first (InvalidRequest changes nothing).
+        Steps that only moved counters are applied in one pass per request; a
+        final step that finished a request or reached a block's end goes
+        through :meth:`complete`, as it would have as a single step. With two
+        groups, the step after the last completed one stays open (in flight).
+        """
+        if self._run is None:
+            raise InvalidRequest(f"complete_run for step {result.first_step_id}, but no decode run is out")
+        run, rows = self._run
+        first = run.first_step_id
+        if result.first_step_id != first:
+            raise InvalidRequest(
+                f"complete_run for step {result.first_step_id}, but the run out starts at step {first}"
+            )
+        steps, proposals = result.sampled_token_ids, result.draft_token_ids
+        count = len(steps)
+        where = f"run from step {first}"
+        if not count or len(proposals) != count or len(result.elapsed) != count:
+            raise InvalidRequest(f"{where}: {count} steps of tokens, {len(proposals)} of drafts")
+        depth = run.depth
+        cursor = RunCursor(run)
+        for j in range(depth):
+            cursor.plan(j)
+        for j in range(count):
+            go_on = cursor.take(j, steps[j], proposals[j], check=True)
+            if j < count - 1 and (not go_on or cursor.plan(j + depth) is None):
+                raise InvalidRequest(f"{where}: step {first + j + 1} is past the end of the run")
+        self._run = None
+        special = cursor.special
+        bulk = count - 1 if special else count
+        outputs: list[Sequence[RequestOutput]] = []
+        self._apply_bulk(run, rows, result, bulk, outputs)
+        tracker = self.steps
+        if run.launched and bulk:  # the step launched before the run was applied above
+            step = tracker.oldest(first, "complete")
+            step.move("complete")
+            step.move("apply")
+            tracker.close(step)
+        for s in range(bulk, count + depth - 1):  # planned and still in flight (or the special step)
+            members = [rows[i] for i in run.group(s)]
+            ns = [1 + len(d) for d in cursor.planned[s]]
+            for r, q in zip(members, ns, strict=True):
+                state = r.state
+                assert type(state) is Decoding
+                state.num_scheduled = state.num_computed + q
+                r.planned_in = first + s
+                r.inflight_steps = 1
+                r.inflight_samples = q
+            if s >= run.launched:
+                tracker.next_step_id = first + s
+                tracker.open(
+                    Step(first + s, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
+                )
+        if special:
+            last = StepResult(first + bulk, steps[bulk], proposals[bulk], None, result.elapsed[bulk])
+            outputs.append(self.complete(last))
+        return outputs
+
+    def _apply_bulk(
+        self,
+        run: DecodeRun,
+        rows: list[Request],
+        result: RunResult,
+        bulk: int,
+        outputs: list[Sequence[RequestOutput]],
+    ) -> None:
+        """Apply the first ``bulk`` steps of ``result``, each of which only appended tokens to its rows."""
+        if not bulk:
+            return
+        first = run.first_step_id
+        k = self._k_spec
+        ids = run.request_ids
+        counts = [r.num_output_tokens for r in rows]
+        cached = [r.num_cached_tokens for r in rows]
+        new: list[list[int]] = [[] for _ in rows]
+        last_step = [-1] * len(rows)
+        drafts: list[list[int] | None] = [None] * len(rows)
+        for j in range(bulk):
+            sampled = result.sampled_token_ids[j]
+            proposed = result.draft_token_ids[j]
+            out: list[RequestOutput] = []
+            for slot, i in enumerate(run.group(j)):
+                tokens = sampled[slot]
+                counts[i] += len(tokens)
+                new[i].extend(tokens)
+                last_step[i] = j
+                if proposed is not None:
+                    drafts[i] = proposed[slot]
+                out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
+            outputs.append(OutputBatch.of(out))
+        for i, r in enumerate(rows):
+            if last_step[i] < 0:
+                continue
+            state = r.state
+            assert type(state) is Decoding
+            r.tokens.extend(new[i])
+            r.last_token = new[i][-1]
+            state.num_computed = state.num_scheduled = state.num_computed + len(new[i])
+            r.planned_in = first + last_step[i]
+            r.inflight_steps = 0
+            r.inflight_samples = 0
+            proposed_row = drafts[i]
+            if proposed_row is not None:
+                r.draft_tokens = proposed_row[:k]
+        self.steps.next_step_id = max(self.steps.next_step_id, first + bulk)
+        self.pool.step_completed(first + bulk - 1)
 
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""

@@ -19,6 +19,7 @@ from collections import deque
 
 import attrs
 
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import TokenschedError
 from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
@@ -154,6 +155,78 @@ class SimExecutor(VirtualClock):
         if done.end > self._clock:
             self._clock = done.end
         return done.result
+
+    def launch_run(self, run: DecodeRun, until: float) -> RunResult:
+        """Run the steps of ``run`` the single steps would have run before ``until``; returns those completed.
+
+        Multi-step decoding (:mod:`tokensched.decode_run`): step ``j + depth``
+        is planned once step ``j`` completes, if the clock is still before
+        ``until`` and the cursor allows it, and is launched as :meth:`launch`
+        would (its tokens drawn in launch order, its time from the same cost
+        model). With two groups the run's first step is the one in flight
+        here, and the run's last launched step is left in flight, as the
+        single steps would leave it.
+        """
+        depth = run.depth
+        if len(self._in_flight) != run.launched:
+            raise TokenschedError(f"launch_run() with {len(self._in_flight)} steps in flight, expected {run.launched}")
+        self.tokens.forget(run.removed_request_ids)
+        cursor = RunCursor(run)
+        ids = run.request_ids
+        pending: deque[_InFlight] = self._in_flight
+        launched = run.launched
+        for j in range(launched):
+            if cursor.plan(j) is None or pending[j].result.step_id != run.first_step_id + j:
+                raise TokenschedError(f"launch_run(): step {run.first_step_id + j} in flight is not the run's")
+        while launched < depth:
+            if not self._launch_decodes(run, cursor, launched, ids):
+                raise TokenschedError(f"launch_run(): step {run.first_step_id + launched} does not fit the run")
+            launched += 1
+        sampled_steps: list[list[list[int]]] = []
+        draft_steps: list[list[list[int]] | None] = []
+        elapsed: list[float | None] = []
+        ends: list[float] = []
+        j = 0
+        while True:
+            done = pending.popleft()  # collect step j
+            if done.end > self._clock:
+                self._clock = done.end
+            result = done.result
+            sampled_steps.append(result.sampled_token_ids)
+            draft_steps.append(result.draft_token_ids)
+            elapsed.append(result.elapsed)
+            ends.append(done.end)
+            go_on = cursor.take(j, result.sampled_token_ids, result.draft_token_ids)
+            if not go_on or self._clock >= until or not self._launch_decodes(run, cursor, j + depth, ids):
+                break
+            j += 1
+        return RunResult(run.first_step_id, sampled_steps, draft_steps, elapsed, ends)
+
+    def _launch_decodes(self, run: DecodeRun, cursor: RunCursor, j: int, ids: list[str]) -> bool:
+        """Plan step ``j`` of ``run`` with ``cursor`` and launch it; False when the run ends before it."""
+        drafts = cursor.plan(j)
+        if drafts is None:
+            return False
+        rows = run.group(j)
+        computed = [cursor.pos[i] for i in rows]
+        qs = [1 + len(d) for d in drafts]
+        kv_after = [c + q for c, q in zip(computed, qs, strict=True)]
+        sampled = self.tokens.sample_decodes([ids[i] for i in rows], drafts, kv_after)
+        model = self.cost_model
+        duration = model.step_time(BatchShape.decodes(computed, qs))
+        if sampled.num_proposing:
+            duration += model.draft_time(
+                sampled.num_proposing, sampled.proposing_kv_tokens, self.num_speculative_tokens
+            )
+        start = self._busy_until if self._busy_until > self._clock else self._clock
+        self._busy_until = start + duration
+        result = StepResult(run.first_step_id + j, sampled.tokens, sampled.drafts, None, duration)
+        self._in_flight.append(_InFlight(self._busy_until, result))
+        stats = self.stats
+        stats.num_steps += 1
+        stats.busy_s += duration
+        stats.num_tokens += sum(qs)
+        return True
 
     # Internals --------------------------------------------------------------------------------------
 

@@ -98,6 +98,20 @@ class BatchShape:
         )
 
     @classmethod
+    def decodes(cls, computed: list[int], qs: list[int]) -> BatchShape:
+        """A step of decodes only: row ``i`` has ``computed[i]`` tokens of context and ``qs[i]`` query tokens.
+
+        The same shape :meth:`from_plan` gives the equivalent plan (each row
+        one token plus its drafts, all sampled and verified).
+        """
+        n, t = len(computed), sum(qs)
+        sum_c = sum(computed)
+        if t == n:
+            return cls(t, t, 0, 0, 0, sum_c + t, sum_c + t, n)
+        pairs = sum(map(mul, qs, computed)) + (sum(map(mul, qs, qs)) + t) // 2
+        return cls(t, t, 0, 0, 0, pairs, sum_c + t, n, 0, 0, 0)
+
+    @classmethod
     def from_plan(cls, plan: StepPlan) -> BatchShape:
         """The sums over a plan's columns, with C-level builtins; only prefill chunks are visited in Python.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import add, ge
 
@@ -98,10 +98,8 @@ class TokenSource:
 
     def admit(self, plan: StepPlan) -> None:
         """Forget removed requests, then start new (or resumed) ones from the outputs they already have."""
+        self.forget(plan.removed_request_ids)
         left, logprobs = self._left, self._logprobs
-        for request_id in plan.removed_request_ids:
-            left.pop(request_id, None)
-            logprobs.discard(request_id)
         for new in plan.new_requests:
             target = self.target_output_length(new.request_id)
             left[new.request_id] = _NO_TARGET if target is None else target - new.num_output_tokens
@@ -110,13 +108,22 @@ class TokenSource:
             else:
                 logprobs.discard(new.request_id)
 
+    def forget(self, request_ids: Iterable[str]) -> None:
+        """Drop requests that left the running set (a plan's or a run's ``removed_request_ids``)."""
+        left, logprobs = self._left, self._logprobs
+        for request_id in request_ids:
+            left.pop(request_id, None)
+            logprobs.discard(request_id)
+
     def sample(self, plan: StepPlan) -> Sampled:
         """Tokens (and drafts, and logprobs where asked) for every request in ``plan``."""
         try:
             if self.num_speculative_tokens or any(plan.draft_token_ids):
-                sampled = self._sample_speculative(plan)
+                offsets, computed = plan.token_offsets, plan.num_computed_tokens
+                kv_after = [computed[i] + offsets[i + 1] - offsets[i] for i in range(len(computed))]
+                sampled = self._sample_speculative(plan.request_ids, plan.sample, plan.draft_token_ids, kv_after)
             else:
-                sampled = self._sample_plain(plan)
+                sampled = self._sample_plain(plan.request_ids, plan.sample)
         except KeyError as exc:
             raise InvalidRequest(f"step {plan.step_id}: request {exc.args[0]!r} was never sent in full") from None
         if self._logprobs:
@@ -126,14 +133,32 @@ class TokenSource:
         self.stats.num_sampled_tokens += sum(map(len, sampled.tokens))
         return sampled
 
-    def _sample_plain(self, plan: StepPlan) -> Sampled:
+    def sample_decodes(self, request_ids: list[str], drafts: Sequence[Sequence[int]], kv_after: list[int]) -> Sampled:
+        """One decode step of a multi-step run: the same draws as :meth:`sample` of the equivalent plan.
+
+        ``drafts[i]`` are the drafts row ``i`` verifies and ``kv_after[i]`` its
+        context after the step. The run has no logprobs requests (the
+        scheduler offers runs only without them).
+        """
+        try:
+            samples = [True] * len(request_ids)
+            if self.num_speculative_tokens or any(drafts):
+                sampled = self._sample_speculative(request_ids, samples, drafts, kv_after)
+            else:
+                sampled = self._sample_plain(request_ids, samples)
+        except KeyError as exc:
+            raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
+        self.stats.num_sampled_tokens += sum(map(len, sampled.tokens))
+        return sampled
+
+    def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
         """The hot path: one token per sampling request, no drafts."""
         left = self._left
         rand = self._rng.random
         span, eos = self._span, self.eos_token_id
         out: list[list[int]] = []
         append = out.append
-        for request_id, sample in zip(plan.request_ids, plan.sample, strict=True):
+        for request_id, sample in zip(request_ids, samples, strict=True):
             n = left[request_id]
             if not sample:
                 append([])
@@ -146,7 +171,13 @@ class TokenSource:
                 append([eos])
         return Sampled(out, None, None, 0, 0)
 
-    def _sample_speculative(self, plan: StepPlan) -> Sampled:
+    def _sample_speculative(
+        self,
+        request_ids: list[str],
+        samples: Iterable[bool],
+        plan_drafts: Sequence[Sequence[int]],
+        kv_after: list[int],
+    ) -> Sampled:
         """Verify the plan's drafts, then propose ``num_speculative_tokens`` new ones per sampling request."""
         left = self._left
         rand = self._rng.random
@@ -154,9 +185,7 @@ class TokenSource:
         out: list[list[int]] = []
         proposing: list[int] = []  # indices of requests that get drafts
         verified = tested = accepted_total = 0
-        for i, (request_id, sample, drafts) in enumerate(
-            zip(plan.request_ids, plan.sample, plan.draft_token_ids, strict=True)
-        ):
+        for i, (request_id, sample, drafts) in enumerate(zip(request_ids, samples, plan_drafts, strict=True)):
             n = left[request_id]
             if not sample:
                 out.append([])
@@ -189,11 +218,10 @@ class TokenSource:
         raw = [int(rand() * span) for _ in range(len(proposing) * k)]
         flat = list(map(add, raw, map(ge, raw, repeat(eos))))
         proposals: list[list[int]] = [[] for _ in out]
-        offsets, computed = plan.token_offsets, plan.num_computed_tokens
         kv = 0
         for j, i in enumerate(proposing):
             proposals[i] = flat[j * k : j * k + k]
-            kv += computed[i] + offsets[i + 1] - offsets[i]
+            kv += kv_after[i]
         return Sampled(out, proposals, None, len(proposing), kv)
 
     def _logprobs_of(self, plan: StepPlan, tokens: list[list[int]]) -> list[list[float]] | None:

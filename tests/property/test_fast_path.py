@@ -11,17 +11,23 @@ operation) the requests too.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
-from tokensched.errors import TokenschedError
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
+from tokensched.engine import Engine
+from tokensched.errors import InvalidRequest, TokenschedError
 from tokensched.machines.request import Decoding, Prefilling
-from tokensched.plan import StepPlan
+from tokensched.plan import RequestOutput, StepPlan
+from tokensched_sim import Deployment, SimExecutor
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
 BS = 4
@@ -203,3 +209,247 @@ def complete(s: Scheduler, plans: list[StepPlan], seed: int) -> Any:
         (o.request_id, list(o.new_token_ids), o.finish_reason, o.num_output_tokens, o.num_cached_tokens, o.event)
         for o in s.complete(result)
     ]
+
+
+# ======================================================= multi-step decode runs
+# Multi-step decode runs against single steps: identical outputs, clocks, requests and pools.
+#
+# Two engines over the simulated GPU get the same random traffic (arrivals on
+# the virtual clock, shared prefixes and sessions, small pools that force
+# preemption, speculative decoding with drafts, acceptance and rollback, or
+# plain decoding with one step in flight). One takes a run of decode steps
+# whenever the scheduler offers one (``Engine.step_run`` up to the next
+# arrival, as the benchmark drives it), the other always single steps. Every
+# step's outputs and end time must be equal, and at the end of every run the
+# run engine's pool, requests and counters must equal the single-step
+# engine's after the same number of steps.
+
+
+RUN_BS = 16  # room for a step's 1 + 3 positions inside a block
+arrivals = st.lists(
+    st.tuples(
+        st.floats(0.0, 2.0),  # arrival time, s
+        st.integers(1, 30),  # new prompt tokens
+        st.integers(1, 60),  # answer length (EOS forced there)
+        st.integers(0, 2),  # session: 0 none, else continues session 1 or 2 (shared prefix)
+        st.integers(0, 40),  # max_tokens beyond the answer (0: a length finish at the answer)
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def build(spec_tokens: int, in_flight: int, blocks: int, budget: int, caching: bool, seed: int) -> Engine:
+    executor = SimExecutor(
+        Deployment(model="dense-8b", gpu="h100", tp=1),
+        block_size=RUN_BS,
+        num_kv_blocks=blocks,
+        num_speculative_tokens=spec_tokens,
+        output_lengths={},
+        seed=seed,
+    )
+    return Engine.create(
+        executor,
+        max_batched_tokens=budget,
+        num_speculative_tokens=spec_tokens,
+        max_steps_in_flight=in_flight,
+        enable_prefix_caching=caching,
+        max_model_len=400,
+    )
+
+
+def traffic(items: list[tuple[float, int, int, int, int]]) -> list[tuple[float, RequestSpec, int]]:
+    """Specs in arrival order; a session's turn extends its previous prompt (so its prefix is cached)."""
+    sessions: dict[int, list[int]] = {}
+    out = []
+    for n, (at, new, answer, session, extra) in enumerate(sorted(items)):
+        context = [*sessions.get(session, []), *(7 + (n * 31 + j) % 50 for j in range(new))] if session else []
+        if session:
+            sessions[session] = context
+        prompt = context if session else [7 + (n * 13 + j) % 50 for j in range(new)]
+        spec = RequestSpec(
+            request_id=f"r{n}",
+            prompt_token_ids=prompt[-200:],
+            max_tokens=answer + extra if extra else answer,
+            eos_token_id=0,
+            session_id=f"s{session}" if session else None,
+            arrival_time=at,
+        )
+        out.append((at, spec, answer))
+    return out
+
+
+def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: bool) -> tuple[list[Any], list[Any]]:
+    """Step ``engine`` through ``specs``; returns every step's (end time, outputs) and the state at checkpoints."""
+    scheduler, executor = engine.scheduler, engine.executor
+    assert isinstance(executor, SimExecutor)
+    lengths: dict[str, int] = executor.tokens._lengths  # type: ignore[assignment]
+    pending = list(specs)
+    steps: list[Any] = []
+    marks: list[Any] = []
+    for _ in range(5000):
+        now = executor.now()
+        while pending and pending[0][0] <= now:
+            _, spec, answer = pending.pop(0)
+            lengths[spec.request_id] = answer
+            with contextlib.suppress(InvalidRequest):
+                scheduler.submit(spec)
+        if not scheduler.has_work:
+            if not pending:
+                break
+            executor.wait_until(pending[0][0])
+            continue
+        until = pending[0][0] if pending else float("inf")
+        ran = engine.step_run(until) if runs else None
+        if ran is None:
+            outputs: Sequence[RequestOutput] = engine.step()
+            steps.append((executor.now(), list(outputs)))
+        else:
+            event(f"run of {min(len(ran), 5)}+ steps")
+            steps.extend((t, list(o)) for t, o in ran)
+        marks.append((len(steps), checkpoint(engine)))
+    return steps, marks
+
+
+def checkpoint(engine: Engine) -> Any:
+    s = engine.scheduler
+    stats = s.stats()
+    return s.steps.next_step_id, pool_key(s), request_key(s), stats, engine.executor.stats  # type: ignore[attr-defined]
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    items=arrivals,
+    spec_tokens=st.sampled_from([0, 3]),
+    in_flight=st.sampled_from([1, 2]),
+    blocks=st.integers(20, 40),
+    budget=st.sampled_from([8, 16, 64]),
+    caching=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_runs_match_single_steps(
+    items: list[tuple[float, int, int, int, int]],
+    spec_tokens: int,
+    in_flight: int,
+    blocks: int,
+    budget: int,
+    caching: bool,
+    seed: int,
+) -> None:
+    specs = traffic(items)
+    single = build(spec_tokens, in_flight, blocks, budget, caching, seed)
+    multi = build(spec_tokens, in_flight, blocks, budget, caching, seed)
+    steps_single, marks_single = drive(single, specs, runs=False)
+    steps_multi, marks_multi = drive(multi, specs, runs=True)
+    assert steps_multi == steps_single
+    after = dict(marks_single)  # state after each number of steps applied
+    for applied, mark in marks_multi:
+        assert mark == after[applied]
+    assert marks_multi[-1] == marks_single[-1]
+
+
+def _a_run() -> tuple[Engine, DecodeRun]:
+    engine = build(3, 2, 30, 64, True, 1)
+    engine.executor.tokens._lengths["a"] = 50  # type: ignore[attr-defined]
+    engine.scheduler.submit(
+        RequestSpec(request_id="a", prompt_token_ids=[5, 6, 7, 8, 9], max_tokens=50, eos_token_id=0)
+    )
+    for _ in range(3):
+        engine.step()
+    for _ in range(10):
+        run = engine.scheduler.plan_run(8)
+        if run is not None:
+            return engine, run
+        engine.step()
+    raise AssertionError("no run offered")
+
+
+def test_a_malformed_run_result_changes_nothing() -> None:
+    engine, run = _a_run()
+    before = checkpoint(engine)
+    bad = RunResult(run.first_step_id, [[[1, 2, 3, 4, 5, 6]]], [None], [None])
+    with pytest.raises(InvalidRequest, match="sampled 6 tokens"):
+        engine.scheduler.complete_run(bad)
+    with pytest.raises(InvalidRequest, match="starts at step"):
+        engine.scheduler.complete_run(RunResult(run.first_step_id + 1, [[[1]]], [None], [None]))
+    assert checkpoint(engine) == before
+    # the run is still out: a good result applies it
+    result = engine.executor.launch_run(run, float("inf"))  # type: ignore[attr-defined]
+    outputs = engine.scheduler.complete_run(result)
+    assert len(outputs) == len(result.sampled_token_ids) >= 1
+
+
+def test_a_run_out_blocks_planning_and_abort() -> None:
+    engine, _ = _a_run()
+    assert engine.scheduler.plan() is None
+    with pytest.raises(InvalidRequest, match="decode run is out"):
+        engine.scheduler.abort("a")
+    with pytest.raises(InvalidRequest, match="max_steps"):
+        engine.scheduler.plan_run(0)
+
+
+def test_cursor_stops_before_a_step_that_needs_a_block() -> None:
+    run = DecodeRun(
+        first_step_id=0,
+        max_steps=10,
+        block_size=8,
+        num_speculative_tokens=3,
+        request_ids=["a"],
+        removed_request_ids=(),
+        truncated_block_tables={},
+        num_computed_tokens=[1],
+        last_token_ids=[9],
+        draft_token_ids=[[1, 2, 3]],
+        block_tables=[(0,)],
+        block_end=[8],
+        room=[20],
+        length_limit=[100],
+        stop_token_ids=[frozenset({0})],
+    )
+    cursor = RunCursor(run)
+    assert cursor.plan(0) == [[1, 2, 3]]  # positions 1..4 fit in block 0
+    assert cursor.take(0, [[1, 9]], [[4, 5, 6]])  # one draft accepted: 3 computed, 4 known
+    assert cursor.plan(1) == [[4, 5, 6]]  # positions 3..6 still fit
+    assert not cursor.take(1, [[4, 5, 6, 7]], [[1, 2, 3]])  # 7 computed: block 0's last token is known
+    assert cursor.plan(2) is None
+
+
+def test_cursor_ends_the_run_at_a_stop_token_and_caps_drafts_by_room() -> None:
+    run = DecodeRun(0, 10, 4, 3, ["a"], (), {}, [5], [9], [[1, 2, 3]], [(0, 1, 2)], [12], [3], [100], [frozenset({0})])
+    cursor = RunCursor(run)
+    assert cursor.plan(0) == [[1, 2]]  # room 3: at most 2 drafts besides the bonus token
+    assert not cursor.take(0, [[0]], None)  # EOS
+    assert cursor.plan(1) is None
+
+
+def test_cursor_alternates_two_groups() -> None:
+    run = DecodeRun(
+        7,
+        10,
+        16,
+        0,
+        ["a", "b"],
+        (),
+        {},
+        [17, 20],
+        [1, 2],
+        [[], []],
+        [(0, 1), (2, 3)],
+        [32, 32],
+        [9, 9],
+        [99, 99],
+        [frozenset(), frozenset()],
+        groups=[[1], [0]],
+        launched=1,
+    )
+    cursor = RunCursor(run)
+    assert run.depth == 2
+    assert cursor.plan(0) == [[]] and cursor.plan(1) == [[]]
+    assert cursor.take(0, [[5]], None)
+    assert cursor.pos == [17, 21]
+    with pytest.raises(InvalidRequest, match="step 8: 2 rows"):
+        cursor.take(1, [[5], [6]], None, check=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -40,7 +40,7 @@ from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
 from tokensched.executor import executor_package
-from tokensched.plan import FinishReason
+from tokensched.plan import FinishReason, RequestOutput
 from tokensched.scheduler import Scheduler
 
 EOS_TOKEN_ID = 0  # the simulator's EOS; the scheduler stops on it, never knowing answer lengths up front
@@ -313,16 +313,35 @@ def drive(
                 return rejected
             executor.wait_until(min(wake, max(metrics.next_sample_time, now), stop))
             continue
+        ran = engine.step_run(min(workload.next_event_time(), metrics.next_sample_time, stop))
+        if ran is not None:  # several decode steps at once, the same as single steps (tokensched.decode_run)
+            for t, outputs in ran:
+                _record(outputs, t, metrics, workload, answers)
+            before, steps = steps, steps + len(ran)
+            if progress is not None and steps // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
+                progress(min(executor.now() / stop, 1.0))
+            continue
         outputs = engine.step()
         t = executor.now()
         if t == now and not outputs and engine.num_in_flight == 0:
             raise TokenschedError(f"t={now:.3f}s: the scheduler has unfinished requests but planned no step")
-        metrics.on_outputs(outputs, t)
-        for output in outputs:
-            if output.new_token_ids:
-                answers[output.request_id].extend(output.new_token_ids)
-            if output.finish_reason is not None:
-                workload.on_finished(output.request_id, answers.pop(output.request_id), t, output.finish_reason)
+        _record(outputs, t, metrics, workload, answers)
         steps += 1
         if progress is not None and steps % _PROGRESS_EVERY == 0:
             progress(min(t / stop, 1.0))
+
+
+def _record(
+    outputs: Sequence[RequestOutput],
+    t: float,
+    metrics: MetricsCollector,
+    workload: SessionWorkload,
+    answers: dict[str, list[int]],
+) -> None:
+    """One step's outputs, delivered at ``t``: into the metrics, the answers, and finished turns to the workload."""
+    metrics.on_outputs(outputs, t)
+    for output in outputs:
+        if output.new_token_ids:
+            answers[output.request_id].extend(output.new_token_ids)
+        if output.finish_reason is not None:
+            workload.on_finished(output.request_id, answers.pop(output.request_id), t, output.finish_reason)

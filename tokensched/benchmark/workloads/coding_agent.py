@@ -118,24 +118,34 @@ class CodingAgentGenerator:
         self._think = config.think_times()
 
     def sample_session(self, session_id: str, start_time: float | None = None) -> SessionRecord:
-        config, rng = self.config, self._rng
-        num_turns = rng.randint(config.min_turns, config.max_turns)
-        first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
-        answer = min(self._outputs.sample_int(rng), config.max_context_tokens - first)
+        turns, token_seed = self.sample_turns()
         # Every field is in range by construction; skipping validation halves the cost of sampling.
         turn = TurnRecord.model_construct
-        turns = [turn(new_tokens=first, output_tokens=answer, think_time=0.0)]
+        records = tuple(turn(new_tokens=n, output_tokens=o, think_time=t) for n, o, t in turns)
+        return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=records)
+
+    def sample_turns(self) -> tuple[list[tuple[int, int, float]], int]:
+        """The next session's draws as plain tuples: (new tokens, answer tokens, think time) per turn, token seed.
+
+        What :meth:`sample_session` wraps in records, drawn in the same order;
+        :func:`session_statistics` reads thousands of sessions and needs no records.
+        """
+        config, rng = self.config, self._rng
+        outputs, new, think = self._outputs, self._new, self._think
+        num_turns = rng.randint(config.min_turns, config.max_turns)
+        first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
+        answer = min(outputs.sample_int(rng), config.max_context_tokens - first)
+        turns = [(first, answer, 0.0)]
         context = first + answer
         for _ in range(num_turns - 1):
-            new_tokens = self._new.sample_int(rng)
-            answer = self._outputs.sample_int(rng)
-            pause = self._think.sample(rng)
+            new_tokens = new.sample_int(rng)
+            answer = outputs.sample_int(rng)
+            pause = think.sample(rng)
             if context + new_tokens + answer > config.max_context_tokens:
                 break  # the agent would compact here; the session ends
-            turns.append(turn(new_tokens=new_tokens, output_tokens=answer, think_time=pause))
+            turns.append((new_tokens, answer, pause))
             context += new_tokens + answer
-        token_seed = rng.getrandbits(62)
-        return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=tuple(turns))
+        return turns, rng.getrandbits(62)
 
 
 @attrs.frozen(slots=True)
@@ -156,10 +166,20 @@ def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _EST
     spans = []
     prompts: list[int] = []
     for _ in range(samples):
-        session = generator.sample_session("estimate")
-        tokens += session.input_tokens()
-        prompts += session.prompt_lengths()
-        spans.append(session.turn_offsets()[-1] + reference_answer_s(session.turns[-1].output_tokens))
+        turns, _ = generator.sample_turns()
+        # SessionRecord.prompt_lengths, input_tokens and turn_offsets, without building the record
+        context = 0
+        offset = 0.0
+        previous = 0
+        for index, (new_tokens, answer, pause) in enumerate(turns):
+            context += new_tokens
+            prompts.append(context)
+            tokens += context
+            context += answer
+            if index:
+                offset = offset + reference_answer_s(previous) + pause
+            previous = answer
+        spans.append(offset + reference_answer_s(previous))
     prompts.sort()
     return SessionStatistics(tokens / samples, sum(spans) / samples, max(spans), float(prompts[len(prompts) // 2]))
 

@@ -25,6 +25,7 @@ optional shared system prompt is common to all of them.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import sys
 from array import array
@@ -32,11 +33,13 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import attrs
+import numpy as np
 
 from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceError, TraceHeader
 from tokensched.config import RequestSpec
 from tokensched.errors import UnknownRequest
 from tokensched.plan import FinishReason
+from tokensched.tokens import TokenIds
 
 
 class SessionSource(Protocol):
@@ -82,11 +85,18 @@ def _draw(rng: random.Random, count: int, vocab_size: int) -> list[int]:
     return tokens
 
 
+def _token_ids(context: array[int]) -> TokenIds:
+    """A prompt from a session's context: one copy, no per-token conversion (ids are below the vocabulary)."""
+    values = np.frombuffer(context, dtype=np.int32).copy() if len(context) else np.zeros(0, np.int32)
+    values.flags.writeable = False
+    return TokenIds.trusted(values)
+
+
 @attrs.define(slots=True)
 class _LiveSession:
     record: SessionRecord
     rng: random.Random  # the session's prompt-token stream
-    context: list[int] = attrs.field(factory=list)  # every token of the conversation so far
+    context: array[int] = attrs.field(factory=lambda: array("i"))  # every token of the conversation so far
     turn: int = 0  # index of the next turn to release
     answer: list[int] | None = None  # the last released turn's answer, once it is in and until it is used
 
@@ -191,6 +201,18 @@ class SessionWorkload:
         t = min(times, default=None)
         return t if t is not None and t < self._end else None
 
+    def next_event_time(self) -> float:
+        """The earliest ``now`` at which :meth:`release` would change anything (inf: none without a completion).
+
+        Unlike :meth:`next_release_time` it counts sessions that start past
+        the end too (``release`` still takes them into the trace), so a caller
+        that skips ``release`` calls before it changes nothing.
+        """
+        t = self._pending[0][0] if self._pending else math.inf
+        if self._upcoming is not None:
+            t = min(t, self._upcoming.start_time or 0.0)
+        return t
+
     def release(self, now: float) -> list[RequestSpec]:
         """Every request due at or before ``now``, in release order, with its true arrival time."""
         while self._upcoming is not None and (self._upcoming.start_time or 0.0) <= now:
@@ -279,10 +301,11 @@ class SessionWorkload:
             self.counts.sessions_started += 1
             first = record.turns[0].new_tokens
             shared = self._shared_prefix[:first]
-            context = shared + _draw(live.rng, first - len(shared), vocab)
+            context = array("i", shared)
+            context.extend(_draw(live.rng, first - len(shared), vocab))
             for earlier, joined in zip(record.turns, record.turns[1 : live.turn + 1], strict=False):
-                context += _draw(live.rng, earlier.output_tokens, vocab)  # an answer from before the run
-                context += _draw(live.rng, joined.new_tokens, vocab)
+                context.extend(_draw(live.rng, earlier.output_tokens, vocab))  # an answer from before the run
+                context.extend(_draw(live.rng, joined.new_tokens, vocab))
             live.context = context
         else:
             answer = live.answer
@@ -317,7 +340,7 @@ class SessionWorkload:
         # (5 s over an hour of traffic), so the spec is built unvalidated from a copy of the context.
         return RequestSpec.model_construct(
             request_id=request_id,
-            prompt_token_ids=list(live.context),
+            prompt_token_ids=_token_ids(live.context),
             max_tokens=max_tokens,
             eos_token_id=self._eos,
             ignore_eos=ignore_eos,

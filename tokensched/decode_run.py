@@ -1,0 +1,238 @@
+"""Multi-step decoding: a run of decode steps of one batch, planned in one call and applied in one pass.
+
+Why: when only plain decodes run (as in a long-context coding-agent workload
+at low concurrency), every step is the same few counter moves, and a
+simulator spends more CPU walking steps than the modelled GPU spends running
+them. vLLM's ``num_scheduler_steps`` made the same observation for GPUs: plan
+once, run k steps, return k steps of tokens.
+
+The contract (used by :meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`,
+:meth:`Scheduler.complete_run <tokensched.scheduler.Scheduler.complete_run>`
+and any executor with a ``launch_run`` method, see
+:class:`~tokensched.executor.RunExecutor`):
+
+1. ``plan_run(max_steps)`` returns a :class:`DecodeRun` only when single
+   steps would plan exactly its steps with nothing else to do: no host tier,
+   no admission possible (nothing waiting, or a static policy's queue head
+   that did not fit the same free blocks), every running request a decode
+   whose next step needs no new KV block, no events to tell. Either nothing
+   is in flight (one group: every step runs every row), or, under
+   speculative decoding with two steps in flight, one step of decodes is in
+   flight and the other decodes wait for it (two groups that alternate; the
+   step in flight is the run's step 0).
+2. The executor plans step ``j + depth`` when step ``j`` completes, as the
+   single steps would: if :meth:`RunCursor.plan` allows it (the drafts each
+   row verifies, capped as the scheduler caps them; None once a row would
+   need a block it does not hold, after a step that finished a row or
+   filled, hashed or rolled back a block, or at ``max_steps``) and its clock
+   is still before the caller's ``until`` (the next arrival or metrics
+   sample: the moments the caller acts between steps). It returns the
+   completed steps as a :class:`RunResult` (with two groups the last launched
+   step stays in flight, as it would have).
+3. ``complete_run()`` replays the same cursor over the result to validate
+   it whole (a bad result changes nothing), applies the steps that only
+   appended tokens in one pass, and applies a final step that finished a
+   request or touched a block through the ordinary per-request code. The
+   state afterwards is the state the single steps would have left: the
+   property test ``tests/property/test_fast_path.py`` checks outputs, clocks,
+   pools, requests and counters against single steps on the simulator.
+
+An embedding engine drives it as :meth:`Engine.step_run
+<tokensched.engine.Engine.step_run>` does: ``run = scheduler.plan_run(k)``;
+run the steps on the device (sampling, drafting and verifying there, the
+cursor deciding when to stop) and hand back ``scheduler.complete_run(result)``.
+While a run is out the scheduler plans nothing else and refuses ``abort``.
+
+Rows with drafts follow the scheduler's rule: a step verifies the drafts
+proposed by the previous step, at most ``num_speculative_tokens`` and at most
+``room - 1`` (tokens the row may still emit, less the bonus token).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tokensched.errors import InvalidRequest
+from tokensched.tokens import INT32_MAX
+
+
+@attrs.frozen(slots=True)
+class DecodeRun:
+    """Up to ``max_steps`` decode steps over the rows of the running set.
+
+    Step ``j`` of the run (step id ``first_step_id + j``) schedules the rows
+    ``groups[j % len(groups)]``, in that order. One group: every step runs
+    every row, one step at a time. Two groups: the running set is split in
+    two halves whose steps alternate with one step in flight (speculative
+    decoding with two steps in flight plans a row again only once its
+    previous step is applied), and the run's step 0 was already launched as
+    a single step (``launched == 1``): the executor holds it in flight.
+
+    ``num_computed_tokens[i]`` is row ``i``'s first input position and
+    ``last_token_ids[i]`` its token; ``draft_token_ids[i]`` the drafts its
+    first step verifies (before the cap of :meth:`RunCursor.plan`);
+    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
+    ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
+    tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
+    ids that finish it (EOS included). ``removed_request_ids`` and
+    ``truncated_block_tables`` are what the first new step's plan would have
+    carried (as in :class:`~tokensched.plan.StepPlan`).
+    """
+
+    first_step_id: int
+    max_steps: int
+    block_size: int
+    num_speculative_tokens: int
+    request_ids: list[str]
+    removed_request_ids: tuple[str, ...]
+    truncated_block_tables: dict[str, int]
+    num_computed_tokens: list[int]
+    last_token_ids: list[int]
+    draft_token_ids: list[list[int]]
+    block_tables: list[tuple[int, ...]]
+    block_end: list[int]
+    room: list[int]
+    length_limit: list[int]
+    stop_token_ids: list[frozenset[int]]
+    groups: list[list[int]] = attrs.field(factory=list)  # empty: one group of every row
+    launched: int = 0
+
+    def group(self, j: int) -> list[int]:
+        """The rows step ``j`` of the run schedules."""
+        groups = self.groups
+        if not groups:
+            return list(range(len(self.request_ids)))
+        return groups[j % len(groups)]
+
+    @property
+    def depth(self) -> int:
+        """Steps in flight at once: 1, or 2 when two groups alternate."""
+        return max(1, len(self.groups))
+
+
+@attrs.frozen(slots=True)
+class RunResult:
+    """The steps an executor completed of a :class:`DecodeRun`: ``[step][row of its group]`` tokens.
+
+    ``draft_token_ids[j]`` holds the drafts step ``j`` proposed (None: the
+    executor proposes none); ``elapsed[j]`` the seconds step ``j`` took and
+    ``end_times[j]`` the executor's clock when it ended (empty if unknown).
+    With two groups, the step after the last one here is still in flight on
+    the executor (launched as the single steps would have), and the
+    scheduler keeps it open as a single step.
+    """
+
+    first_step_id: int
+    sampled_token_ids: list[list[list[int]]]
+    draft_token_ids: list[list[list[int]] | None]
+    elapsed: list[float | None]
+    end_times: list[float] = attrs.field(factory=list)
+
+
+class RunCursor:
+    """Walks a :class:`DecodeRun` step by step, as the scheduler's single steps would.
+
+    For step ``j`` the executor calls :meth:`plan` when the scheduler would
+    plan it and :meth:`take` when its result is applied; the scheduler
+    replays the same calls over a :class:`RunResult` (``check=True``)
+    before applying it.
+    """
+
+    __slots__ = ("_k", "drafts", "fills", "planned", "pos", "room", "run", "size", "special")
+
+    def __init__(self, run: DecodeRun) -> None:
+        self.run = run
+        self._k = run.num_speculative_tokens
+        self.pos = list(run.num_computed_tokens)  # positions computed (the next step's first input)
+        bs = run.block_size
+        # from this position on a block is full or all its tokens are known: the single step commits or hashes it
+        self.fills = [(p // bs + 1) * bs - 1 for p in self.pos]
+        self.size = [p + 1 for p in self.pos]  # tokens known
+        self.room = list(run.room)
+        self.drafts = [list(d) for d in run.draft_token_ids]
+        self.special = False  # a step finished a row or reached a block's end: the run ends with it
+        self.planned: dict[int, list[list[int]]] = {}  # step -> the drafts each row of its group verifies
+
+    def plan(self, j: int) -> list[list[int]] | None:
+        """The drafts each row of step ``j``'s group verifies, or None when the run ends before step ``j``."""
+        run = self.run
+        if self.special or j >= run.max_steps:
+            return None
+        k = self._k
+        ends = run.block_end
+        pos = self.pos
+        room = self.room
+        out: list[list[int]] = []
+        for i in run.group(j):
+            drafts = self.drafts[i]
+            cap = min(k, room[i] - 1)
+            step = drafts[:cap] if len(drafts) > cap else drafts
+            if pos[i] + 1 + len(step) > ends[i]:
+                return None  # it would need a block it does not hold: the scheduler plans that step
+            out.append(step)
+        self.planned[j] = out
+        return out
+
+    def take(self, j: int, sampled: list[list[int]], proposals: list[list[int]] | None, *, check: bool = False) -> bool:
+        """Apply step ``j``'s tokens (planned before); returns whether the run may go on after it.
+
+        With ``check`` a malformed step raises :class:`InvalidRequest`
+        before this cursor changes.
+        """
+        run = self.run
+        rows = run.group(j)
+        drafts = self.planned[j]
+        if check:
+            _check_step(run, j, rows, drafts, sampled, proposals)
+        stops, limits, ends = run.stop_token_ids, run.length_limit, run.block_end
+        k = self._k
+        bs = run.block_size
+        fills = self.fills
+        special = False
+        for r, i in enumerate(rows):
+            tokens = sampled[r]
+            got = len(tokens)
+            self.pos[i] += got  # 1 + accepted drafts, with or without drafts
+            self.size[i] += got
+            self.room[i] -= got
+            stop = stops[i]
+            pos = self.pos[i]
+            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or not ends[i] - bs < pos < fills[i]:
+                special = True  # a finish, a block full or about to be, or a rollback of the step's new block
+            if proposals is not None:
+                self.drafts[i] = proposals[r][:k]
+        self.special = special
+        return not special
+
+
+def _check_step(
+    run: DecodeRun,
+    index: int,
+    rows: list[int],
+    drafts: list[list[int]],
+    sampled: list[list[int]],
+    proposals: list[list[int]] | None,
+) -> None:
+    """Refuse a malformed step of a run result whole, naming the step and request."""
+    where = f"run from step {run.first_step_id}, step {run.first_step_id + index}"
+    n = len(rows)
+    ids = run.request_ids
+    if len(sampled) != n:
+        raise InvalidRequest(f"{where}: {len(sampled)} rows of sampled tokens for {n} requests")
+    if proposals is not None and len(proposals) != n:
+        raise InvalidRequest(f"{where}: {len(proposals)} rows of drafts for {n} requests")
+    for r, tokens in enumerate(sampled):
+        if not 1 <= len(tokens) <= 1 + len(drafts[r]):
+            raise InvalidRequest(
+                f"{where}: request {ids[rows[r]]!r} sampled {len(tokens)} tokens; expected 1 to {1 + len(drafts[r])}"
+            )
+        for token in tokens:
+            if type(token) is not int or token < 0 or token > INT32_MAX:
+                raise InvalidRequest(f"{where}: request {ids[rows[r]]!r} sampled token {token!r}")
+    if proposals is not None:
+        if not run.num_speculative_tokens and any(proposals):
+            raise InvalidRequest(f"{where}: drafts proposed but num_speculative_tokens is 0")
+        for row in proposals:
+            for token in row:
+                if type(token) is not int or token < 0 or token > INT32_MAX:
+                    raise InvalidRequest(f"{where}: draft token {token!r}")
