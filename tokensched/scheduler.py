@@ -36,7 +36,7 @@ from tokensched.decode_columns import DecodeColumns
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
-from tokensched.machines.blocks import BlockPool, BlockPoolListener
+from tokensched.machines.blocks import NO_RUN, BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
@@ -381,11 +381,12 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            matched = (
-                pool.match_prefix(request.block_hashes, tokens.array, self._root(request)[1]) if self._caching else []
-            )
-            if len(matched) * bs >= known:
-                matched.pop()  # always compute at least the last token, to sample from it
+            run = NO_RUN
+            if self._caching:
+                run = pool.match_run(request.block_hashes, tokens.array, self._root(request)[1])
+            if len(run) * bs >= known:
+                run = run[:-1]  # always compute at least the last token, to sample from it
+            matched: list[int] = run.tolist()
             loads = (
                 self.host.loadable(request.block_hashes, tokens.array, len(matched), known)
                 if self.host is not None
@@ -393,7 +394,7 @@ class Scheduler:
             )
             cached = (len(matched) + len(loads)) * bs
             uncached_blocks = (known + bs - 1) // bs - len(matched)
-            revived = pool.count_evictable(matched)
+            revived = pool.count_evictable(run)
             n = min(known - cached, budget, self._chunk)
             need = (cached + n + bs - 1) // bs - len(matched)
             if need + revived > available or (
@@ -408,7 +409,7 @@ class Scheduler:
             waiting.pop_at(index)
             if retention is not None:
                 retention.forget(request.session_id)
-            pool.share(matched)
+            pool.share(run)
             blocks = matched + pool.allocate(need)
             if loads:  # the loaded blocks stay OWNED (unmatchable) until this step completes and commits them
                 self.host.load(loads, blocks[len(matched) : len(matched) + len(loads)])  # type: ignore[union-attr]
