@@ -30,6 +30,7 @@ from itertools import chain
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
@@ -179,7 +180,29 @@ class Scheduler:
         if previous is not None and previous.cache_salt == request.cache_salt:
             shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
             hashes.extend(previous.block_hashes[:shared])
+            if previous.kv_run is not None and shared:
+                blocks, generations = previous.kv_run
+                request.session_run = (blocks[:shared], generations[:shared])
         self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
+
+    def _match(self, request: Request) -> npt.NDArray[np.int64]:
+        """The confirmed run of cached blocks for ``request``'s prompt.
+
+        A session's next turn first takes over what is still cached of the
+        previous turn's blocks for the part of its prompt that repeats it (no
+        look-up, no token compare: see :meth:`BlockPool.still_cached_run`); the
+        index is searched only past that part.
+        """
+        pool = self.pool
+        tokens = request.tokens.array
+        hint = request.session_run
+        if hint is not None:
+            k = pool.still_cached_run(*hint)
+            if k:
+                run = hint[0][:k]
+                rest = pool.match_run_after(request.block_hashes[k:], tokens[k * self._bs :], int(run[-1]))
+                return np.concatenate((run, rest)) if len(rest) else run
+        return pool.match_run(request.block_hashes, tokens, self._root(request)[1])
 
     def _root(self, request: Request) -> tuple[int, int]:
         """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
@@ -381,9 +404,7 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            run = NO_RUN
-            if self._caching:
-                run = pool.match_run(request.block_hashes, tokens.array, self._root(request)[1])
+            run = self._match(request) if self._caching else NO_RUN
             if len(run) * bs >= known:
                 run = run[:-1]  # always compute at least the last token, to sample from it
             matched: list[int] = run.tolist()
@@ -407,6 +428,7 @@ class Scheduler:
                 break  # the head of the line waits for room for its whole prompt
             request.blocked_at_free = -1
             waiting.pop_at(index)
+            request.session_run = None
             if retention is not None:
                 retention.forget(request.session_id)
             pool.share(run)
@@ -796,6 +818,10 @@ class Scheduler:
         return [e for e in events if e.request_id in live]
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
+        state = request.state
+        if request.session_id is not None and self._caching and isinstance(state, Prefilling | Decoding):
+            committed = state.blocks[: state.num_committed]  # what the session's next turn may take over
+            request.kv_run = (np.array(committed, dtype=np.int64), self.pool.generations(committed))
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         self._leave_running(request)
         self._retire(request, reason, event)

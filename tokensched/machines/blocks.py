@@ -244,18 +244,23 @@ class BlockPool:
         states and one compare of their tokens and links then keep the leading
         run that truly holds this prefix.
         """
+        return self._match(hashes, tokens, root, 0)
+
+    def _match(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int, root_gen: int
+    ) -> npt.NDArray[np.int64]:
         found = list(map(self._index.get, hashes))
         with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
             found = found[: found.index(None)]
         if not found:
             return NO_RUN
-        candidates = np.array(found, dtype=np.int64)
+        candidates = np.fromiter(found, dtype=np.int64, count=len(found))
         states = self._state_view[candidates]
         if int(states.min()) < _COMMITTED or int(states.max()) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
             candidates = candidates[: int(np.argmin((states >= _COMMITTED) & (states <= _EVICTABLE)))]
             if not len(candidates):
                 return NO_RUN
-        return candidates[: self.confirmed_run(candidates, tokens, root)]
+        return candidates[: self.confirmed_run(candidates, tokens, root, root_gen)]
 
     def confirmed_run(
         self,
@@ -285,6 +290,32 @@ class BlockPool:
         ok &= self._link[candidates] == before
         ok &= self._link_gen[candidates] == before_gen
         return m if bool(ok.all()) else int(np.argmin(ok))
+
+    def generations(self, blocks: Sequence[int]) -> npt.NDArray[np.int64]:
+        """The blocks' allocation generations now: a block whose generation is unchanged still holds what it held."""
+        return self._gen[np.asarray(blocks, dtype=np.int64)]
+
+    def still_cached_run(self, blocks: npt.NDArray[np.int64], generations: npt.NDArray[np.int64]) -> int:
+        """How many leading ``blocks`` are shareable and not handed out since they had ``generations``.
+
+        What a session's next turn uses instead of :meth:`match_run` for the
+        part of its prompt that repeats the previous turn (checked equal to it
+        in one memory compare): a block keeps its tokens and its link to the
+        block before it until it is handed out anew, which bumps its
+        generation, so a run of unchanged, still cached blocks of the previous
+        turn's table is confirmed without hashing or comparing a token.
+        """
+        if not len(blocks):
+            return 0
+        states = self._state_view[blocks]
+        ok = (states >= _COMMITTED) & (states <= _EVICTABLE) & (self._gen[blocks] == generations)
+        return len(blocks) if bool(ok.all()) else int(np.argmin(ok))
+
+    def match_run_after(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], after: int
+    ) -> npt.NDArray[np.int64]:
+        """:meth:`match_run` for the blocks that follow block ``after`` (a confirmed block) in a request."""
+        return self._match(hashes, tokens, self._canon[after], self._canon_gen[after])
 
     def cached_prefix_length(self, hashes: Sequence[int], *, held: bool = False) -> int:
         """How many leading blocks of a hash chain are cached (and, with ``held``, also referenced).

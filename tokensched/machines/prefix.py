@@ -191,7 +191,7 @@ def shared_prefix_blocks(previous: Tokens, tokens: Tokens, block_size: int) -> i
     if isinstance(previous, np.ndarray) or isinstance(tokens, np.ndarray):
         a = np.asarray(previous[:n], dtype=np.int32)
         b = np.asarray(tokens[:n], dtype=np.int32)
-        if a.tobytes() == b.tobytes():
+        if np.array_equal(a, b):  # one pass, no copies
             return n // block_size
         return int(np.argmin(a == b)) // block_size
     if tokens[:n] == (previous if len(previous) == n else previous[:n]):
