@@ -24,7 +24,7 @@ public method validates before it changes anything.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from itertools import chain
 
@@ -40,7 +40,16 @@ from tokensched.invariants import check_scheduler
 from tokensched.machines.blocks import NO_RUN, BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
-from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
+from tokensched.machines.request import (
+    Decoding,
+    Finished,
+    Int64Array,
+    Preempted,
+    Prefilling,
+    Request,
+    held_blocks,
+    transition,
+)
 from tokensched.machines.step import Step, StepTracker
 from tokensched.plan import (
     NO_BLOCKS,
@@ -65,6 +74,10 @@ from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
+# Finished requests with at least MIN_REUSE_BLOCKS committed blocks are remembered (the RECENT_RUNS newest), so
+# that a request repeating one's prefix takes over its still-cached blocks without 12k index look-ups.
+RECENT_RUNS = 8
+MIN_REUSE_BLOCKS = 64
 
 
 class Scheduler:
@@ -96,6 +109,7 @@ class Scheduler:
         self._removed: list[str] = []
         self._truncated: dict[str, int] = {}
         self._sessions: OrderedDict[str, Request] = OrderedDict()
+        self._recent_runs: deque[Request] = deque(maxlen=RECENT_RUNS)  # finished, with long committed runs
         self._seq = 0
         self._bs = config.block_size
         self._caching = config.enable_prefix_caching
@@ -173,17 +187,51 @@ class Scheduler:
         self._enqueue(request)
 
     def _hash_prompt(self, request: Request) -> None:
-        """Chained block hashes of the prompt, reusing the session's previous turn where it matches."""
+        """Chained block hashes of the prompt, reusing the session's previous turn where it matches.
+
+        Also leaves on the request the blocks of an earlier request known to
+        hold its leading blocks (``reuse_run``, checked still cached at
+        admission): the session's previous turn, for the part the new prompt
+        repeats (one memory compare); else a recently finished long request
+        whose prompt the new one repeats (a hash compare proposes, one memory
+        compare of the tokens decides).
+        """
         hashes = request.block_hashes
+        tokens = request.tokens.array
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
         if previous is not None and previous.cache_salt == request.cache_salt:
-            shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
+            shared = shared_prefix_blocks(previous.tokens.array, tokens, self._bs)
             hashes.extend(previous.block_hashes[:shared])
             if previous.kv_run is not None and shared:
                 blocks, generations = previous.kv_run
-                request.session_run = (blocks[:shared], generations[:shared])
-        self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
+                request.reuse_run = (blocks[:shared], generations[:shared])
+        self.hasher.extend(hashes, tokens, self._root(request)[0])
+        if request.reuse_run is None and len(hashes) >= MIN_REUSE_BLOCKS and self._recent_runs:
+            self._find_recent_run(request)
+
+    def _find_recent_run(self, request: Request) -> None:
+        """The longest run of a recently finished request that ``request``'s prompt repeats, by its tokens.
+
+        A first-block hash compare picks the candidates (same salt); one memory
+        compare per candidate decides how many leading blocks are the same.
+        """
+        hashes = request.block_hashes
+        tokens = request.tokens.array
+        bs = self._bs
+        best: tuple[Int64Array, Int64Array] | None = None
+        best_n = 0
+        for earlier in reversed(self._recent_runs):  # the newest first
+            run = earlier.kv_run
+            if run is None or earlier.cache_salt != request.cache_salt or earlier.block_hashes[0] != hashes[0]:
+                continue
+            n = min(len(run[0]), len(hashes))
+            if n > best_n:
+                shared = shared_prefix_blocks(earlier.tokens.array[: n * bs], tokens[: n * bs], bs)
+                if shared > best_n:
+                    best, best_n = run, shared
+        if best is not None:
+            request.reuse_run = (best[0][:best_n], best[1][:best_n])
 
     def _match(self, request: Request) -> npt.NDArray[np.int64]:
         """The confirmed run of cached blocks for ``request``'s prompt.
@@ -195,7 +243,7 @@ class Scheduler:
         """
         pool = self.pool
         tokens = request.tokens.array
-        hint = request.session_run
+        hint = request.reuse_run
         if hint is not None:
             k = pool.still_cached_run(*hint)
             if k:
@@ -428,7 +476,7 @@ class Scheduler:
                 break  # the head of the line waits for room for its whole prompt
             request.blocked_at_free = -1
             waiting.pop_at(index)
-            request.session_run = None
+            request.reuse_run = None
             if retention is not None:
                 retention.forget(request.session_id)
             pool.share(run)
@@ -819,9 +867,13 @@ class Scheduler:
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
         state = request.state
-        if request.session_id is not None and self._caching and isinstance(state, Prefilling | Decoding):
-            committed = state.blocks[: state.num_committed]  # what the session's next turn may take over
-            request.kv_run = (np.array(committed, dtype=np.int64), self.pool.generations(committed))
+        if self._caching and isinstance(state, Prefilling | Decoding):
+            long_run = state.num_committed >= MIN_REUSE_BLOCKS
+            if long_run or (request.session_id is not None and state.num_committed):
+                committed = state.blocks[: state.num_committed]  # what a later request may take over
+                request.kv_run = (np.array(committed, dtype=np.int64), self.pool.generations(committed))
+                if long_run:
+                    self._recent_runs.append(request)
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         self._leave_running(request)
         self._retire(request, reason, event)

@@ -152,10 +152,10 @@ class Request:
     num_cached_tokens: int = 0  # prefix-cache hit at its latest admission
     planned_in: int = -1  # the latest step it was planned in
     blocked_at_free: int = -1  # free blocks when it last could not be admitted
-    # A session turn's committed blocks (ids, generations) when it finished, for the next turn; and, on that
-    # next turn until its admission, the part of them its prompt repeats (see Scheduler._hash_prompt).
+    # Committed blocks (ids, generations) when it finished, for a later request that repeats its prefix; and,
+    # on such a request until its admission, the part of them its prompt repeats (see Scheduler._hash_prompt).
     kv_run: tuple[Int64Array, Int64Array] | None = None
-    session_run: tuple[Int64Array, Int64Array] | None = None
+    reuse_run: tuple[Int64Array, Int64Array] | None = None
 
     @classmethod
     def from_spec(cls, spec: RequestSpec, arrival_time: float, seq: int) -> Request:
