@@ -43,7 +43,6 @@ from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.machines.request import (
     Decoding,
     Finished,
-    Int64Array,
     Preempted,
     Prefilling,
     Request,
@@ -213,25 +212,35 @@ class Scheduler:
     def _find_recent_run(self, request: Request) -> None:
         """The longest run of a recently finished request that ``request``'s prompt repeats, by its tokens.
 
-        A first-block hash compare picks the candidates (same salt); one memory
-        compare per candidate decides how many leading blocks are the same.
+        Chained hashes name whole prefixes, so the common prefix of two chains
+        is found by bisection (O(log n) int compares per remembered run); the
+        hashes only propose, and one memory compare of the tokens decides.
         """
         hashes = request.block_hashes
-        tokens = request.tokens.array
-        bs = self._bs
-        best: tuple[Int64Array, Int64Array] | None = None
+        best: Request | None = None
         best_n = 0
-        for earlier in reversed(self._recent_runs):  # the newest first
+        for earlier in self._recent_runs:
             run = earlier.kv_run
-            if run is None or earlier.cache_salt != request.cache_salt or earlier.block_hashes[0] != hashes[0]:
+            if run is None or earlier.cache_salt != request.cache_salt:
                 continue
-            n = min(len(run[0]), len(hashes))
-            if n > best_n:
-                shared = shared_prefix_blocks(earlier.tokens.array[: n * bs], tokens[: n * bs], bs)
-                if shared > best_n:
-                    best, best_n = run, shared
-        if best is not None:
-            request.reuse_run = (best[0][:best_n], best[1][:best_n])
+            theirs = earlier.block_hashes
+            lo, hi = 0, min(len(run[0]), len(hashes))
+            if hi <= best_n or theirs[0] != hashes[0]:
+                continue
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if theirs[mid - 1] == hashes[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > best_n:
+                best, best_n = earlier, lo
+        if best is None or best.kv_run is None:
+            return
+        end = best_n * self._bs
+        shared = shared_prefix_blocks(best.tokens.array[:end], request.tokens.array[:end], self._bs)
+        if shared:
+            request.reuse_run = (best.kv_run[0][:shared], best.kv_run[1][:shared])
 
     def _match(self, request: Request) -> npt.NDArray[np.int64]:
         """The confirmed run of cached blocks for ``request``'s prompt.
