@@ -464,17 +464,17 @@ class Scheduler:
             run = self._match(request) if self._caching else NO_RUN
             if len(run) * bs >= known:
                 run = run[:-1]  # always compute at least the last token, to sample from it
-            matched: list[int] = run.tolist()
+            n_matched = len(run)
             loads = (
-                self.host.loadable(request.block_hashes, tokens.array, len(matched), known)
+                self.host.loadable(request.block_hashes, tokens.array, n_matched, known)
                 if self.host is not None
                 else NO_SLOTS
             )
-            cached = (len(matched) + len(loads)) * bs
-            uncached_blocks = (known + bs - 1) // bs - len(matched)
+            cached = (n_matched + len(loads)) * bs
+            uncached_blocks = (known + bs - 1) // bs - n_matched
             revived = pool.count_evictable(run)
             n = min(known - cached, budget, self._chunk)
-            need = (cached + n + bs - 1) // bs - len(matched)
+            need = (cached + n + bs - 1) // bs - n_matched
             if need + revived > available or (
                 self._running and uncached_blocks + revived + self._admit_reserve > available
             ):
@@ -488,11 +488,10 @@ class Scheduler:
             request.reuse_run = None
             if retention is not None:
                 retention.forget(request.session_id)
-            pool.share(run)
-            blocks = matched + pool.allocate(need)
+            blocks = pool.share_run(run) + pool.allocate(need)
             if loads:  # the loaded blocks stay OWNED (unmatchable) until this step completes and commits them
-                self.host.load(loads, blocks[len(matched) : len(matched) + len(loads)])  # type: ignore[union-attr]
-            transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, len(matched)))
+                self.host.load(loads, blocks[n_matched : n_matched + len(loads)])  # type: ignore[union-attr]
+            transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, n_matched))
             self._running[request.request_id] = request
             request.num_cached_tokens = cached
             self._hit_tokens += cached

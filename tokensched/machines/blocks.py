@@ -583,7 +583,12 @@ class BlockPool:
             if hit:
                 self._evict.hit(self._hash[block])  # type: ignore[arg-type]  # committed: hashed
             return
-        ids = blocks if isinstance(blocks, np.ndarray) else np.array(blocks, dtype=np.int64)
+        self.share_run(blocks if isinstance(blocks, np.ndarray) else np.array(blocks, dtype=np.int64), hit=hit)
+
+    def share_run(self, ids: npt.NDArray[np.int64], *, hit: bool = True) -> list[int]:
+        """:meth:`share` for a run of distinct blocks given as an array; returns them as a list (one conversion)."""
+        if not len(ids):
+            return []
         states = self._state_view[ids]
         lo, hi = int(states.min()), int(states.max())
         if lo < _COMMITTED or hi > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
@@ -602,6 +607,7 @@ class BlockPool:
             deque(map(refcount.__setitem__, ids_list, map((1).__add__, counts)), maxlen=0)
         if hit:
             self._evict.hit_many(map(self._hash.__getitem__, ids_list))  # type: ignore[arg-type]  # committed: hashed
+        return ids_list
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).
