@@ -568,27 +568,28 @@ class BlockPool:
         removal of the revived blocks from the eviction order, one vectorised
         state write, and refcounts set by ``map``.
         """
-        n = len(blocks)
-        if n == 0:
-            return
-        if n == 1:
-            block = int(blocks[0])
-            s = self._state[block]
-            if s != _COMMITTED and s != _EVICTABLE:
-                raise IllegalTransition(f"block {block}", BlockState(s).name, "share")
-            if s == _EVICTABLE:
-                self._evict.remove(block)
-                self._state[block] = _COMMITTED
-            self._refcount[block] += 1
-            if hit:
-                self._evict.hit(self._hash[block])  # type: ignore[arg-type]  # committed: hashed
-            return
-        self.share_run(blocks if isinstance(blocks, np.ndarray) else np.array(blocks, dtype=np.int64), hit=hit)
+        if len(blocks) == 1:
+            self._share_one(int(blocks[0]), hit)
+        elif len(blocks):
+            self.share_run(blocks if isinstance(blocks, np.ndarray) else np.array(blocks, dtype=np.int64), hit=hit)
+
+    def _share_one(self, block: int, hit: bool) -> None:
+        s = self._state[block]
+        if s != _COMMITTED and s != _EVICTABLE:
+            raise IllegalTransition(f"block {block}", BlockState(s).name, "share")
+        if s == _EVICTABLE:
+            self._evict.remove(block)
+            self._state[block] = _COMMITTED
+        self._refcount[block] += 1
+        if hit:
+            self._evict.hit(self._hash[block])  # type: ignore[arg-type]  # committed: hashed
 
     def share_run(self, ids: npt.NDArray[np.int64], *, hit: bool = True) -> list[int]:
         """:meth:`share` for a run of distinct blocks given as an array; returns them as a list (one conversion)."""
-        if not len(ids):
-            return []
+        if len(ids) <= 1:
+            if len(ids):
+                self._share_one(int(ids[0]), hit)
+            return ids.tolist()  # type: ignore[no-any-return]
         states = self._state_view[ids]
         lo, hi = int(states.min()), int(states.max())
         if lo < _COMMITTED or hi > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
