@@ -116,7 +116,6 @@ class BlockPool:
         "_refcount",
         "_roots",
         "_state",
-        "_state_view",
         "_tokens",
         "block_size",
         "listener",
@@ -149,7 +148,6 @@ class BlockPool:
         self._canon_gen = [0] * num_blocks
         self._roots: dict[str | None, int] = {None: -1}
         self._state = bytearray(num_blocks)  # all FREE
-        self._state_view = np.frombuffer(self._state, dtype=np.uint8)  # the same bytes, for vectorised reads
         self._refcount = [0] * num_blocks
         self._hash: list[int | None] = [None] * num_blocks
         # Pop from the end: block 0 is handed out first, which keeps tests readable.
@@ -164,6 +162,15 @@ class BlockPool:
         self._index: dict[int, int] = {}
 
     # ------------------------------------------------------------------ queries
+    def _states(self) -> npt.NDArray[np.uint8]:
+        """The block states as a numpy view, for vectorised reads and writes.
+
+        Made on each use rather than kept: a kept view would stop aliasing the
+        bytes after a pickle or deep copy of the pool (the exhaustive check
+        copies whole schedulers that way).
+        """
+        return np.frombuffer(self._state, dtype=np.uint8)
+
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable)."""
@@ -255,7 +262,7 @@ class BlockPool:
         if not found:
             return NO_RUN
         candidates = np.fromiter(found, dtype=np.int64, count=len(found))
-        states = self._state_view[candidates]
+        states = self._states()[candidates]
         if int(states.min()) < _COMMITTED or int(states.max()) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
             candidates = candidates[: int(np.argmin((states >= _COMMITTED) & (states <= _EVICTABLE)))]
             if not len(candidates):
@@ -307,7 +314,7 @@ class BlockPool:
         """
         if not len(blocks):
             return 0
-        states = self._state_view[blocks]
+        states = self._states()[blocks]
         ok = (states >= _COMMITTED) & (states <= _EVICTABLE) & (self._gen[blocks] == generations)
         return len(blocks) if bool(ok.all()) else int(np.argmin(ok))
 
@@ -341,7 +348,7 @@ class BlockPool:
             return 0
         if len(blocks) == 1:
             return int(self._state[int(blocks[0])] == _EVICTABLE)
-        return int(np.count_nonzero(self._state_view[np.asarray(blocks, dtype=np.int64)] == _EVICTABLE))
+        return int(np.count_nonzero(self._states()[np.asarray(blocks, dtype=np.int64)] == _EVICTABLE))
 
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
@@ -590,7 +597,7 @@ class BlockPool:
             if len(ids):
                 self._share_one(int(ids[0]), hit)
             return ids.tolist()  # type: ignore[no-any-return]
-        states = self._state_view[ids]
+        states = self._states()[ids]
         lo, hi = int(states.min()), int(states.max())
         if lo < _COMMITTED or hi > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
             bad = int(ids[int(np.argmin((states >= _COMMITTED) & (states <= _EVICTABLE)))])
@@ -600,7 +607,7 @@ class BlockPool:
         if hi == _EVICTABLE:  # revive them (the eviction policy forgets them, they become COMMITTED)
             revived = ids if lo == _EVICTABLE else ids[states == _EVICTABLE]
             self._evict.remove_many(revived)
-            self._state_view[revived] = _COMMITTED
+            self._states()[revived] = _COMMITTED
         if lo == _EVICTABLE:  # all held by nobody (a finished request's prefix): every count goes 0 -> 1
             deque(map(refcount.__setitem__, ids_list, repeat(1)), maxlen=0)
         else:
