@@ -17,6 +17,10 @@ import gc
 import random
 import statistics
 import time
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepPlan, StepResult
 
@@ -92,11 +96,20 @@ def _drain(s: Scheduler, plan: StepPlan | None) -> None:
         plan = s.plan()
 
 
-def prefix_admission(prompt_tokens: int, repeats: int) -> tuple[float, float, float]:
-    """ms to admit (build the spec + submit + plan) a prompt whose prefix is cached, median of ``repeats``.
+class Admission(NamedTuple):
+    """ms per 200k-token admission (build the spec + submit + plan), medians."""
 
-    Returns (session's next turn, the same prompt under an unrelated id, the prefix lookup alone).
-    Each turn's tokens are fresh int objects, as a client's decoded JSON would be.
+    session_list: float  # a session's next turn, the prompt a list of fresh ints (decoded JSON)
+    session_buffer: float  # the same, the prompt a numpy int32 array (a tokenizer that returns arrays)
+    unrelated: float  # the same prompt under an unrelated id: hash, look up and confirm all 12.5k blocks
+    lookup: float  # the prefix lookup alone (BlockPool.match_run over kept hashes)
+
+
+def prefix_admission(prompt_tokens: int, repeats: int) -> Admission:
+    """ms to admit a prompt whose prefix is cached, median of ``repeats`` of each kind (see :class:`Admission`).
+
+    Each turn's tokens are fresh int objects, as a client's decoded JSON would be;
+    each turn appends 800 new tokens to the session's history.
     """
     rng = random.Random(1)
     bs = 16
@@ -104,33 +117,35 @@ def prefix_admission(prompt_tokens: int, repeats: int) -> tuple[float, float, fl
         num_blocks=prompt_tokens // bs * 3, block_size=bs, max_batched_tokens=8192, max_model_len=400_000
     )
     s = Scheduler(cfg, clock=lambda: 0.0)
-    history = [rng.randrange(150_000) for _ in range(prompt_tokens - 800 * (repeats + 1))]
+    history = [rng.randrange(150_000) for _ in range(prompt_tokens - 801 * (2 * repeats + 1))]
     s.submit(RequestSpec(request_id="t0", prompt_token_ids=history, max_tokens=1, session_id="s"))
     _drain(s, None)
     history.append(7)  # the answer the fake results gave
-    session_ms: list[float] = []
-    fresh_ms: list[float] = []
-    lookup_ms: list[float] = []
-    for k in range(repeats):
-        turn = [int(str(t)) for t in history] + [rng.randrange(150_000) for _ in range(800)]
+    times: dict[str, list[float]] = {"list": [], "buffer": [], "fresh": [], "lookup": []}
+
+    def admit(rid: str, prompt: list[int] | npt.NDArray[np.int32], session: str | None, kind: str) -> StepPlan:
         t0 = time.perf_counter()
-        s.submit(RequestSpec(request_id=f"n{k}", prompt_token_ids=turn, max_tokens=1, session_id="s"))
+        s.submit(RequestSpec(request_id=rid, prompt_token_ids=prompt, max_tokens=1, session_id=session))
         plan = s.plan()
-        session_ms.append((time.perf_counter() - t0) * 1e3)
+        times[kind].append((time.perf_counter() - t0) * 1e3)
         assert plan is not None and plan.new_requests[0].num_cached_tokens >= len(history) - 2 * bs
-        hashes = s.live[f"n{k}"].block_hashes
-        t0 = time.perf_counter()
-        s.pool.match_prefix(hashes, s.live[f"n{k}"].tokens.array, s.pool.root(None))
-        lookup_ms.append((time.perf_counter() - t0) * 1e3)
-        _drain(s, plan)
-        history = [*turn, 7]
-        fresh = [int(str(t)) for t in turn]  # new int objects, as decoded JSON would be
-        t0 = time.perf_counter()
-        s.submit(RequestSpec(request_id=f"f{k}", prompt_token_ids=fresh, max_tokens=1))
-        plan = s.plan()
-        fresh_ms.append((time.perf_counter() - t0) * 1e3)
-        _drain(s, plan)
-    return statistics.median(session_ms), statistics.median(fresh_ms), statistics.median(lookup_ms)
+        return plan
+
+    for k in range(repeats):
+        for kind in ("list", "buffer"):
+            turn = [int(str(t)) for t in history] + [rng.randrange(150_000) for _ in range(800)]
+            prompt = turn if kind == "list" else np.array(turn, dtype=np.int32)
+            plan = admit(f"{kind}{k}", prompt, "s", kind)
+            request = s.live[f"{kind}{k}"]
+            t0 = time.perf_counter()
+            s.pool.match_run(request.block_hashes, request.tokens.array, s.pool.root(None))
+            times["lookup"].append((time.perf_counter() - t0) * 1e3)
+            _drain(s, plan)
+            history = [*turn, 7]
+        fresh = [int(str(t)) for t in history[:-1]]  # new int objects, as decoded JSON would be
+        _drain(s, admit(f"f{k}", fresh, None, "fresh"))
+    m = {kind: statistics.median(ms) for kind, ms in times.items()}
+    return Admission(m["list"], m["buffer"], m["fresh"], m["lookup"])
 
 
 def main() -> None:
@@ -148,11 +163,12 @@ def main() -> None:
     for n in (64, 256):
         us = mixed_steps(n, max(5, steps // 10))
         print(f"{n:>8} decodes: {us:>10.1f} µs/step")
-    session, fresh, lookup = prefix_admission(200_000, 2 if args.quick else 3)
+    admission = prefix_admission(200_000, 2 if args.quick else 5)
     print("\n200k-token prompt with a cached prefix (ms, median of runs; spec built inside the timing)")
-    print(f"  prefix lookup (hashes kept incrementally): {lookup:.2f}")
-    print(f"  admission, session's next turn (submit + plan): {session:.2f}")
-    print(f"  admission, unrelated id with the same prompt (hash and confirm all 12.5k blocks): {fresh:.2f}")
+    print(f"  prefix lookup (hashes kept incrementally): {admission.lookup:.2f}")
+    print(f"  admission, session's next turn, prompt a list of ints (submit + plan): {admission.session_list:.2f}")
+    print(f"  admission, session's next turn, prompt a numpy int32 array: {admission.session_buffer:.2f}")
+    print(f"  admission, unrelated id, same prompt (hash, look up, confirm 12.5k blocks): {admission.unrelated:.2f}")
 
 
 if __name__ == "__main__":

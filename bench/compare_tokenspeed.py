@@ -72,9 +72,11 @@ def main() -> None:
         raise SystemExit(f"{ts_python} not found: create .venv-tokenspeed (see this script's docstring)")
     ours: list[tuple[dict[int, float], float]] = []
     theirs: list[tuple[dict[int, float], float]] = []
+    sessions: list[tuple[float, float]] = []
     for r in range(args.rounds):
         theirs.append(run(ts_python, bench / "tokenspeed_sched_overhead.py", args.sizes, args.timeout))
         ours.append(run(Path(sys.executable), bench / "tokensched_sched_overhead.py", args.sizes, args.timeout))
+        sessions.append(session_turn_ms(args.timeout))
         cells = "  ".join(f"N={n}: {theirs[-1][0][n]:.2f} vs {ours[-1][0][n]:.2f}" for n in args.sizes)
         print(
             f"round {r + 1}: us/request/step tokenspeed vs tokensched  {cells}  "
@@ -91,6 +93,31 @@ def main() -> None:
     b = statistics.median(o[1] for o in ours)
     print(f"{'200k prompt cached under another id, ms':<42} {a:>11.1f} {b:>11.1f} {a / b:>6.2f}x")
     print("ratio > 1: tokensched is faster")
+    print()
+    print("tokensched only (no TokenSpeed figure to set beside it), median of rounds:")
+    print(f"  200k prompt, a session's next turn, list of ints, ms: {statistics.median(t[0] for t in sessions):.2f}")
+    print(f"  200k prompt, a session's next turn, numpy int32, ms:  {statistics.median(t[1] for t in sessions):.2f}")
+
+
+def session_turn_ms(timeout: float) -> tuple[float, float]:
+    """A session's next turn on a 200k-token history (bench_scheduler.prefix_admission), list and buffer input."""
+    code = (
+        "from bench_scheduler import prefix_admission\n"
+        "a = prefix_admission(200_000, 3)\n"
+        "print(a.session_list, a.session_buffer)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT / "bench",
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"bench_scheduler.prefix_admission failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    session_list, session_buffer = map(float, out.stdout.split())
+    return session_list, session_buffer
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -269,3 +271,60 @@ def test_a_shared_block_let_go_first_by_a_step_in_flight_waits_for_that_step() -
     pool.step_completed(8)
     assert pool.state(block[0]) is BlockState.EVICTABLE
     pool.check_invariants()
+
+
+# ------------------------------------------- taking over an earlier request's blocks
+class PositionHasher(BlockHasher):
+    """A block's hash is its position: every prompt's blocks collide with every other's, and only tokens differ."""
+
+    def extend(self, hashes: list[int], tokens: object, root: int) -> None:
+        hashes.extend(range(len(hashes) + 1, len(tokens) // self.block_size + 1))  # type: ignore[arg-type]
+
+    def next_hashes(self, parents: Sequence[int], blocks: np.ndarray) -> list[int]:  # type: ignore[type-arg]
+        return [p + 1 for p in parents]
+
+
+def test_a_recent_run_is_taken_over_exactly_as_far_as_the_tokens_agree() -> None:
+    bs, n = 4, 80 * 4  # 80 blocks: a long run, remembered when its request finishes
+    s = Scheduler(
+        SchedulerConfig(num_blocks=400, block_size=bs, max_batched_tokens=1024, max_model_len=2048),
+        clock=lambda: 0.0,
+        hasher=PositionHasher(bs, secret=b"t"),
+    )
+    first = list(range(1, n + 1))
+    s.submit(RequestSpec(request_id="a", prompt_token_ids=first, max_tokens=1))
+    plan = s.plan()
+    assert plan is not None
+    blocks_of_a = plan.new_requests[0].block_ids
+    s.complete(StepResult(plan.step_id, [[5]]))
+    # Shares 50 blocks and 2 tokens with "a", then differs: exactly those 50 blocks are taken over.
+    second = [*first[: 50 * bs + 2], *range(10_000, 10_000 + n - 50 * bs - 2)]
+    s.submit(RequestSpec(request_id="b", prompt_token_ids=second, max_tokens=1))
+    plan = s.plan()
+    assert plan is not None
+    assert plan.new_requests[0].num_cached_tokens == 50 * bs
+    assert plan.new_requests[0].block_ids[:50] == blocks_of_a[:50]
+    s.complete(StepResult(plan.step_id, [[5]]))
+    # Same hashes everywhere, no token in common: nothing is shared.
+    assert cached_at_admission(s, RequestSpec(request_id="c", prompt_token_ids=[7] * n, max_tokens=1)) == 0
+    s.check_invariants()
+
+
+def test_a_session_turn_does_not_take_over_blocks_handed_out_since() -> None:
+    bs = 4
+    s = make(num_blocks=24, max_batched_tokens=256)
+    history = list(range(1, 41))  # 10 blocks
+    assert (
+        cached_at_admission(s, RequestSpec(request_id="t0", prompt_token_ids=history, max_tokens=1, session_id="s"))
+        == 0
+    )
+    run(s)
+    # Another request takes every free and cached block: the session's blocks are evicted and reused.
+    assert (
+        cached_at_admission(s, RequestSpec(request_id="x", prompt_token_ids=list(range(500, 588)), max_tokens=1)) == 0
+    )
+    run(s)
+    turn = [*history, 5, 9, 9, 9]
+    spec = RequestSpec(request_id="t1", prompt_token_ids=turn, max_tokens=1, session_id="s")
+    assert cached_at_admission(s, spec) < len(history) // bs * bs
+    s.check_invariants()

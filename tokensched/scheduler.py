@@ -24,12 +24,13 @@ public method validates before it changes anything.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from itertools import chain
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
@@ -37,10 +38,18 @@ from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
-from tokensched.machines.blocks import BlockPool, BlockPoolListener
+from tokensched.machines.blocks import NO_RUN, BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
-from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Request, held_blocks, transition
+from tokensched.machines.request import (
+    Decoding,
+    Finished,
+    Preempted,
+    Prefilling,
+    Request,
+    held_blocks,
+    transition,
+)
 from tokensched.machines.step import Step, StepTracker
 from tokensched.plan import (
     NO_BLOCKS,
@@ -65,6 +74,10 @@ from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
+# Finished requests with at least MIN_REUSE_BLOCKS committed blocks are remembered (the RECENT_RUNS newest), so
+# that a request repeating one's prefix takes over its still-cached blocks without 12k index look-ups.
+RECENT_RUNS = 8
+MIN_REUSE_BLOCKS = 64
 
 
 class Scheduler:
@@ -96,6 +109,7 @@ class Scheduler:
         self._removed: list[str] = []
         self._truncated: dict[str, int] = {}
         self._sessions: OrderedDict[str, Request] = OrderedDict()
+        self._recent_runs: deque[Request] = deque(maxlen=RECENT_RUNS)  # finished, with long committed runs
         self._seq = 0
         self._bs = config.block_size
         self._caching = config.enable_prefix_caching
@@ -174,14 +188,80 @@ class Scheduler:
         self._enqueue(request)
 
     def _hash_prompt(self, request: Request) -> None:
-        """Chained block hashes of the prompt, reusing the session's previous turn where it matches."""
+        """Chained block hashes of the prompt, reusing the session's previous turn where it matches.
+
+        Also leaves on the request the blocks of an earlier request known to
+        hold its leading blocks (``reuse_run``, checked still cached at
+        admission): the session's previous turn, for the part the new prompt
+        repeats (one memory compare); else a recently finished long request
+        whose prompt the new one repeats (a hash compare proposes, one memory
+        compare of the tokens decides).
+        """
         hashes = request.block_hashes
+        tokens = request.tokens.array
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
         if previous is not None and previous.cache_salt == request.cache_salt:
-            shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
+            shared = shared_prefix_blocks(previous.tokens.array, tokens, self._bs)
             hashes.extend(previous.block_hashes[:shared])
-        self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
+            if previous.kv_run is not None and shared:
+                blocks, generations = previous.kv_run
+                request.reuse_run = (blocks[:shared], generations[:shared])
+        self.hasher.extend(hashes, tokens, self._root(request)[0])
+        if request.reuse_run is None and len(hashes) >= MIN_REUSE_BLOCKS and self._recent_runs:
+            self._find_recent_run(request)
+
+    def _find_recent_run(self, request: Request) -> None:
+        """The longest run of a recently finished request that ``request``'s prompt repeats, by its tokens.
+
+        Chained hashes name whole prefixes, so the common prefix of two chains
+        is found by bisection (O(log n) int compares per remembered run); the
+        hashes only propose, and one memory compare of the tokens decides.
+        """
+        hashes = request.block_hashes
+        best: Request | None = None
+        best_n = 0
+        for earlier in self._recent_runs:
+            run = earlier.kv_run
+            if run is None or earlier.cache_salt != request.cache_salt:
+                continue
+            theirs = earlier.block_hashes
+            lo, hi = 0, min(len(run[0]), len(hashes))
+            if hi <= best_n or theirs[0] != hashes[0]:
+                continue
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if theirs[mid - 1] == hashes[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > best_n:
+                best, best_n = earlier, lo
+        if best is None or best.kv_run is None:
+            return
+        end = best_n * self._bs
+        shared = shared_prefix_blocks(best.tokens.array[:end], request.tokens.array[:end], self._bs)
+        if shared:
+            request.reuse_run = (best.kv_run[0][:shared], best.kv_run[1][:shared])
+
+    def _match(self, request: Request) -> npt.NDArray[np.int64]:
+        """The confirmed run of cached blocks for ``request``'s prompt.
+
+        A session's next turn first takes over what is still cached of the
+        previous turn's blocks for the part of its prompt that repeats it (no
+        look-up, no token compare: see :meth:`BlockPool.still_cached_run`); the
+        index is searched only past that part.
+        """
+        pool = self.pool
+        tokens = request.tokens.array
+        hint = request.reuse_run
+        if hint is not None:
+            k = pool.still_cached_run(*hint)
+            if k:
+                run = hint[0][:k]
+                rest = pool.match_run_after(request.block_hashes[k:], tokens[k * self._bs :], int(run[-1]))
+                return np.concatenate((run, rest)) if len(rest) else run
+        return pool.match_run(request.block_hashes, tokens, self._root(request)[1])
 
     def _root(self, request: Request) -> tuple[int, int]:
         """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
@@ -385,21 +465,20 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            matched = (
-                pool.match_prefix(request.block_hashes, tokens.array, self._root(request)[1]) if self._caching else []
-            )
-            if len(matched) * bs >= known:
-                matched.pop()  # always compute at least the last token, to sample from it
+            run = self._match(request) if self._caching else NO_RUN
+            if len(run) * bs >= known:
+                run = run[:-1]  # always compute at least the last token, to sample from it
+            n_matched = len(run)
             loads = (
-                self.host.loadable(request.block_hashes, tokens.array, len(matched), known)
+                self.host.loadable(request.block_hashes, tokens.array, n_matched, known)
                 if self.host is not None
                 else NO_SLOTS
             )
-            cached = (len(matched) + len(loads)) * bs
-            uncached_blocks = (known + bs - 1) // bs - len(matched)
-            revived = pool.count_evictable(matched)
+            cached = (n_matched + len(loads)) * bs
+            uncached_blocks = (known + bs - 1) // bs - n_matched
+            revived = pool.count_evictable(run)
             n = min(known - cached, budget, self._chunk)
-            need = (cached + n + bs - 1) // bs - len(matched)
+            need = (cached + n + bs - 1) // bs - n_matched
             if need + revived > available or (
                 self._running and uncached_blocks + revived + self._admit_reserve > available
             ):
@@ -410,13 +489,13 @@ class Scheduler:
                 break  # the head of the line waits for room for its whole prompt
             request.blocked_at_free = -1
             waiting.pop_at(index)
+            request.reuse_run = None
             if retention is not None:
                 retention.forget(request.session_id)
-            pool.share(matched)
-            blocks = matched + pool.allocate(need)
+            blocks = pool.share_run(run) + pool.allocate(need)
             if loads:  # the loaded blocks stay OWNED (unmatchable) until this step completes and commits them
-                self.host.load(loads, blocks[len(matched) : len(matched) + len(loads)])  # type: ignore[union-attr]
-            transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, len(matched)))
+                self.host.load(loads, blocks[n_matched : n_matched + len(loads)])  # type: ignore[union-attr]
+            transition(request, "admit", Prefilling(blocks, cached, cached + n, cached, n_matched))
             self._running[request.request_id] = request
             request.num_cached_tokens = cached
             self._hit_tokens += cached
@@ -1062,6 +1141,14 @@ class Scheduler:
         return [e for e in events if e.request_id in live]
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
+        state = request.state
+        if self._caching and isinstance(state, Prefilling | Decoding):
+            long_run = state.num_committed >= MIN_REUSE_BLOCKS
+            if long_run or (request.session_id is not None and state.num_committed):
+                committed = state.blocks[: state.num_committed]  # what a later request may take over
+                request.kv_run = (np.array(committed, dtype=np.int64), self.pool.generations(committed))
+                if long_run:
+                    self._recent_runs.append(request)
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         self._leave_running(request)
         self._retire(request, reason, event)

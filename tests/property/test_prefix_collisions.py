@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from unittest.mock import patch
 
 import numpy as np
 import numpy.typing as npt
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tokensched import scheduler as scheduler_module
 from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.machines.prefix import BlockHasher, Tokens
@@ -93,6 +95,37 @@ def check_cached_prefixes(
     arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
 )
 def test_weak_hash_never_shares_the_wrong_kv(
+    config: SchedulerConfig,
+    requests: list[tuple[list[int], str | None, int, str | None]],
+    seed: int,
+    arrivals: list[int],
+) -> None:
+    run_traffic(config, requests, seed, arrivals)
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(
+    config=scheduler_configs(speculative=False).map(lambda c: c.model_copy(update={"enable_prefix_caching": True})),
+    requests=traffic(),
+    seed=st.integers(0, 2**16),
+    arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+)
+def test_weak_hash_never_makes_a_recent_run_share_the_wrong_kv(
+    config: SchedulerConfig,
+    requests: list[tuple[list[int], str | None, int, str | None]],
+    seed: int,
+    arrivals: list[int],
+) -> None:
+    """The same with every finished request remembered as a recent run (a hash match proposes it, tokens decide)."""
+    with patch.object(scheduler_module, "MIN_REUSE_BLOCKS", 1):
+        run_traffic(config, requests, seed, arrivals)
+
+
+def run_traffic(
     config: SchedulerConfig,
     requests: list[tuple[list[int], str | None, int, str | None]],
     seed: int,

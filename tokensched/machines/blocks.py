@@ -53,6 +53,9 @@ import numpy.typing as npt
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
 from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
+NO_RUN: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+NO_RUN.flags.writeable = False
+
 
 class BlockState(IntEnum):
     FREE = 0
@@ -159,6 +162,15 @@ class BlockPool:
         self._index: dict[int, int] = {}
 
     # ------------------------------------------------------------------ queries
+    def _states(self) -> npt.NDArray[np.uint8]:
+        """The block states as a numpy view, for vectorised reads and writes.
+
+        Made on each use rather than kept: a kept view would stop aliasing the
+        bytes after a pickle or deep copy of the pool (the exhaustive check
+        copies whole schedulers that way).
+        """
+        return np.frombuffer(self._state, dtype=np.uint8)
+
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable)."""
@@ -224,42 +236,93 @@ class BlockPool:
         """Longest confirmed run of shareable blocks for a chain of block hashes (no state change).
 
         ``tokens`` are the request's tokens (at least ``len(hashes)`` full
-        blocks) and ``root`` is :meth:`root` of its ``cache_salt``. The index
-        proposes candidates (batched through C-level ``map``/``itemgetter``:
-        a 200k-token prompt is 12.5k look-ups); one vectorised compare of their
-        tokens and links then keeps the leading run that truly holds this prefix.
+        blocks) and ``root`` is :meth:`root` of its ``cache_salt``; see
+        :meth:`match_run`, which returns the same run as an array.
         """
+        return self.match_run(hashes, tokens, root).tolist()  # type: ignore[no-any-return]
+
+    def match_run(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int
+    ) -> npt.NDArray[np.int64]:
+        """:meth:`match_prefix` as an int64 array of block ids, for :meth:`share` and :meth:`count_evictable`.
+
+        The index proposes candidates (one C-level ``map`` of ``dict.get``: a
+        200k-token prompt is 12.5k look-ups); one vectorised read of their
+        states and one compare of their tokens and links then keep the leading
+        run that truly holds this prefix.
+        """
+        return self._match(hashes, tokens, root, 0)
+
+    def _match(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int, root_gen: int
+    ) -> npt.NDArray[np.int64]:
         found = list(map(self._index.get, hashes))
         with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
             found = found[: found.index(None)]
         if not found:
-            return []
-        matched: list[int] = found  # type: ignore[assignment]  # no None left
-        states = bytes(itemgetter(*matched)(self._state)) if len(matched) > 1 else bytes([self._state[matched[0]]])
-        if min(states) < _COMMITTED or max(states) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
-            cut = next(i for i, s in enumerate(states) if s != _COMMITTED and s != _EVICTABLE)
-            matched = matched[:cut]
-            if not matched:
-                return []
-        cut = self._confirmed(np.fromiter(matched, dtype=np.int64, count=len(matched)), tokens, root)
-        return matched if cut == len(matched) else matched[:cut]
+            return NO_RUN
+        candidates = np.fromiter(found, dtype=np.int64, count=len(found))
+        states = self._states()[candidates]
+        if int(states.min()) < _COMMITTED or int(states.max()) > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
+            candidates = candidates[: int(np.argmin((states >= _COMMITTED) & (states <= _EVICTABLE)))]
+            if not len(candidates):
+                return NO_RUN
+        return candidates[: self.confirmed_run(candidates, tokens, root, root_gen)]
 
-    def _confirmed(
-        self, candidates: npt.NDArray[np.int64], tokens: Sequence[int] | npt.NDArray[np.int32], root: int
+    def confirmed_run(
+        self,
+        candidates: npt.NDArray[np.int64],
+        tokens: Sequence[int] | npt.NDArray[np.int32],
+        root: int,
+        root_gen: int = 0,
     ) -> int:
-        """How many leading ``candidates`` hold the request's blocks, each linked to the one before."""
+        """How many leading ``candidates`` hold the request's blocks, each linked to the one before.
+
+        ``root`` is what the first candidate must follow: a salt root, or a
+        block whose generation is ``root_gen``. One gather and compare of all
+        the candidates' tokens (rows of the pool-wide token array) and links.
+        """
         m = len(candidates)
         bs = self.block_size
         want = np.asarray(tokens[: m * bs], dtype=np.int32).reshape(m, bs)
-        ok = (self._tokens[candidates] == want).all(axis=1)
+        got = self._tokens[candidates]
+        # the common case is one flat compare, with no per-row reduction
+        ok = np.ones(m, dtype=np.bool_) if np.array_equal(got, want) else (got == want).all(axis=1)
         before = np.empty(m, dtype=np.int64)
         before[0] = root
         before[1:] = candidates[:-1]
-        before_gen = np.zeros(m, dtype=np.int64)
+        before_gen = np.empty(m, dtype=np.int64)
+        before_gen[0] = root_gen
         before_gen[1:] = self._gen[candidates[:-1]]
         ok &= self._link[candidates] == before
         ok &= self._link_gen[candidates] == before_gen
         return m if bool(ok.all()) else int(np.argmin(ok))
+
+    def generations(self, blocks: Sequence[int]) -> npt.NDArray[np.int64]:
+        """The blocks' allocation generations now: a block whose generation is unchanged still holds what it held."""
+        return self._gen[np.asarray(blocks, dtype=np.int64)]
+
+    def still_cached_run(self, blocks: npt.NDArray[np.int64], generations: npt.NDArray[np.int64]) -> int:
+        """How many leading ``blocks`` are shareable and not handed out since they had ``generations``.
+
+        What a session's next turn uses instead of :meth:`match_run` for the
+        part of its prompt that repeats the previous turn (checked equal to it
+        in one memory compare): a block keeps its tokens and its link to the
+        block before it until it is handed out anew, which bumps its
+        generation, so a run of unchanged, still cached blocks of the previous
+        turn's table is confirmed without hashing or comparing a token.
+        """
+        if not len(blocks):
+            return 0
+        states = self._states()[blocks]
+        ok = (states >= _COMMITTED) & (states <= _EVICTABLE) & (self._gen[blocks] == generations)
+        return len(blocks) if bool(ok.all()) else int(np.argmin(ok))
+
+    def match_run_after(
+        self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], after: int
+    ) -> npt.NDArray[np.int64]:
+        """:meth:`match_run` for the blocks that follow block ``after`` (a confirmed block) in a request."""
+        return self._match(hashes, tokens, self._canon[after], self._canon_gen[after])
 
     def cached_prefix_length(self, hashes: Sequence[int], *, held: bool = False) -> int:
         """How many leading blocks of a hash chain are cached (and, with ``held``, also referenced).
@@ -279,13 +342,13 @@ class BlockPool:
                 hi = mid - 1
         return lo
 
-    def count_evictable(self, blocks: Sequence[int]) -> int:
+    def count_evictable(self, blocks: Sequence[int] | npt.NDArray[np.int64]) -> int:
         """How many of ``blocks`` are EVICTABLE (sharing them takes them out of the free count)."""
-        if not blocks:
+        if not len(blocks):
             return 0
         if len(blocks) == 1:
-            return int(self._state[blocks[0]] == _EVICTABLE)
-        return bytes(itemgetter(*blocks)(self._state)).count(_EVICTABLE)
+            return int(self._state[int(blocks[0])] == _EVICTABLE)
+        return int(np.count_nonzero(self._states()[np.asarray(blocks, dtype=np.int64)] == _EVICTABLE))
 
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
@@ -502,38 +565,57 @@ class BlockPool:
                 self.listener.blocks_removed(removed)
         return count
 
-    def share(self, blocks: Sequence[int], *, hit: bool = True) -> None:
+    def share(self, blocks: Sequence[int] | npt.NDArray[np.int64], *, hit: bool = True) -> None:
         """Take one more reference on each of ``blocks`` (a prefix-cache hit, unless ``hit`` is False).
 
         ``hit=False`` is for holders that are not requests (a write-back to the
         host tier): the reference keeps the block, but the eviction policy does
-        not count it as reuse.
+        not count it as reuse. A run of blocks (a 200k-token hit is 12.5k) goes
+        in a few C-level passes: one vectorised state read and check, bulk
+        removal of the revived blocks from the eviction order, one vectorised
+        state write, and refcounts set by ``map``.
         """
-        if not blocks:
-            return
-        states = bytes(itemgetter(*blocks)(self._state)) if len(blocks) > 1 else bytes([self._state[blocks[0]]])
-        if min(states) < _COMMITTED or max(states) > _EVICTABLE:
-            bad = next(b for b, s in zip(blocks, states, strict=True) if s != _COMMITTED and s != _EVICTABLE)
-            raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
-        refcount = self._refcount
-        evict = self._evict
-        if _EVICTABLE in states:  # revive them, in order, in a few C-level passes (a 200k-token hit is 12k blocks)
-            if states.count(_EVICTABLE) == len(states):
-                revived = list(blocks)  # the common long hit: a finished request's whole prefix
-            else:
-                where = np.flatnonzero(np.frombuffer(states, dtype=np.uint8) == _EVICTABLE)
-                revived = [blocks[i] for i in where.tolist()]
-            evict.remove_many(revived)
-            np.frombuffer(self._state, dtype=np.uint8)[revived] = _COMMITTED
         if len(blocks) == 1:
-            refcount[blocks[0]] += 1
-        elif states.count(_EVICTABLE) == len(states):  # all held by nobody: every count goes 0 -> 1, no reads
-            deque(map(refcount.__setitem__, blocks, repeat(1)), maxlen=0)
-        else:
-            counts = itemgetter(*blocks)(refcount)
-            deque(map(refcount.__setitem__, blocks, map((1).__add__, counts)), maxlen=0)
+            self._share_one(int(blocks[0]), hit)
+        elif len(blocks):
+            self.share_run(blocks if isinstance(blocks, np.ndarray) else np.array(blocks, dtype=np.int64), hit=hit)
+
+    def _share_one(self, block: int, hit: bool) -> None:
+        s = self._state[block]
+        if s != _COMMITTED and s != _EVICTABLE:
+            raise IllegalTransition(f"block {block}", BlockState(s).name, "share")
+        if s == _EVICTABLE:
+            self._evict.remove(block)
+            self._state[block] = _COMMITTED
+        self._refcount[block] += 1
         if hit:
-            evict.hit_many(map(self._hash.__getitem__, blocks))  # type: ignore[arg-type]  # committed: hashed
+            self._evict.hit(self._hash[block])  # type: ignore[arg-type]  # committed: hashed
+
+    def share_run(self, ids: npt.NDArray[np.int64], *, hit: bool = True) -> list[int]:
+        """:meth:`share` for a run of distinct blocks given as an array; returns them as a list (one conversion)."""
+        if len(ids) <= 1:
+            if len(ids):
+                self._share_one(int(ids[0]), hit)
+            return ids.tolist()  # type: ignore[no-any-return]
+        states = self._states()[ids]
+        lo, hi = int(states.min()), int(states.max())
+        if lo < _COMMITTED or hi > _EVICTABLE:  # COMMITTED and EVICTABLE are adjacent
+            bad = int(ids[int(np.argmin((states >= _COMMITTED) & (states <= _EVICTABLE)))])
+            raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
+        ids_list: list[int] = ids.tolist()
+        refcount = self._refcount
+        if hi == _EVICTABLE:  # revive them (the eviction policy forgets them, they become COMMITTED)
+            revived = ids if lo == _EVICTABLE else ids[states == _EVICTABLE]
+            self._evict.remove_many(revived)
+            self._states()[revived] = _COMMITTED
+        if lo == _EVICTABLE:  # all held by nobody (a finished request's prefix): every count goes 0 -> 1
+            deque(map(refcount.__setitem__, ids_list, repeat(1)), maxlen=0)
+        else:
+            counts = itemgetter(*ids_list)(refcount)
+            deque(map(refcount.__setitem__, ids_list, map((1).__add__, counts)), maxlen=0)
+        if hit:
+            self._evict.hit_many(map(self._hash.__getitem__, ids_list))  # type: ignore[arg-type]  # committed: hashed
+        return ids_list
 
     def release(self, blocks: Iterable[int], hold_until_step: int | None) -> None:
         """Drop one reference on each block (a request let them go).

@@ -30,11 +30,15 @@ from __future__ import annotations
 from typing import assert_never
 
 import attrs
+import numpy as np
+import numpy.typing as npt
 
 from tokensched.config import RequestSpec, SamplingParams
 from tokensched.errors import IllegalTransition
 from tokensched.plan import FinishReason
 from tokensched.tokens import Int32Array, TokenBuffer, TokenIds, as_token_array
+
+Int64Array = npt.NDArray[np.int64]
 
 
 def prompt_array(prompt: object) -> Int32Array:
@@ -148,6 +152,10 @@ class Request:
     num_cached_tokens: int = 0  # prefix-cache hit at its latest admission
     planned_in: int = -1  # the latest step it was planned in
     blocked_at_free: int = -1  # free blocks when it last could not be admitted
+    # Committed blocks (ids, generations) when it finished, for a later request that repeats its prefix; and,
+    # on such a request until its admission, the part of them its prompt repeats (see Scheduler._hash_prompt).
+    kv_run: tuple[Int64Array, Int64Array] | None = None
+    reuse_run: tuple[Int64Array, Int64Array] | None = None
 
     @classmethod
     def from_spec(cls, spec: RequestSpec, arrival_time: float, seq: int) -> Request:

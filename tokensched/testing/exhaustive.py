@@ -31,6 +31,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import attrs
+import numpy as np
 
 from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.errors import ExecutorError, InvariantViolation
@@ -187,6 +188,8 @@ def _request_key(rid: str, r: Request) -> Key:
 
 
 def _frozen(value: object) -> object:
+    if isinstance(value, tuple) and value and isinstance(value[0], np.ndarray):  # a reuse run: (blocks, generations)
+        return tuple(tuple(a.tolist()) for a in value)
     return tuple(value) if isinstance(value, list | TokenBuffer) else repr(value) if isinstance(value, dict) else value
 
 

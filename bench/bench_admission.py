@@ -1,0 +1,80 @@
+"""A 200k-token admission in a steady-state loop: an unrelated id, then a session's turns (list and numpy input).
+
+The harness' scheduler and prompt (``../shared/bench/tokensched_sched_overhead.py``:
+200k tokens cached under request "0"), then ``repeats`` admissions of each
+kind, each built from fresh int objects inside the timing (spec + submit +
+plan), drained between; each session turn adds 800 tokens. Prints the
+medians and minimums in ms. It uses only the public API, so the same script
+measures an older checkout (``PYTHONPATH=<old checkout>``) for a before/after.
+
+    .venv/bin/python bench/bench_admission.py [repeats] [--no-recent-runs]
+
+``--no-recent-runs`` turns off taking over a recently finished request's blocks,
+so an unrelated id goes through the prefix index (the general path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import tokensched.scheduler
+from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepPlan, StepResult
+
+PAGE = 16
+TOKENS = 200_000
+
+
+def _complete(s: Scheduler, plan: StepPlan) -> None:
+    s.complete(StepResult(plan.step_id, [[7] if x else [] for x in plan.sample]))
+
+
+def _drain(s: Scheduler, plan: StepPlan | None = None) -> None:
+    if plan is not None:
+        _complete(s, plan)
+    while s.has_work:
+        if (p := s.plan()) is not None:
+            _complete(s, p)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repeats", nargs="?", type=int, default=7)
+    parser.add_argument("--no-recent-runs", action="store_true")
+    args = parser.parse_args()
+    if args.no_recent_runs:
+        tokensched.scheduler.MIN_REUSE_BLOCKS = 1 << 62  # type: ignore[attr-defined]  # absent before this round
+    cfg = SchedulerConfig(
+        num_blocks=2 * TOKENS // PAGE + 64, block_size=PAGE, max_batched_tokens=TOKENS + 16, max_model_len=400_000
+    )
+    s = Scheduler(cfg)
+    prompt = [(i * 7919) % 30000 + 3 for i in range(TOKENS)]
+    s.submit(RequestSpec(request_id="0", prompt_token_ids=prompt, max_tokens=1, session_id="s"))
+    _drain(s)
+    times: dict[str, list[float]] = {"unrelated id": [], "session turn, list": [], "session turn, numpy int32": []}
+
+    def admit(kind: str, rid: str, tokens: object, session: str | None, cached_at_least: int) -> None:
+        t0 = time.perf_counter()
+        s.submit(RequestSpec(request_id=rid, prompt_token_ids=tokens, max_tokens=1, session_id=session))
+        plan = s.plan()
+        times[kind].append((time.perf_counter() - t0) * 1e3)
+        assert plan is not None and plan.new_requests[0].num_cached_tokens >= cached_at_least
+        _drain(s, plan)
+
+    for k in range(args.repeats):
+        admit("unrelated id", f"u{k}", [int(str(t)) for t in prompt] + [5], None, TOKENS)
+    for kind in ("session turn, list", "session turn, numpy int32"):
+        for k in range(args.repeats):
+            turn = [int(str(t)) for t in prompt] + [7] + [int(str(t)) for t in range(100, 900)]
+            tokens = np.array(turn, dtype=np.int32) if "numpy" in kind else turn
+            admit(kind, f"{kind}{k}", tokens, "s", len(prompt) - PAGE)
+            prompt = turn
+    for kind, ms in times.items():
+        print(f"{kind:<28} median {statistics.median(ms):6.2f} ms  min {min(ms):6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
