@@ -230,11 +230,18 @@ class PrefixKeys:
     def _forget_run(self, request: Request, hashes: list[int], start: int, end: int) -> None:
         """Take ``request`` out of the holders of ``hashes[start:end]`` (the part of its run it loses)."""
         holders = self._holders
+        if request in self._dups:
+            for h in hashes[start:end]:
+                members = holders.get(h)
+                if members is None or members.get(request, start) < start:
+                    continue  # a repeated hash, still held earlier in the run
+                members.pop(request, None)
+                if not members:
+                    del holders[h]
+            return
         for h in hashes[start:end]:
-            members = holders.get(h)
-            if members is None or members.get(request, start) < start:
-                continue  # a repeated hash, still held earlier in the run
-            members.pop(request, None)
+            members = holders[h]
+            del members[request]
             if not members:
                 del holders[h]
 
