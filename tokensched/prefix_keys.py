@@ -33,13 +33,28 @@ exact too, at the cost of one membership test per cut block.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from itertools import compress, repeat
+from operator import not_
 
 from tokensched.errors import InvariantViolation
 from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import Request
 from tokensched.policies.base import Policy, PolicyContext, SortKey
 from tokensched.queue import WaitingQueue
+
+_Held = tuple[Request, int] | dict[Request, int]
+
+
+def _members(holders: dict[int, _Held], h: int) -> dict[Request, int]:
+    """The holders of ``h`` as a dict (stored as one, from a pair or from nothing)."""
+    held = holders.get(h)
+    if isinstance(held, dict):
+        return held
+    members = {} if held is None else dict([held])
+    holders[h] = members
+    return members
 
 
 class PrefixKeys:
@@ -85,7 +100,8 @@ class PrefixKeys:
         self._rekey = rekey
         self._matched: dict[Request, int] = {}  # blocks of its chain the index holds, from the first
         self._keys: dict[Request, SortKey] = {}  # the key it is queued under
-        self._holders: dict[int, dict[Request, int]] = {}  # hash -> requests whose cached run holds it, and where
+        # hash -> the requests whose cached run holds it, and where: one (request, place) pair, or a dict of them
+        self._holders: dict[int, _Held] = {}
         self._waiters: dict[int, set[Request]] = {}  # hash -> requests whose run it would extend
         self._dups: dict[Request, frozenset[int]] = {}  # hashes a chain repeats (a weak hash only)
         self._stored: list[int] = []
@@ -170,7 +186,8 @@ class PrefixKeys:
             for h in removed:
                 if h not in holders or pool.indexed(h):
                     continue  # nobody's run, or back in the index already
-                for request, cut in list(holders.get(h, {}).items()):
+                held = holders[h]
+                for request, cut in [held] if isinstance(held, tuple) else list(held.items()):
                     if cut < self._matched[request]:  # else cut already, by a hash before it
                         self._move(request, cut, changed)
         if self._stored:
@@ -214,33 +231,52 @@ class PrefixKeys:
         changed.add(request)
 
     def _hold_run(self, request: Request, hashes: list[int], start: int, end: int) -> None:
-        """Enter ``request`` as a holder of ``hashes[start:end]`` (the part its run gains), each at its place."""
+        """Enter ``request`` as a holder of ``hashes[start:end]`` (the part its run gains), each at its place.
+
+        A hash held by one request maps to a ``(request, place)`` pair, built
+        and stored in C-level passes (a session's private history is most of
+        a run); only hashes already held by another request take a Python step.
+        """
         holders = self._holders
+        seg = hashes[start:end]
         if request in self._dups:  # a repeated hash keeps its first place
-            for i in range(start, end):
-                holders.setdefault(hashes[i], {}).setdefault(request, i)
+            for i, h in enumerate(seg, start):
+                members = _members(holders, h)
+                if request not in members:
+                    members[request] = i
             return
-        for i, h in enumerate(hashes[start:end], start):
-            members = holders.get(h)
-            if members is None:
-                holders[h] = {request: i}
-            else:
-                members[request] = i
+        shared = holders.keys() & seg
+        if not shared:
+            holders.update(zip(seg, zip(repeat(request), range(start, end), strict=False), strict=True))
+            return
+        held = list(map(shared.__contains__, seg))
+        alone = list(map(not_, held))
+        places = compress(range(start, end), alone)
+        holders.update(zip(compress(seg, alone), zip(repeat(request), places, strict=False), strict=True))
+        for h, i in zip(compress(seg, held), compress(range(start, end), held), strict=True):
+            _members(holders, h)[request] = i
 
     def _forget_run(self, request: Request, hashes: list[int], start: int, end: int) -> None:
         """Take ``request`` out of the holders of ``hashes[start:end]`` (the part of its run it loses)."""
         holders = self._holders
+        seg = hashes[start:end]
         if request in self._dups:
-            for h in hashes[start:end]:
+            for h in seg:
                 members = holders.get(h)
-                if members is None or members.get(request, start) < start:
+                if members is None:
+                    continue
+                members = _members(holders, h)
+                if members.get(request, start) < start:
                     continue  # a repeated hash, still held earlier in the run
                 members.pop(request, None)
                 if not members:
                     del holders[h]
             return
-        for h in hashes[start:end]:
-            members = holders[h]
+        values = list(map(holders.__getitem__, seg))
+        alone = list(map(isinstance, values, repeat(tuple)))  # held by this request only
+        deque(map(holders.__delitem__, compress(seg, alone)), maxlen=0)
+        for h, members in zip(compress(seg, map(not_, alone)), compress(values, map(not_, alone)), strict=True):
+            assert isinstance(members, dict)
             del members[request]
             if not members:
                 del holders[h]
@@ -276,7 +312,7 @@ class PrefixKeys:
                 holders.setdefault(h, {}).setdefault(request, i)
             if walked < len(hashes):
                 waiters.setdefault(hashes[walked], set()).add(request)
-        if holders != self._holders:
+        if holders != {h: dict([v]) if isinstance(v, tuple) else v for h, v in self._holders.items()}:
             problems.append("the hash -> cached-run index is stale")
         if waiters != self._waiters:
             problems.append("the frontier index is stale")
