@@ -45,6 +45,7 @@ from tokensched.policies.base import Policy, PolicyContext, SortKey
 from tokensched.queue import WaitingQueue
 
 _Held = tuple[Request, int] | dict[Request, int]
+_SHORT = 8  # runs that move by at most this many blocks are re-indexed block by block
 
 
 def _members(holders: dict[int, _Held], h: int) -> dict[Request, int]:
@@ -245,6 +246,13 @@ class PrefixKeys:
                 if request not in members:
                     members[request] = i
             return
+        if len(seg) <= _SHORT:  # a run grown by a block or two: the C-level passes would cost more
+            for i, h in enumerate(seg, start):
+                if h in holders:
+                    _members(holders, h)[request] = i
+                else:
+                    holders[h] = (request, i)
+            return
         shared = holders.keys() & seg
         if not shared:
             holders.update(zip(seg, zip(repeat(request), range(start, end), strict=False), strict=True))
@@ -271,6 +279,16 @@ class PrefixKeys:
                 members.pop(request, None)
                 if not members:
                     del holders[h]
+            return
+        if len(seg) <= _SHORT:
+            for h in seg:
+                held = holders[h]
+                if isinstance(held, tuple):
+                    del holders[h]
+                else:
+                    del held[request]
+                    if not held:
+                        del holders[h]
             return
         values = list(map(holders.__getitem__, seg))
         alone = list(map(isinstance, values, repeat(tuple)))  # held by this request only
