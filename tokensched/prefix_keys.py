@@ -248,10 +248,13 @@ class PrefixKeys:
             return
         if len(seg) <= _SHORT:  # a run grown by a block or two: the C-level passes would cost more
             for i, h in enumerate(seg, start):
-                if h in holders:
-                    _members(holders, h)[request] = i
-                else:
+                now_held = holders.get(h)
+                if now_held is None:
                     holders[h] = (request, i)
+                elif isinstance(now_held, dict):
+                    now_held[request] = i
+                else:
+                    holders[h] = {now_held[0]: now_held[1], request: i}
             return
         shared = holders.keys() & seg
         if not shared:
@@ -262,7 +265,11 @@ class PrefixKeys:
         places = compress(range(start, end), alone)
         holders.update(zip(compress(seg, alone), zip(repeat(request), places, strict=False), strict=True))
         for h, i in zip(compress(seg, held), compress(range(start, end), held), strict=True):
-            _members(holders, h)[request] = i
+            other = holders[h]
+            if isinstance(other, dict):
+                other[request] = i
+            else:
+                holders[h] = {other[0]: other[1], request: i}
 
     def _forget_run(self, request: Request, hashes: list[int], start: int, end: int) -> None:
         """Take ``request`` out of the holders of ``hashes[start:end]`` (the part of its run it loses)."""
