@@ -7,8 +7,10 @@ recompute last, i.e. the one with the least progress first. About 30 lines.
 The state machine checks, after every plan, every scheduler invariant and the
 policy's promises (``tokensched.policies.promises``): a policy that declares
 none gets the defaults (victims rank last, work conserving, and admission in
-its order: as of the queue's latest re-sort for a dynamic policy like this
-one); this one adds a promise of its own, in its own terms, to show how.
+its order); this one adds a promise of its own, in its own terms, to show how.
+Its key moves with the cached prefix only, and it says so (``key_depends_on``):
+the scheduler then re-keys exactly the requests whose cached prefix changed,
+and the promise is admission in its *current* order.
 
     python examples/custom_policy.py          # runs the property test
 """
@@ -18,9 +20,9 @@ from __future__ import annotations
 from hypothesis import settings
 
 from tokensched.machines.request import Request
-from tokensched.policies import PolicyContext, SortKey
+from tokensched.policies import KeyDependence, PolicyContext, SortKey
 from tokensched.policies.promises import (
-    ADMISSION_IN_SORTED_ORDER,
+    ADMISSION_IN_CURRENT_ORDER,
     VICTIMS_RANK_LAST,
     WORK_CONSERVING,
     Promise,
@@ -46,7 +48,8 @@ class ShortestPromptFirst:
 
     name = "shortest-prompt-first"
     dynamic = True  # the uncached part depends on the cache, which changes while requests wait
-    promises = (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING, LEAST_PROGRESS_YIELDS)
+    key_depends_on = KeyDependence.CACHED_PREFIX  # ... and on nothing else that moves: re-keyed exactly
+    promises = (VICTIMS_RANK_LAST, ADMISSION_IN_CURRENT_ORDER, WORK_CONSERVING, LEAST_PROGRESS_YIELDS)
 
     def admission_key(self, request: Request, ctx: PolicyContext) -> SortKey:
         uncached = len(request.tokens) - ctx.cached_prefix_tokens(request)

@@ -13,6 +13,7 @@ from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.errors import IllegalTransition
 from tokensched.machines.blocks import BlockPool, BlockState
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
+from tokensched.policies import PrefixAwarePolicy
 
 
 def make(**overrides: object) -> Scheduler:
@@ -327,4 +328,38 @@ def test_a_session_turn_does_not_take_over_blocks_handed_out_since() -> None:
     turn = [*history, 5, 9, 9, 9]
     spec = RequestSpec(request_id="t1", prompt_token_ids=turn, max_tokens=1, session_id="s")
     assert cached_at_admission(s, spec) < len(history) // bs * bs
+    s.check_invariants()
+
+
+def test_several_listeners_share_the_pools_one_slot_and_can_leave_it() -> None:
+    first, second = Recorder(), Recorder()
+    pool = BlockPool(3, block_size=2, listener=first)
+    pool.add_listener(second)
+    blocks = pool.allocate(1)
+    pool.commit(blocks, [1], [1, 2], pool.root(None))
+    assert first.events == second.events == [("stored", (1,), None, (1, 2), 2)]
+    pool.remove_listener(first)
+    assert pool.listener is second
+    pool.release(blocks, None)
+    assert pool.clear_cache() == 1
+    assert first.events == [("stored", (1,), None, (1, 2), 2)] and second.events[-1] == ("cleared",)
+    pool.remove_listener(second)
+    assert pool.listener is None
+    with pytest.raises(ValueError, match="does not listen"):
+        pool.remove_listener(second)
+
+
+def test_a_prefix_aware_scheduler_and_a_kv_event_publisher_both_hear_the_pool() -> None:
+    recorder = Recorder()
+    config = SchedulerConfig(num_blocks=32, block_size=4, max_batched_tokens=9, max_model_len=512)
+    s = Scheduler(config, policy=PrefixAwarePolicy(), clock=lambda: 0.0, listener=recorder)
+    s.submit(RequestSpec(request_id="a", prompt_token_ids=list(range(1, 10)), max_tokens=1))
+    s.submit(RequestSpec(request_id="b", prompt_token_ids=[50, *range(2, 10)], max_tokens=1))
+    s.submit(RequestSpec(request_id="c", prompt_token_ids=list(range(1, 13)), max_tokens=1))
+    plan = s.plan()  # admits a (b and c wait: the budget is spent)
+    assert plan is not None and [n.request_id for n in plan.new_requests] == ["a"]
+    assert [r.request_id for r in s.waiting] == ["b", "c"]
+    s.complete(StepResult(plan.step_id, [[7]]))  # a's two full blocks are committed: c's cached prefix grows
+    assert recorder.events and recorder.events[0][0] == "stored"
+    assert [r.request_id for r in s.waiting] == ["c", "b"]  # c now leads: 8 cached tokens against none
     s.check_invariants()

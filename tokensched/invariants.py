@@ -5,12 +5,14 @@ O(everything): for tests and debugging, never the hot path.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from tokensched.errors import InvariantViolation
 from tokensched.machines.blocks import BlockState
 from tokensched.machines.request import Decoding, Finished, Preempted, Prefilling, Waiting
+from tokensched.policies.base import KeyDependence, key_dependence
 
 if TYPE_CHECKING:
     from tokensched.scheduler import Scheduler
@@ -76,5 +78,28 @@ def check_scheduler(s: Scheduler) -> None:
         s.pool.check_invariants(dict(holders))
     except InvariantViolation as e:
         problems.append(str(e))
+    problems.extend(_prefix_key_problems(s))
     if problems:
         raise InvariantViolation("; ".join(problems[:10]))
+
+
+def _prefix_key_problems(s: Scheduler) -> list[str]:
+    """The tracked cached prefixes are what a fresh walk gives, and a prefix-keyed queue is in its fresh order."""
+    keys = s._prefix_keys
+    if keys is None:
+        return []
+    waiting = list(s.waiting)  # reading the queue applies the pool events heard since the last admission
+    problems: list[str] = []
+    try:
+        keys.check(waiting)
+    except InvariantViolation as e:
+        problems.append(str(e))
+    if key_dependence(s.policy) is KeyDependence.CACHED_PREFIX:
+        ctx = s.policy_context()
+        fresh = [s.policy.admission_key(r, ctx) for r in waiting]
+        queued = [s.waiting.key_at(i) for i in range(len(waiting))]
+        if fresh != queued:
+            problems.append("a waiting request is queued under a key its policy no longer gives it")
+        if any(b < a for a, b in itertools.pairwise(queued)):
+            problems.append("the prefix-keyed queue is out of key order")
+    return problems

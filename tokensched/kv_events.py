@@ -177,8 +177,8 @@ class KVEventRecorder:
         self._events: list[KVEvent] = []
 
     def attach(self, scheduler: Scheduler) -> None:
-        """Listen to ``scheduler``'s block pool (one listener a pool: this replaces any other)."""
-        scheduler.pool.listener = self
+        """Listen to ``scheduler``'s block pool, beside whoever listens already (its prefix-keyed queue, say)."""
+        scheduler.pool.add_listener(self)
 
     def blocks_stored(
         self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int

@@ -63,8 +63,9 @@ from tokensched.plan import (
     StepPlan,
     StepResult,
 )
-from tokensched.policies.base import Policy, PolicyContext
+from tokensched.policies.base import KeyDependence, Policy, PolicyContext, key_dependence
 from tokensched.policies.fcfs import FCFSPolicy
+from tokensched.prefix_keys import PrefixKeys
 from tokensched.queue import WaitingQueue
 from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
@@ -104,7 +105,21 @@ class Scheduler:
         self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
         self.steps = StepTracker(config.max_steps_in_flight)
         self._live: dict[str, Request] = {}
-        self.waiting = WaitingQueue(self.policy.dynamic)
+        dependence = self._key_dependence = key_dependence(self.policy)
+        self.waiting = WaitingQueue(dependence)
+        # A dynamic policy reads each waiting request's cached prefix from here, kept exact from the pool's
+        # events; one keyed on the cached prefix only is also re-keyed from here, request by request.
+        self._prefix_keys: PrefixKeys | None = None
+        if dependence is not KeyDependence.STATIC and config.enable_prefix_caching:
+            self._prefix_keys = PrefixKeys(
+                self.pool,
+                self.waiting,
+                self.policy,
+                self.clock,
+                rekey=dependence is KeyDependence.CACHED_PREFIX,
+            )
+            self.pool.add_listener(self._prefix_keys)
+            self.waiting.on_read(self._prefix_keys.flush)
         self._running: dict[str, Request] = {}
         self._removed: list[str] = []
         self._truncated: dict[str, int] = {}
@@ -272,15 +287,30 @@ class Scheduler:
         return root
 
     def _enqueue(self, request: Request) -> None:
-        self.waiting.push(request, self.policy.admission_key(request, self.policy_context()))
+        keys = self._prefix_keys
+        key = keys.add(request) if keys is not None else self.policy.admission_key(request, self.policy_context())
+        self.waiting.push(request, key)
+
+    def _dequeue(self, index: int) -> Request:
+        request = self.waiting.pop_at(index)
+        if self._prefix_keys is not None:
+            self._prefix_keys.discard(request)
+        return request
 
     def policy_context(self) -> PolicyContext:
-        """What the policy sees now (for checking its keys from outside, as ``tokensched.testing`` does)."""
-        return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._estimate_cached)
+        """What the policy sees now, computed afresh (to check its keys from outside, as ``tokensched.testing`` does).
 
-    def _estimate_cached(self, request: Request) -> int:
-        """Cached prefix tokens, estimated in O(log n) look-ups (admission itself walks the chain exactly)."""
-        return self.pool.cached_prefix_length(request.block_hashes) * self._bs
+        ``cached_prefix_tokens`` walks the request's chain through the prefix
+        index (the leading blocks it holds, PENDING ones included: they are
+        shareable once the step in flight completes). The scheduler itself
+        reads the same number for a waiting request from :class:`PrefixKeys`,
+        in O(1).
+        """
+        return PolicyContext(now=self.clock(), block_size=self._bs, cached_prefix_tokens=self._cached_tokens)
+
+    def _cached_tokens(self, request: Request) -> int:
+        """Tokens of ``request``'s prefix the index holds: the leading run of its block hashes found there."""
+        return self.pool.indexed_run(request.block_hashes) * self._bs
 
     def abort(self, request_id: str) -> RequestOutput:
         """Finish a live request with reason ABORT; its blocks go back (held while a step may use them)."""
@@ -294,7 +324,12 @@ class Scheduler:
         if type(state) is Prefilling or type(state) is Decoding:
             self._finish(request, FinishReason.ABORT, "abort")
         else:
-            self.waiting.remove(request)
+            keys = self._prefix_keys
+            if keys is not None:
+                self.waiting.remove(request, keys.key_of(request))
+                keys.discard(request)
+            else:
+                self.waiting.remove(request)
             self._retire(request, FinishReason.ABORT, "abort")
         self._aborted += 1
         return RequestOutput(request_id, [], FinishReason.ABORT, None, request.num_output_tokens)
@@ -438,8 +473,11 @@ class Scheduler:
         pool = self.pool
         cfg = self.config
         waiting = self.waiting
-        if self.policy.dynamic and waiting.needs_resort():
-            ctx = self.policy_context()
+        prefix_keys = self._prefix_keys
+        if prefix_keys is not None:
+            prefix_keys.flush()  # the cache moved since the last admission: re-key whom it touched
+        if self.policy.dynamic and waiting.needs_resort():  # keys that may move with anything: re-sort them all
+            ctx = prefix_keys.context() if prefix_keys is not None else self.policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))
         retention = self._retention
@@ -488,7 +526,7 @@ class Scheduler:
                     continue
                 break  # the head of the line waits for room for its whole prompt
             request.blocked_at_free = -1
-            waiting.pop_at(index)
+            self._dequeue(index)
             request.reuse_run = None
             if retention is not None:
                 retention.forget(request.session_id)
@@ -513,6 +551,8 @@ class Scheduler:
             is_sample = cached + n == known
             builder.add(request, blocks, cached, n, NO_BLOCKS, is_sample)
             budget -= n
+            if prefix_keys is not None and prefix_keys.flush():
+                index = 0  # its blocks evicted some of the others' cached runs: the head may have changed
 
     # ============================================================= results
     def complete(self, result: StepResult) -> Sequence[RequestOutput]:
@@ -960,11 +1000,14 @@ class Scheduler:
         True when the running set is at ``max_running``, or when the head of
         a static policy's queue did not fit with exactly the free blocks there
         are now (a run allocates and frees none) and no retention window is
-        open (its protection depends on the clock).
+        open (its protection depends on the clock). A policy keyed on the
+        cached prefix only counts as static here: a run commits, evicts and
+        frees no block, so no key moves during it (reading the queue's head
+        first applies the cache's events up to now, as the next plan would).
         """
         if len(self._running) >= self.config.max_running:
             return True
-        if self.policy.dynamic or (self._retention is not None and len(self._retention)):
+        if self._key_dependence is KeyDependence.ANY or (self._retention is not None and len(self._retention)):
             return False
         return self.waiting.at(0).blocked_at_free >= self.pool.num_free
 

@@ -27,6 +27,7 @@ from tokensched.engine import Engine
 from tokensched.errors import InvalidRequest, TokenschedError
 from tokensched.machines.request import Decoding, Prefilling
 from tokensched.plan import RequestOutput, StepPlan
+from tokensched.policies import PrefixAwarePolicy
 from tokensched_sim import Deployment, SimExecutor
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
@@ -239,7 +240,9 @@ arrivals = st.lists(
 )
 
 
-def build(spec_tokens: int, in_flight: int, blocks: int, budget: int, caching: bool, seed: int) -> Engine:
+def build(
+    spec_tokens: int, in_flight: int, blocks: int, budget: int, caching: bool, seed: int, prefix_aware: bool = False
+) -> Engine:
     executor = SimExecutor(
         Deployment(model="dense-8b", gpu="h100", tp=1),
         block_size=RUN_BS,
@@ -250,6 +253,7 @@ def build(spec_tokens: int, in_flight: int, blocks: int, budget: int, caching: b
     )
     return Engine.create(
         executor,
+        PrefixAwarePolicy() if prefix_aware else None,
         max_batched_tokens=budget,
         num_speculative_tokens=spec_tokens,
         max_steps_in_flight=in_flight,
@@ -306,6 +310,8 @@ def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: boo
             steps.append((executor.now(), list(outputs)))
         else:
             event(f"run of {min(len(ran), 5)}+ steps")
+            if scheduler.waiting:
+                event("run while a request waits")
             steps.extend((t, list(o)) for t, o in ran)
         marks.append((len(steps), checkpoint(engine)))
     return steps, marks
@@ -330,6 +336,7 @@ def checkpoint(engine: Engine) -> Any:
     budget=st.sampled_from([8, 16, 64]),
     caching=st.booleans(),
     seed=st.integers(0, 2**16),
+    prefix_aware=st.booleans(),
 )
 def test_runs_match_single_steps(
     items: list[tuple[float, int, int, int, int]],
@@ -339,10 +346,12 @@ def test_runs_match_single_steps(
     budget: int,
     caching: bool,
     seed: int,
+    prefix_aware: bool,
 ) -> None:
+    """Also under PrefixAware, whose queue the cache re-keys: a run moves no key, so it may run past a waiting head."""
     specs = traffic(items)
-    single = build(spec_tokens, in_flight, blocks, budget, caching, seed)
-    multi = build(spec_tokens, in_flight, blocks, budget, caching, seed)
+    single = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware)
+    multi = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware)
     steps_single, marks_single = drive(single, specs, runs=False)
     steps_multi, marks_multi = drive(multi, specs, runs=True)
     assert steps_multi == steps_single

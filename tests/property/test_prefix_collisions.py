@@ -25,6 +25,7 @@ from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.machines.prefix import BlockHasher, Tokens
 from tokensched.plan import StepPlan
+from tokensched.policies import PrefixAwarePolicy
 from tokensched.scheduler import Scheduler
 from tokensched.testing.fake_executor import FakeExecutor
 from tokensched.testing.strategies import EOS, VOCAB, prompts, scheduler_configs
@@ -93,14 +94,17 @@ def check_cached_prefixes(
     requests=traffic(),
     seed=st.integers(0, 2**16),
     arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    prefix_aware=st.booleans(),
 )
 def test_weak_hash_never_shares_the_wrong_kv(
     config: SchedulerConfig,
     requests: list[tuple[list[int], str | None, int, str | None]],
     seed: int,
     arrivals: list[int],
+    prefix_aware: bool,
 ) -> None:
-    run_traffic(config, requests, seed, arrivals)
+    """Also with PrefixAware: its cached-prefix keys stay exact (checked by the invariants) when hashes repeat."""
+    run_traffic(config, requests, seed, arrivals, prefix_aware)
 
 
 @settings(
@@ -113,16 +117,18 @@ def test_weak_hash_never_shares_the_wrong_kv(
     requests=traffic(),
     seed=st.integers(0, 2**16),
     arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    prefix_aware=st.booleans(),
 )
 def test_weak_hash_never_makes_a_recent_run_share_the_wrong_kv(
     config: SchedulerConfig,
     requests: list[tuple[list[int], str | None, int, str | None]],
     seed: int,
     arrivals: list[int],
+    prefix_aware: bool,
 ) -> None:
     """The same with every finished request remembered as a recent run (a hash match proposes it, tokens decide)."""
     with patch.object(scheduler_module, "MIN_REUSE_BLOCKS", 1):
-        run_traffic(config, requests, seed, arrivals)
+        run_traffic(config, requests, seed, arrivals, prefix_aware)
 
 
 def run_traffic(
@@ -130,9 +136,12 @@ def run_traffic(
     requests: list[tuple[list[int], str | None, int, str | None]],
     seed: int,
     arrivals: list[int],
+    prefix_aware: bool,
 ) -> None:
     executor = FakeExecutor(config.num_blocks, config.block_size, seed=seed, vocab_size=VOCAB, eos_token_id=EOS)
-    scheduler = Scheduler(config, clock=executor.now, hasher=WeakHasher(config.block_size, secret=b"weak"))
+    policy = PrefixAwarePolicy() if prefix_aware else None
+    hasher = WeakHasher(config.block_size, secret=b"weak")
+    scheduler = Scheduler(config, policy=policy, clock=executor.now, hasher=hasher)
     history: dict[str, list[int]] = {}
     salt: dict[str, str | None] = {}
     pending = list(enumerate(requests))

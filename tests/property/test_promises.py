@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import attrs
 import pytest
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig
@@ -11,8 +12,9 @@ from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.machines.request import Request
 from tokensched.policies import FCFSPolicy, PolicyContext, PrefixAwarePolicy, PriorityPolicy, SLOPolicy
-from tokensched.policies.base import Policy, SortKey
+from tokensched.policies.base import KeyDependence, Policy, SortKey
 from tokensched.policies.promises import (
+    ADMISSION_IN_CURRENT_ORDER,
     ADMISSION_IN_ORDER,
     ADMISSION_IN_SORTED_ORDER,
     VICTIMS_RANK_LAST,
@@ -22,6 +24,7 @@ from tokensched.policies.promises import (
     default_promises,
     promises_of,
 )
+from tokensched.prefix_keys import PrefixKeys
 from tokensched.queue import RESORT_EVERY, WaitingQueue
 from tokensched.testing.exhaustive import Bounds, explore
 
@@ -65,7 +68,41 @@ def test_every_interleaving_keeps_the_other_policies_promises(policy: str) -> No
 def test_built_in_policies_declare_their_promises() -> None:
     for policy in (FCFSPolicy(), PriorityPolicy(), SLOPolicy()):
         assert promises_of(policy) == (VICTIMS_RANK_LAST, ADMISSION_IN_ORDER, WORK_CONSERVING)
-    assert promises_of(PrefixAwarePolicy()) == (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING)
+    assert promises_of(PrefixAwarePolicy()) == (VICTIMS_RANK_LAST, ADMISSION_IN_CURRENT_ORDER, WORK_CONSERVING)
+    assert promises_of(PrefixAwarePolicy()) == default_promises(PrefixAwarePolicy())
+
+
+class _ResortedPrefixAware(PrefixAwarePolicy):
+    """The same order, declared as one that may move with anything: re-sorted now and then, not re-keyed."""
+
+    name = "prefix-aware-resorted"
+    key_depends_on = KeyDependence.ANY
+    promises = (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING)
+
+
+def test_a_dynamic_policy_that_declares_nothing_is_re_sorted_and_promises_the_sorted_order() -> None:
+    class Undeclared:
+        name = "undeclared-dynamic"
+        dynamic = True
+
+        def admission_key(self, request: Request, ctx: PolicyContext) -> SortKey:
+            return (ctx.now - request.arrival_time, request.seq)
+
+        def victim_key(self, request: Request, ctx: PolicyContext) -> SortKey:
+            return (request.seq,)
+
+    policy: Policy = Undeclared()
+    assert ADMISSION_IN_SORTED_ORDER in default_promises(policy)
+    s = Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=policy, clock=lambda: 0.0)
+    assert s._prefix_keys is not None and not s._prefix_keys._rekey  # lengths kept, order re-sorted
+
+
+def test_a_declaration_that_contradicts_dynamic_is_refused() -> None:
+    class Contradiction(PrefixAwarePolicy):
+        dynamic = False
+
+    with pytest.raises(ValueError, match="contradicts dynamic"):
+        Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=Contradiction())
 
 
 class _Undeclared:
@@ -156,13 +193,54 @@ def test_a_queue_left_out_of_its_resorted_order_breaks_the_prefix_aware_promise(
             key(request)
 
     monkeypatch.setattr(WaitingQueue, "resort", keep_order)
-    report = explore(RESORT_SCOPE)
+    report = explore(RESORT_SCOPE, policy=_ResortedPrefixAware())
     assert any("admission in sorted order" in v for v in report.violations), report.summary()
+
+
+def test_a_prefix_keyed_queue_not_re_keyed_breaks_the_current_order_promise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not vacuous: without the re-keying from the cache's events (the tracker hears nothing), the search fails."""
+
+    def deaf(keys: PrefixKeys, block_hashes: list[int], *rest: object) -> None:
+        return None
+
+    monkeypatch.setattr(PrefixKeys, "blocks_stored", deaf)
+    monkeypatch.setattr(PrefixKeys, "blocks_removed", deaf)
+    report = explore(RESORT_SCOPE)
+    assert any("admission in current order" in v for v in report.violations), report.summary()
+
+
+def test_the_current_order_promise_reports_a_step_that_breaks_it() -> None:
+    s = Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=PrefixAwarePolicy(), clock=lambda: 0.0)
+    for rid in ("a", "b", "c"):
+        s.submit(RequestSpec(request_id=rid, prompt_token_ids=[1, 2, 3]))
+    a, b, c = s.waiting.at(0), s.waiting.at(1), s.waiting.at(2)
+    ctx = s.policy_context()
+    keys = {r.request_id: s.policy.admission_key(r, ctx) for r in (a, b, c)}
+    cached = dict.fromkeys(keys, 0)
+    promises = (ADMISSION_IN_CURRENT_ORDER,)
+    fine = _record(
+        s, waiting_before=(a, b, c), admission_keys=keys, cached_before=cached, admitted=(a,), still_waiting=(b, c)
+    )
+    fine = attrs.evolve(fine, waiting_after=(b, c))
+    assert broken_promises(promises, fine) == []
+    jumped = attrs.evolve(fine, admitted=(b,), still_waiting=(a, c), waiting_after=(a, c))
+    assert "'b' (key at best" in broken_promises(promises, jumped)[0]
+    stale_before = attrs.evolve(fine, waiting_before=(b, a, c))
+    assert "before the plan the queue had 'b'" in broken_promises(promises, stale_before)[0]
+    stale_after = attrs.evolve(fine, waiting_after=(c, b))
+    assert "after the plan the queue has 'c'" in broken_promises(promises, stale_after)[0]
+    # A waiting request whose cached prefix shrank during the plan may fall behind the one admitted.
+    shrunk = attrs.evolve(
+        jumped, cached_before={"a": 2, "b": 2, "c": 0}, admission_keys={**keys, "a": (-2, 0.0, 0), "b": (-2, 0.0, 1)}
+    )
+    assert broken_promises(promises, shrunk) == []
 
 
 def test_a_dynamic_queue_is_resorted_after_a_join_and_every_resort_every_steps() -> None:
     """The freshness that ADMISSION_IN_SORTED_ORDER leaves unchecked, pinned on the queue itself."""
-    s = Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=PrefixAwarePolicy(), clock=lambda: 0.0)
+    s = Scheduler(SchedulerConfig(num_blocks=16, block_size=2), policy=_ResortedPrefixAware(), clock=lambda: 0.0)
     for rid in ("a", "b"):
         s.submit(RequestSpec(request_id=rid, prompt_token_ids=[1, 2, 3]))
     queue = s.waiting

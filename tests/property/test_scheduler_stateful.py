@@ -94,7 +94,7 @@ EDGES = (
     "every running request in a step in flight",
     "a preemption (victim order checked)",
     "an admission passing requests that keep waiting (admission order checked)",
-    "an admission passing requests right after a re-sort (dynamic order checked)",
+    "an admission passing requests in an order the cache moved (current order checked)",
 )
 
 

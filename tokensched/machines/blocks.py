@@ -34,7 +34,10 @@ KV events: a :class:`BlockPoolListener` passed as ``listener`` hears
 copy of some content), ``blocks_removed`` when they stop being findable
 (eviction, :meth:`BlockPool.clear_cache`) and ``all_cleared`` when the index
 empties through :meth:`BlockPool.clear_cache`. With no listener (the default)
-nothing is built for it.
+nothing is built for it. More than one party may listen (a KV-event publisher
+and the scheduler's prefix-keyed queue): :meth:`BlockPool.add_listener` puts a
+:class:`ListenerFanOut` in the one slot, so the hot path still tests a single
+attribute.
 """
 
 from __future__ import annotations
@@ -89,6 +92,29 @@ class BlockPoolListener(Protocol):
     def blocks_removed(self, block_hashes: list[int]) -> None: ...
 
     def all_cleared(self) -> None: ...
+
+
+class ListenerFanOut:
+    """Several listeners in the pool's one slot: each event goes to each of them, in the order they were added."""
+
+    __slots__ = ("listeners",)
+
+    def __init__(self, listeners: Sequence[BlockPoolListener]) -> None:
+        self.listeners = tuple(listeners)
+
+    def blocks_stored(
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+    ) -> None:
+        for listener in self.listeners:
+            listener.blocks_stored(block_hashes, parent_block_hash, token_ids, block_size)
+
+    def blocks_removed(self, block_hashes: list[int]) -> None:
+        for listener in self.listeners:
+            listener.blocks_removed(block_hashes)
+
+    def all_cleared(self) -> None:
+        for listener in self.listeners:
+            listener.all_cleared()
 
 
 class BlockPool:
@@ -161,6 +187,29 @@ class BlockPool:
         self._completed = -1  # the newest step completed (steps complete in order)
         self._index: dict[int, int] = {}
 
+    # --------------------------------------------------------------- listeners
+    def add_listener(self, listener: BlockPoolListener) -> None:
+        """Let ``listener`` hear the prefix index change too, after whoever listens already."""
+        current = self.listener
+        if current is None:
+            self.listener = listener
+        elif isinstance(current, ListenerFanOut):
+            self.listener = ListenerFanOut((*current.listeners, listener))
+        else:
+            self.listener = ListenerFanOut((current, listener))
+
+    def remove_listener(self, listener: BlockPoolListener) -> None:
+        """Stop ``listener`` hearing the index (raises ValueError if it does not listen)."""
+        current = self.listener
+        if current is listener:
+            self.listener = None
+            return
+        if isinstance(current, ListenerFanOut) and any(x is listener for x in current.listeners):
+            rest = [x for x in current.listeners if x is not listener]
+            self.listener = rest[0] if len(rest) == 1 else ListenerFanOut(rest)
+            return
+        raise ValueError("that listener does not listen to this pool")
+
     # ------------------------------------------------------------------ queries
     def _states(self) -> npt.NDArray[np.uint8]:
         """The block states as a numpy view, for vectorised reads and writes.
@@ -222,6 +271,35 @@ class BlockPool:
             return None
         s = self._state[block]
         return block if s in (_COMMITTED, _EVICTABLE) else None
+
+    def indexed(self, block_hash: int) -> bool:
+        """Whether the prefix index holds content ``block_hash`` (shareable now, or once the step in flight is done).
+
+        Unlike :meth:`cached_block` this counts a PENDING block: it becomes
+        EVICTABLE when its step completes, and only the listener's events
+        (``blocks_stored`` / ``blocks_removed`` / ``all_cleared``) change the
+        answer, which is what lets a listener keep it up to date.
+        """
+        return block_hash in self._index
+
+    def indexed_run(self, hashes: Sequence[int], start: int = 0) -> int:
+        """The end of the run of ``hashes`` from ``start`` that the index holds (``start`` if it holds none).
+
+        C-level look-ups in chunks that double, so a short run costs little
+        and a 12k-block one a few passes.
+        """
+        index = self._index
+        end = len(hashes)
+        pos = start
+        chunk = 16
+        while pos < end:
+            part = hashes[pos : pos + chunk]
+            held = list(map(index.__contains__, part))
+            if not all(held):
+                return pos + held.index(False)
+            pos += len(part)
+            chunk *= 2
+        return end
 
     def root(self, salt: str | None) -> int:
         """The link of a request's first block: one negative id per ``cache_salt`` (None included)."""

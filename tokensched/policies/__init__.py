@@ -1,6 +1,6 @@
 """Scheduling policies: plug-ins that order admission and choose preemption victims."""
 
-from tokensched.policies.base import Policy, PolicyContext, SortKey
+from tokensched.policies.base import KeyDependence, Policy, PolicyContext, SortKey, key_dependence
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.policies.prefix_aware import PrefixAwarePolicy
 from tokensched.policies.priority import PriorityPolicy
@@ -16,10 +16,12 @@ POLICIES: dict[str, type[Policy]] = {
 __all__ = [
     "POLICIES",
     "FCFSPolicy",
+    "KeyDependence",
     "Policy",
     "PolicyContext",
     "PrefixAwarePolicy",
     "PriorityPolicy",
     "SLOPolicy",
     "SortKey",
+    "key_dependence",
 ]

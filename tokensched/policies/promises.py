@@ -24,22 +24,33 @@ Built-in promises:
   one documented look-ahead: past a head held back by another session's
   retained cache, a retained session's next turn may go first
   (``session_kv_retention_s``, at most ``MAX_PASSED_OVER`` places).
-- :data:`ADMISSION_IN_SORTED_ORDER`: the promise of a dynamic policy (its keys
-  change while a request waits, like ``PrefixAwarePolicy``, whose cached
-  prefix lengths move with the cache). Its queue is re-sorted at steps that
+- :data:`ADMISSION_IN_CURRENT_ORDER`: the promise of a policy whose keys move
+  with the cached prefix only (``key_depends_on = KeyDependence.CACHED_PREFIX``,
+  like ``PrefixAwarePolicy``). The scheduler re-keys exactly the requests
+  whose cached prefix changed (:mod:`tokensched.prefix_keys`), before each
+  admission, so it promises the policy's *current* order: the queue is in
+  fresh-key order before and after every plan, and nobody is admitted while
+  a request ahead of it *at that moment* keeps waiting (same look-ahead).
+  Within a plan the cache only loses blocks (admission evicts; nothing is
+  committed until ``complete()``), so a cached prefix moves only between its
+  length before the plan and its length after it; the check calls a step
+  wrong only when the admitted request ranks behind the waiting one for
+  every pair of lengths in those ranges, which is when it certainly did.
+- :data:`ADMISSION_IN_SORTED_ORDER`: the promise of any other dynamic policy
+  (its keys may move with the clock, say). Its queue is re-sorted at steps that
   admit, when a request joined it since the last sort and every
   ``RESORT_EVERY`` such steps otherwise (see :mod:`tokensched.queue`), so
   what it can promise is: the requests admitted in a step come first in the
   policy's order *as of the queue's latest re-sort* (the keys the policy gave
   then), with the same look-ahead; a re-sort leaves the queue in that order.
-  Comparing with fresh keys instead would flag every step where the cache
+  Comparing with fresh keys instead would flag every step where the keys
   moved since the last sort, which the policy never promised.
 - :data:`WORK_CONSERVING`: the scheduler never idles while requests wait: if
   nothing is in flight and a request is live, ``plan()`` schedules something.
   With every request finishing in the end (checked when a run drains), no
   request waits unboundedly while the pool could serve it.
 
-Not checked step by step: how stale a dynamic order may grow (the re-sort
+Not checked step by step: how stale a re-sorted order may grow (the re-sort
 period above); a re-sort skipped after a request joined shows up only when
 it lets a request admitted later break the order of the next re-sort.
 """
@@ -53,7 +64,7 @@ from typing import TypeVar
 import attrs
 
 from tokensched.machines.request import Request
-from tokensched.policies.base import Policy, PolicyContext, SortKey
+from tokensched.policies.base import KeyDependence, Policy, PolicyContext, SortKey, key_dependence
 
 
 @attrs.frozen(slots=True)
@@ -77,6 +88,7 @@ class StepRecord:
     still_waiting: tuple[Request, ...]  # waiting before and after
     steps_in_flight: int  # after the plan
     live: int  # live requests after the plan
+    cached_before: dict[str, int] = attrs.field(factory=dict)  # cached prefix tokens of each waiting before the plan
 
 
 @attrs.frozen(slots=True)
@@ -164,6 +176,55 @@ def _admission_in_sorted_order(record: StepRecord) -> str | None:
     return None
 
 
+def _admission_in_current_order(record: StepRecord) -> str | None:
+    keys = record.admission_keys
+    for before, after in itertools.pairwise(record.waiting_before):
+        if keys[after.request_id] < keys[before.request_id]:
+            return (
+                f"before the plan the queue had {before.request_id!r} (key {keys[before.request_id]}) ahead of "
+                f"{after.request_id!r} (key {keys[after.request_id]})"
+            )
+    ctx = record.ctx
+    key = record.policy.admission_key
+    fresh = [key(r, ctx) for r in record.waiting_after]
+    for i in range(1, len(fresh)):
+        if fresh[i] < fresh[i - 1]:
+            return (
+                f"after the plan the queue has {record.waiting_after[i - 1].request_id!r} (key {fresh[i - 1]}) "
+                f"ahead of {record.waiting_after[i].request_id!r} (key {fresh[i]})"
+            )
+    for admitted in record.admitted:
+        if admitted.request_id not in keys or _look_ahead(record, admitted):
+            continue
+        best = min(_keys_between(record, admitted, 0))  # its cached prefix at admission: at most what it had
+        for waiting in record.still_waiting:
+            worst = max(_keys_between(record, waiting, ctx.cached_prefix_tokens(waiting)))
+            if worst < best:
+                return (
+                    f"{admitted.request_id!r} (key at best {best}) was admitted before {waiting.request_id!r} "
+                    f"(key at worst {worst} all through the plan), which still waits"
+                )
+    return None
+
+
+def _keys_between(record: StepRecord, request: Request, low: int) -> list[SortKey]:
+    """``request``'s keys for every cached prefix from ``low`` tokens up to what it had before the plan."""
+    high = record.cached_before.get(request.request_id)
+    if high is None:
+        return [record.admission_keys[request.request_id]]
+    ctx = record.ctx
+    bs = ctx.block_size
+    key = record.policy.admission_key
+    return [
+        key(request, PolicyContext(now=ctx.now, block_size=bs, cached_prefix_tokens=_always(c)))
+        for c in range(min(low, high), high + 1, bs)
+    ]
+
+
+def _always(tokens: int) -> Callable[[Request], int]:
+    return lambda _request: tokens
+
+
 def _work_conserving(record: StepRecord) -> str | None:
     if not record.planned and record.steps_in_flight == 0 and record.live:
         return f"plan() scheduled nothing with no step in flight and {record.live} live requests"
@@ -180,6 +241,12 @@ ADMISSION_IN_ORDER = Promise(
     "requests are admitted in the policy's order, except the documented retention look-ahead",
     _admission_in_order,
 )
+ADMISSION_IN_CURRENT_ORDER = Promise(
+    "admission in current order",
+    "requests are admitted in the policy's order with the keys of the moment (kept exact from the cache's events), "
+    "except the retention look-ahead",
+    _admission_in_current_order,
+)
 ADMISSION_IN_SORTED_ORDER = Promise(
     "admission in sorted order",
     "requests are admitted in the policy's order as of the queue's latest re-sort, except the retention look-ahead",
@@ -193,8 +260,11 @@ WORK_CONSERVING = Promise(
 
 
 def default_promises(policy: Policy) -> tuple[Promise, ...]:
-    """What the scheduler guarantees for any policy (admission order as of the latest re-sort for a dynamic one)."""
-    if policy.dynamic:
+    """What the scheduler guarantees for any policy, by what its keys depend on (see ``KeyDependence``)."""
+    dependence = key_dependence(policy)
+    if dependence is KeyDependence.CACHED_PREFIX:
+        return (VICTIMS_RANK_LAST, ADMISSION_IN_CURRENT_ORDER, WORK_CONSERVING)
+    if dependence is KeyDependence.ANY:
         return (VICTIMS_RANK_LAST, ADMISSION_IN_SORTED_ORDER, WORK_CONSERVING)
     return (VICTIMS_RANK_LAST, ADMISSION_IN_ORDER, WORK_CONSERVING)
 

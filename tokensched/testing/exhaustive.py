@@ -172,6 +172,7 @@ _SCHEDULER_KNOWN = frozenset(
     | {"_hit_tokens", "_query_tokens", "_preemptions", "_finished", "_aborted", "_failed_steps"}  # statistics
     | {"_bs", "_caching", "_chunk", "_k_spec", "_admit_reserve"}  # constants
     | {"host"}  # fingerprinted by _host_key
+    | {"_prefix_keys"}  # a function of the waiting requests and the pool's index once flushed (reading the queue does)
 )
 _REQUEST_SKIPPED = frozenset(
     {"state", "epoch"}  # fingerprinted as state name + fields, and as current-or-stale per step

@@ -43,7 +43,7 @@ from tokensched.executor import Executor, RequestMirror
 from tokensched.machines.blocks import BlockState
 from tokensched.machines.request import Preempted, Waiting, held_blocks
 from tokensched.plan import PLACEHOLDER_TOKEN, FinishReason, RequestEvent, RequestOutput, StepPlan, StepResult
-from tokensched.policies.base import Policy
+from tokensched.policies.base import KeyDependence, Policy, key_dependence
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.policies.promises import Promise, promises_of
 from tokensched.scheduler import Scheduler
@@ -212,6 +212,9 @@ class SchedulerStateMachine(RuleBasedStateMachine):
             boundary("an admission passing requests that keep waiting (admission order checked)")
             if record.resort_keys is not None:
                 boundary("an admission passing requests right after a re-sort (dynamic order checked)")
+            seqs = [r.seq for r in record.waiting_before]
+            if key_dependence(record.policy) is KeyDependence.CACHED_PREFIX and seqs != sorted(seqs):
+                boundary("an admission passing requests in an order the cache moved (current order checked)")
         if plan is None:
             return
         rows = self._check_plan(plan)

@@ -5,7 +5,9 @@ instead of ``scheduler.plan()``; it raises :class:`PromiseBroken` naming the
 promise, the requests and their keys when a step breaks one. The promises
 themselves are data in :mod:`tokensched.policies.promises`.
 
-A dynamic policy's order is promised as of the queue's latest re-sort, so the
+A policy keyed on the cached prefix only is promised its current order: the
+observer takes fresh keys and cached prefixes before the plan and after it.
+Any other dynamic policy's order is promised as of the queue's latest re-sort, so the
 observer must see the keys the policy gave *at* that re-sort (the cache may
 move later in the same plan, as admission allocates blocks). It does so by
 standing a recording proxy in for the scheduler's policy for the length of
@@ -57,6 +59,7 @@ def observe_plan(scheduler: Scheduler, promises: Sequence[Promise] | None = None
     before_ctx = s.policy_context()
     waiting_before = tuple(s.waiting)
     keys = {r.request_id: policy.admission_key(r, before_ctx) for r in waiting_before}
+    cached_before = {r.request_id: before_ctx.cached_prefix_tokens(r) for r in waiting_before}
     running_before = set(s.running)
     retained = s.retained_sessions
     recorder = _KeyRecorder(policy)
@@ -84,6 +87,7 @@ def observe_plan(scheduler: Scheduler, promises: Sequence[Promise] | None = None
         still_waiting=tuple(r for r in waiting_before if r.request_id in waiting_ids),
         steps_in_flight=len(s.steps),
         live=len(s.live),
+        cached_before=cached_before,
     )
     broken = broken_promises(promises if promises is not None else promises_of(policy), record)
     if broken:
