@@ -37,15 +37,13 @@ from tokensched.benchmark.cluster import _Chains, _Replica, _submit, _totals
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.metrics import MetricsCollector
 from tokensched.benchmark.profiles import PROFILES
-from tokensched.benchmark.run import EOS_TOKEN_ID, BenchResult, RunInfo, make_deployment
-from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload, Trace, TraceSource
+from tokensched.benchmark.run import EOS_TOKEN_ID, BenchResult, RunInfo, make_deployment, sim_engine, workload_source
+from tokensched.benchmark.workloads import SessionWorkload, Trace
 from tokensched.cluster.router import SimRouter
 from tokensched.cluster.spec import RouterPolicy
-from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import TokenschedError
 from tokensched.executor import executor_package
-from tokensched.scheduler import Scheduler
 
 _ROUTERS = {"round_robin": RouterPolicy.ROUND_ROBIN, "least_load": RouterPolicy.LEAST_LOAD}
 
@@ -66,7 +64,7 @@ def run_dp_attention(
     capacity = min(rank_cost.max_request_tokens(config.block_size), rank_blocks * config.block_size)
     stop = config.duration_s + config.drain_s
     workload = SessionWorkload(
-        _source(config, capacity, stop, trace), ttft_deadline_s=config.ttft_slo_s, eos_token_id=EOS_TOKEN_ID
+        workload_source(config, capacity, stop, trace), ttft_deadline_s=config.ttft_slo_s, eos_token_id=EOS_TOKEN_ID
     )
     replicas = [_rank(config, deployment, rank_blocks, workload, rank) for rank in range(ranks)]
     router = SimRouter(_ROUTERS[profile.dp_router], ranks, seed=config.seed)
@@ -104,46 +102,12 @@ def run_dp_attention(
     return result, workload.trace()
 
 
-def _source(config: BenchConfig, capacity: int, stop: float, trace: Trace | None) -> Any:
-    """The bench's sessions (or a trace's), capped at what one rank can hold: a request lives on one rank."""
-    if trace is None:
-        workload = config.workload.model_copy(
-            update={"max_context_tokens": min(config.workload.max_context_tokens, capacity)}
-        )
-        window = (config.warmup_s, config.duration_s)
-        return CodingAgentSource(workload, config.arrivals, stop, config.seed, window=window)
-    header = trace.header.model_copy(
-        update={"duration_s": stop, "max_context_tokens": min(trace.header.max_context_tokens, capacity)}
-    )
-    return TraceSource(trace.model_copy(update={"header": header}))
-
-
 def _rank(config: BenchConfig, deployment: Any, blocks: int, workload: SessionWorkload, rank: int) -> _Replica:
     """One DP rank: the profile's per-rank scheduler over one rank's pool, stepped at one rank's cost."""
-    sim = executor_package("sim")
-    profile = PROFILES[config.policy]
-    executor = sim.SimExecutor(
-        deployment,
-        block_size=config.block_size,
-        output_lengths=workload.planned_output_tokens,
-        eos_token_id=EOS_TOKEN_ID,
-        mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
-        seed=config.seed * 1000 + rank,
-        num_kv_blocks=blocks,
+    executor, scheduler = sim_engine(
+        config, deployment, workload, seed=config.seed * 1000 + rank, num_kv_blocks=blocks, host_tier=False
     )
     executor.cost_model = executor.cost_model.one_dp_rank()  # this rank's batch, not a balanced share of it
-    settings: dict[str, Any] = {
-        "num_blocks": blocks,
-        "block_size": config.block_size,
-        "num_speculative_tokens": config.num_speculative_tokens,
-        **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
-    }
-    scheduler = Scheduler(
-        SchedulerConfig.model_validate(settings),
-        policy=profile.make_policy(config),
-        clock=executor.now,
-        load_cost=executor,
-    )
     return _Replica(Engine(scheduler, executor))
 
 

@@ -210,6 +210,71 @@ class Simulation(NamedTuple):
     stop: float
 
 
+def workload_source(config: BenchConfig, capacity: int, stop: float, trace: Trace | None) -> Any:
+    """The bench's sessions (or ``trace``'s) until ``stop``, each context capped at ``capacity`` tokens.
+
+    A context the KV pool (or the one rank a request lives on) cannot hold
+    would be refused by any server: such a turn ends its session.
+    """
+    if trace is None:
+        workload = config.workload.model_copy(
+            update={"max_context_tokens": min(config.workload.max_context_tokens, capacity)}
+        )
+        window = (config.warmup_s, config.duration_s)
+        return CodingAgentSource(workload, config.arrivals, stop, config.seed, window=window)
+    header = trace.header.model_copy(
+        update={"duration_s": stop, "max_context_tokens": min(trace.header.max_context_tokens, capacity)}
+    )
+    return TraceSource(trace.model_copy(update={"header": header}))
+
+
+def sim_engine(
+    config: BenchConfig,
+    deployment: Any,
+    workload: SessionWorkload,
+    *,
+    seed: int,
+    num_kv_blocks: int | None = None,
+    host_tier: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Any, Scheduler]:
+    """The simulated GPU and the profile's scheduler over it: what one bench replica (or DP rank) is made of.
+
+    ``num_kv_blocks`` overrides the pool the deployment's memory gives (a DP
+    rank holds its own share); ``host_tier`` adds the config's host KV tier;
+    ``overrides`` replace scheduler settings the profile chose.
+    """
+    sim = _simulator()
+    profile = PROFILES[config.policy]
+    executor_options: dict[str, Any] = {"host_link": config.host_link} if host_tier else {}
+    if num_kv_blocks is not None:
+        executor_options["num_kv_blocks"] = num_kv_blocks
+    executor = sim.SimExecutor(
+        deployment,
+        block_size=config.block_size,
+        output_lengths=workload.planned_output_tokens,
+        eos_token_id=EOS_TOKEN_ID,
+        mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
+        seed=seed,
+        **executor_options,
+    )
+    settings: dict[str, Any] = {
+        "num_blocks": executor.num_kv_blocks,
+        "block_size": config.block_size,
+        "num_speculative_tokens": config.num_speculative_tokens,
+        **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
+        **(host_tier_settings(config, executor) if host_tier else {}),
+        **(overrides or {}),
+    }
+    scheduler = Scheduler(
+        SchedulerConfig.model_validate(settings),
+        policy=profile.make_policy(config),
+        clock=executor.now,
+        load_cost=executor,
+    )
+    return executor, scheduler
+
+
 def build_simulation(
     config: BenchConfig, *, trace: Trace | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Simulation:
@@ -220,49 +285,15 @@ def build_simulation(
     benchmark runs the same setup as :func:`run_bench`.
     """
     sim = _simulator()
-    profile = PROFILES[config.policy]
     deployment = make_deployment(config)
     stop = config.duration_s + config.drain_s
     probe = sim.CostModel(deployment)
     capacity = min(
         probe.max_request_tokens(config.block_size), probe.num_kv_blocks(config.block_size) * config.block_size
     )
-    # A context the KV pool cannot hold would be refused by any server: such a turn ends its session.
-    workload_config = config.workload.model_copy(
-        update={"max_context_tokens": min(config.workload.max_context_tokens, capacity)}
-    )
-    if trace is None:
-        window = (config.warmup_s, config.duration_s)
-        source: Any = CodingAgentSource(workload_config, config.arrivals, stop, config.seed, window=window)
-    else:
-        header = trace.header.model_copy(
-            update={"duration_s": stop, "max_context_tokens": min(trace.header.max_context_tokens, capacity)}
-        )
-        source = TraceSource(trace.model_copy(update={"header": header}))
+    source = workload_source(config, capacity, stop, trace)
     workload = SessionWorkload(source, ttft_deadline_s=config.ttft_slo_s, eos_token_id=EOS_TOKEN_ID)
-    executor = sim.SimExecutor(
-        deployment,
-        block_size=config.block_size,
-        output_lengths=workload.planned_output_tokens,
-        eos_token_id=EOS_TOKEN_ID,
-        mean_accepted_length=config.spec_accept_length if config.num_speculative_tokens else None,
-        seed=config.seed,
-        host_link=config.host_link,
-    )
-    settings: dict[str, Any] = {
-        "num_blocks": executor.num_kv_blocks,
-        "block_size": config.block_size,
-        "num_speculative_tokens": config.num_speculative_tokens,
-        **profile.scheduler_settings(speculative=config.num_speculative_tokens > 0),
-        **host_tier_settings(config, executor),
-        **(overrides or {}),
-    }
-    scheduler = Scheduler(
-        SchedulerConfig.model_validate(settings),
-        policy=profile.make_policy(config),
-        clock=executor.now,
-        load_cost=executor,
-    )
+    executor, scheduler = sim_engine(config, deployment, workload, seed=config.seed, overrides=overrides)
     metrics = MetricsCollector(
         num_gpus=config.num_gpus,
         window_start=config.warmup_s,
