@@ -84,18 +84,22 @@ def check_cached_prefixes(
             event("served from the prefix cache")
 
 
-@settings(
-    max_examples=max(1, EXAMPLES // 5),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-@given(
+# Cached traffic under the weak hash: the two tests below draw the same examples (the second remembers more runs).
+weak_hash_traffic = given(
     config=scheduler_configs(speculative=False).map(lambda c: c.model_copy(update={"enable_prefix_caching": True})),
     requests=traffic(),
     seed=st.integers(0, 2**16),
     arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
     prefix_aware=st.booleans(),
 )
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@weak_hash_traffic
 def test_weak_hash_never_shares_the_wrong_kv(
     config: SchedulerConfig,
     requests: list[tuple[list[int], str | None, int, str | None]],
@@ -112,13 +116,7 @@ def test_weak_hash_never_shares_the_wrong_kv(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-@given(
-    config=scheduler_configs(speculative=False).map(lambda c: c.model_copy(update={"enable_prefix_caching": True})),
-    requests=traffic(),
-    seed=st.integers(0, 2**16),
-    arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
-    prefix_aware=st.booleans(),
-)
+@weak_hash_traffic
 def test_weak_hash_never_makes_a_recent_run_share_the_wrong_kv(
     config: SchedulerConfig,
     requests: list[tuple[list[int], str | None, int, str | None]],

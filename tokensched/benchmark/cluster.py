@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary
 from tokensched.benchmark.profiles import PROFILES
-from tokensched.benchmark.run import EOS_TOKEN_ID, make_deployment
+from tokensched.benchmark.run import EOS_TOKEN_ID, bench_metrics, make_deployment
 from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload
 from tokensched.cluster.router import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, SimRouter
 from tokensched.cluster.spec import RouterPolicy
@@ -193,13 +193,7 @@ def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] |
         balance_abs_threshold=config.balance_abs_threshold,
         balance_rel_threshold=config.balance_rel_threshold,
     )
-    metrics = MetricsCollector(
-        num_gpus=bench.num_gpus * config.replicas,
-        window_start=bench.warmup_s,
-        window_end=bench.duration_s,
-        sample_interval_s=bench.sample_interval_s,
-        ttft_slo_s=bench.ttft_slo_s,
-    )
+    metrics = bench_metrics(bench, bench.num_gpus * config.replicas)
     rejected = _drive(replicas, router, workload, metrics, _Chains(bench.block_size), stop, progress)
     metrics.on_stats(stop, _totals(replicas))
     summaries = []

@@ -45,6 +45,7 @@ from tokensched.benchmark.cluster import (
     make_workload,
 )
 from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary
+from tokensched.benchmark.run import bench_metrics
 from tokensched.benchmark.workloads import SessionWorkload
 from tokensched.cluster.router import SimRouter
 from tokensched.cluster.spec import RouterPolicy
@@ -150,13 +151,7 @@ def run_disagg(config: DisaggConfig, *, progress: Callable[[float], None] | None
             ((config.prefill_router, config.prefill), (config.decode_router, config.decode))
         )
     ]
-    metrics = MetricsCollector(
-        num_gpus=bench.num_gpus * (config.prefill + config.decode),
-        window_start=bench.warmup_s,
-        window_end=bench.duration_s,
-        sample_interval_s=bench.sample_interval_s,
-        ttft_slo_s=bench.ttft_slo_s,
-    )
+    metrics = bench_metrics(bench, bench.num_gpus * (config.prefill + config.decode))
     loop = _Loop(prefill, decode, routers[0], routers[1], workload, metrics, _Chains(bench.block_size))
     loop.seconds_per_token = kv_bytes_per_token / bandwidth
     loop.run(stop, progress)

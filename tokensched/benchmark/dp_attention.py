@@ -28,7 +28,6 @@ dominate, as they do at the few requests a step of this workload.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,15 @@ from tokensched.benchmark.cluster import _Chains, _Replica, _submit, _totals
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.metrics import MetricsCollector
 from tokensched.benchmark.profiles import PROFILES
-from tokensched.benchmark.run import EOS_TOKEN_ID, BenchResult, RunInfo, make_deployment, sim_engine, workload_source
+from tokensched.benchmark.run import (
+    EOS_TOKEN_ID,
+    BenchResult,
+    bench_metrics,
+    bench_result,
+    make_deployment,
+    sim_engine,
+    workload_source,
+)
 from tokensched.benchmark.workloads import SessionWorkload, Trace
 from tokensched.cluster.router import SimRouter
 from tokensched.cluster.spec import RouterPolicy
@@ -68,38 +75,22 @@ def run_dp_attention(
     )
     replicas = [_rank(config, deployment, rank_blocks, workload, rank) for rank in range(ranks)]
     router = SimRouter(_ROUTERS[profile.dp_router], ranks, seed=config.seed)
-    metrics = MetricsCollector(
-        num_gpus=config.num_gpus,
-        window_start=config.warmup_s,
-        window_end=config.duration_s,
-        sample_interval_s=config.sample_interval_s,
-        ttft_slo_s=config.ttft_slo_s,
-    )
+    metrics = bench_metrics(config, config.num_gpus)
     rejected = drive_lockstep(replicas, router, workload, metrics, _Chains(config.block_size), stop, progress)
     metrics.on_stats(stop, _totals(replicas))
-    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    counts = workload.counts
-    run = RunInfo(
+    return bench_result(
+        config,
+        metrics,
+        workload,
         deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, "
         f"{profile.shape(config.tp)}, routed {profile.dp_router}",
         num_kv_blocks=rank_blocks * ranks,
-        kv_capacity_tokens=rank_blocks * ranks * config.block_size,
-        max_context_tokens=workload.header.max_context_tokens,
         sim_time_s=stop,
         num_steps=sum(r.scheduler.stats().num_steps for r in replicas),
-        sessions_started=counts.sessions_started,
-        sessions_completed=counts.sessions_completed,
-        requests_released=counts.requests_released,
-        requests_rejected=rejected,
-        requests_unfinished=sum(len(r.scheduler.live) for r in replicas),
-        rate_scale=workload.header.rate_scale,
-        stand_in_answers=counts.stand_in_answers,
-        wall_s=wall,
-        cpu_s=cpu,
-        speedup=stop / wall if wall > 0 else math.inf,
+        rejected=rejected,
+        unfinished=sum(len(r.scheduler.live) for r in replicas),
+        started=(wall_start, cpu_start),
     )
-    result = BenchResult(config=config, profile=profile.description, metrics=metrics.summarize(stop), run=run)
-    return result, workload.trace()
 
 
 def _rank(config: BenchConfig, deployment: Any, blocks: int, workload: SessionWorkload, rank: int) -> _Replica:

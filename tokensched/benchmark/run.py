@@ -174,29 +174,69 @@ def run_bench(
     rejected = drive(Engine(scheduler, executor), workload, metrics, stop, progress)
     end = executor.now()
     metrics.on_stats(end, scheduler.stats())
-    wall, cpu = time.perf_counter() - wall_start, time.process_time() - cpu_start
-    counts = workload.counts
-    run = RunInfo(
-        deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, "
-        f"{PROFILES[config.policy].shape(config.tp)}",
+    return bench_result(
+        config,
+        metrics,
+        workload,
+        deployment=f"{deployment.model.name} on {config.num_gpus}x {deployment.gpu.name}, {profile.shape(config.tp)}",
         num_kv_blocks=executor.num_kv_blocks,
-        kv_capacity_tokens=executor.num_kv_blocks * config.block_size,
-        max_context_tokens=workload.header.max_context_tokens,
         sim_time_s=end,
         num_steps=scheduler.stats().num_steps,
+        rejected=rejected,
+        unfinished=len(scheduler.live),
+        started=(wall_start, cpu_start),
+    )
+
+
+def bench_metrics(config: BenchConfig, num_gpus: int) -> MetricsCollector:
+    """The collector of one run of ``config``: its measuring window, sampling interval and TTFT target."""
+    return MetricsCollector(
+        num_gpus=num_gpus,
+        window_start=config.warmup_s,
+        window_end=config.duration_s,
+        sample_interval_s=config.sample_interval_s,
+        ttft_slo_s=config.ttft_slo_s,
+    )
+
+
+def bench_result(
+    config: BenchConfig,
+    metrics: MetricsCollector,
+    workload: SessionWorkload,
+    *,
+    deployment: str,
+    num_kv_blocks: int,
+    sim_time_s: float,
+    num_steps: int,
+    rejected: int,
+    unfinished: int,
+    started: tuple[float, float],
+) -> tuple[BenchResult, Trace]:
+    """The result of a finished run (its wall and CPU time counted from ``started``) and the trace that replays it."""
+    wall, cpu = time.perf_counter() - started[0], time.process_time() - started[1]
+    counts = workload.counts
+    run = RunInfo(
+        deployment=deployment,
+        num_kv_blocks=num_kv_blocks,
+        kv_capacity_tokens=num_kv_blocks * config.block_size,
+        max_context_tokens=workload.header.max_context_tokens,
+        sim_time_s=sim_time_s,
+        num_steps=num_steps,
         sessions_started=counts.sessions_started,
         sessions_completed=counts.sessions_completed,
         requests_released=counts.requests_released,
         requests_rejected=rejected,
-        requests_unfinished=len(scheduler.live),
+        requests_unfinished=unfinished,
         rate_scale=workload.header.rate_scale,
         stand_in_answers=counts.stand_in_answers,
         wall_s=wall,
         cpu_s=cpu,
-        speedup=end / wall if wall > 0 else math.inf,
+        speedup=sim_time_s / wall if wall > 0 else math.inf,
     )
-    result = BenchResult(config=config, profile=profile.description, metrics=metrics.summarize(end), run=run)
-    return result, workload.trace()
+    summary = metrics.summarize(sim_time_s)
+    return BenchResult(
+        config=config, profile=PROFILES[config.policy].description, metrics=summary, run=run
+    ), workload.trace()
 
 
 class Simulation(NamedTuple):
@@ -294,14 +334,7 @@ def build_simulation(
     source = workload_source(config, capacity, stop, trace)
     workload = SessionWorkload(source, ttft_deadline_s=config.ttft_slo_s, eos_token_id=EOS_TOKEN_ID)
     executor, scheduler = sim_engine(config, deployment, workload, seed=config.seed, overrides=overrides)
-    metrics = MetricsCollector(
-        num_gpus=config.num_gpus,
-        window_start=config.warmup_s,
-        window_end=config.duration_s,
-        sample_interval_s=config.sample_interval_s,
-        ttft_slo_s=config.ttft_slo_s,
-    )
-    return Simulation(deployment, workload, executor, scheduler, metrics, stop)
+    return Simulation(deployment, workload, executor, scheduler, bench_metrics(config, config.num_gpus), stop)
 
 
 def drive(
