@@ -43,6 +43,25 @@ I64 = npt.NDArray[np.int64]
 PENDING_COLUMNS = 32  # tokens kept per row before every row is flushed into its TokenBuffer
 
 
+def exact_decode(request: Request, block_size: int, caching: bool, ahead: int = 0) -> bool:
+    """Whether ``request`` is a decode whose counters agree: ``ahead`` tokens scheduled past those computed,
+    its tokens one past them, blocks for exactly the scheduled ones and (with caching) every full block committed.
+
+    What both fast paths (the columns and a decode run) need before they stand in for the typed machines.
+    """
+    s = request.state
+    if type(s) is not Decoding:
+        return False
+    pos = s.num_computed
+    if (
+        s.num_scheduled != pos + ahead
+        or request.tokens.size != pos + 1
+        or len(s.blocks) != -(-(pos + ahead) // block_size)
+    ):
+        return False
+    return not caching or s.num_committed == len(request.block_hashes) == pos // block_size
+
+
 class DecodeColumns:
     """The running decodes as parallel arrays (row order = the running set's order)."""
 
@@ -108,16 +127,9 @@ class DecodeColumns:
     @staticmethod
     def eligible(requests: list[Request], block_size: int, caching: bool) -> bool:
         """Whether every request is a plain decode with exact counters (nothing in flight, no drafts)."""
-        for r in requests:
-            s = r.state
-            if type(s) is not Decoding or r.inflight_steps or r.draft_tokens:
-                return False
-            pos = s.num_computed
-            if s.num_scheduled != pos or r.tokens.size != pos + 1 or len(s.blocks) != -(-pos // block_size):
-                return False
-            if caching and not (s.num_committed == len(r.block_hashes) == pos // block_size):
-                return False
-        return True
+        return all(
+            not r.inflight_steps and not r.draft_tokens and exact_decode(r, block_size, caching) for r in requests
+        )
 
     def __len__(self) -> int:
         return len(self.requests)

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
-from tokensched.decode_columns import DecodeColumns
+from tokensched.decode_columns import DecodeColumns, exact_decode
 from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
@@ -968,18 +968,15 @@ class Scheduler:
         limits: list[int] = []
         stops: list[frozenset[int]] = []
         for i, r in enumerate(rows):
-            s = r.state
-            if type(s) is not Decoding or r.sampling.logprobs:
-                return None
-            pos = s.num_computed
             ahead = planned[i] if i < len(planned) else 0  # tokens of the step in flight
-            if r.inflight_steps != (1 if ahead else 0) or r.inflight_samples != ahead:
+            if r.sampling.logprobs or r.inflight_steps != (1 if ahead else 0) or r.inflight_samples != ahead:
                 return None
+            if not exact_decode(r, bs, caching, ahead):
+                return None
+            s = r.state
+            assert type(s) is Decoding
+            pos = s.num_computed
             blocks = s.blocks
-            if s.num_scheduled != pos + ahead or r.tokens.size != pos + 1 or len(blocks) != -(-(pos + ahead) // bs):
-                return None
-            if caching and not (s.num_committed == len(r.block_hashes) == pos // bs):
-                return None
             room = r.max_tokens - (pos + 1 - r.num_prompt_tokens)
             if room < 1:
                 return None
