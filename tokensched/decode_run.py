@@ -77,6 +77,16 @@ class DecodeRun:
     ids that finish it (EOS included). ``removed_request_ids`` and
     ``truncated_block_tables`` are what the first new step's plan would have
     carried (as in :class:`~tokensched.plan.StepPlan`).
+
+    With ``cross_blocks`` the run goes on across block boundaries: a step
+    whose row needs a new block plans it (the scheduler allocates it when the
+    run completes, in the order single steps would have, so an executor that
+    needs block ids before the step cannot take such a run), and a step that
+    fills or hashes a block is applied by the per-request code inside the run.
+    The steps of a run may allocate ``spare_blocks`` blocks in all before a
+    step (more, and single steps would serve the running set by victim key:
+    the run ends before that step). Without it the run ends before a row
+    needs a new block and with a step that fills or hashes one.
     """
 
     first_step_id: int
@@ -96,6 +106,8 @@ class DecodeRun:
     stop_token_ids: list[frozenset[int]]
     groups: list[list[int]] = attrs.field(factory=list)  # empty: one group of every row
     launched: int = 0
+    cross_blocks: bool = False
+    spare_blocks: int = 0
 
     def group(self, j: int) -> list[int]:
         """The rows step ``j`` of the run schedules."""
@@ -138,38 +150,65 @@ class RunCursor:
     before applying it.
     """
 
-    __slots__ = ("_k", "drafts", "fills", "planned", "pos", "room", "run", "size", "special")
+    __slots__ = (
+        "_k",
+        "allocated",
+        "allocs",
+        "drafts",
+        "ends",
+        "planned",
+        "pos",
+        "room",
+        "run",
+        "size",
+        "special",
+        "touched",
+    )
 
     def __init__(self, run: DecodeRun) -> None:
         self.run = run
         self._k = run.num_speculative_tokens
         self.pos = list(run.num_computed_tokens)  # positions computed (the next step's first input)
-        bs = run.block_size
-        # from this position on a block is full or all its tokens are known: the single step commits or hashes it
-        self.fills = [(p // bs + 1) * bs - 1 for p in self.pos]
+        self.ends = list(run.block_end)  # positions below this are covered by the row's blocks
         self.size = [p + 1 for p in self.pos]  # tokens known
         self.room = list(run.room)
         self.drafts = [list(d) for d in run.draft_token_ids]
-        self.special = False  # a step finished a row or reached a block's end: the run ends with it
+        self.special = False  # a step finished a row or rolled back a block (or, not crossing, reached one's end)
         self.planned: dict[int, list[list[int]]] = {}  # step -> the drafts each row of its group verifies
+        self.allocated = 0  # blocks the run's steps allocated so far
+        self.allocs: dict[int, list[tuple[int, int]]] = {}  # step -> (row, blocks) its plan allocates, in row order
+        self.touched: list[int] = []  # steps that filled or hashed a block (the per-request code applies them)
 
     def plan(self, j: int) -> list[list[int]] | None:
         """The drafts each row of step ``j``'s group verifies, or None when the run ends before step ``j``."""
         run = self.run
         if self.special or j >= run.max_steps:
             return None
+        cross = run.cross_blocks
+        if cross and self.allocated > run.spare_blocks:
+            return None  # the free blocks ran short: single steps would serve the rows by victim key
         k = self._k
-        ends = run.block_end
+        ends = self.ends
         pos = self.pos
         room = self.room
         out: list[list[int]] = []
+        needs: list[tuple[int, int]] = []
         for i in run.group(j):
             drafts = self.drafts[i]
             cap = min(k, room[i] - 1)
             step = drafts[:cap] if len(drafts) > cap else drafts
-            if pos[i] + 1 + len(step) > ends[i]:
-                return None  # it would need a block it does not hold: the scheduler plans that step
+            top = pos[i] + 1 + len(step)
+            if top > ends[i]:
+                if not cross:
+                    return None  # it would need a block it does not hold: the scheduler plans that step
+                needs.append((i, -(-top // run.block_size) - ends[i] // run.block_size))
             out.append(step)
+        if needs:
+            bs = run.block_size
+            for i, n in needs:
+                ends[i] += n * bs
+                self.allocated += n
+            self.allocs[j] = needs
         self.planned[j] = out
         return out
 
@@ -184,23 +223,29 @@ class RunCursor:
         drafts = self.planned[j]
         if check:
             _check_step(run, j, rows, drafts, sampled, proposals)
-        stops, limits, ends = run.stop_token_ids, run.length_limit, run.block_end
+        stops, limits, ends = run.stop_token_ids, run.length_limit, self.ends
         k = self._k
         bs = run.block_size
-        fills = self.fills
-        special = False
+        special = touched = False
         for r, i in enumerate(rows):
             tokens = sampled[r]
             got = len(tokens)
-            self.pos[i] += got  # 1 + accepted drafts, with or without drafts
+            before = self.pos[i]
+            pos = self.pos[i] = before + got  # 1 + accepted drafts, with or without drafts
             self.size[i] += got
             self.room[i] -= got
             stop = stops[i]
-            pos = self.pos[i]
-            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or not ends[i] - bs < pos < fills[i]:
-                special = True  # a finish, a block full or about to be, or a rollback of the step's new block
+            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or pos <= ends[i] - bs:
+                special = True  # a finish, or a rollback of the step's new block
+            elif (pos + 1) // bs > before // bs:
+                touched = True  # a block's tokens all known (hashed) or all computed (committed)
             if proposals is not None:
                 self.drafts[i] = proposals[r][:k]
+        if touched:
+            if run.cross_blocks:
+                self.touched.append(j)
+            else:
+                special = True
         self.special = special
         return not special
 

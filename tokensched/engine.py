@@ -74,17 +74,23 @@ class Engine:
             return self.scheduler.fail(step_id, error)  # collect() answers for the oldest step launched
         return self.scheduler.complete(result)
 
-    def step_run(self, until: float, max_steps: int = 256) -> list[tuple[float, Sequence[RequestOutput]]] | None:
+    def step_run(
+        self, until: float, max_steps: int = 256, *, cross_blocks: bool = True
+    ) -> list[tuple[float, Sequence[RequestOutput]]] | None:
         """Several decode steps in one call when the scheduler and executor allow it, else None.
 
         Returns each step's end time on the executor's clock and its outputs.
         Steps start only before ``until`` (the caller's next event: an arrival,
         a sample), so a caller that looks at the clock between steps sees the
         same run as with :meth:`step`. None: call :meth:`step` instead.
+        ``cross_blocks`` lets a run go on where a row needs a new block (see
+        :meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`):
+        pass False for an executor that needs the ids of new blocks before it
+        runs a step.
         """
         if self._runs is None or len(self._launched) > 1:
             return None
-        run = self.scheduler.plan_run(max_steps)
+        run = self.scheduler.plan_run(max_steps, cross_blocks=cross_blocks)
         if run is None:
             return None
         result = self._runs.launch_run(run, until)

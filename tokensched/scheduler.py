@@ -856,7 +856,7 @@ class Scheduler:
             self._truncated[request.request_id] = keep
 
     # ================================================== multi-step decode runs
-    def plan_run(self, max_steps: int) -> DecodeRun | None:
+    def plan_run(self, max_steps: int, *, cross_blocks: bool = False) -> DecodeRun | None:
         """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
 
         See :mod:`tokensched.decode_run`. A run is offered only when single
@@ -869,6 +869,13 @@ class Scheduler:
         step of decodes in flight and the other decodes waiting for it (two
         groups that alternate). While a run is out, :meth:`plan` plans
         nothing and :meth:`abort` refuses.
+
+        ``cross_blocks``: the run may go on where a row needs a new block or
+        fills one (see :class:`~tokensched.decode_run.DecodeRun`), when that
+        cannot change what single steps would admit: nothing waits, or the
+        policy's keys are static and no retention window is kept (a run only
+        takes free blocks, so a head that did not fit still does not), and no
+        block is pending a step in flight.
         """
         if max_steps < 1:
             raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
@@ -911,6 +918,12 @@ class Scheduler:
         if columns is None:
             return None
         pos, last, drafts, tables, ends, rooms, limits, stops = columns
+        pool = self.pool
+        cross = (
+            cross_blocks
+            and not pool.num_pending
+            and (not self.waiting or (self._key_dependence is KeyDependence.STATIC and self._retention is None))
+        )
         run = DecodeRun(
             first_step_id=self.steps.next_step_id - len(self.steps),
             max_steps=max_steps,
@@ -929,11 +942,17 @@ class Scheduler:
             stop_token_ids=stops,
             groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else [],
             launched=len(self.steps),
+            cross_blocks=cross,
+            spare_blocks=pool.num_free - -(-cfg.max_batched_tokens // self._bs) - n,
         )
         cursor = RunCursor(run)
         for j in range(run.depth):
             step_drafts = cursor.plan(j)
-            if step_drafts is None or (j < run.launched and [1 + len(d) for d in step_drafts] != planned):
+            if (
+                step_drafts is None
+                or cursor.allocs
+                or (j < run.launched and [1 + len(d) for d in step_drafts] != planned)
+            ):
                 return None  # the next step needs a block (or the step in flight is not the run's)
         self._removed.clear()
         self._truncated = {}
@@ -1042,7 +1061,7 @@ class Scheduler:
         special = cursor.special
         bulk = count - 1 if special else count
         outputs: list[Sequence[RequestOutput]] = []
-        self._apply_bulk(run, rows, result, bulk, outputs)
+        self._apply_steps(run, rows, result, cursor, bulk, outputs)
         tracker = self.steps
         if run.launched and bulk:  # the step launched before the run was applied above
             step = tracker.oldest(first, "complete")
@@ -1069,54 +1088,107 @@ class Scheduler:
             outputs.append(self.complete(last))
         return outputs
 
-    def _apply_bulk(
+    def _apply_steps(
         self,
         run: DecodeRun,
         rows: list[Request],
         result: RunResult,
+        cursor: RunCursor,
         bulk: int,
         outputs: list[Sequence[RequestOutput]],
     ) -> None:
-        """Apply the first ``bulk`` steps of ``result``, each of which only appended tokens to its rows."""
+        """Apply the first ``bulk`` steps of ``result`` (none of which finished a row) in single-step order.
+
+        Steps that only appended tokens are gathered per row and applied in
+        one pass; a step that filled or hashed a block first brings its rows
+        up to date and then goes through :meth:`_apply_row` and
+        :meth:`_commit_fills`, and the blocks a later step's plan needs are
+        allocated right after the step whose completion planned it, so the
+        pool sees the single steps' commits and allocations in their order.
+        """
         if not bulk:
             return
         first = run.first_step_id
-        k = self._k_spec
         ids = run.request_ids
+        pool = self.pool
+        depth = run.depth
         counts = [r.num_output_tokens for r in rows]
         cached = [r.num_cached_tokens for r in rows]
         new: list[list[int]] = [[] for _ in rows]
         last_step = [-1] * len(rows)
         drafts: list[list[int] | None] = [None] * len(rows)
+        touched = set(cursor.touched)
+        allocs = cursor.allocs
         for j in range(bulk):
             sampled = result.sampled_token_ids[j]
             proposed = result.draft_token_ids[j]
-            out: list[RequestOutput] = []
-            for slot, i in enumerate(run.group(j)):
-                tokens = sampled[slot]
-                counts[i] += len(tokens)
-                new[i].extend(tokens)
-                last_step[i] = j
-                if proposed is not None:
-                    drafts[i] = proposed[slot]
-                out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
-            outputs.append(OutputBatch.of(out))
+            group = run.group(j)
+            if j in touched:
+                for i in group:
+                    self._catch_up(rows[i], new[i], drafts[i], first + last_step[i])
+                    new[i] = []
+                    drafts[i] = None
+                members = [rows[i] for i in group]
+                ns = [1 + len(d) for d in cursor.planned[j]]
+                for r, q in zip(members, ns, strict=True):
+                    state = r.state
+                    assert type(state) is Decoding
+                    state.num_scheduled = state.num_computed + q
+                    r.planned_in = first + j
+                    r.inflight_steps = 1
+                    r.inflight_samples = q
+                step = Step(first + j, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
+                row_result = StepResult(first + j, sampled, proposed, None, result.elapsed[j])
+                now = self.clock()
+                told: list[RequestOutput] = []
+                fills: list[Request] = []
+                for slot, i in enumerate(group):
+                    self._apply_row(slot, rows[i], step, row_result, now, told, fills)
+                    counts[i] = rows[i].num_output_tokens
+                    last_step[i] = -1  # applied: nothing to catch up
+                if fills:
+                    self._commit_fills(fills)
+                outputs.append(OutputBatch.of(told))
+            else:
+                out: list[RequestOutput] = []
+                for slot, i in enumerate(group):
+                    tokens = sampled[slot]
+                    counts[i] += len(tokens)
+                    new[i].extend(tokens)
+                    last_step[i] = j
+                    if proposed is not None:
+                        drafts[i] = proposed[slot]
+                    out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
+                outputs.append(OutputBatch.of(out))
+            if pool.num_pending:
+                pool.step_completed(first + j)
+            for i, n in allocs.get(j + depth, ()):  # the plan of step j + depth, made once step j completed
+                state = rows[i].state
+                assert type(state) is Decoding
+                if n == 1:
+                    state.blocks.append(pool.allocate_one())
+                else:
+                    state.blocks.extend(pool.allocate(n))
         for i, r in enumerate(rows):
-            if last_step[i] < 0:
-                continue
-            state = r.state
-            assert type(state) is Decoding
-            r.tokens.extend(new[i])
-            r.last_token = new[i][-1]
-            state.num_computed = state.num_scheduled = state.num_computed + len(new[i])
-            r.planned_in = first + last_step[i]
-            r.inflight_steps = 0
-            r.inflight_samples = 0
-            proposed_row = drafts[i]
-            if proposed_row is not None:
-                r.draft_tokens = proposed_row[:k]
+            if last_step[i] >= 0:
+                self._catch_up(r, new[i], drafts[i], first + last_step[i])
         self.steps.next_step_id = max(self.steps.next_step_id, first + bulk)
         self.pool.step_completed(first + bulk - 1)
+
+    def _catch_up(self, request: Request, tokens: list[int], drafts: list[int] | None, step_id: int) -> None:
+        """Apply a run's plain steps to ``request`` at once: ``tokens`` appended, the last in step ``step_id``."""
+        if not tokens:
+            return
+        state = request.state
+        assert type(state) is Decoding
+        request.tokens.extend(tokens)
+        request.last_token = tokens[-1]
+        state.num_computed = state.num_scheduled = state.num_computed + len(tokens)
+        request.planned_in = step_id
+        request.inflight_steps = 0
+        request.inflight_samples = 0
+        if drafts is not None:
+            request.draft_tokens = drafts[: self._k_spec]
 
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""

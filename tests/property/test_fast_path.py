@@ -304,6 +304,8 @@ def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: boo
             executor.wait_until(pending[0][0])
             continue
         until = pending[0][0] if pending else float("inf")
+        held = {rid: len(r.state.blocks) for rid, r in scheduler.running.items() if type(r.state) is Decoding}
+        committed = sum(map(len, (r.block_hashes for r in scheduler.running.values())))
         ran = engine.step_run(until) if runs else None
         if ran is None:
             outputs: Sequence[RequestOutput] = engine.step()
@@ -312,6 +314,13 @@ def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: boo
             event(f"run of {min(len(ran), 5)}+ steps")
             if scheduler.waiting:
                 event("run while a request waits")
+            if len(ran) > 1:
+                running = scheduler.running
+                grew = [rid for rid, n in held.items() if rid in running and len(running[rid].state.blocks) > n]  # type: ignore[union-attr]
+                if grew:
+                    event("a run allocated blocks")
+                if sum(map(len, (r.block_hashes for r in running.values()))) > committed:
+                    event("a run hashed blocks")
             steps.extend((t, list(o)) for t, o in ran)
         marks.append((len(steps), checkpoint(engine)))
     return steps, marks
