@@ -43,11 +43,15 @@ I64 = npt.NDArray[np.int64]
 PENDING_COLUMNS = 32  # tokens kept per row before every row is flushed into its TokenBuffer
 
 
-def exact_decode(request: Request, block_size: int, caching: bool, ahead: int = 0) -> bool:
+def exact_decode(
+    request: Request, block_size: int, caching: bool, ahead: int = 0, *, hashed_ahead: bool = False
+) -> bool:
     """Whether ``request`` is a decode whose counters agree: ``ahead`` tokens scheduled past those computed,
     its tokens one past them, blocks for exactly the scheduled ones and (with caching) every full block committed.
 
     What both fast paths (the columns and a decode run) need before they stand in for the typed machines.
+    ``hashed_ahead`` also accepts a block whose tokens are all known but not all computed, so hashed and
+    not yet committed (a run applies the step that commits it through the per-request code).
     """
     s = request.state
     if type(s) is not Decoding:
@@ -59,7 +63,13 @@ def exact_decode(request: Request, block_size: int, caching: bool, ahead: int = 
         or len(s.blocks) != -(-(pos + ahead) // block_size)
     ):
         return False
-    return not caching or s.num_committed == len(request.block_hashes) == pos // block_size
+    if not caching:
+        return True
+    committed = pos // block_size
+    hashed = len(request.block_hashes)
+    return s.num_committed == committed and (
+        hashed == committed or (hashed_ahead and hashed == (pos + 1) // block_size)
+    )
 
 
 class DecodeColumns:

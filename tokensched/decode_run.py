@@ -185,7 +185,7 @@ class RunCursor:
         if self.special or j >= run.max_steps:
             return None
         cross = run.cross_blocks
-        if cross and self.allocated > run.spare_blocks:
+        if cross and j >= run.depth and self.allocated > run.spare_blocks:
             return None  # the free blocks ran short: single steps would serve the rows by victim key
         k = self._k
         ends = self.ends

@@ -950,10 +950,24 @@ class Scheduler:
             step_drafts = cursor.plan(j)
             if (
                 step_drafts is None
-                or cursor.allocs
+                or any(s < run.launched for s in cursor.allocs)
                 or (j < run.launched and [1 + len(d) for d in step_drafts] != planned)
             ):
                 return None  # the next step needs a block (or the step in flight is not the run's)
+        if cursor.allocs:  # the steps planned now take their blocks now, as plan() would
+            for s in sorted(cursor.allocs):
+                for i, count in cursor.allocs[s]:
+                    state = rows[i].state
+                    assert type(state) is Decoding
+                    if count == 1:
+                        state.blocks.append(pool.allocate_one())
+                    else:
+                        state.blocks.extend(pool.allocate(count))
+                    tables[i] = tuple(state.blocks)
+                    ends[i] = len(state.blocks) * self._bs
+            run = attrs.evolve(
+                run, block_tables=tables, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated
+            )
         self._removed.clear()
         self._truncated = {}
         self._run = (run, rows)
@@ -990,7 +1004,7 @@ class Scheduler:
             ahead = planned[i] if i < len(planned) else 0  # tokens of the step in flight
             if r.sampling.logprobs or r.inflight_steps != (1 if ahead else 0) or r.inflight_samples != ahead:
                 return None
-            if not exact_decode(r, bs, caching, ahead):
+            if not exact_decode(r, bs, caching, ahead, hashed_ahead=True):
                 return None
             s = r.state
             assert type(s) is Decoding
