@@ -43,6 +43,11 @@ class SessionRetention:
         self._until.pop(sid, None)
         self._until[sid] = (now + self.window_s, request)
 
+    def next_expiry(self) -> float:
+        """The earliest moment a session's protection may lapse (inf: none is retained); nothing expires before it."""
+        until = self._until
+        return next(iter(until.values()))[0] if until else float("inf")
+
     def sessions(self) -> frozenset[str]:
         return frozenset(self._until)
 
