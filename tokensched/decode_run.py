@@ -50,6 +50,8 @@ proposed by the previous step, at most ``num_speculative_tokens`` and at most
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from tokensched.errors import InvalidRequest
@@ -108,6 +110,7 @@ class DecodeRun:
     launched: int = 0
     cross_blocks: bool = False
     spare_blocks: int = 0
+    admission_shut_until: float = math.inf
 
     def group(self, j: int) -> list[int]:
         """The rows step ``j`` of the run schedules."""

@@ -23,6 +23,7 @@ public method validates before it changes anything.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -890,9 +891,16 @@ class Scheduler:
             or self._events
             or n * (1 + k) > cfg.max_batched_tokens
             or self.pool.num_free < -(-cfg.max_batched_tokens // self._bs) + n
-            or (self.waiting and not self._admission_stays_shut())
         ):
             return None
+        shut_until = math.inf
+        if self.waiting:
+            if self.pool.num_pending:
+                return None  # a step in flight frees blocks when it completes: a head may fit then
+            shut = self._admission_stays_shut()
+            if shut is None:
+                return None
+            shut_until = shut
         flying: list[Request] = []
         planned: list[int] = []
         if self.steps:
@@ -944,6 +952,7 @@ class Scheduler:
             launched=len(self.steps),
             cross_blocks=cross,
             spare_blocks=pool.num_free - -(-cfg.max_batched_tokens // self._bs) - n,
+            admission_shut_until=shut_until,
         )
         cursor = RunCursor(run)
         for j in range(run.depth):
@@ -1024,22 +1033,51 @@ class Scheduler:
             stops.append(r.stop_token_ids if eos is None else r.stop_token_ids | {eos})
         return pos_l, last, drafts, tables, ends, rooms, limits, stops
 
-    def _admission_stays_shut(self) -> bool:
-        """Whether every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
+    def _admission_stays_shut(self) -> float | None:
+        """Until when every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
 
-        True when the running set is at ``max_running``, or when the head of
-        a static policy's queue did not fit with exactly the free blocks there
-        are now (a run allocates and frees none) and no retention window is
-        open (its protection depends on the clock). A policy keyed on the
-        cached prefix only counts as static here: a run commits, evicts and
-        frees no block, so no key moves during it (reading the queue's head
-        first applies the cache's events up to now, as the next plan would).
+        Walks the waiting queue as :meth:`_admit_waiting` would now, without
+        admitting: admission stays shut while every request it looks at is one
+        that did not fit with the free blocks there are now (less the blocks
+        retention protects from it), since a run that crosses no block frees,
+        commits and evicts none. Returns the moment that may change (a
+        retained session's protection lapsing, or a request it looks at
+        having waited the retention window: inf when none applies), or None
+        when admission may open now. A policy keyed on the cached prefix only
+        counts as static here (its keys move only with the cache); one keyed
+        on anything else never keeps admission shut. Reading the queue's head
+        first applies the cache's events up to now, and the retention's
+        expired sessions are dropped at the clock now, as the next plan would.
         """
         if len(self._running) >= self.config.max_running:
-            return True
-        if self._key_dependence is KeyDependence.ANY or (self._retention is not None and len(self._retention)):
-            return False
-        return self.waiting.at(0).blocked_at_free >= self.pool.num_free
+            return math.inf
+        if self._key_dependence is KeyDependence.ANY:
+            return None
+        waiting = self.waiting
+        retention = self._retention
+        protects = retention is not None and len(retention) > 0
+        now = self.clock() if protects else 0.0
+        free = self.pool.num_free
+        shut_until = math.inf
+        index = 0
+        while index < len(waiting):
+            request = waiting.at(index)
+            if index and (retention is None or not retention.holds(request.session_id)):
+                if index >= MAX_PASSED_OVER:
+                    break
+                index += 1
+                continue
+            protected = 0
+            if retention is not None and len(retention):
+                protected = retention.protected_blocks(request, now)
+                if protected:
+                    shut_until = min(shut_until, retention.next_expiry(), request.arrival_time + retention.window_s)
+            if free - protected > request.blocked_at_free:
+                return None  # it may fit: the next plan tries it
+            if not (protected and index < MAX_PASSED_OVER):
+                break
+            index += 1
+        return shut_until
 
     def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
         """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.

@@ -168,6 +168,7 @@ class SimExecutor(VirtualClock):
         single steps would leave it.
         """
         depth = run.depth
+        until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
         if len(self._in_flight) != run.launched:
             raise TokenschedError(f"launch_run() with {len(self._in_flight)} steps in flight, expected {run.launched}")
         self.tokens.forget(run.removed_request_ids)

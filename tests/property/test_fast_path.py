@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.engine import Engine
-from tokensched.errors import InvalidRequest, TokenschedError
+from tokensched.errors import CapacityError, InvalidRequest, TokenschedError
 from tokensched.machines.request import Decoding, Prefilling
 from tokensched.plan import RequestOutput, StepPlan
 from tokensched.policies import PrefixAwarePolicy
@@ -241,7 +241,14 @@ arrivals = st.lists(
 
 
 def build(
-    spec_tokens: int, in_flight: int, blocks: int, budget: int, caching: bool, seed: int, prefix_aware: bool = False
+    spec_tokens: int,
+    in_flight: int,
+    blocks: int,
+    budget: int,
+    caching: bool,
+    seed: int,
+    prefix_aware: bool = False,
+    retention_s: float | None = None,
 ) -> Engine:
     executor = SimExecutor(
         Deployment(model="dense-8b", gpu="h100", tp=1),
@@ -259,6 +266,7 @@ def build(
         max_steps_in_flight=in_flight,
         enable_prefix_caching=caching,
         max_model_len=400,
+        session_kv_retention_s=retention_s if caching else None,
     )
 
 
@@ -296,7 +304,7 @@ def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: boo
         while pending and pending[0][0] <= now:
             _, spec, answer = pending.pop(0)
             lengths[spec.request_id] = answer
-            with contextlib.suppress(InvalidRequest):
+            with contextlib.suppress(InvalidRequest, CapacityError):
                 scheduler.submit(spec)
         if not scheduler.has_work:
             if not pending:
@@ -314,6 +322,8 @@ def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: boo
             event(f"run of {min(len(ran), 5)}+ steps")
             if scheduler.waiting:
                 event("run while a request waits")
+                if scheduler.retained_sessions:
+                    event("run while a request waits and a session is retained")
             if len(ran) > 1:
                 running = scheduler.running
                 grew = [rid for rid, n in held.items() if rid in running and len(running[rid].state.blocks) > n]  # type: ignore[union-attr]
@@ -346,6 +356,7 @@ def checkpoint(engine: Engine) -> Any:
     caching=st.booleans(),
     seed=st.integers(0, 2**16),
     prefix_aware=st.booleans(),
+    retention_s=st.sampled_from([None, None, 0.05, 0.3]),
 )
 def test_runs_match_single_steps(
     items: list[tuple[float, int, int, int, int]],
@@ -356,11 +367,13 @@ def test_runs_match_single_steps(
     caching: bool,
     seed: int,
     prefix_aware: bool,
+    retention_s: float | None,
 ) -> None:
-    """Also under PrefixAware, whose queue the cache re-keys: a run moves no key, so it may run past a waiting head."""
+    """Also under PrefixAware, whose queue the cache re-keys (a run that moves no key may run past a waiting
+    head), and under session retention, whose protection lapses with the clock (a run stops before it may)."""
     specs = traffic(items)
-    single = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware)
-    multi = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware)
+    single = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware, retention_s)
+    multi = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware, retention_s)
     steps_single, marks_single = drive(single, specs, runs=False)
     steps_multi, marks_multi = drive(multi, specs, runs=True)
     assert steps_multi == steps_single
@@ -471,3 +484,43 @@ def test_cursor_alternates_two_groups() -> None:
     assert cursor.pos == [17, 21]
     with pytest.raises(InvalidRequest, match="step 8: 2 rows"):
         cursor.take(1, [[5], [6]], None, check=True)
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    items=st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.integers(10, 40), st.integers(20, 90), st.integers(0, 2), st.just(0)),
+        min_size=4,
+        max_size=10,
+    ),
+    spec_tokens=st.sampled_from([0, 3]),
+    in_flight=st.sampled_from([1, 2]),
+    blocks=st.integers(12, 24),
+    seed=st.integers(0, 2**16),
+    prefix_aware=st.booleans(),
+    retention_s=st.sampled_from([0.02, 0.1, 0.5]),
+)
+def test_runs_match_single_steps_under_retention_with_requests_waiting(
+    items: list[tuple[float, int, int, int, int]],
+    spec_tokens: int,
+    in_flight: int,
+    blocks: int,
+    seed: int,
+    prefix_aware: bool,
+    retention_s: float,
+) -> None:
+    """A small pool, sessions and retention: runs go on while requests wait behind retained sessions' caches,
+    and stop before a protection lapses or a waiting request outlives the window (then admission may open)."""
+    specs = traffic(items)
+    single = build(spec_tokens, in_flight, blocks, 64, True, seed, prefix_aware, retention_s)
+    multi = build(spec_tokens, in_flight, blocks, 64, True, seed, prefix_aware, retention_s)
+    steps_single, marks_single = drive(single, specs, runs=False)
+    steps_multi, marks_multi = drive(multi, specs, runs=True)
+    assert steps_multi == steps_single
+    after = dict(marks_single)
+    for applied, mark in marks_multi:
+        assert mark == after[applied]
