@@ -919,6 +919,9 @@ class Scheduler:
         self._materialize()
         if flying:
             ids = {r.request_id for r in flying}
+            again = [r for r in running.values() if r.request_id in ids]
+            if any(a is not b for a, b in zip(again, flying, strict=True)):
+                return None  # planned by victim key (blocks were short then): its next step takes admission order
             rows = flying + [r for r in running.values() if r.request_id not in ids]
         else:
             rows = list(running.values())
