@@ -111,12 +111,16 @@ class DecodeRun:
     cross_blocks: bool = False
     spare_blocks: int = 0
     admission_shut_until: float = math.inf
+    _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_every_row", list(range(len(self.request_ids))))  # one group's rows, made once
 
     def group(self, j: int) -> list[int]:
-        """The rows step ``j`` of the run schedules."""
+        """The rows step ``j`` of the run schedules (a shared list: read it, do not change it)."""
         groups = self.groups
         if not groups:
-            return list(range(len(self.request_ids)))
+            return self._every_row
         return groups[j % len(groups)]
 
     @property
