@@ -503,6 +503,7 @@ def test_cursor_alternates_two_groups() -> None:
     seed=st.integers(0, 2**16),
     prefix_aware=st.booleans(),
     retention_s=st.sampled_from([0.02, 0.1, 0.5]),
+    budget=st.sampled_from([64, 256]),
 )
 def test_runs_match_single_steps_under_retention_with_requests_waiting(
     items: list[tuple[float, int, int, int, int]],
@@ -512,12 +513,15 @@ def test_runs_match_single_steps_under_retention_with_requests_waiting(
     seed: int,
     prefix_aware: bool,
     retention_s: float,
+    budget: int,
 ) -> None:
     """A small pool, sessions and retention: runs go on while requests wait behind retained sessions' caches,
-    and stop before a protection lapses or a waiting request outlives the window (then admission may open)."""
+    and stop before a protection lapses or a waiting request outlives the window (then admission may open).
+    A budget of 256 tokens makes the free blocks run short often (single steps then serve the running set by
+    victim key, and a run must not start from such a step in flight)."""
     specs = traffic(items)
-    single = build(spec_tokens, in_flight, blocks, 64, True, seed, prefix_aware, retention_s)
-    multi = build(spec_tokens, in_flight, blocks, 64, True, seed, prefix_aware, retention_s)
+    single = build(spec_tokens, in_flight, blocks, budget, True, seed, prefix_aware, retention_s)
+    multi = build(spec_tokens, in_flight, blocks, budget, True, seed, prefix_aware, retention_s)
     steps_single, marks_single = drive(single, specs, runs=False)
     steps_multi, marks_multi = drive(multi, specs, runs=True)
     assert steps_multi == steps_single
