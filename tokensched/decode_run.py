@@ -13,29 +13,41 @@ and any executor with a ``launch_run`` method, see
 
 1. ``plan_run(max_steps)`` returns a :class:`DecodeRun` only when single
    steps would plan exactly its steps with nothing else to do: no host tier,
-   no admission possible (nothing waiting, or a static policy's queue head
-   that did not fit the same free blocks), every running request a decode
-   whose next step needs no new KV block, no events to tell. Either nothing
-   is in flight (one group: every step runs every row), or, under
-   speculative decoding with two steps in flight, one step of decodes is in
-   flight and the other decodes wait for it (two groups that alternate; the
-   step in flight is the run's step 0).
+   no admission possible for a while (nothing waiting; or every queued
+   request that admission would look at did not fit the same free blocks,
+   less those retention protects from it, under a policy whose keys do not
+   move with the clock), every running request a decode whose first step of
+   the run fits the free blocks, no events to tell. Either nothing is in
+   flight (one group: every step runs every row), or, under speculative
+   decoding with two steps in flight, one step of decodes is in flight, in
+   admission order, and the other decodes wait for it (two groups that
+   alternate; the step in flight is the run's step 0). ``admission_shut_until``
+   says when admission might open (a retained session's protection lapsing,
+   a waiting request outliving the retention window).
 2. The executor plans step ``j + depth`` when step ``j`` completes, as the
    single steps would: if :meth:`RunCursor.plan` allows it (the drafts each
-   row verifies, capped as the scheduler caps them; None once a row would
-   need a block it does not hold, after a step that finished a row or
-   filled, hashed or rolled back a block, or at ``max_steps``) and its clock
-   is still before the caller's ``until`` (the next arrival or metrics
-   sample: the moments the caller acts between steps). It returns the
-   completed steps as a :class:`RunResult` (with two groups the last launched
-   step stays in flight, as it would have).
+   row verifies, capped as the scheduler caps them; None after a step that
+   finished a row or rolled back a block, at ``max_steps``, once the run's
+   new blocks would leave the free blocks short, and, without
+   ``cross_blocks``, once a row would need a block it does not hold or after
+   a step that filled or hashed one) and its clock is still before the
+   caller's ``until`` (the next arrival or metrics sample: the moments the
+   caller acts between steps) and before ``admission_shut_until``. It
+   returns the completed steps as a :class:`RunResult` (with two groups the
+   last launched step stays in flight, as it would have).
 3. ``complete_run()`` replays the same cursor over the result to validate
-   it whole (a bad result changes nothing), applies the steps that only
-   appended tokens in one pass, and applies a final step that finished a
-   request or touched a block through the ordinary per-request code. The
-   state afterwards is the state the single steps would have left: the
-   property test ``tests/property/test_fast_path.py`` checks outputs, clocks,
-   pools, requests and counters against single steps on the simulator.
+   it whole (a bad result changes nothing), then applies the steps in
+   single-step order: the steps that only appended tokens in one pass per
+   request, a step that filled or hashed a block through the per-request
+   code (its rows brought up to date first), the blocks a step's plan needs
+   right after the step whose completion planned it, and a final step that
+   finished a request or rolled back a block through :meth:`complete
+   <tokensched.scheduler.Scheduler.complete>`. The state afterwards is the
+   state the single steps would have left (pool, index, eviction order and
+   KV events included): the property tests in
+   ``tests/property/test_fast_path.py`` check outputs, clocks, pools,
+   requests and counters against single steps on the simulator, and
+   ``tests/sim/test_runs_in_the_bench.py`` a bench point.
 
 An embedding engine drives it as :meth:`Engine.step_run
 <tokensched.engine.Engine.step_run>` does: ``run = scheduler.plan_run(k)``;
@@ -83,12 +95,19 @@ class DecodeRun:
     With ``cross_blocks`` the run goes on across block boundaries: a step
     whose row needs a new block plans it (the scheduler allocates it when the
     run completes, in the order single steps would have, so an executor that
-    needs block ids before the step cannot take such a run), and a step that
-    fills or hashes a block is applied by the per-request code inside the run.
-    The steps of a run may allocate ``spare_blocks`` blocks in all before a
-    step (more, and single steps would serve the running set by victim key:
-    the run ends before that step). Without it the run ends before a row
-    needs a new block and with a step that fills or hashes one.
+    needs block ids before the step cannot take such a run: it plans with
+    ``cross_blocks=False``), and a step that fills or hashes a block is
+    applied by the per-request code inside the run. A step after the first
+    ``depth`` may start only while the run's steps have allocated at most
+    ``spare_blocks`` blocks (more, and the free blocks would be short of one
+    step's worst case plus a block a row: single steps would serve the
+    running set by victim key). Without it the run ends before a row needs a
+    new block and with a step that fills or hashes one. A run crosses blocks
+    only when that cannot change admission: nothing waits, or the policy is
+    static and no session is retained (a run only takes free blocks away).
+
+    ``admission_shut_until``: no step of the run may start at or after this
+    clock (single steps might admit a waiting request from then on).
     """
 
     first_step_id: int

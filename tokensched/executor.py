@@ -61,9 +61,12 @@ class RunExecutor(Protocol):
     def launch_run(self, run: DecodeRun, until: float) -> RunResult:
         """Run the steps of ``run`` that start before ``until`` (at least one) and return them all.
 
-        Called with nothing in flight. Steps are run while
-        :class:`~tokensched.decode_run.RunCursor` allows, exactly as single
-        steps of the same plans would be (tokens, drafts, durations).
+        Called with the run's ``launched`` steps in flight. Steps are run while
+        :class:`~tokensched.decode_run.RunCursor` allows and start before both
+        ``until`` and the run's ``admission_shut_until``, exactly as single
+        steps of the same plans would be (tokens, drafts, durations). A run
+        with ``cross_blocks`` gets the ids of its new blocks only when it
+        completes: an executor that needs them earlier refuses such a run.
         """
 
 

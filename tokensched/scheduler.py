@@ -861,15 +861,18 @@ class Scheduler:
         """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
 
         See :mod:`tokensched.decode_run`. A run is offered only when single
-        steps would plan exactly it: no host tier, no admission possible,
-        every running request a plain decode (its drafts allowed) whose next
-        step needs no new block, no events still to tell, and either nothing
-        in flight (one group; without drafts this needs
-        ``max_steps_in_flight == 1``, since the engine would otherwise keep
-        several steps in flight) or, with drafts and two steps in flight, one
-        step of decodes in flight and the other decodes waiting for it (two
-        groups that alternate). While a run is out, :meth:`plan` plans
-        nothing and :meth:`abort` refuses.
+        steps would plan exactly it: no host tier, no admission possible
+        before the run's ``admission_shut_until`` (see
+        :meth:`_admission_stays_shut`), every running request a plain decode
+        (its drafts allowed; a block of it may be hashed and not yet
+        committed), the free blocks enough for the step it plans now (whose
+        blocks it allocates now, as :meth:`plan` would), no events still to
+        tell, and either nothing in flight (one group; without drafts this
+        needs ``max_steps_in_flight == 1``, since the engine would otherwise
+        keep several steps in flight) or, with drafts and two steps in flight,
+        one step of decodes in flight, planned in admission order, and the
+        other decodes waiting for it (two groups that alternate). While a run
+        is out, :meth:`plan` plans nothing and :meth:`abort` refuses.
 
         ``cross_blocks``: the run may go on where a row needs a new block or
         fills one (see :class:`~tokensched.decode_run.DecodeRun`), when that
@@ -1048,14 +1051,16 @@ class Scheduler:
         having waited the retention window: inf when none applies), or None
         when admission may open now. A policy keyed on the cached prefix only
         counts as static here (its keys move only with the cache); one keyed
-        on anything else never keeps admission shut. Reading the queue's head
-        first applies the cache's events up to now, and the retention's
-        expired sessions are dropped at the clock now, as the next plan would.
+        on anything else never keeps admission shut. The cache's events up to
+        now are applied to the queue's keys first, and the retention's expired
+        sessions are dropped at the clock now, as the next plan would.
         """
         if len(self._running) >= self.config.max_running:
             return math.inf
         if self._key_dependence is KeyDependence.ANY:
             return None
+        if self._prefix_keys is not None:
+            self._prefix_keys.flush()  # the cache moved since the last admission: re-key whom it touched, as it would
         waiting = self.waiting
         retention = self._retention
         protects = retention is not None and len(retention) > 0
