@@ -615,3 +615,30 @@ def test_a_resumed_prefill_that_fills_a_block_and_samples_commits_on_its_decodin
     s.check_invariants()
     state = s.get("a").state
     assert isinstance(state, Decoding) and state.num_committed == 3
+
+
+def test_no_run_while_a_prefix_just_committed_puts_a_fitting_request_at_the_head() -> None:
+    """PrefixAware re-keys its queue from the cache's events: a run must not go on past a head they just moved.
+
+    ``b`` is the head and does not fit; the step that completes ``a``'s
+    prefill commits the prefix ``c`` repeats, so ``c`` moves ahead of ``b``
+    and fits. Single steps admit ``c`` next, so no decode run may be offered.
+    """
+    from tokensched.policies import PrefixAwarePolicy
+
+    s = Scheduler(
+        SchedulerConfig(num_blocks=20, block_size=4, max_batched_tokens=16, max_model_len=512, max_steps_in_flight=1),
+        PrefixAwarePolicy(),
+        clock=lambda: 0.0,
+    )
+    shared = list(range(1, 13))  # 3 full blocks
+    s.submit(spec("a", [*shared, 50, 51], max_tokens=20))  # its 4th block has room: its decodes need no new block
+    s.submit(spec("b", list(range(100, 172)), max_tokens=4))  # 18 blocks: never beside a
+    s.submit(spec("c", [*shared, 7, 7], max_tokens=4))
+    first = next_plan(s)
+    assert first.request_ids == ["a"]
+    s.complete(answer(first))
+    assert s.plan_run(8) is None  # (reading the queue here would re-key it: the run must do so itself)
+    assert [r.request_id for r in s.waiting_requests()] == ["c", "b"]
+    second = next_plan(s)
+    assert "c" in second.request_ids
