@@ -113,9 +113,10 @@ class CodingAgentGenerator:
     def __init__(self, config: CodingAgentConfig, seed: int, stream: str = "sessions") -> None:
         self.config = config
         self._rng = random.Random(f"tokensched/coding-agent/{stream}/{seed}")
-        self._outputs = config.output_lengths()
-        self._new = config.new_tokens()
-        self._think = config.think_times()
+        # LogNormal.sample(self._rng), bit for bit, without its method calls (sessions are drawn by the thousand)
+        self._output = config.output_lengths().sampler(self._rng)
+        self._new = config.new_tokens().sampler(self._rng)
+        self._think = config.think_times().sampler(self._rng)
 
     def sample_session(self, session_id: str, start_time: float | None = None) -> SessionRecord:
         turns, token_seed = self.sample_turns()
@@ -131,17 +132,18 @@ class CodingAgentGenerator:
         :func:`session_statistics` reads thousands of sessions and needs no records.
         """
         config, rng = self.config, self._rng
-        outputs, new, think = self._outputs, self._new, self._think
+        output, new, think = self._output, self._new, self._think
+        cap = config.max_context_tokens
         num_turns = rng.randint(config.min_turns, config.max_turns)
         first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
-        answer = min(outputs.sample_int(rng), config.max_context_tokens - first)
+        answer = min(round(output()), cap - first)
         turns = [(first, answer, 0.0)]
         context = first + answer
         for _ in range(num_turns - 1):
-            new_tokens = new.sample_int(rng)
-            answer = outputs.sample_int(rng)
-            pause = think.sample(rng)
-            if context + new_tokens + answer > config.max_context_tokens:
+            new_tokens = round(new())
+            answer = round(output())
+            pause = think()
+            if context + new_tokens + answer > cap:
                 break  # the agent would compact here; the session ends
             turns.append((new_tokens, answer, pause))
             context += new_tokens + answer
