@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Sequence
 
 import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.workloads.distributions import LogNormal
-from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord, reference_answer_s
+from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord, TurnShape, reference_answer_s
 
 _ESTIMATE_SAMPLES = 4096
 
@@ -120,12 +121,9 @@ class CodingAgentGenerator:
 
     def sample_session(self, session_id: str, start_time: float | None = None) -> SessionRecord:
         turns, token_seed = self.sample_turns()
-        # Every field is in range by construction; skipping validation halves the cost of sampling.
-        turn = TurnRecord.model_construct
-        records = tuple(turn(new_tokens=n, output_tokens=o, think_time=t) for n, o, t in turns)
-        return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=records)
+        return session_record(session_id, turns, token_seed, start_time)
 
-    def sample_turns(self) -> tuple[list[tuple[int, int, float]], int]:
+    def sample_turns(self) -> tuple[list[TurnShape], int]:
         """The next session's draws as plain tuples: (new tokens, answer tokens, think time) per turn, token seed.
 
         What :meth:`sample_session` wraps in records, drawn in the same order;
@@ -148,6 +146,18 @@ class CodingAgentGenerator:
             turns.append((new_tokens, answer, pause))
             context += new_tokens + answer
         return turns, rng.getrandbits(62)
+
+
+def session_record(
+    session_id: str, turns: Sequence[TurnShape], token_seed: int, start_time: float | None = None, join_turn: int = 0
+) -> SessionRecord:
+    """The record of a sampled session (:meth:`CodingAgentGenerator.sample_turns`) starting at ``start_time``."""
+    # Every turn is in range by construction; skipping its validation halves the cost of sampling.
+    turn = TurnRecord.model_construct
+    records = tuple(turn(new_tokens=n, output_tokens=o, think_time=t) for n, o, t in turns)
+    return SessionRecord(
+        session_id=session_id, start_time=start_time, token_seed=token_seed, join_turn=join_turn, turns=records
+    )
 
 
 @attrs.frozen(slots=True)
