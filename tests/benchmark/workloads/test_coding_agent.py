@@ -1,6 +1,7 @@
 import random
 import statistics
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,10 @@ from tokensched.benchmark.workloads import (
     CodingAgentGenerator,
     CodingAgentSource,
     SessionRecord,
+    coding_agent,
 )
+from tokensched.benchmark.workloads.coding_agent import _sampled_statistics, session_statistics
+from tokensched.benchmark.workloads.estimate import BulkEstimate, estimate_in_bulk
 
 
 def _sessions(count: int, config: CodingAgentConfig | None = None, seed: int = 1) -> list[SessionRecord]:
@@ -174,3 +178,35 @@ def test_sampled_turns_are_the_draws_of_the_librarys_samplers_in_order(
     reference = random.Random(f"tokensched/coding-agent/{stream}/{seed}")
     for _ in range(3):
         assert generator.sample_turns() == _reference_turns(config, reference)
+
+
+@given(config=_CONFIGS, seed=st.integers(0, 10_000), samples=st.integers(1, 120))
+@settings(deadline=None, max_examples=60)
+def test_statistics_from_bulk_draws_equal_the_statistics_of_sessions_drawn_one_by_one(
+    config: CodingAgentConfig, seed: int, samples: int
+) -> None:
+    reference = _sampled_statistics(config, seed, samples)
+    session_statistics.cache_clear()
+    assert session_statistics(config, seed, samples) == reference
+    generator = CodingAgentGenerator(config, seed, stream="estimate")
+    bulk = estimate_in_bulk(config, generator.state(), samples)
+    assert bulk is not None  # these configurations are all emulated, not left to the fallback
+    assert generator.sample_turns()[0] == bulk.first_session
+    assert generator.state() == bulk.state_after_first
+
+
+def test_statistics_fall_back_to_one_by_one_draws_when_the_bulk_draws_disagree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = CodingAgentConfig(max_context_tokens=60_000)
+    reference = _sampled_statistics(config, 3, 50)
+
+    def disagreeing(config: CodingAgentConfig, state: tuple[object, ...], samples: int) -> BulkEstimate | None:
+        bulk = estimate_in_bulk(config, state, samples)
+        assert bulk is not None
+        return attrs.evolve(bulk, input_tokens=bulk.input_tokens + 1, first_session=[(1, 1, 0.0)])
+
+    monkeypatch.setattr(coding_agent, "estimate_in_bulk", disagreeing)
+    session_statistics.cache_clear()
+    assert session_statistics(config, 3, 50) == reference
+    session_statistics.cache_clear()

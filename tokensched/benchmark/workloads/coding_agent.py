@@ -35,9 +35,11 @@ import random
 from collections.abc import Sequence
 
 import attrs
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.workloads.distributions import LogNormal
+from tokensched.benchmark.workloads.estimate import estimate_in_bulk
 from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord, TurnShape, reference_answer_s
 
 _ESTIMATE_SAMPLES = 4096
@@ -123,6 +125,10 @@ class CodingAgentGenerator:
         turns, token_seed = self.sample_turns()
         return session_record(session_id, turns, token_seed, start_time)
 
+    def state(self) -> tuple[object, ...]:
+        """Where the stream is (``random.Random.getstate()``)."""
+        return self._rng.getstate()
+
     def sample_turns(self) -> tuple[list[TurnShape], int]:
         """The next session's draws as plain tuples: (new tokens, answer tokens, think time) per turn, token seed.
 
@@ -173,6 +179,22 @@ class SessionStatistics:
 @functools.lru_cache(maxsize=32)
 def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _ESTIMATE_SAMPLES) -> SessionStatistics:
     """Monte Carlo over ``samples`` sessions from their own seeded stream (cached: sweeps ask again)."""
+    generator = CodingAgentGenerator(config, seed, stream="estimate")
+    bulk = estimate_in_bulk(config, generator.state(), samples)
+    if (
+        bulk is not None
+        and generator.sample_turns()[0] == bulk.first_session
+        and generator.state() == bulk.state_after_first
+    ):
+        prompts = np.sort(bulk.prompts)
+        return SessionStatistics(
+            bulk.input_tokens / samples, sum(bulk.spans) / samples, max(bulk.spans), float(prompts[len(prompts) // 2])
+        )
+    return _sampled_statistics(config, seed, samples)  # not CPython's generator after all: draw one by one
+
+
+def _sampled_statistics(config: CodingAgentConfig, seed: int, samples: int) -> SessionStatistics:
+    """:func:`session_statistics` from sessions drawn one by one (the reference the bulk draws are checked against)."""
     generator = CodingAgentGenerator(config, seed, stream="estimate")
     tokens = 0
     spans = []
