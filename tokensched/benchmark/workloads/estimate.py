@@ -240,7 +240,13 @@ def _integers(dist: LogNormal, z: _Floats) -> _Ints:
 
 def _floats(dist: LogNormal, z: list[float]) -> list[float]:
     """``clip(exp(mu + z * sigma))`` per draw with the C library's exp, as LogNormal.sample computes it."""
-    return [_exact(dist, value, integer=False) for value in z]
+    mu, sigma, low, high, exp = dist.mu, dist.sigma, dist.low, dist.high, math.exp
+    values: list[float] = []
+    for deviate in z:
+        value = exp(mu + deviate * sigma)
+        value = low if low > value else value
+        values.append(high if high < value else value)
+    return values
 
 
 def _exact(dist: LogNormal, z: float, *, integer: bool) -> float:
