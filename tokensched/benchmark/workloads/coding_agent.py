@@ -178,7 +178,11 @@ class SessionStatistics:
 
 @functools.lru_cache(maxsize=32)
 def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _ESTIMATE_SAMPLES) -> SessionStatistics:
-    """Monte Carlo over ``samples`` sessions from their own seeded stream (cached: sweeps ask again)."""
+    """Monte Carlo over ``samples`` sessions from their own seeded stream (cached: sweeps ask again).
+
+    The sessions are drawn in vectorised passes (:mod:`~tokensched.benchmark.workloads.estimate`),
+    the same draws as one by one, which is checked on the first session here.
+    """
     generator = CodingAgentGenerator(config, seed, stream="estimate")
     bulk = estimate_in_bulk(config, generator.state(), samples)
     if (

@@ -73,8 +73,16 @@ def prompt_tokens(seed: int | str, count: int, vocab_size: int) -> list[int]:
 
 # The fields _make_request sets, as a validated RequestSpec would record them (``model_fields_set``).
 _SPEC_FIELDS = frozenset(
-    {"request_id", "prompt_token_ids", "max_tokens", "eos_token_id", "ignore_eos", "session_id", "arrival_time"}
-    | {"ttft_deadline"}
+    [
+        "request_id",
+        "prompt_token_ids",
+        "max_tokens",
+        "eos_token_id",
+        "ignore_eos",
+        "session_id",
+        "arrival_time",
+        "ttft_deadline",
+    ]
 )
 
 
