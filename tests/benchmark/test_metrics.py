@@ -1,8 +1,11 @@
+import itertools
 import json
 import math
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokensched.benchmark.metrics import Distribution, MetricsCollector, MetricsSummary, percentile
 from tokensched.errors import InvalidRequest, UnknownRequest
@@ -179,3 +182,43 @@ def test_kv_resident_counts_the_cached_blocks_nobody_holds() -> None:
     s = m.summarize(end_time=10.0)
     assert s.kv_usage_mean == pytest.approx(0.2)  # held by running requests
     assert s.kv_resident_mean == pytest.approx(0.7)  # held + cached
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.floats(0.0, 1.0),  # time since the previous step
+        st.lists(
+            st.tuples(st.integers(0, 4), st.integers(0, 4), st.booleans(), st.integers(0, 500)),
+            max_size=4,
+            unique_by=lambda row: row[0],
+        ),
+    ),
+    max_size=40,
+)
+
+
+@given(steps=_STEPS, cuts=st.lists(st.integers(0, 40), max_size=6))
+@settings(deadline=None)
+def test_steps_recorded_together_or_one_by_one_give_the_same_summary(
+    steps: list[tuple[float, list[tuple[int, int, bool, int]]]], cuts: list[int]
+) -> None:
+    timed: list[tuple[float, list[RequestOutput]]] = []
+    now = 0.0
+    for gap, rows in steps:
+        now += gap
+        timed.append((now, [out(f"r{i}", tokens, done=done, cached=cached) for i, tokens, done, cached in rows]))
+
+    def collector() -> MetricsCollector:
+        m = MetricsCollector(window_start=1.0, window_end=10.0)
+        for i in range(5):
+            m.on_arrival(f"r{i}", 100, 0.5 * i)
+        return m
+
+    one_by_one, together = collector(), collector()
+    for t, outputs in timed:
+        one_by_one.on_outputs(outputs, t)
+    bounds = sorted({0, len(timed), *(min(c, len(timed)) for c in cuts)})
+    for lo, hi in itertools.pairwise(bounds):
+        together.on_steps(timed[lo:hi])
+    end = now + 1.0
+    assert together.summarize(end).model_dump_json() == one_by_one.summarize(end).model_dump_json()

@@ -237,27 +237,42 @@ class MetricsCollector:
 
     def on_outputs(self, outputs: Iterable[RequestOutput], now: float) -> None:
         """Record the tokens of one step, all delivered at ``now``."""
+        self.on_steps(((now, outputs),))
+
+    def on_steps(self, steps: Iterable[tuple[float, Iterable[RequestOutput]]]) -> None:
+        """Record the outputs of consecutive steps, each step's delivered at its time (a decode run's, say).
+
+        The same as :meth:`on_outputs` step by step, in one loop: a simulated
+        hour records ~100k steps of one to three outputs each, so the calls
+        and lookups around each step cost more than the outputs themselves.
+        """
         requests = self._requests
-        counted = self.window_start <= now < self.window_end
-        for output in outputs:
-            try:
-                request = requests[output.request_id]
-            except KeyError:
-                raise UnknownRequest(f"output for request {output.request_id!r}, which never arrived") from None
-            delivered = len(output.new_token_ids)
-            if delivered:
-                if request.num_output == 0:
-                    request.first_token = now
-                elif request.in_window:
-                    self._itl.append((now - request.last_token) / delivered)
-                request.last_token = now
-                request.num_output += delivered
-                if counted:
-                    self._window_output_tokens += delivered
-            if output.num_cached_tokens > request.num_cached:
-                request.num_cached = output.num_cached_tokens
-            if output.finish_reason is not None:
-                request.finished = True
+        itl = self._itl
+        start, end = self.window_start, self.window_end
+        window_tokens = 0
+        try:
+            for now, outputs in steps:
+                counted = start <= now < end
+                for output in outputs:
+                    request = requests.get(output.request_id)
+                    if request is None:
+                        raise UnknownRequest(f"output for request {output.request_id!r}, which never arrived")
+                    delivered = len(output.new_token_ids)
+                    if delivered:
+                        if request.num_output == 0:
+                            request.first_token = now
+                        elif request.in_window:
+                            itl.append((now - request.last_token) / delivered)
+                        request.last_token = now
+                        request.num_output += delivered
+                        if counted:
+                            window_tokens += delivered
+                    if output.num_cached_tokens > request.num_cached:
+                        request.num_cached = output.num_cached_tokens
+                    if output.finish_reason is not None:
+                        request.finished = True
+        finally:
+            self._window_output_tokens += window_tokens
 
     def on_stats(self, now: float, stats: StatsLike) -> None:
         """Record a sample of the scheduler's state (call when ``now >= next_sample_time``, and at the end)."""

@@ -379,8 +379,7 @@ def drive(
             continue
         ran = engine.step_run(min(workload.next_event_time(), metrics.next_sample_time, stop))
         if ran is not None:  # several decode steps at once, the same as single steps (tokensched.decode_run)
-            for t, outputs in ran:
-                _record(outputs, t, metrics, workload, answers)
+            _record(ran, metrics, workload, answers)
             before, steps = steps, steps + len(ran)
             if progress is not None and steps // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
                 progress(min(executor.now() / stop, 1.0))
@@ -389,23 +388,23 @@ def drive(
         t = executor.now()
         if t == now and not outputs and engine.num_in_flight == 0:
             raise TokenschedError(f"t={now:.3f}s: the scheduler has unfinished requests but planned no step")
-        _record(outputs, t, metrics, workload, answers)
+        _record(((t, outputs),), metrics, workload, answers)
         steps += 1
         if progress is not None and steps % _PROGRESS_EVERY == 0:
             progress(min(t / stop, 1.0))
 
 
 def _record(
-    outputs: Sequence[RequestOutput],
-    t: float,
+    steps: Sequence[tuple[float, Sequence[RequestOutput]]],
     metrics: MetricsCollector,
     workload: SessionWorkload,
     answers: dict[str, list[int]],
 ) -> None:
-    """One step's outputs, delivered at ``t``: into the metrics, the answers, and finished turns to the workload."""
-    metrics.on_outputs(outputs, t)
-    for output in outputs:
-        if output.new_token_ids:
-            answers[output.request_id].extend(output.new_token_ids)
-        if output.finish_reason is not None:
-            workload.on_finished(output.request_id, answers.pop(output.request_id), t, output.finish_reason)
+    """Steps' outputs, each delivered at its time: into the metrics, the answers, and finished turns to the workload."""
+    metrics.on_steps(steps)
+    for t, outputs in steps:
+        for output in outputs:
+            if output.new_token_ids:
+                answers[output.request_id].extend(output.new_token_ids)
+            if output.finish_reason is not None:
+                workload.on_finished(output.request_id, answers.pop(output.request_id), t, output.finish_reason)

@@ -1,6 +1,10 @@
+import random
 import statistics
 
+import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from tokensched.benchmark.metrics import percentile
@@ -10,7 +14,10 @@ from tokensched.benchmark.workloads import (
     CodingAgentGenerator,
     CodingAgentSource,
     SessionRecord,
+    coding_agent,
 )
+from tokensched.benchmark.workloads.coding_agent import _sampled_statistics, session_statistics
+from tokensched.benchmark.workloads.estimate import BulkEstimate, estimate_in_bulk
 
 
 def _sessions(count: int, config: CodingAgentConfig | None = None, seed: int = 1) -> list[SessionRecord]:
@@ -129,3 +136,77 @@ def test_config_rejects_inverted_ranges_and_ambiguous_arrivals() -> None:
         Arrivals(target_tpm=1e6, concurrency=4)
     with pytest.raises(ValidationError, match="exactly one"):
         Arrivals()
+
+
+def _reference_turns(config: CodingAgentConfig, rng: random.Random) -> tuple[list[tuple[int, int, float]], int]:
+    """A session's draws with the library's samplers, one method call each (what sample_turns must equal)."""
+    outputs, new, think = config.output_lengths(), config.new_tokens(), config.think_times()
+    num_turns = rng.randint(config.min_turns, config.max_turns)
+    first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
+    answer = min(outputs.sample_int(rng), config.max_context_tokens - first)
+    turns = [(first, answer, 0.0)]
+    context = first + answer
+    for _ in range(num_turns - 1):
+        new_tokens, answer, pause = new.sample_int(rng), outputs.sample_int(rng), think.sample(rng)
+        if context + new_tokens + answer > config.max_context_tokens:
+            break
+        turns.append((new_tokens, answer, pause))
+        context += new_tokens + answer
+    return turns, rng.getrandbits(62)
+
+
+_CONFIGS = st.builds(
+    CodingAgentConfig,
+    first_turn_min_tokens=st.integers(1, 3_000),
+    first_turn_max_tokens=st.integers(3_000, 6_000),
+    new_tokens_median=st.sampled_from([0.0, 50.0, 3_000.0]),
+    new_tokens_sigma=st.floats(0.0, 2.0),
+    min_turns=st.integers(1, 5),
+    max_turns=st.integers(5, 60),
+    output_max_tokens=st.sampled_from([1, 500, 16_384]),
+    think_time_median_s=st.sampled_from([0.0, 5.0]),
+    max_context_tokens=st.integers(6_001, 100_000),
+)
+
+
+@given(config=_CONFIGS, seed=st.integers(0, 10_000), stream=st.sampled_from(["sessions", "estimate"]))
+@settings(deadline=None)
+def test_sampled_turns_are_the_draws_of_the_librarys_samplers_in_order(
+    config: CodingAgentConfig, seed: int, stream: str
+) -> None:
+    generator = CodingAgentGenerator(config, seed, stream=stream)
+    reference = random.Random(f"tokensched/coding-agent/{stream}/{seed}")
+    for _ in range(3):
+        assert generator.sample_turns() == _reference_turns(config, reference)
+
+
+@given(config=_CONFIGS, seed=st.integers(0, 10_000), samples=st.integers(1, 120))
+@settings(deadline=None, max_examples=60)
+def test_statistics_from_bulk_draws_equal_the_statistics_of_sessions_drawn_one_by_one(
+    config: CodingAgentConfig, seed: int, samples: int
+) -> None:
+    reference = _sampled_statistics(config, seed, samples)
+    session_statistics.cache_clear()
+    assert session_statistics(config, seed, samples) == reference
+    generator = CodingAgentGenerator(config, seed, stream="estimate")
+    bulk = estimate_in_bulk(config, generator.state(), samples)
+    assert bulk is not None  # these configurations are all emulated, not left to the fallback
+    assert generator.sample_turns()[0] == bulk.first_session
+    assert generator.state() == bulk.state_after_first
+
+
+def test_statistics_fall_back_to_one_by_one_draws_when_the_bulk_draws_disagree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = CodingAgentConfig(max_context_tokens=60_000)
+    reference = _sampled_statistics(config, 3, 50)
+
+    def disagreeing(config: CodingAgentConfig, state: tuple[object, ...], samples: int) -> BulkEstimate | None:
+        bulk = estimate_in_bulk(config, state, samples)
+        assert bulk is not None
+        return attrs.evolve(bulk, input_tokens=bulk.input_tokens + 1, first_session=[(1, 1, 0.0)])
+
+    monkeypatch.setattr(coding_agent, "estimate_in_bulk", disagreeing)
+    session_statistics.cache_clear()
+    assert session_statistics(config, 3, 50) == reference
+    session_statistics.cache_clear()

@@ -2,9 +2,12 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokensched.benchmark.metrics import percentile
 from tokensched.benchmark.workloads import CodingAgentConfig, LogNormal
+from tokensched.benchmark.workloads.distributions import NV_MAGICCONST
 
 
 def test_fitted_output_lengths_hit_mean_median_and_p99_within_tolerance() -> None:
@@ -43,3 +46,29 @@ def test_fit_rejects_targets_no_lognormal_can_have() -> None:
         LogNormal.fit(mean=10, p50=20, p99=5)
     with pytest.raises(ValueError, match="mean"):
         LogNormal.fit(mean=0, p50=1, p99=5)
+
+
+def test_the_normal_constant_is_the_librarys() -> None:
+    assert NV_MAGICCONST == random.NV_MAGICCONST
+
+
+@given(
+    seed=st.integers(0, 2**64),
+    mu=st.floats(-20.0, 20.0),
+    sigma=st.floats(0.0, 4.0),
+    low=st.sampled_from([0.0, 0, 1, 0.5, 300.0]),
+    high=st.sampled_from([math.inf, 16_384, 2.0, 0.0, 1e6]),
+    count=st.integers(1, 60),
+)
+@settings(deadline=None)
+def test_sampler_returns_the_librarys_lognormal_draws_bit_for_bit(
+    seed: int, mu: float, sigma: float, low: float, high: float, count: int
+) -> None:
+    dist = LogNormal(mu=mu, sigma=sigma, low=low, high=high)
+    fast, reference = random.Random(seed), random.Random(seed)
+    draw = dist.sampler(fast)
+    for _ in range(count):
+        value, expected = draw(), dist.sample(reference)
+        assert value == expected and type(value) is type(expected)
+        assert math.copysign(1.0, value) == math.copysign(1.0, expected)
+    assert fast.getstate() == reference.getstate()  # the same uniforms were consumed

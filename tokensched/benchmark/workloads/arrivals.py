@@ -34,14 +34,17 @@ import random
 from collections.abc import Iterator
 from typing import Literal
 
+import attrs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.workloads.coding_agent import (
     CodingAgentConfig,
     CodingAgentGenerator,
+    session_record,
     session_statistics,
 )
-from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceHeader
+from tokensched.benchmark.workloads.offered import TurnTable
+from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceHeader, TurnShape, turn_offsets
 
 _SCALE_RANGE = (0.25, 4.0)  # the rescaling searched; outside it the window is too short to hold the target
 _BISECTIONS = 48
@@ -72,6 +75,19 @@ class Arrivals(BaseModel):
     def turn_timing(self) -> Literal["open", "closed"]:
         """Open-loop turns only under a target TPM (a fixed concurrency is closed-loop by nature)."""
         return self.turns if self.target_tpm is not None else "closed"
+
+
+@attrs.frozen(slots=True)
+class DrawnSession:
+    """A session drawn for a rate schedule, before it has a start time (its record is built only if it runs)."""
+
+    session_id: str
+    gap: float  # cumulative unit-rate gap: it starts gap / rate after (or, in progress, before) t=0
+    turns: list[TurnShape]
+    token_seed: int
+
+    def record(self, start_time: float, join_turn: int = 0) -> SessionRecord:
+        return session_record(self.session_id, self.turns, self.token_seed, start_time, join_turn)
 
 
 class CodingAgentSource:
@@ -119,14 +135,15 @@ class CodingAgentSource:
             stats = session_statistics(config, seed)
             self._sessions_per_second = arrivals.target_tpm / 60.0 / stats.mean_input_tokens
             self._horizon = 1.5 * stats.max_span_s if arrivals.steady_start else 0.0
-            self._new: list[tuple[float, SessionRecord]] = []  # (cumulative unit-rate gap, session)
-            self._old: list[tuple[float, SessionRecord]] = []  # the same, backwards from t=0
+            self._new: list[DrawnSession] = []  # by cumulative unit-rate gap
+            self._old: list[DrawnSession] = []  # the same, backwards from t=0
             self._old_generator = CodingAgentGenerator(config, seed, stream="in-progress")
             self._old_rng = random.Random(f"tokensched/coding-agent/in-progress-arrivals/{seed}")
+            self._tables: dict[bool, TurnTable] = {}  # in progress or not -> the drawn sessions' turns
             if window is not None and arrivals.turn_timing == "open":
                 self.rate_scale = self._rescale(arrivals.target_tpm, window)
                 self.header = self.header.model_copy(update={"rate_scale": self.rate_scale})
-            self._scheduled = iter(self._schedule(self.rate_scale))
+            self._scheduled = iter(self.schedule(self.rate_scale))
 
     @property
     def sessions_per_second(self) -> float:
@@ -143,17 +160,28 @@ class CodingAgentSource:
         return Trace(header=self.header, sessions=tuple(itertools.islice(iter(self.next_session, None), limit)))
 
     def offered_tokens(self, scale: float, window: tuple[float, float]) -> int:
-        """Prompt tokens of the turns the schedule at ``scale`` sends inside ``window`` (open-loop turns)."""
-        start, end = window
-        total = 0
-        for session in self._schedule(scale):
-            offsets = session.turn_offsets()
-            lengths = session.prompt_lengths()
-            origin = (session.start_time or 0.0) - offsets[session.join_turn]
-            for offset, length in zip(offsets[session.join_turn :], lengths[session.join_turn :], strict=True):
-                if start <= origin + offset < end:
-                    total += length
-        return total
+        """Prompt tokens of the turns the schedule at ``scale`` sends inside ``window`` (open-loop turns).
+
+        What :meth:`schedule` would send there, priced on the drawn sessions'
+        turns (:mod:`~tokensched.benchmark.workloads.offered`) instead of building it.
+        """
+        rate = self._sessions_per_second * scale
+        old = self._draw(self._old, self._horizon * rate, old=True)
+        new = self._draw(self._new, self._duration * rate, old=False)
+        offered = self._table(old=True).in_progress(old, rate, self._duration, window)
+        return offered + self._table(old=False).new_sessions(new, rate, window)
+
+    def _draw(self, drawn: list[DrawnSession], limit: float, *, old: bool) -> int:
+        """Draws the sessions :meth:`schedule` would reach at ``limit``; returns how many start below it."""
+        return sum(1 for _ in self._stream(drawn, limit, old=old))
+
+    def _table(self, *, old: bool) -> TurnTable:
+        """The turns of a stream's drawn sessions, laid out again only when more were drawn."""
+        drawn = self._old if old else self._new
+        table = self._tables.get(old)
+        if table is None or len(table.gaps) != len(drawn):
+            table = self._tables[old] = TurnTable.of([(d.gap, d.turns) for d in drawn])
+        return table
 
     def _rescale(self, target_tpm: float, window: tuple[float, float]) -> float:
         """The common factor on the arrival rate that makes the window's offered TPM the target."""
@@ -173,38 +201,37 @@ class CodingAgentSource:
         below, above = self.offered_tokens(low, window), self.offered_tokens(high, window)
         return low if target - below < above - target else high
 
-    def _schedule(self, scale: float) -> list[SessionRecord]:
+    def schedule(self, scale: float) -> list[SessionRecord]:
         """Every session of the run at ``scale``: those in progress at t=0 (joined), then new ones, by start."""
         rate = self._sessions_per_second * scale
         sessions: list[SessionRecord] = []
-        for gap, session in self._stream(self._old, self._horizon * rate, old=True):
-            started = -gap / rate
-            offsets = session.turn_offsets()
+        for drawn in self._stream(self._old, self._horizon * rate, old=True):
+            started = -drawn.gap / rate
+            offsets = turn_offsets(drawn.turns)
             join = next((k for k, offset in enumerate(offsets) if started + offset >= 0), None)
             if join is None or started + offsets[join] >= self._duration:
                 continue  # finished before the run, or its next turn falls after it
-            sessions.append(session.model_copy(update={"start_time": started + offsets[join], "join_turn": join}))
-        for gap, session in self._stream(self._new, self._duration * rate, old=False):
-            sessions.append(session.model_copy(update={"start_time": gap / rate}))
+            sessions.append(drawn.record(started + offsets[join], join))
+        for drawn in self._stream(self._new, self._duration * rate, old=False):
+            sessions.append(drawn.record(drawn.gap / rate))
         sessions.sort(key=lambda s: s.start_time or 0.0)
         return sessions
 
-    def _stream(
-        self, drawn: list[tuple[float, SessionRecord]], limit: float, *, old: bool
-    ) -> Iterator[tuple[float, SessionRecord]]:
+    def _stream(self, drawn: list[DrawnSession], limit: float, *, old: bool) -> Iterator[DrawnSession]:
         """Sessions with cumulative unit-rate gaps below ``limit``, drawn once and kept (so every scale sees them)."""
         for index in itertools.count():
             if index == len(drawn):
-                last = drawn[-1][0] if drawn else 0.0
+                last = drawn[-1].gap if drawn else 0.0
                 if last >= limit and drawn:
                     return
                 rng, generator = (self._old_rng, self._old_generator) if old else (self._arrival_rng, self._generator)
-                name = f"p{index:06d}" if old else f"s{index:06d}"
-                drawn.append((last + rng.expovariate(1.0), generator.sample_session(name)))
-            gap, session = drawn[index]
-            if gap >= limit:
+                gap = last + rng.expovariate(1.0)
+                turns, token_seed = generator.sample_turns()
+                drawn.append(DrawnSession(f"p{index:06d}" if old else f"s{index:06d}", gap, turns, token_seed))
+            session = drawn[index]
+            if session.gap >= limit:
                 return
-            yield gap, session
+            yield session
 
     def _next_concurrent(self) -> SessionRecord:
         if self._count >= (self._arrivals.concurrency or 0):

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Sequence
 
 import attrs
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokensched.benchmark.workloads.distributions import LogNormal
-from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord, reference_answer_s
+from tokensched.benchmark.workloads.estimate import estimate_in_bulk
+from tokensched.benchmark.workloads.trace import SessionRecord, TurnRecord, TurnShape, reference_answer_s
 
 _ESTIMATE_SAMPLES = 4096
 
@@ -113,39 +116,54 @@ class CodingAgentGenerator:
     def __init__(self, config: CodingAgentConfig, seed: int, stream: str = "sessions") -> None:
         self.config = config
         self._rng = random.Random(f"tokensched/coding-agent/{stream}/{seed}")
-        self._outputs = config.output_lengths()
-        self._new = config.new_tokens()
-        self._think = config.think_times()
+        # LogNormal.sample(self._rng), bit for bit, without its method calls (sessions are drawn by the thousand)
+        self._output = config.output_lengths().sampler(self._rng)
+        self._new = config.new_tokens().sampler(self._rng)
+        self._think = config.think_times().sampler(self._rng)
 
     def sample_session(self, session_id: str, start_time: float | None = None) -> SessionRecord:
         turns, token_seed = self.sample_turns()
-        # Every field is in range by construction; skipping validation halves the cost of sampling.
-        turn = TurnRecord.model_construct
-        records = tuple(turn(new_tokens=n, output_tokens=o, think_time=t) for n, o, t in turns)
-        return SessionRecord(session_id=session_id, start_time=start_time, token_seed=token_seed, turns=records)
+        return session_record(session_id, turns, token_seed, start_time)
 
-    def sample_turns(self) -> tuple[list[tuple[int, int, float]], int]:
+    def state(self) -> tuple[object, ...]:
+        """Where the stream is (``random.Random.getstate()``)."""
+        return self._rng.getstate()
+
+    def sample_turns(self) -> tuple[list[TurnShape], int]:
         """The next session's draws as plain tuples: (new tokens, answer tokens, think time) per turn, token seed.
 
         What :meth:`sample_session` wraps in records, drawn in the same order;
         :func:`session_statistics` reads thousands of sessions and needs no records.
         """
         config, rng = self.config, self._rng
-        outputs, new, think = self._outputs, self._new, self._think
+        output, new, think = self._output, self._new, self._think
+        cap = config.max_context_tokens
         num_turns = rng.randint(config.min_turns, config.max_turns)
         first = rng.randint(config.first_turn_min_tokens, config.first_turn_max_tokens)
-        answer = min(outputs.sample_int(rng), config.max_context_tokens - first)
+        answer = min(round(output()), cap - first)
         turns = [(first, answer, 0.0)]
         context = first + answer
         for _ in range(num_turns - 1):
-            new_tokens = new.sample_int(rng)
-            answer = outputs.sample_int(rng)
-            pause = think.sample(rng)
-            if context + new_tokens + answer > config.max_context_tokens:
+            new_tokens = round(new())
+            answer = round(output())
+            pause = think()
+            if context + new_tokens + answer > cap:
                 break  # the agent would compact here; the session ends
             turns.append((new_tokens, answer, pause))
             context += new_tokens + answer
         return turns, rng.getrandbits(62)
+
+
+def session_record(
+    session_id: str, turns: Sequence[TurnShape], token_seed: int, start_time: float | None = None, join_turn: int = 0
+) -> SessionRecord:
+    """The record of a sampled session (:meth:`CodingAgentGenerator.sample_turns`) starting at ``start_time``."""
+    # Every turn is in range by construction; skipping its validation halves the cost of sampling.
+    turn = TurnRecord.model_construct
+    records = tuple(turn(new_tokens=n, output_tokens=o, think_time=t) for n, o, t in turns)
+    return SessionRecord(
+        session_id=session_id, start_time=start_time, token_seed=token_seed, join_turn=join_turn, turns=records
+    )
 
 
 @attrs.frozen(slots=True)
@@ -160,7 +178,27 @@ class SessionStatistics:
 
 @functools.lru_cache(maxsize=32)
 def session_statistics(config: CodingAgentConfig, seed: int, samples: int = _ESTIMATE_SAMPLES) -> SessionStatistics:
-    """Monte Carlo over ``samples`` sessions from their own seeded stream (cached: sweeps ask again)."""
+    """Monte Carlo over ``samples`` sessions from their own seeded stream (cached: sweeps ask again).
+
+    The sessions are drawn in vectorised passes (:mod:`~tokensched.benchmark.workloads.estimate`),
+    the same draws as one by one, which is checked on the first session here.
+    """
+    generator = CodingAgentGenerator(config, seed, stream="estimate")
+    bulk = estimate_in_bulk(config, generator.state(), samples)
+    if (
+        bulk is not None
+        and generator.sample_turns()[0] == bulk.first_session
+        and generator.state() == bulk.state_after_first
+    ):
+        prompts = np.sort(bulk.prompts)
+        return SessionStatistics(
+            bulk.input_tokens / samples, sum(bulk.spans) / samples, max(bulk.spans), float(prompts[len(prompts) // 2])
+        )
+    return _sampled_statistics(config, seed, samples)  # not CPython's generator after all: draw one by one
+
+
+def _sampled_statistics(config: CodingAgentConfig, seed: int, samples: int) -> SessionStatistics:
+    """:func:`session_statistics` from sessions drawn one by one (the reference the bulk draws are checked against)."""
     generator = CodingAgentGenerator(config, seed, stream="estimate")
     tokens = 0
     spans = []

@@ -27,19 +27,17 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import sys
-from array import array
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import attrs
-import numpy as np
 
+from tokensched.benchmark.workloads.context import SessionContext, draw_tokens
 from tokensched.benchmark.workloads.trace import SessionRecord, Trace, TraceError, TraceHeader
-from tokensched.config import RequestSpec
+from tokensched.config import GREEDY, RequestSpec
 from tokensched.errors import UnknownRequest
 from tokensched.plan import FinishReason
-from tokensched.tokens import TokenIds
+from tokensched.tokens import Int32Array
 
 
 class SessionSource(Protocol):
@@ -70,35 +68,32 @@ class TraceSource:
 
 def prompt_tokens(seed: int | str, count: int, vocab_size: int) -> list[int]:
     """``count`` reproducible token ids below ``vocab_size`` (fast: one ``randbytes`` call)."""
-    return _draw(random.Random(seed), count, vocab_size)
+    return draw_tokens(random.Random(seed), count, vocab_size).tolist()  # type: ignore[no-any-return]
 
 
-def _draw(rng: random.Random, count: int, vocab_size: int) -> list[int]:
-    if count <= 0:
-        return []
-    words = array("H", rng.randbytes(2 * count))
-    if sys.byteorder == "big":  # the same ids on every machine
-        words.byteswap()
-    tokens = words.tolist()
-    if vocab_size < 1 << 16:
-        tokens = [token % vocab_size for token in tokens]
-    return tokens
-
-
-def _token_ids(context: array[int]) -> TokenIds:
-    """A prompt from a session's context: one copy, no per-token conversion (ids are below the vocabulary)."""
-    values = np.frombuffer(context, dtype=np.int32).copy() if len(context) else np.zeros(0, np.int32)
-    values.flags.writeable = False
-    return TokenIds.trusted(values)
+# The fields _make_request sets, as a validated RequestSpec would record them (``model_fields_set``).
+_SPEC_FIELDS = frozenset(
+    [
+        "request_id",
+        "prompt_token_ids",
+        "max_tokens",
+        "eos_token_id",
+        "ignore_eos",
+        "session_id",
+        "arrival_time",
+        "ttft_deadline",
+    ]
+)
 
 
 @attrs.define(slots=True)
 class _LiveSession:
     record: SessionRecord
     rng: random.Random  # the session's prompt-token stream
-    context: array[int] = attrs.field(factory=lambda: array("i"))  # every token of the conversation so far
+    context: SessionContext = attrs.field(factory=SessionContext)  # every token of the conversation so far
     turn: int = 0  # index of the next turn to release
     answer: list[int] | None = None  # the last released turn's answer, once it is in and until it is used
+    offsets: list[float] | None = None  # open loop: record.turn_offsets(), computed once
 
 
 @attrs.define(slots=True)
@@ -155,8 +150,8 @@ class SessionWorkload:
         self._sequence = 0
         self._in_flight: dict[str, tuple[_LiveSession, int]] = {}  # request id -> (session, turn)
         self._taken: list[SessionRecord] = []  # in the order taken from the source, as a replay takes them
-        self._shared_prefix = prompt_tokens(
-            f"tokensched/shared-prefix/{source.header.shared_prefix_seed}",
+        self._shared_prefix = draw_tokens(
+            random.Random(f"tokensched/shared-prefix/{source.header.shared_prefix_seed}"),
             source.header.shared_prefix_tokens,
             source.header.vocab_size,
         )
@@ -301,35 +296,39 @@ class SessionWorkload:
             self.counts.sessions_started += 1
             first = record.turns[0].new_tokens
             shared = self._shared_prefix[:first]
-            context = array("i", shared)
-            context.extend(_draw(live.rng, first - len(shared), vocab))
+            context = SessionContext()
+            context.extend(shared)
+            context.draw(live.rng, first - len(shared), vocab)
             for earlier, joined in zip(record.turns, record.turns[1 : live.turn + 1], strict=False):
-                context.extend(_draw(live.rng, earlier.output_tokens, vocab))  # an answer from before the run
-                context.extend(_draw(live.rng, joined.new_tokens, vocab))
+                context.draw(live.rng, earlier.output_tokens, vocab)  # an answer from before the run
+                context.draw(live.rng, joined.new_tokens, vocab)
             live.context = context
         else:
-            answer = live.answer
+            context = live.context
+            answer: Sequence[int] | Int32Array | None = live.answer
             if answer is None:  # open loop, the previous answer not in yet: the recorded one stands in
                 self.counts.stand_in_answers += 1
                 stand_in = random.Random(f"{record.token_seed}/answer/{index - 1}")
-                answer = _draw(stand_in, record.turns[index - 1].output_tokens, vocab)
+                answer = draw_tokens(stand_in, record.turns[index - 1].output_tokens, vocab)
             if self._rewrite:  # the agent rebuilt the end of its previous prompt: the cache hits only up to there
-                keep = max(len(live.context) - self._rewrite, min(len(self._shared_prefix), len(live.context)))
-                rewritten = len(live.context) - keep
-                del live.context[keep:]
-                live.context.extend(_draw(live.rng, rewritten, vocab))
-            live.context.extend(answer)
+                keep = max(len(context) - self._rewrite, min(len(self._shared_prefix), len(context)))
+                rewritten = len(context) - keep
+                context.truncate(keep)
+                context.draw(live.rng, rewritten, vocab)
+            context.extend(answer)
             live.answer = None
-            live.context.extend(_draw(live.rng, turn.new_tokens, vocab))
+            context.draw(live.rng, turn.new_tokens, vocab)
         request_id = f"{record.session_id}/{index}"
         self._in_flight[request_id] = (live, index)
         live.turn = index + 1
         if self._open and live.turn < len(record.turns) and not self._next_turn_passes_cap(live):
-            offsets = record.turn_offsets()
+            offsets = live.offsets
+            if offsets is None:
+                offsets = live.offsets = record.turn_offsets()
             self._push(at + offsets[live.turn] - offsets[index], live)
+        prompt_len = len(context)
         self.counts.requests_released += 1
-        self.counts.prompt_tokens_released += len(live.context)
-        prompt_len = len(live.context)
+        self.counts.prompt_tokens_released += prompt_len
         planned = turn.output_tokens
         if self._eos is None:
             max_tokens, ignore_eos = planned, True
@@ -337,14 +336,20 @@ class SessionWorkload:
             room = self.header.max_context_tokens - prompt_len
             max_tokens, ignore_eos = max(planned, min(self._max_tokens, room)), False
         # Every field here is valid by construction, and validating a 50k-token prompt costs ~2 ms
-        # (5 s over an hour of traffic), so the spec is built unvalidated from a copy of the context.
+        # (5 s over an hour of traffic), so the spec is built unvalidated; the prompt is a view of the
+        # context (SessionContext.prompt), and every field is given so that no default is deep-copied.
         return RequestSpec.model_construct(
+            set(_SPEC_FIELDS),
             request_id=request_id,
-            prompt_token_ids=_token_ids(live.context),
+            prompt_token_ids=context.prompt(),
             max_tokens=max_tokens,
+            stop_token_ids=frozenset(),
             eos_token_id=self._eos,
             ignore_eos=ignore_eos,
+            priority=0,
             session_id=record.session_id,
             arrival_time=at,
             ttft_deadline=self._deadline,
+            sampling=GREEDY,
+            cache_salt=None,
         )

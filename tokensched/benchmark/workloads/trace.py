@@ -15,8 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -90,13 +91,7 @@ class SessionRecord(BaseModel):
 
     def prompt_lengths(self) -> list[int]:
         """Prompt length of each turn if every answer has its planned length (all turns, joined or not)."""
-        lengths: list[int] = []
-        context = 0
-        for turn in self.turns:
-            context += turn.new_tokens
-            lengths.append(context)
-            context += turn.output_tokens
-        return lengths
+        return prompt_lengths(self.shape())
 
     def input_tokens(self) -> int:
         """Prompt tokens this session sends over the turns it runs (what TPM counts)."""
@@ -108,10 +103,34 @@ class SessionRecord(BaseModel):
         Open-loop turns (``TraceHeader.turns == "open"``) are sent exactly at these
         offsets; closed-loop runs use them only to place sessions already in progress at t=0.
         """
-        offsets = [0.0]
-        for previous, turn in zip(self.turns, self.turns[1:], strict=False):
-            offsets.append(offsets[-1] + reference_answer_s(previous.output_tokens) + turn.think_time)
-        return offsets
+        return turn_offsets(self.shape())
+
+    def shape(self) -> list[TurnShape]:
+        """The turns as plain (new tokens, answer tokens, think time) tuples."""
+        return [(turn.new_tokens, turn.output_tokens, turn.think_time) for turn in self.turns]
+
+
+TurnShape = tuple[int, int, float]
+"""A turn as a plain tuple: (new tokens, answer tokens, think time), what a generator draws."""
+
+
+def prompt_lengths(turns: Sequence[TurnShape]) -> list[int]:
+    """Prompt length of each turn if every answer has its planned length (:meth:`SessionRecord.prompt_lengths`)."""
+    lengths: list[int] = []
+    context = 0
+    for new_tokens, output_tokens, _ in turns:
+        context += new_tokens
+        lengths.append(context)
+        context += output_tokens
+    return lengths
+
+
+def turn_offsets(turns: Sequence[TurnShape]) -> list[float]:
+    """When each turn is sent at the reference speed (:meth:`SessionRecord.turn_offsets`)."""
+    offsets = [0.0]
+    for (_, previous_output, _), (_, _, think_time) in itertools.pairwise(turns):
+        offsets.append(offsets[-1] + reference_answer_s(previous_output) + think_time)
+    return offsets
 
 
 def reference_answer_s(output_tokens: int) -> float:
