@@ -47,7 +47,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from itertools import repeat
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -57,10 +57,6 @@ from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 NO_RUN: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 NO_RUN.flags.writeable = False
-
-# From this many blocks, a release or a settled batch goes through the vectorised path: below it a few
-# scalar steps a block cost less than a dozen numpy calls.
-_RUN = 16
 
 
 class BlockState(IntEnum):
@@ -127,6 +123,10 @@ class BlockPool:
     holds that content; it covers COMMITTED, EVICTABLE and PENDING blocks and
     is pruned when a block is evicted.
     """
+
+    #: From this many blocks a release, or a pending batch settling, goes through the vectorised path
+    #: (same outcome); below it a few scalar steps a block cost less than a dozen numpy calls.
+    bulk_from: ClassVar[int] = 16
 
     __slots__ = (
         "_canon",
@@ -716,7 +716,7 @@ class BlockPool:
         """
         blocks = list(blocks)
         n = len(blocks)
-        if n >= _RUN:
+        if n >= self.bulk_from:
             ids = np.array(blocks, dtype=np.int64)
             if self._distinct(ids):
                 self._release_run(ids, hold_until_step)
@@ -817,7 +817,7 @@ class BlockPool:
         self._completed = max(self._completed, step_id)
         while pending and pending[0][0] <= step_id:
             _, blocks = pending.popleft()
-            if len(blocks) >= _RUN:
+            if len(blocks) >= self.bulk_from:
                 self._settle_run(np.array(blocks, dtype=np.int64))
             else:
                 for block in blocks:
