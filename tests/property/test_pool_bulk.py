@@ -1,12 +1,12 @@
-"""Bulk vs one by one: a pool that releases and settles runs of blocks in vectorised passes ends up exactly
-where the block-by-block loop does, under every eviction policy.
+"""Bulk vs one by one: a pool that commits, releases and settles runs of blocks in vectorised passes ends up
+exactly where the block-by-block loops do, under every eviction policy.
 
 Two pools see the same random traffic (admissions sharing prefixes, commits,
 releases held for steps in flight, steps completing, cache clears, pinned
 content): one takes the vectorised path for every run of two blocks or more,
 the other never takes it. After each operation their states, refcounts,
-hashes, free lists, eviction orders and pending batches must be equal, and a
-refused call must leave both unchanged.
+hashes, links, prefix index, free lists, eviction orders and pending batches
+must be equal, and a refused call must leave both unchanged.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ class OneByOnePool(BlockPool):
 def observe(pool: BlockPool) -> tuple[Any, ...]:
     blocks = tuple((pool.state(b), pool.refcount(b), pool.block_hash(b)) for b in range(pool.num_blocks))
     pending = tuple((step, tuple(held)) for step, held in pool._pending)
-    return blocks, tuple(pool._free), tuple(pool.eviction.order()), pending, pool.num_free
+    links = tuple(
+        tuple(a.tolist()) for a in (pool._link, pool._link_gen, pool._canon, pool._canon_gen, pool._depth, pool._gen)
+    )
+    index = tuple(sorted(pool._index.items()))
+    return blocks, tuple(pool._free), tuple(pool.eviction.order()), pending, pool.num_free, links, index
 
 
 class Twins:
