@@ -18,7 +18,9 @@ from tokensched.machines.eviction import (
 )
 
 Op = tuple[str, int]
-ops = st.lists(st.tuples(st.sampled_from(["add", "add_many", "remove", "hit", "pop"]), st.integers(0, 11)), max_size=80)
+ops = st.lists(
+    st.tuples(st.sampled_from(["add", "add_many", "remove", "hit", "pop", "pop_many"]), st.integers(0, 11)), max_size=80
+)
 
 
 class Model:
@@ -68,6 +70,9 @@ def drive(policy: EvictionPolicy, model: Model, sequence: list[Op]) -> None:
             model.hits[block_hash] = model.hits.get(block_hash, 0) + 1
         elif op == "pop" and model.blocks:
             assert policy.pop() == model.pop()
+        elif op == "pop_many":
+            k = min(1 + x % 4, len(model.blocks))
+            assert policy.pop_many(k) == [model.pop() for _ in range(k)]
         assert len(policy) == len(model.blocks)
         assert all((b in policy) == (b in model.blocks) for b in range(12))
     assert sorted(policy.order()) == sorted(model.blocks)

@@ -47,7 +47,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from itertools import repeat
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -441,23 +441,41 @@ class BlockPool:
 
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
-        """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed."""
+        """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed.
+
+        Free blocks go first (the newest freed first), then evicted ones in
+        the eviction policy's order; a long eviction (:attr:`bulk_from` or
+        more) takes its victims in one :meth:`EvictionPolicy.pop_many` and
+        drops them from the index in C-level passes.
+        """
         if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
+        if n <= 0:
+            return []
         free = self._free
-        out: list[int] = []
+        taken = min(n, len(free))
+        out: list[int] = free[len(free) - taken :]
+        out.reverse()  # popped from the end, one by one
+        del free[len(free) - taken :]
         removed: list[int] | None = [] if self.listener is not None else None
-        for _ in range(n):
-            if free:
-                block = free.pop()
-            else:
+        if n - taken >= self.bulk_from:
+            victims = self._evict.pop_many(n - taken)
+            hashes = cast("list[int]", list(map(self._hash.__getitem__, victims)))  # evictable: hashed
+            deque(map(self._index.__delitem__, hashes), maxlen=0)  # an EVICTABLE block is its content's indexed copy
+            deque(map(self._hash.__setitem__, victims, repeat(None)), maxlen=0)
+            self._indexed[victims] = False
+            if removed is not None:
+                removed += hashes
+            out += victims
+        else:
+            for _ in range(n - taken):
                 block = self._evict.pop()
                 self._unindex(block, removed)
-            self._state[block] = _OWNED
-            out.append(block)
-        if out:
-            self._refcount[out] = 1
-            self._gen[out] += 1  # whatever linked to these blocks' old content no longer matches
+                out.append(block)
+        ids = np.array(out, dtype=np.int64)
+        self._states()[ids] = _OWNED
+        self._refcount[ids] = 1
+        self._gen[ids] += 1  # whatever linked to these blocks' old content no longer matches
         if removed and self.listener is not None:
             self.listener.blocks_removed(removed)
         return out

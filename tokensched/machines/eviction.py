@@ -60,6 +60,9 @@ class EvictionPolicy(Protocol):
     def pop(self) -> int:
         """Remove and return the block to evict next (the caller checks that one is there)."""
 
+    def pop_many(self, k: int) -> list[int]:
+        """:meth:`pop` ``k`` times, in order (the caller checks that ``k`` are there)."""
+
     def hit(self, block_hash: int) -> None:
         """A request matched content ``block_hash`` (COMMITTED or EVICTABLE) from the cache."""
 
@@ -167,6 +170,19 @@ class LRUEviction:
                 self._n -= 1
                 return block
 
+    def pop_many(self, k: int) -> list[int]:
+        lru = self._lru
+        live = self._live
+        popitem = lru.popitem
+        out: list[int] = []
+        while len(out) < k:
+            block = popitem(False)[0]
+            if live[block]:
+                live[block] = 0
+                out.append(block)
+        self._n -= k
+        return out
+
     def hit(self, block_hash: int) -> None:
         return None
 
@@ -238,6 +254,9 @@ class _ScoredEviction:
                 del live[block]
                 self._age = score
                 return block
+
+    def pop_many(self, k: int) -> list[int]:
+        return [self.pop() for _ in range(k)]
 
     def hit(self, block_hash: int) -> None:
         hits = self._hits
@@ -337,6 +356,9 @@ class PinnedEviction:
         block, _ = self._pinned_held.popitem(last=False)  # only pinned content is left: the pool needs it
         del self._hash_of[block]
         return block
+
+    def pop_many(self, k: int) -> list[int]:
+        return [self.pop() for _ in range(k)]
 
     def hit(self, block_hash: int) -> None:
         self._inner.hit(block_hash)
