@@ -43,6 +43,7 @@ attribute.
 from __future__ import annotations
 
 import contextlib
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
@@ -57,6 +58,21 @@ from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 NO_RUN: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 NO_RUN.flags.writeable = False
+
+
+def _int64s(n: int, value: int) -> array[int]:
+    """``n`` int64 counters set to ``value``: list-speed scalar access, and a numpy view for runs."""
+    return array("q", bytes(8 * n)) if value == 0 else array("q", [value]) * n
+
+
+def _ints(counters: array[int]) -> npt.NDArray[np.int64]:
+    """A numpy view of an ``array('q')`` of per-block counters (writes go through to it)."""
+    return np.frombuffer(counters, dtype=np.int64)
+
+
+def _flags(flags: bytearray) -> npt.NDArray[np.bool_]:
+    """A numpy view of a ``bytearray`` of per-block flags (writes go through to it)."""
+    return np.frombuffer(flags, dtype=np.bool_)
 
 
 class BlockState(IntEnum):
@@ -175,26 +191,28 @@ class BlockPool:
         self._gen = np.zeros(num_blocks, dtype=np.int64)
         # Canonical copy of a committed block's content (itself when it is the indexed copy); its
         # successors link to that copy, so they stay findable after a duplicate is freed.
-        self._canon = np.zeros(num_blocks, dtype=np.int64)
-        self._canon_gen = np.zeros(num_blocks, dtype=np.int64)
+        self._canon = _int64s(num_blocks, 0)
+        self._canon_gen = _int64s(num_blocks, 0)
         self._roots: dict[str | None, int] = {None: -1}
         self._state = bytearray(num_blocks)  # all FREE
-        # Per-block counters live in arrays so that a run of blocks (a 200k-token request is 12.5k of
-        # them) is released, settled or shared in a few vectorised passes; one block costs a scalar index.
-        self._refcount = np.zeros(num_blocks, dtype=np.int64)
+        # Per-block counters live in flat C arrays (``array('q')``, ``bytearray``): one block is a
+        # list-speed index that yields a Python int, and a run of blocks (a 200k-token request is 12.5k
+        # of them) is released, settled or shared in a few vectorised passes over a numpy view of the
+        # same memory (see _ints / _flags; views are made per use, so pickles and copies stay whole).
+        self._refcount = _int64s(num_blocks, 0)
         self._hash: list[int | None] = [None] * num_blocks
         # Pop from the end: block 0 is handed out first, which keeps tests readable.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._evict: EvictionPolicy = eviction if eviction is not None else LRUEviction()
-        self._depth = np.zeros(num_blocks, dtype=np.int64)  # place in its hash chain (for cost-aware eviction)
+        self._depth = _int64s(num_blocks, 0)  # place in its hash chain (for cost-aware eviction)
         # Whether a block is the indexed copy of its content (the index maps its hash to it): what decides,
         # without a dict look-up, if a block nobody holds stays cached (EVICTABLE) or goes FREE.
-        self._indexed = np.zeros(num_blocks, dtype=np.bool_)
+        self._indexed = bytearray(num_blocks)
         self._slot = np.zeros(num_blocks, dtype=np.int64)  # scratch: finds a block given twice in a release
         self._pending: deque[tuple[int, list[int]]] = deque()
         # The newest step in flight that a releaser of each block was in: a shared block let go by a
         # request in flight and last by one that is not stays PENDING until that step completes.
-        self._held_for = np.full(num_blocks, -1, dtype=np.int64)
+        self._held_for = _int64s(num_blocks, -1)
         self._completed = -1  # the newest step completed (steps complete in order)
         self._index: dict[int, int] = {}
 
@@ -254,7 +272,7 @@ class BlockPool:
         return BlockState(self._state[block])
 
     def refcount(self, block: int) -> int:
-        return int(self._refcount[block])
+        return self._refcount[block]
 
     def block_hash(self, block: int) -> int | None:
         return self._hash[block]
@@ -267,7 +285,7 @@ class BlockPool:
         h = self._hash[block]
         if h is None or self._state[block] not in (_COMMITTED, _EVICTABLE):
             raise IllegalTransition(f"block {block}", self.state(block).name, "content")
-        return h, int(self._depth[block]), self._tokens[block].copy()
+        return h, self._depth[block], self._tokens[block].copy()
 
     def counts(self) -> dict[BlockState, int]:
         counts = dict.fromkeys(BlockState, 0)
@@ -463,7 +481,7 @@ class BlockPool:
             hashes = cast("list[int]", list(map(self._hash.__getitem__, victims)))  # evictable: hashed
             deque(map(self._index.__delitem__, hashes), maxlen=0)  # an EVICTABLE block is its content's indexed copy
             deque(map(self._hash.__setitem__, victims, repeat(None)), maxlen=0)
-            self._indexed[victims] = False
+            _flags(self._indexed)[victims] = False
             if removed is not None:
                 removed += hashes
             out += victims
@@ -474,7 +492,7 @@ class BlockPool:
                 out.append(block)
         ids = np.array(out, dtype=np.int64)
         self._states()[ids] = _OWNED
-        self._refcount[ids] = 1
+        _ints(self._refcount)[ids] = 1
         self._gen[ids] += 1  # whatever linked to these blocks' old content no longer matches
         if removed and self.listener is not None:
             self.listener.blocks_removed(removed)
@@ -527,19 +545,25 @@ class BlockPool:
         if not -len(self._roots) <= after < self.num_blocks:
             raise ValueError(f"commit after unknown block or salt root {after}")
         values = np.asarray(tokens, dtype=np.int32).reshape(n, bs)
-        ids = np.array(blocks, dtype=np.int64)
-        self._tokens[ids] = values
         if after < 0:
             link, link_gen, parent_hash = after, 0, None
         else:
-            link, link_gen, parent_hash = int(self._canon[after]), int(self._canon_gen[after]), self._hash[after]
-        self._depth[ids] = np.arange(first_depth, first_depth + n)
+            link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
         index = self._index
-        if n >= self.bulk_from and self._all_new(ids, hashes):
-            self._commit_new(ids, hashes, link, link_gen)
-            if self.listener is not None:
-                self._announce(blocks, hashes, values, list(range(n)), parent_hash)
-            return
+        if n < self.bulk_from:
+            self._tokens[list(blocks)] = values
+            depth = self._depth
+            for i, block in enumerate(blocks):
+                depth[block] = first_depth + i
+        else:
+            ids = np.array(blocks, dtype=np.int64)
+            self._tokens[ids] = values
+            _ints(self._depth)[ids] = np.arange(first_depth, first_depth + n)
+            if self._all_new(ids, hashes):
+                self._commit_new(ids, hashes, link, link_gen)
+                if self.listener is not None:
+                    self._announce(blocks, hashes, values, list(range(n)), parent_hash)
+                return
         gen = self._gen
         stored: list[int] = []  # position in the run of each newly indexed block, for the listener
         for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
@@ -593,9 +617,9 @@ class BlockPool:
         self._link[ids] = links
         self._link_gen[ids] = link_gens
         self._index.update(zip(hashes, block_list, strict=True))
-        self._indexed[ids] = True
-        self._canon[ids] = ids
-        self._canon_gen[ids] = gen[ids]
+        _flags(self._indexed)[ids] = True
+        _ints(self._canon)[ids] = ids
+        _ints(self._canon_gen)[ids] = gen[ids]
 
     def commit_each(
         self,
@@ -632,7 +656,9 @@ class BlockPool:
         hash_of = self._hash
         gen = self._gen
         listener = self.listener
-        self._depth[list(blocks)] = depths
+        depth_of = self._depth
+        for block, depth in zip(blocks, depths, strict=True):
+            depth_of[block] = depth
         indexed = self._indexed
         for i, block in enumerate(blocks):
             h = hashes[i]
@@ -748,7 +774,7 @@ class BlockPool:
             revived = ids if lo == _EVICTABLE else ids[states == _EVICTABLE]
             self._evict.remove_many(revived)
             self._states()[revived] = _COMMITTED
-        self._refcount[ids] += 1  # distinct ids: one vectorised add
+        _ints(self._refcount)[ids] += 1  # distinct ids: one vectorised add
         if hit:
             self._evict.hit_many(map(self._hash.__getitem__, ids_list))  # type: ignore[arg-type]  # committed: hashed
         return ids_list
@@ -793,13 +819,13 @@ class BlockPool:
         held_for = self._held_for
         completed = self._completed
         for block in reversed(blocks):
-            rc = int(refcount[block]) - 1
+            rc = refcount[block] - 1
             refcount[block] = rc
             if hold_until_step is not None and hold_until_step > held_for[block]:
                 held_for[block] = hold_until_step
             if rc:
                 continue
-            step = int(held_for[block])
+            step = held_for[block]
             if step > completed:
                 self._state[block] = _PENDING
                 self._hold([block], step)
@@ -824,9 +850,9 @@ class BlockPool:
         if not bool(ok.all()):
             bad = int(ids[int(np.argmin(ok))])
             raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "release")
-        refcount = self._refcount
+        refcount = _ints(self._refcount)
         refcount[ids] -= 1  # OWNED and COMMITTED blocks hold at least one reference each
-        held_for = self._held_for
+        held_for = _ints(self._held_for)
         if hold_until_step is not None:
             held_for[ids] = np.maximum(held_for[ids], hold_until_step)
         last_first = ids[::-1]
@@ -886,7 +912,7 @@ class BlockPool:
         self._held_for[block] = -1
         if self._indexed[block]:
             self._state[block] = _EVICTABLE
-            self._evict.add(block, self._hash[block], int(self._depth[block]))  # type: ignore[arg-type]  # indexed: hashed
+            self._evict.add(block, self._hash[block], self._depth[block])  # type: ignore[arg-type]  # indexed: hashed
         else:
             self._hash[block] = None
             self._state[block] = _FREE
@@ -894,13 +920,13 @@ class BlockPool:
 
     def _settle_run(self, ids: npt.NDArray[np.int64]) -> None:
         """:meth:`_settle` for distinct blocks, in order: indexed copies become evictable, the rest free."""
-        self._held_for[ids] = -1
-        indexed = self._indexed[ids]
+        _ints(self._held_for)[ids] = -1
+        indexed = _flags(self._indexed)[ids]
         states = self._states()
         cached = ids if bool(indexed.all()) else ids[indexed]
         if len(cached):
             states[cached] = _EVICTABLE
-            self._evict.add_many(cached, map(self._hash.__getitem__, cached), self._depth[cached])  # type: ignore[arg-type]
+            self._evict.add_many(cached, map(self._hash.__getitem__, cached), _ints(self._depth)[cached])  # type: ignore[arg-type]
         if len(cached) == len(ids):
             return
         freed = ids[~indexed]
@@ -939,7 +965,7 @@ class BlockPool:
         pending_set = set(pending_blocks)
         for block in range(self.num_blocks):
             s = self._state[block]
-            rc = int(self._refcount[block])
+            rc = self._refcount[block]
             in_free = block in free_set
             in_lru = block in self._evict
             in_pending = block in pending_set
