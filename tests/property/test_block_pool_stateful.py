@@ -363,7 +363,7 @@ class BulkBlockPoolMachine(BlockPoolMachine):
 
 TestBulkBlockPool = BulkBlockPoolMachine.TestCase
 TestBulkBlockPool.settings = settings(
-    max_examples=max(1, EXAMPLES // 2),
+    max_examples=max(1, EXAMPLES // 5),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
