@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,9 @@ from tokensched.machines.eviction import (
 )
 
 Op = tuple[str, int]
-ops = st.lists(st.tuples(st.sampled_from(["add", "remove", "hit", "pop"]), st.integers(0, 11)), max_size=80)
+ops = st.lists(
+    st.tuples(st.sampled_from(["add", "add_many", "remove", "hit", "pop", "pop_many"]), st.integers(0, 11)), max_size=80
+)
 
 
 class Model:
@@ -52,6 +55,13 @@ def drive(policy: EvictionPolicy, model: Model, sequence: list[Op]) -> None:
         if op == "add" and block not in model.blocks:
             policy.add(block, block_hash, depth)
             model.add(block, block_hash, depth)
+        elif op == "add_many":  # the blocks from x not yet held, in one call, in a scrambled order
+            run = [b for b in (x, (x + 5) % 12, (x + 2) % 12, (x + 9) % 12) if b not in model.blocks]
+            hashes = [100 + b % 5 for b in run]
+            depths = [b % 4 for b in run]
+            policy.add_many(np.array(run, dtype=np.int64), iter(hashes), np.array(depths, dtype=np.int64))
+            for args in zip(run, hashes, depths, strict=True):
+                model.add(*args)
         elif op == "remove" and block in model.blocks:
             policy.remove(block)
             del model.blocks[block]
@@ -60,6 +70,9 @@ def drive(policy: EvictionPolicy, model: Model, sequence: list[Op]) -> None:
             model.hits[block_hash] = model.hits.get(block_hash, 0) + 1
         elif op == "pop" and model.blocks:
             assert policy.pop() == model.pop()
+        elif op == "pop_many":
+            k = min(1 + x % 4, len(model.blocks))
+            assert policy.pop_many(k) == [model.pop() for _ in range(k)]
         assert len(policy) == len(model.blocks)
         assert all((b in policy) == (b in model.blocks) for b in range(12))
     assert sorted(policy.order()) == sorted(model.blocks)

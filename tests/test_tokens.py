@@ -78,6 +78,33 @@ def test_token_buffer_grows_like_a_list(prompt: list[int], appended: list[int]) 
     assert snapshot == model, "a snapshot does not move with the buffer"
 
 
+@given(
+    st.lists(st.integers(0, 99), max_size=40),
+    st.lists(st.tuples(st.sampled_from(["append", "extend", "truncate"]), st.integers(0, 50)), max_size=30),
+    st.integers(0, 20),
+)
+def test_a_read_only_prompt_is_shared_until_written_and_never_written(
+    prompt: list[int], ops: list[tuple[str, int]], reserve: int
+) -> None:
+    values = as_token_array(prompt)  # read-only, as a validated spec's prompt
+    before = values.copy()
+    buffer = TokenBuffer(values, reserve)
+    assert np.shares_memory(buffer.array, values) or not len(prompt), "admission copies nothing"
+    model = list(prompt)
+    for op, x in ops:
+        if op == "append":
+            buffer.append(x)
+            model.append(x)
+        elif op == "extend":
+            buffer.extend([x, x + 1])
+            model.extend([x, x + 1])
+        else:
+            buffer.truncate(x)
+            del model[x:]
+        assert buffer.tolist() == model
+    assert np.array_equal(values, before), "the prompt is never written"
+
+
 def test_token_buffer_refuses_an_index_past_its_end() -> None:
     buffer = TokenBuffer(as_token_array([1, 2]))
     with pytest.raises(IndexError):

@@ -159,15 +159,22 @@ class TokenBuffer(Sequence[int]):
     """A request's growing history (prompt, then outputs) in an int32 buffer that grows by doubling.
 
     ``size`` is the number of tokens (``len()`` without a method call, for the
-    scheduler's per-step loop).
+    scheduler's per-step loop). A read-only prompt (a validated spec's) is
+    taken as the buffer itself, copied only when the first token is appended
+    (copy on write): admitting a 200k-token prompt copies nothing, and the copy
+    (with room for ``reserve`` outputs) comes with the first output.
     """
 
-    __slots__ = ("_buf", "_frozen", "size")
+    __slots__ = ("_buf", "_frozen", "_reserve", "size")
 
     def __init__(self, prompt: Int32Array, reserve: int = 0) -> None:
         n = len(prompt)
-        self._buf = np.empty(max(16, n + reserve), dtype=np.int32)
-        self._buf[:n] = prompt
+        self._reserve = reserve
+        if prompt.flags.writeable:  # the caller's memory: copy it now
+            self._buf = np.empty(max(16, n + reserve), dtype=np.int32)
+            self._buf[:n] = prompt
+        else:  # full, so the first append or extend grows it into a buffer of its own
+            self._buf = prompt
         self.size = n
         # A read-only prompt (a validated spec's) is its own snapshot while the buffer still holds just it:
         # the size only grows by appending, and truncate() forgets it.
@@ -195,9 +202,13 @@ class TokenBuffer(Sequence[int]):
     def truncate(self, n: int) -> None:
         self.size = min(self.size, n)
         self._frozen = None
+        if not self._buf.flags.writeable:  # still the prompt itself: the next append must not write into it
+            self._grow(self.size)
 
     def _grow(self, need: int) -> None:
-        buf = np.empty(max(need, 2 * len(self._buf)), dtype=np.int32)
+        old = self._buf
+        cap = 2 * len(old) if old.flags.writeable else max(16, len(old) + self._reserve)
+        buf = np.empty(max(need, cap), dtype=np.int32)
         buf[: self.size] = self._buf[: self.size]
         self._buf = buf
 

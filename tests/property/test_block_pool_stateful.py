@@ -44,9 +44,11 @@ class Holder:
 
 
 class BlockPoolMachine(RuleBasedStateMachine):
+    pool_class: type[BlockPool] = BlockPool
+
     def __init__(self) -> None:
         super().__init__()
-        self.pool = BlockPool(1, BS)
+        self.pool = self.pool_class(1, BS)
         self.holders: dict[int, Holder] = {}
         self.next_holder = 0
         self.in_flight: list[tuple[int, frozenset[int]]] = []  # (step id, blocks its plan references)
@@ -60,7 +62,7 @@ class BlockPoolMachine(RuleBasedStateMachine):
 
     @initialize(num_blocks=st.integers(3, 6))
     def make_pool(self, num_blocks: int) -> None:
-        self.pool = BlockPool(num_blocks, BS)
+        self.pool = self.pool_class(num_blocks, BS)
 
     # ------------------------------------------------------------ helpers
     def holder_counts(self) -> Counter[int]:
@@ -341,6 +343,27 @@ class BlockPoolMachine(RuleBasedStateMachine):
 TestBlockPool = BlockPoolMachine.TestCase
 TestBlockPool.settings = settings(
     max_examples=EXAMPLES,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class BulkPool(BlockPool):
+    """Every release of two blocks or more, and every pending batch, through the vectorised path."""
+
+    bulk_from = 2
+
+
+class BulkBlockPoolMachine(BlockPoolMachine):
+    """The same traffic and model with the bulk release and settle paths taken wherever they can be."""
+
+    pool_class = BulkPool
+
+
+TestBulkBlockPool = BulkBlockPoolMachine.TestCase
+TestBulkBlockPool.settings = settings(
+    max_examples=max(1, EXAMPLES // 5),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

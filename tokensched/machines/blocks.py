@@ -43,12 +43,12 @@ attribute.
 from __future__ import annotations
 
 import contextlib
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from itertools import repeat
-from operator import itemgetter
-from typing import Protocol
+from typing import ClassVar, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,21 @@ from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 NO_RUN: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 NO_RUN.flags.writeable = False
+
+
+def _int64s(n: int, value: int) -> array[int]:
+    """``n`` int64 counters set to ``value``: list-speed scalar access, and a numpy view for runs."""
+    return array("q", bytes(8 * n)) if value == 0 else array("q", [value]) * n
+
+
+def _ints(counters: array[int]) -> npt.NDArray[np.int64]:
+    """A numpy view of an ``array('q')`` of per-block counters (writes go through to it)."""
+    return np.frombuffer(counters, dtype=np.int64)
+
+
+def _flags(flags: bytearray) -> npt.NDArray[np.bool_]:
+    """A numpy view of a ``bytearray`` of per-block flags (writes go through to it)."""
+    return np.frombuffer(flags, dtype=np.bool_)
 
 
 class BlockState(IntEnum):
@@ -125,6 +140,10 @@ class BlockPool:
     is pruned when a block is evicted.
     """
 
+    #: From this many blocks a release, or a pending batch settling, goes through the vectorised path
+    #: (same outcome); below it a few scalar steps a block cost less than a dozen numpy calls.
+    bulk_from: ClassVar[int] = 16
+
     __slots__ = (
         "_canon",
         "_canon_gen",
@@ -136,11 +155,13 @@ class BlockPool:
         "_hash",
         "_held_for",
         "_index",
+        "_indexed",
         "_link",
         "_link_gen",
         "_pending",
         "_refcount",
         "_roots",
+        "_slot",
         "_state",
         "_tokens",
         "block_size",
@@ -170,20 +191,28 @@ class BlockPool:
         self._gen = np.zeros(num_blocks, dtype=np.int64)
         # Canonical copy of a committed block's content (itself when it is the indexed copy); its
         # successors link to that copy, so they stay findable after a duplicate is freed.
-        self._canon = [0] * num_blocks
-        self._canon_gen = [0] * num_blocks
+        self._canon = _int64s(num_blocks, 0)
+        self._canon_gen = _int64s(num_blocks, 0)
         self._roots: dict[str | None, int] = {None: -1}
         self._state = bytearray(num_blocks)  # all FREE
-        self._refcount = [0] * num_blocks
+        # Per-block counters live in flat C arrays (``array('q')``, ``bytearray``): one block is a
+        # list-speed index that yields a Python int, and a run of blocks (a 200k-token request is 12.5k
+        # of them) is released, settled or shared in a few vectorised passes over a numpy view of the
+        # same memory (see _ints / _flags; views are made per use, so pickles and copies stay whole).
+        self._refcount = _int64s(num_blocks, 0)
         self._hash: list[int | None] = [None] * num_blocks
         # Pop from the end: block 0 is handed out first, which keeps tests readable.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._evict: EvictionPolicy = eviction if eviction is not None else LRUEviction()
-        self._depth = [0] * num_blocks  # a committed block's place in its hash chain (for cost-aware eviction)
+        self._depth = _int64s(num_blocks, 0)  # place in its hash chain (for cost-aware eviction)
+        # Whether a block is the indexed copy of its content (the index maps its hash to it): what decides,
+        # without a dict look-up, if a block nobody holds stays cached (EVICTABLE) or goes FREE.
+        self._indexed = bytearray(num_blocks)
+        self._slot = np.zeros(num_blocks, dtype=np.int64)  # scratch: finds a block given twice in a release
         self._pending: deque[tuple[int, list[int]]] = deque()
         # The newest step in flight that a releaser of each block was in: a shared block let go by a
         # request in flight and last by one that is not stays PENDING until that step completes.
-        self._held_for = [-1] * num_blocks
+        self._held_for = _int64s(num_blocks, -1)
         self._completed = -1  # the newest step completed (steps complete in order)
         self._index: dict[int, int] = {}
 
@@ -430,23 +459,41 @@ class BlockPool:
 
     # ------------------------------------------------------------- transitions
     def allocate(self, n: int) -> list[int]:
-        """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed."""
+        """Hand out ``n`` blocks as OWNED (refcount 1), evicting LRU cached blocks if needed.
+
+        Free blocks go first (the newest freed first), then evicted ones in
+        the eviction policy's order; a long eviction (:attr:`bulk_from` or
+        more) takes its victims in one :meth:`EvictionPolicy.pop_many` and
+        drops them from the index in C-level passes.
+        """
         if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
+        if n <= 0:
+            return []
         free = self._free
-        out: list[int] = []
+        taken = min(n, len(free))
+        out: list[int] = free[len(free) - taken :]
+        out.reverse()  # popped from the end, one by one
+        del free[len(free) - taken :]
         removed: list[int] | None = [] if self.listener is not None else None
-        for _ in range(n):
-            if free:
-                block = free.pop()
-            else:
+        if n - taken >= self.bulk_from:
+            victims = self._evict.pop_many(n - taken)
+            hashes = cast("list[int]", list(map(self._hash.__getitem__, victims)))  # evictable: hashed
+            deque(map(self._index.__delitem__, hashes), maxlen=0)  # an EVICTABLE block is its content's indexed copy
+            deque(map(self._hash.__setitem__, victims, repeat(None)), maxlen=0)
+            _flags(self._indexed)[victims] = False
+            if removed is not None:
+                removed += hashes
+            out += victims
+        else:
+            for _ in range(n - taken):
                 block = self._evict.pop()
                 self._unindex(block, removed)
-            self._state[block] = _OWNED
-            self._refcount[block] = 1
-            out.append(block)
-        if out:
-            self._gen[out] += 1  # whatever linked to these blocks' old content no longer matches
+                out.append(block)
+        ids = np.array(out, dtype=np.int64)
+        self._states()[ids] = _OWNED
+        _ints(self._refcount)[ids] = 1
+        self._gen[ids] += 1  # whatever linked to these blocks' old content no longer matches
         if removed and self.listener is not None:
             self.listener.blocks_removed(removed)
         return out
@@ -498,26 +545,36 @@ class BlockPool:
         if not -len(self._roots) <= after < self.num_blocks:
             raise ValueError(f"commit after unknown block or salt root {after}")
         values = np.asarray(tokens, dtype=np.int32).reshape(n, bs)
-        self._tokens[list(blocks)] = values
         if after < 0:
             link, link_gen, parent_hash = after, 0, None
         else:
             link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
-        depth = self._depth[after] + 1 if after >= 0 else 0
-        for i, block in enumerate(blocks):
-            self._depth[block] = depth + i
         index = self._index
+        if n < self.bulk_from:
+            self._tokens[list(blocks)] = values
+            depth = self._depth
+            for i, block in enumerate(blocks):
+                depth[block] = first_depth + i
+        else:
+            ids = np.array(blocks, dtype=np.int64)
+            self._tokens[ids] = values
+            _ints(self._depth)[ids] = np.arange(first_depth, first_depth + n)
+            if self._all_new(ids, hashes):
+                self._commit_new(ids, hashes, link, link_gen)
+                if self.listener is not None:
+                    self._announce(blocks, hashes, values, list(range(n)), parent_hash)
+                return
         gen = self._gen
         stored: list[int] = []  # position in the run of each newly indexed block, for the listener
         for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
             self._state[block] = _COMMITTED
             self._hash[block] = h
-            self._depth[block] = first_depth + i
             self._link[block] = link
             self._link_gen[block] = link_gen
             twin = index.get(h)
             if twin is None:
                 index[h] = block
+                self._indexed[block] = True
                 canon = block
                 stored.append(i)
             elif (
@@ -532,6 +589,37 @@ class BlockPool:
             link_gen = self._canon_gen[block] = int(gen[canon])
         if stored and self.listener is not None:
             self._announce(blocks, hashes, values, stored, parent_hash)
+
+    def _all_new(self, ids: npt.NDArray[np.int64], hashes: Sequence[int]) -> bool:
+        """Whether a run to commit names distinct blocks and distinct hashes none of which the index holds.
+
+        The common case of a prefill (its blocks' content is new): each block
+        becomes the indexed copy of its content and links to the block before
+        it, which :meth:`_commit_new` writes in a few vectorised passes.
+        """
+        return (
+            self._distinct(ids) and not any(map(self._index.__contains__, hashes)) and len(set(hashes)) == len(hashes)
+        )
+
+    def _commit_new(self, ids: npt.NDArray[np.int64], hashes: Sequence[int], link: int, link_gen: int) -> None:
+        """:meth:`commit`'s loop for a run that :meth:`_all_new` accepted: every block is its own canonical copy."""
+        n = len(ids)
+        gen = self._gen
+        self._states()[ids] = _COMMITTED
+        block_list: list[int] = ids.tolist()
+        deque(map(self._hash.__setitem__, block_list, hashes), maxlen=0)
+        links = np.empty(n, dtype=np.int64)
+        links[0] = link
+        links[1:] = ids[:-1]
+        link_gens = np.empty(n, dtype=np.int64)
+        link_gens[0] = link_gen
+        link_gens[1:] = gen[ids[:-1]]
+        self._link[ids] = links
+        self._link_gen[ids] = link_gens
+        self._index.update(zip(hashes, block_list, strict=True))
+        _flags(self._indexed)[ids] = True
+        _ints(self._canon)[ids] = ids
+        _ints(self._canon_gen)[ids] = gen[ids]
 
     def commit_each(
         self,
@@ -569,23 +657,24 @@ class BlockPool:
         gen = self._gen
         listener = self.listener
         depth_of = self._depth
+        for block, depth in zip(blocks, depths, strict=True):
+            depth_of[block] = depth
+        indexed = self._indexed
         for i, block in enumerate(blocks):
             h = hashes[i]
             after = afters[i]
             if after < 0:
                 link, link_gen = after, 0
-                depth_of[block] = 0
             else:
                 link, link_gen = canon_of[after], canon_gen[after]
-                depth_of[block] = depth_of[after] + 1
             state[block] = _COMMITTED
             hash_of[block] = h
-            self._depth[block] = depths[i]
             link_of[block] = link
             link_gen_of[block] = link_gen
             twin = index.get(h)
             if twin is None:
                 index[h] = block
+                indexed[block] = True
                 canon = block
                 if listener is not None:
                     parent = None if after < 0 else hash_of[after]
@@ -681,16 +770,11 @@ class BlockPool:
             bad = int(ids[int(np.argmin((states >= _COMMITTED) & (states <= _EVICTABLE)))])
             raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "share")
         ids_list: list[int] = ids.tolist()
-        refcount = self._refcount
         if hi == _EVICTABLE:  # revive them (the eviction policy forgets them, they become COMMITTED)
             revived = ids if lo == _EVICTABLE else ids[states == _EVICTABLE]
             self._evict.remove_many(revived)
             self._states()[revived] = _COMMITTED
-        if lo == _EVICTABLE:  # all held by nobody (a finished request's prefix): every count goes 0 -> 1
-            deque(map(refcount.__setitem__, ids_list, repeat(1)), maxlen=0)
-        else:
-            counts = itemgetter(*ids_list)(refcount)
-            deque(map(refcount.__setitem__, ids_list, map((1).__add__, counts)), maxlen=0)
+        _ints(self._refcount)[ids] += 1  # distinct ids: one vectorised add
         if hit:
             self._evict.hit_many(map(self._hash.__getitem__, ids_list))  # type: ignore[arg-type]  # committed: hashed
         return ids_list
@@ -705,13 +789,24 @@ class BlockPool:
         flight stays PENDING until that step completes, whoever lets it go
         last. Blocks are released last first so the LRU evicts a request's
         tail before its shared prefix.
+
+        A long list of distinct blocks (a finished request's table) goes in a
+        few vectorised passes (:meth:`_release_run`) with exactly the outcome
+        of the block-by-block loop below, which short lists and lists naming a
+        block twice take.
         """
         blocks = list(blocks)
+        n = len(blocks)
+        if n >= self.bulk_from:
+            ids = np.array(blocks, dtype=np.int64)
+            if self._distinct(ids):
+                self._release_run(ids, hold_until_step)
+                return
         for block in blocks:
             s = self._state[block]
             if s != _OWNED and s != _COMMITTED:
                 raise IllegalTransition(f"block {block}", BlockState(s).name, "release")
-        if len(blocks) > 1 and len(set(blocks)) != len(blocks):  # the same block twice: enough references?
+        if n > 1 and len(set(blocks)) != n:  # the same block twice: enough references?
             for block, times in Counter(blocks).items():
                 if times > self._refcount[block]:
                     raise IllegalTransition(
@@ -720,11 +815,12 @@ class BlockPool:
                         "release",
                         f"{times} releases, refcount {self._refcount[block]}",
                     )
+        refcount = self._refcount
         held_for = self._held_for
         completed = self._completed
         for block in reversed(blocks):
-            rc = self._refcount[block] - 1
-            self._refcount[block] = rc
+            rc = refcount[block] - 1
+            refcount[block] = rc
             if hold_until_step is not None and hold_until_step > held_for[block]:
                 held_for[block] = hold_until_step
             if rc:
@@ -732,25 +828,68 @@ class BlockPool:
             step = held_for[block]
             if step > completed:
                 self._state[block] = _PENDING
-                self._hold(block, step)
+                self._hold([block], step)
             else:
                 self._settle(block)
 
-    def _hold(self, block: int, step: int) -> None:
-        """Queue ``block`` to settle when ``step`` completes (the queue stays in step order)."""
+    def _distinct(self, ids: npt.NDArray[np.int64]) -> bool:
+        """Whether ``ids`` (valid block ids) name each block once.
+
+        O(n): each block's position is written to a scratch array and read
+        back; a block given twice reads back its later position only.
+        """
+        slot = self._slot
+        where = np.arange(len(ids), dtype=np.int64)
+        slot[ids] = where  # a block given twice keeps its last position only
+        return bool(np.array_equal(slot[ids], where))
+
+    def _release_run(self, ids: npt.NDArray[np.int64], hold_until_step: int | None) -> None:
+        """:meth:`release` of distinct blocks: check, decrement, then hold or settle those at zero, last first."""
+        states = self._states()[ids]
+        ok = (states == _OWNED) | (states == _COMMITTED)
+        if not bool(ok.all()):
+            bad = int(ids[int(np.argmin(ok))])
+            raise IllegalTransition(f"block {bad}", BlockState(self._state[bad]).name, "release")
+        refcount = _ints(self._refcount)
+        refcount[ids] -= 1  # OWNED and COMMITTED blocks hold at least one reference each
+        held_for = _ints(self._held_for)
+        if hold_until_step is not None:
+            held_for[ids] = np.maximum(held_for[ids], hold_until_step)
+        last_first = ids[::-1]
+        gone = last_first[refcount[last_first] == 0]
+        if not len(gone):
+            return
+        steps = held_for[gone]
+        later = steps > self._completed
+        if bool(later.any()):
+            waiting = gone[later]
+            self._states()[waiting] = _PENDING
+            waiting_steps = steps[later]
+            first = int(waiting_steps[0])
+            if bool((waiting_steps == first).all()):
+                self._hold(waiting.tolist(), first)
+            else:  # shared blocks held for different steps: each goes to its own step's batch
+                for block, step in zip(waiting.tolist(), waiting_steps.tolist(), strict=True):
+                    self._hold([block], step)
+            gone = gone[~later]
+        if len(gone):
+            self._settle_run(gone)
+
+    def _hold(self, blocks: list[int], step: int) -> None:
+        """Queue ``blocks`` to settle when ``step`` completes (the queue stays in step order)."""
         pending = self._pending
         if pending and pending[-1][0] == step:
-            pending[-1][1].append(block)
+            pending[-1][1].extend(blocks)
         elif not pending or pending[-1][0] < step:
-            pending.append((step, [block]))
+            pending.append((step, blocks))
         else:  # an older step than the newest queued: rare (a shared block held for an earlier step)
             i = len(pending) - 1
             while i > 0 and pending[i - 1][0] >= step:
                 i -= 1
             if pending[i][0] == step:
-                pending[i][1].append(block)
+                pending[i][1].extend(blocks)
             else:
-                pending.insert(i, (step, [block]))
+                pending.insert(i, (step, blocks))
 
     def step_completed(self, step_id: int) -> int:
         """Settle every block held for a step up to ``step_id``; returns how many."""
@@ -759,8 +898,11 @@ class BlockPool:
         self._completed = max(self._completed, step_id)
         while pending and pending[0][0] <= step_id:
             _, blocks = pending.popleft()
-            for block in blocks:
-                self._settle(block)
+            if len(blocks) >= self.bulk_from:
+                self._settle_run(np.array(blocks, dtype=np.int64))
+            else:
+                for block in blocks:
+                    self._settle(block)
             settled += len(blocks)
         return settled
 
@@ -768,20 +910,37 @@ class BlockPool:
     def _settle(self, block: int) -> None:
         """A block nobody holds and no step touches: keep it cached if it is the indexed copy."""
         self._held_for[block] = -1
-        h = self._hash[block]
-        if h is not None and self._index.get(h) == block:
+        if self._indexed[block]:
             self._state[block] = _EVICTABLE
-            self._evict.add(block, h, self._depth[block])
+            self._evict.add(block, self._hash[block], self._depth[block])  # type: ignore[arg-type]  # indexed: hashed
         else:
             self._hash[block] = None
             self._state[block] = _FREE
             self._free.append(block)
 
+    def _settle_run(self, ids: npt.NDArray[np.int64]) -> None:
+        """:meth:`_settle` for distinct blocks, in order: indexed copies become evictable, the rest free."""
+        _ints(self._held_for)[ids] = -1
+        indexed = _flags(self._indexed)[ids]
+        states = self._states()
+        cached = ids if bool(indexed.all()) else ids[indexed]
+        if len(cached):
+            states[cached] = _EVICTABLE
+            self._evict.add_many(cached, map(self._hash.__getitem__, cached), _ints(self._depth)[cached])  # type: ignore[arg-type]
+        if len(cached) == len(ids):
+            return
+        freed = ids[~indexed]
+        states[freed] = _FREE
+        freed_list: list[int] = freed.tolist()
+        deque(map(self._hash.__setitem__, freed_list, repeat(None)), maxlen=0)
+        self._free.extend(freed_list)
+
     def _unindex(self, block: int, removed: list[int] | None) -> None:
         h = self._hash[block]
         if h is not None:
-            if self._index.get(h) == block:
+            if self._indexed[block]:
                 del self._index[h]
+                self._indexed[block] = False
                 if removed is not None:
                     removed.append(h)
             self._hash[block] = None
@@ -826,6 +985,11 @@ class BlockPool:
                 problems.append(f"block {block}: {BlockState(s).name} without a hash")
             if s in (_FREE, _OWNED) and self._hash[block] is not None:
                 problems.append(f"block {block}: {BlockState(s).name} still carries a hash")
+            h = self._hash[block]
+            if bool(self._indexed[block]) != (h is not None and self._index.get(h) == block):
+                problems.append(f"block {block}: indexed flag {bool(self._indexed[block])} disagrees with the index")
+            if self._held_for[block] != -1 and s in (_FREE, _EVICTABLE):
+                problems.append(f"block {block}: {BlockState(s).name} still held for step {self._held_for[block]}")
             if s == _EVICTABLE and self._index.get(self._hash[block] or 0) != block:
                 problems.append(f"block {block}: EVICTABLE but not the indexed copy of its content")
             if holders is not None and rc != holders.get(block, 0):

@@ -31,6 +31,7 @@ import heapq
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -47,11 +48,20 @@ class EvictionPolicy(Protocol):
     def add(self, block: int, block_hash: int, depth: int) -> None:
         """``block`` (content ``block_hash`` at ``depth`` in its chain) became EVICTABLE."""
 
+    def add_many(
+        self, blocks: npt.NDArray[np.int64], block_hashes: Iterable[int], depths: npt.NDArray[np.int64]
+    ) -> None:
+        """:meth:`add` each of ``blocks`` in order (distinct ids, none held; a finished 200k-token request
+        lets 12.5k go at once); ``block_hashes`` is consumed lazily, in order, by a policy that needs them."""
+
     def remove(self, block: int) -> None:
         """``block`` was shared again (a prefix hit revived it)."""
 
     def pop(self) -> int:
         """Remove and return the block to evict next (the caller checks that one is there)."""
+
+    def pop_many(self, k: int) -> list[int]:
+        """:meth:`pop` ``k`` times, in order (the caller checks that ``k`` are there)."""
 
     def hit(self, block_hash: int) -> None:
         """A request matched content ``block_hash`` (COMMITTED or EVICTABLE) from the cache."""
@@ -105,6 +115,29 @@ class LRUEviction:
         live[block] = 1
         self._n += 1
 
+    def add_many(
+        self, blocks: npt.NDArray[np.int64], block_hashes: Iterable[int], depths: npt.NDArray[np.int64]
+    ) -> None:
+        """:meth:`add` in bulk: a dead entry is dropped first so that every block lands at the newest end, in order."""
+        if not len(blocks):
+            return
+        live = self._live
+        top = int(blocks.max())
+        if top >= len(live):
+            live.extend(bytes(max(top + 1 - len(live), len(live))))
+        view = np.frombuffer(live, dtype=np.uint8)
+        ok = int(blocks.min()) >= 0 and not bool(view[blocks].any())
+        if ok:
+            view[blocks] = 1
+        del view  # release the buffer export so that add() may grow the byte map
+        if not ok:
+            raise KeyError(next(int(b) for b in blocks.tolist() if b < 0 or live[b]))
+        ids: list[int] = blocks.tolist()
+        lru = self._lru
+        deque(map(lru.pop, ids, repeat(None)), maxlen=0)
+        lru.update(zip(ids, repeat(None)))
+        self._n += len(ids)
+
     def remove(self, block: int) -> None:
         if block not in self:
             raise KeyError(block)
@@ -136,6 +169,19 @@ class LRUEviction:
                 live[block] = 0
                 self._n -= 1
                 return block
+
+    def pop_many(self, k: int) -> list[int]:
+        lru = self._lru
+        live = self._live
+        popitem = lru.popitem
+        out: list[int] = []
+        while len(out) < k:
+            block = popitem(False)[0]
+            if live[block]:
+                live[block] = 0
+                out.append(block)
+        self._n -= k
+        return out
 
     def hit(self, block_hash: int) -> None:
         return None
@@ -183,6 +229,12 @@ class _ScoredEviction:
             self._heap = [(s, t, b) for b, (s, t) in self._live.items()]
             heapq.heapify(self._heap)
 
+    def add_many(
+        self, blocks: npt.NDArray[np.int64], block_hashes: Iterable[int], depths: npt.NDArray[np.int64]
+    ) -> None:
+        for block, block_hash, depth in zip(blocks.tolist(), block_hashes, depths.tolist(), strict=False):
+            self.add(block, block_hash, depth)
+
     def remove(self, block: int) -> None:
         del self._live[block]  # its heap entry goes stale
 
@@ -202,6 +254,9 @@ class _ScoredEviction:
                 del live[block]
                 self._age = score
                 return block
+
+    def pop_many(self, k: int) -> list[int]:
+        return [self.pop() for _ in range(k)]
 
     def hit(self, block_hash: int) -> None:
         hits = self._hits
@@ -279,6 +334,15 @@ class PinnedEviction:
         else:
             self._inner.add(block, block_hash, depth)
 
+    def add_many(
+        self, blocks: npt.NDArray[np.int64], block_hashes: Iterable[int], depths: npt.NDArray[np.int64]
+    ) -> None:
+        if not self._pinned:  # nothing is pinned: the inner policy takes them all, in bulk
+            self._inner.add_many(blocks, block_hashes, depths)
+            return
+        for block, block_hash, depth in zip(blocks.tolist(), block_hashes, depths.tolist(), strict=False):
+            self.add(block, block_hash, depth)
+
     def remove(self, block: int) -> None:
         if block in self._pinned_held:
             del self._pinned_held[block]
@@ -292,6 +356,9 @@ class PinnedEviction:
         block, _ = self._pinned_held.popitem(last=False)  # only pinned content is left: the pool needs it
         del self._hash_of[block]
         return block
+
+    def pop_many(self, k: int) -> list[int]:
+        return [self.pop() for _ in range(k)]
 
     def hit(self, block_hash: int) -> None:
         self._inner.hit(block_hash)
