@@ -46,7 +46,11 @@ def main() -> None:
     parser.add_argument("--no-recent-runs", action="store_true")
     args = parser.parse_args()
     if args.no_recent_runs:
-        tokensched.scheduler.MIN_REUSE_BLOCKS = 1 << 62  # type: ignore[attr-defined]  # absent before this round
+        try:
+            from tokensched import prompt_match as matcher_module
+        except ImportError:  # a checkout from before the matcher had its own module
+            matcher_module = tokensched.scheduler  # type: ignore[assignment]
+        matcher_module.MIN_REUSE_BLOCKS = 1 << 62  # type: ignore[attr-defined]  # absent in older rounds
     cfg = SchedulerConfig(
         num_blocks=2 * TOKENS // PAGE + 64, block_size=PAGE, max_batched_tokens=TOKENS + 16, max_model_len=400_000
     )

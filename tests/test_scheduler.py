@@ -443,7 +443,7 @@ def test_remembered_sessions_are_bounded_and_forgetting_one_only_costs_rehashing
     for sid in ("a", "b"):
         s.submit(spec(f"{sid}1", list(range(1, 18)), max_tokens=1, session_id=sid))
         run_to_end(s)
-    assert list(s._sessions) == ["b"]
+    assert list(s.matcher._sessions) == ["b"]
     s.submit(spec("a2", [*range(1, 18), 5, 9], max_tokens=1, session_id="a"))  # "a" was forgotten
     plan = s.plan()
     assert plan is not None and plan.new_requests[0].num_cached_tokens == 16  # the cache still serves it

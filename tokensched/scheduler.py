@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from itertools import chain
 
 import attrs
 import numpy as np
-import numpy.typing as npt
 
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns, exact_decode
@@ -41,7 +39,7 @@ from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
 from tokensched.machines.blocks import NO_RUN, BlockPool, BlockPoolListener
 from tokensched.machines.eviction import PinnedEviction, make_eviction
-from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
+from tokensched.machines.prefix import BlockHasher
 from tokensched.machines.request import (
     Decoding,
     Finished,
@@ -67,6 +65,7 @@ from tokensched.plan import (
 from tokensched.policies.base import KeyDependence, Policy, PolicyContext, key_dependence
 from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.prefix_keys import PrefixKeys
+from tokensched.prompt_match import PromptMatcher
 from tokensched.queue import WaitingQueue
 from tokensched.retention import SessionRetention
 from tokensched.stats import SchedulerStats
@@ -76,10 +75,6 @@ from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
 MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
-# Finished requests with at least MIN_REUSE_BLOCKS committed blocks are remembered (the RECENT_RUNS newest), so
-# that a request repeating one's prefix takes over its still-cached blocks without 12k index look-ups.
-RECENT_RUNS = 8
-MIN_REUSE_BLOCKS = 64
 
 
 class Scheduler:
@@ -103,7 +98,7 @@ class Scheduler:
         self.pool = BlockPool(config.num_blocks, config.block_size, listener, eviction)
         self.hasher = hasher if hasher is not None else BlockHasher(config.block_size)
         self.host = HostKV(config, self.pool, load_cost) if config.host_kv_blocks else None
-        self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
+        self.matcher = PromptMatcher(self.pool, self.hasher, config.max_remembered_sessions)
         self.steps = StepTracker(config.max_steps_in_flight)
         self._live: dict[str, Request] = {}
         dependence = self._key_dependence = key_dependence(self.policy)
@@ -124,8 +119,6 @@ class Scheduler:
         self._running: dict[str, Request] = {}
         self._removed: list[str] = []
         self._truncated: dict[str, int] = {}
-        self._sessions: OrderedDict[str, Request] = OrderedDict()
-        self._recent_runs: deque[Request] = deque(maxlen=RECENT_RUNS)  # finished, with long committed runs
         self._seq = 0
         self._bs = config.block_size
         self._caching = config.enable_prefix_caching
@@ -199,93 +192,9 @@ class Scheduler:
         request = Request.from_spec(spec, arrival, self._seq)
         self._seq += 1
         if self._caching:
-            self._hash_prompt(request)
+            self.matcher.hash_prompt(request)
         self._live[rid] = request
         self._enqueue(request)
-
-    def _hash_prompt(self, request: Request) -> None:
-        """Chained block hashes of the prompt, reusing the session's previous turn where it matches.
-
-        Also leaves on the request the blocks of an earlier request known to
-        hold its leading blocks (``reuse_run``, checked still cached at
-        admission): the session's previous turn, for the part the new prompt
-        repeats (one memory compare); else a recently finished long request
-        whose prompt the new one repeats (a hash compare proposes, one memory
-        compare of the tokens decides).
-        """
-        hashes = request.block_hashes
-        tokens = request.tokens.array
-        sid = request.session_id
-        previous = self._sessions.get(sid) if sid is not None else None
-        if previous is not None and previous.cache_salt == request.cache_salt:
-            shared = shared_prefix_blocks(previous.tokens.array, tokens, self._bs)
-            hashes.extend(previous.block_hashes[:shared])
-            if previous.kv_run is not None and shared:
-                blocks, generations = previous.kv_run
-                request.reuse_run = (blocks[:shared], generations[:shared])
-        self.hasher.extend(hashes, tokens, self._root(request)[0])
-        if request.reuse_run is None and len(hashes) >= MIN_REUSE_BLOCKS and self._recent_runs:
-            self._find_recent_run(request)
-
-    def _find_recent_run(self, request: Request) -> None:
-        """The longest run of a recently finished request that ``request``'s prompt repeats, by its tokens.
-
-        Chained hashes name whole prefixes, so the common prefix of two chains
-        is found by bisection (O(log n) int compares per remembered run); the
-        hashes only propose, and one memory compare of the tokens decides.
-        """
-        hashes = request.block_hashes
-        best: Request | None = None
-        best_n = 0
-        for earlier in self._recent_runs:
-            run = earlier.kv_run
-            if run is None or earlier.cache_salt != request.cache_salt:
-                continue
-            theirs = earlier.block_hashes
-            lo, hi = 0, min(len(run[0]), len(hashes))
-            if hi <= best_n or theirs[0] != hashes[0]:
-                continue
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if theirs[mid - 1] == hashes[mid - 1]:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            if lo > best_n:
-                best, best_n = earlier, lo
-        if best is None or best.kv_run is None:
-            return
-        end = best_n * self._bs
-        shared = shared_prefix_blocks(best.tokens.array[:end], request.tokens.array[:end], self._bs)
-        if shared:
-            request.reuse_run = (best.kv_run[0][:shared], best.kv_run[1][:shared])
-
-    def _match(self, request: Request) -> npt.NDArray[np.int64]:
-        """The confirmed run of cached blocks for ``request``'s prompt.
-
-        A session's next turn first takes over what is still cached of the
-        previous turn's blocks for the part of its prompt that repeats it (no
-        look-up, no token compare: see :meth:`BlockPool.still_cached_run`); the
-        index is searched only past that part.
-        """
-        pool = self.pool
-        tokens = request.tokens.array
-        hint = request.reuse_run
-        if hint is not None:
-            k = pool.still_cached_run(*hint)
-            if k:
-                run = hint[0][:k]
-                rest = pool.match_run_after(request.block_hashes[k:], tokens[k * self._bs :], int(run[-1]))
-                return np.concatenate((run, rest)) if len(rest) else run
-        return pool.match_run(request.block_hashes, tokens, self._root(request)[1])
-
-    def _root(self, request: Request) -> tuple[int, int]:
-        """The hash chain's root and the pool's link root for ``request``'s ``cache_salt``."""
-        salt = request.cache_salt
-        root = self._roots.get(salt)
-        if root is None:
-            root = self._roots[salt] = (self.hasher.root(salt), self.pool.root(salt))
-        return root
 
     def _enqueue(self, request: Request) -> None:
         keys = self._prefix_keys
@@ -504,7 +413,7 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            run = self._match(request) if self._caching else NO_RUN
+            run = self.matcher.match(request) if self._caching else NO_RUN
             if len(run) * bs >= known:
                 run = run[:-1]  # always compute at least the last token, to sample from it
             n_matched = len(run)
@@ -622,7 +531,7 @@ class Scheduler:
                 fills.append(request)  # the common case: one block filled
         elif caching:
             if request.tokens.size >= (len(request.block_hashes) + 1) * self._bs:
-                self.hasher.extend(request.block_hashes, request.tokens.array, self._root(request)[0])
+                self.matcher.extend_hashes(request)
             self._commit_full_blocks(request, state)
         if type(state) is Prefilling:
             decoding = Decoding(
@@ -799,7 +708,7 @@ class Scheduler:
                 parents.append(request.block_hashes[c - 1])
                 afters.append(state.blocks[c - 1])
             else:
-                root = self._root(request)
+                root = self.matcher.root(request.cache_salt)
                 parents.append(root[0])
                 afters.append(root[1])
             blocks.append(state.blocks[c])
@@ -835,9 +744,9 @@ class Scheduler:
             return
         hashes = request.block_hashes
         if len(hashes) < full:
-            self.hasher.extend(hashes, request.tokens.array, self._root(request)[0])
+            self.matcher.extend_hashes(request)
         blocks = state.blocks
-        after = blocks[committed - 1] if committed else self._root(request)[1]
+        after = blocks[committed - 1] if committed else self.matcher.root(request.cache_salt)[1]
         self.pool.commit(
             blocks[committed:full],
             hashes[committed:full],
@@ -1315,12 +1224,7 @@ class Scheduler:
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
         state = request.state
         if self._caching and isinstance(state, Prefilling | Decoding):
-            long_run = state.num_committed >= MIN_REUSE_BLOCKS
-            if long_run or (request.session_id is not None and state.num_committed):
-                committed = state.blocks[: state.num_committed]  # what a later request may take over
-                request.kv_run = (np.array(committed, dtype=np.int64), self.pool.generations(committed))
-                if long_run:
-                    self._recent_runs.append(request)
+            self.matcher.remember_run(request, state)
         self.pool.release(held_blocks(request.state), self._hold_for(request))
         self._leave_running(request)
         self._retire(request, reason, event)
@@ -1342,10 +1246,7 @@ class Scheduler:
         if sid is not None and self._caching:
             if self._retention is not None and reason in (FinishReason.STOP, FinishReason.LENGTH):
                 self._retention.retain(request, self.clock())
-            self._sessions[sid] = request
-            self._sessions.move_to_end(sid)
-            if len(self._sessions) > self.config.max_remembered_sessions:
-                self._sessions.popitem(last=False)
+            self.matcher.remember_turn(request)
 
     def pin_prefix(self, token_ids: list[int]) -> int:
         """Keep the full blocks of ``token_ids`` (say a system prompt) cached; returns how many blocks are pinned.
@@ -1357,11 +1258,8 @@ class Scheduler:
         if not isinstance(evict, PinnedEviction) or not self._caching:
             raise InvalidRequest("pin_prefix needs prefix_eviction='pinned' and prefix caching on")
         salt = None  # pinned content is shared by requests without a cache_salt
-        root = self._roots.get(salt)
-        if root is None:
-            root = self._roots[salt] = (self.hasher.root(salt), self.pool.root(salt))
         hashes: list[int] = []
-        self.hasher.extend(hashes, np.asarray(token_ids, dtype=np.int32), root[0])
+        self.hasher.extend(hashes, np.asarray(token_ids, dtype=np.int32), self.matcher.root(salt)[0])
         return evict.pin(hashes)
 
     def take_removed(self) -> tuple[str, ...]:

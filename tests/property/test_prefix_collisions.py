@@ -20,7 +20,7 @@ import numpy.typing as npt
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tokensched import scheduler as scheduler_module
+from tokensched import prompt_match as prompt_match_module
 from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.machines.prefix import BlockHasher, Tokens
@@ -125,7 +125,7 @@ def test_weak_hash_never_makes_a_recent_run_share_the_wrong_kv(
     prefix_aware: bool,
 ) -> None:
     """The same with every finished request remembered as a recent run (a hash match proposes it, tokens decide)."""
-    with patch.object(scheduler_module, "MIN_REUSE_BLOCKS", 1):
+    with patch.object(prompt_match_module, "MIN_REUSE_BLOCKS", 1):
         run_traffic(config, requests, seed, arrivals, prefix_aware)
 
 

@@ -153,7 +153,7 @@ class Request:
     planned_in: int = -1  # the latest step it was planned in
     blocked_at_free: int = -1  # free blocks when it last could not be admitted
     # Committed blocks (ids, generations) when it finished, for a later request that repeats its prefix; and,
-    # on such a request until its admission, the part of them its prompt repeats (see Scheduler._hash_prompt).
+    # on such a request until its admission, the part of them its prompt repeats (see PromptMatcher.hash_prompt).
     kv_run: tuple[Int64Array, Int64Array] | None = None
     reuse_run: tuple[Int64Array, Int64Array] | None = None
 

@@ -1,0 +1,155 @@
+"""Which leading blocks of a new prompt the prefix cache already holds, found without walking 12k blocks.
+
+A coding agent's turn repeats its session's previous turn plus a few hundred
+tokens, and a 200k-token prompt is 12.5k blocks. Looking each block up in the
+prefix index and comparing its tokens costs milliseconds, so the matcher
+first tries what it remembers:
+
+- a session's previous turn: the part of the new prompt that repeats it is
+  found by one memory compare, and the previous turn's block hashes and
+  blocks are taken over (those blocks still cached are confirmed by
+  generation, not by tokens: :meth:`BlockPool.still_cached_run`);
+- a recently finished long request: a bisection over the two hash chains
+  proposes the shared part and one memory compare of the tokens decides.
+
+Only what neither covers goes through the index (hash to find, tokens to
+confirm: :meth:`BlockPool.match_run`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+import numpy as np
+import numpy.typing as npt
+
+from tokensched.machines.blocks import BlockPool
+from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
+from tokensched.machines.request import Decoding, Prefilling, Request
+
+# Finished requests with at least MIN_REUSE_BLOCKS committed blocks are remembered (the RECENT_RUNS newest), so
+# that a request repeating one's prefix takes over its still-cached blocks without 12k index look-ups.
+RECENT_RUNS = 8
+MIN_REUSE_BLOCKS = 64
+
+
+class PromptMatcher:
+    """Hashes prompts and finds their cached runs, remembering finished sessions' turns and long requests."""
+
+    __slots__ = ("_bs", "_max_sessions", "_pool", "_recent_runs", "_roots", "_sessions", "hasher")
+
+    def __init__(self, pool: BlockPool, hasher: BlockHasher, max_remembered_sessions: int) -> None:
+        self._pool = pool
+        self.hasher = hasher
+        self._bs = pool.block_size
+        self._max_sessions = max_remembered_sessions
+        self._roots: dict[str | None, tuple[int, int]] = {}  # cache_salt -> (root hash, pool link root)
+        self._sessions: OrderedDict[str, Request] = OrderedDict()  # each session's latest finished turn
+        self._recent_runs: deque[Request] = deque(maxlen=RECENT_RUNS)  # finished, with long committed runs
+
+    def root(self, salt: str | None) -> tuple[int, int]:
+        """The hash chain's root and the pool's link root for requests with this ``cache_salt``."""
+        root = self._roots.get(salt)
+        if root is None:
+            root = self._roots[salt] = (self.hasher.root(salt), self._pool.root(salt))
+        return root
+
+    def extend_hashes(self, request: Request) -> None:
+        """Hash ``request``'s full blocks not hashed yet (its chain grows as it decodes)."""
+        self.hasher.extend(request.block_hashes, request.tokens.array, self.root(request.cache_salt)[0])
+
+    def hash_prompt(self, request: Request) -> None:
+        """Chained block hashes of the prompt, reusing the session's previous turn where it matches.
+
+        Also leaves on the request the blocks of an earlier request known to
+        hold its leading blocks (``reuse_run``, checked still cached at
+        admission): the session's previous turn, for the part the new prompt
+        repeats (one memory compare); else a recently finished long request
+        whose prompt the new one repeats (a hash compare proposes, one memory
+        compare of the tokens decides).
+        """
+        hashes = request.block_hashes
+        tokens = request.tokens.array
+        sid = request.session_id
+        previous = self._sessions.get(sid) if sid is not None else None
+        if previous is not None and previous.cache_salt == request.cache_salt:
+            shared = shared_prefix_blocks(previous.tokens.array, tokens, self._bs)
+            hashes.extend(previous.block_hashes[:shared])
+            if previous.kv_run is not None and shared:
+                blocks, generations = previous.kv_run
+                request.reuse_run = (blocks[:shared], generations[:shared])
+        self.hasher.extend(hashes, tokens, self.root(request.cache_salt)[0])
+        if request.reuse_run is None and len(hashes) >= MIN_REUSE_BLOCKS and self._recent_runs:
+            self._find_recent_run(request)
+
+    def _find_recent_run(self, request: Request) -> None:
+        """The longest run of a recently finished request that ``request``'s prompt repeats, by its tokens.
+
+        Chained hashes name whole prefixes, so the common prefix of two chains
+        is found by bisection (O(log n) int compares per remembered run); the
+        hashes only propose, and one memory compare of the tokens decides.
+        """
+        hashes = request.block_hashes
+        best: Request | None = None
+        best_n = 0
+        for earlier in self._recent_runs:
+            run = earlier.kv_run
+            if run is None or earlier.cache_salt != request.cache_salt:
+                continue
+            theirs = earlier.block_hashes
+            lo, hi = 0, min(len(run[0]), len(hashes))
+            if hi <= best_n or theirs[0] != hashes[0]:
+                continue
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if theirs[mid - 1] == hashes[mid - 1]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo > best_n:
+                best, best_n = earlier, lo
+        if best is None or best.kv_run is None:
+            return
+        end = best_n * self._bs
+        shared = shared_prefix_blocks(best.tokens.array[:end], request.tokens.array[:end], self._bs)
+        if shared:
+            request.reuse_run = (best.kv_run[0][:shared], best.kv_run[1][:shared])
+
+    def match(self, request: Request) -> npt.NDArray[np.int64]:
+        """The confirmed run of cached blocks for ``request``'s prompt.
+
+        A session's next turn first takes over what is still cached of the
+        previous turn's blocks for the part of its prompt that repeats it (no
+        look-up, no token compare: see :meth:`BlockPool.still_cached_run`); the
+        index is searched only past that part.
+        """
+        pool = self._pool
+        tokens = request.tokens.array
+        hint = request.reuse_run
+        if hint is not None:
+            k = pool.still_cached_run(*hint)
+            if k:
+                run = hint[0][:k]
+                rest = pool.match_run_after(request.block_hashes[k:], tokens[k * self._bs :], int(run[-1]))
+                return np.concatenate((run, rest)) if len(rest) else run
+        return pool.match_run(request.block_hashes, tokens, self.root(request.cache_salt)[1])
+
+    def remember_run(self, request: Request, state: Prefilling | Decoding) -> None:
+        """``request`` is finishing while holding ``state``'s blocks: keep what a later request may take over."""
+        long_run = state.num_committed >= MIN_REUSE_BLOCKS
+        if long_run or (request.session_id is not None and state.num_committed):
+            committed = state.blocks[: state.num_committed]
+            request.kv_run = (np.array(committed, dtype=np.int64), self._pool.generations(committed))
+            if long_run:
+                self._recent_runs.append(request)
+
+    def remember_turn(self, request: Request) -> None:
+        """``request`` finished a turn of its session: the session's next turn starts from it."""
+        sid = request.session_id
+        if sid is None:
+            return
+        sessions = self._sessions
+        sessions[sid] = request
+        sessions.move_to_end(sid)
+        if len(sessions) > self._max_sessions:
+            sessions.popitem(last=False)
