@@ -23,6 +23,8 @@ from collections import OrderedDict
 from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import Request
 
+MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
+
 
 class SessionRetention:
     __slots__ = ("_pool", "_until", "window_s")

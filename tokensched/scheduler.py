@@ -23,7 +23,6 @@ public method validates before it changes anything.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from itertools import chain
@@ -31,9 +30,10 @@ from itertools import chain
 import attrs
 import numpy as np
 
+from tokensched import run_steps
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
-from tokensched.decode_columns import DecodeColumns, exact_decode
-from tokensched.decode_run import DecodeRun, RunCursor, RunResult
+from tokensched.decode_columns import DecodeColumns
+from tokensched.decode_run import DecodeRun, RunResult
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, UnknownRequest
 from tokensched.host_kv import NO_SLOTS, HostKV, LoadCost
 from tokensched.invariants import check_scheduler
@@ -67,14 +67,12 @@ from tokensched.policies.fcfs import FCFSPolicy
 from tokensched.prefix_keys import PrefixKeys
 from tokensched.prompt_match import PromptMatcher
 from tokensched.queue import WaitingQueue
-from tokensched.retention import SessionRetention
+from tokensched.retention import MAX_PASSED_OVER, SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.tokens import INT32_MAX
 from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
-
-MAX_PASSED_OVER = 8  # how far past a head held back by retention admission looks for a warm turn
 
 
 class Scheduler:
@@ -772,7 +770,7 @@ class Scheduler:
         See :mod:`tokensched.decode_run`. A run is offered only when single
         steps would plan exactly it: no host tier, no admission possible
         before the run's ``admission_shut_until`` (see
-        :meth:`_admission_stays_shut`), every running request a plain decode
+        :func:`tokensched.run_steps._admission_stays_shut`), every running request a plain decode
         (its drafts allowed; a block of it may be hashed and not yet
         committed), the free blocks enough for the step it plans now (whose
         blocks it allocates now, as :meth:`plan` would), no events still to
@@ -790,211 +788,7 @@ class Scheduler:
         takes free blocks, so a head that did not fit still does not), and no
         block is pending a step in flight.
         """
-        if max_steps < 1:
-            raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
-        running = self._running
-        n = len(running)
-        k = self._k_spec
-        cfg = self.config
-        if (
-            self._run is not None
-            or not n
-            or self.host is not None
-            or self._events
-            or n * (1 + k) > cfg.max_batched_tokens
-            or self.pool.num_free < -(-cfg.max_batched_tokens // self._bs) + n
-        ):
-            return None
-        shut_until = math.inf
-        if self.waiting:
-            if self.pool.num_pending:
-                return None  # a step in flight frees blocks when it completes: a head may fit then
-            shut = self._admission_stays_shut()
-            if shut is None:
-                return None
-            shut_until = shut
-        flying: list[Request] = []
-        planned: list[int] = []
-        if self.steps:
-            if len(self.steps) != 1 or not k or cfg.max_steps_in_flight != 2:
-                return None
-            step = next(iter(self.steps))
-            flying = step.requests
-            if len(flying) >= n or not all(step.samples):
-                return None
-            for i, r in enumerate(flying):
-                if step.epochs[i] != r.epoch or step.num_tokens[i] != 1 + step.num_drafts[i]:
-                    return None
-            planned = step.num_tokens
-        elif not k and cfg.max_steps_in_flight != 1:
-            return None
-        self._materialize()
-        if flying:
-            ids = {r.request_id for r in flying}
-            again = [r for r in running.values() if r.request_id in ids]
-            if any(a is not b for a, b in zip(again, flying, strict=True)):
-                return None  # planned by victim key (blocks were short then): its next step takes admission order
-            rows = flying + [r for r in running.values() if r.request_id not in ids]
-        else:
-            rows = list(running.values())
-        columns = self._run_columns(rows, planned)
-        if columns is None:
-            return None
-        pos, last, drafts, tables, ends, rooms, limits, stops = columns
-        pool = self.pool
-        cross = (
-            cross_blocks
-            and not pool.num_pending
-            and (not self.waiting or (self._key_dependence is KeyDependence.STATIC and self._retention is None))
-        )
-        run = DecodeRun(
-            first_step_id=self.steps.next_step_id - len(self.steps),
-            max_steps=max_steps,
-            block_size=self._bs,
-            num_speculative_tokens=k,
-            request_ids=[r.request_id for r in rows],
-            removed_request_ids=tuple(self._removed),
-            truncated_block_tables=self._truncated,
-            num_computed_tokens=pos,
-            last_token_ids=last,
-            draft_token_ids=drafts,
-            block_tables=tables,
-            block_end=ends,
-            room=rooms,
-            length_limit=limits,
-            stop_token_ids=stops,
-            groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else [],
-            launched=len(self.steps),
-            cross_blocks=cross,
-            spare_blocks=pool.num_free - -(-cfg.max_batched_tokens // self._bs) - n,
-            admission_shut_until=shut_until,
-        )
-        cursor = RunCursor(run)
-        for j in range(run.depth):
-            step_drafts = cursor.plan(j)
-            if (
-                step_drafts is None
-                or any(s < run.launched for s in cursor.allocs)
-                or (j < run.launched and [1 + len(d) for d in step_drafts] != planned)
-            ):
-                return None  # the next step needs a block (or the step in flight is not the run's)
-        if cursor.allocs:  # the steps planned now take their blocks now, as plan() would
-            for s in sorted(cursor.allocs):
-                for i, count in cursor.allocs[s]:
-                    state = rows[i].state
-                    assert type(state) is Decoding
-                    if count == 1:
-                        state.blocks.append(pool.allocate_one())
-                    else:
-                        state.blocks.extend(pool.allocate(count))
-                    tables[i] = tuple(state.blocks)
-                    ends[i] = len(state.blocks) * self._bs
-            run = attrs.evolve(
-                run, block_tables=tables, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated
-            )
-        self._removed.clear()
-        self._truncated = {}
-        self._run = (run, rows)
-        return run
-
-    def _run_columns(
-        self, rows: list[Request], planned: list[int]
-    ) -> (
-        tuple[
-            list[int],
-            list[int],
-            list[list[int]],
-            list[tuple[int, ...]],
-            list[int],
-            list[int],
-            list[int],
-            list[frozenset[int]],
-        ]
-        | None
-    ):
-        """The per-row columns of a run over ``rows`` (the first ``len(planned)`` in flight), or None."""
-        bs = self._bs
-        caching = self._caching
-        max_len = self.config.max_model_len
-        pos_l: list[int] = []
-        last: list[int] = []
-        drafts: list[list[int]] = []
-        tables: list[tuple[int, ...]] = []
-        ends: list[int] = []
-        rooms: list[int] = []
-        limits: list[int] = []
-        stops: list[frozenset[int]] = []
-        for i, r in enumerate(rows):
-            ahead = planned[i] if i < len(planned) else 0  # tokens of the step in flight
-            if r.sampling.logprobs or r.inflight_steps != (1 if ahead else 0) or r.inflight_samples != ahead:
-                return None
-            if not exact_decode(r, bs, caching, ahead, hashed_ahead=True):
-                return None
-            s = r.state
-            assert type(s) is Decoding
-            pos = s.num_computed
-            blocks = s.blocks
-            room = r.max_tokens - (pos + 1 - r.num_prompt_tokens)
-            if room < 1:
-                return None
-            pos_l.append(pos)
-            last.append(r.last_token)
-            drafts.append(list(r.draft_tokens))
-            tables.append(tuple(blocks))
-            ends.append(len(blocks) * bs)
-            rooms.append(room)
-            limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
-            eos = r.eos_token_id
-            stops.append(r.stop_token_ids if eos is None else r.stop_token_ids | {eos})
-        return pos_l, last, drafts, tables, ends, rooms, limits, stops
-
-    def _admission_stays_shut(self) -> float | None:
-        """Until when every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
-
-        Walks the waiting queue as :meth:`_admit_waiting` would now, without
-        admitting: admission stays shut while every request it looks at is one
-        that did not fit with the free blocks there are now (less the blocks
-        retention protects from it), since a run that crosses no block frees,
-        commits and evicts none. Returns the moment that may change (a
-        retained session's protection lapsing, or a request it looks at
-        having waited the retention window: inf when none applies), or None
-        when admission may open now. A policy keyed on the cached prefix only
-        counts as static here (its keys move only with the cache); one keyed
-        on anything else never keeps admission shut. The cache's events up to
-        now are applied to the queue's keys first, and the retention's expired
-        sessions are dropped at the clock now, as the next plan would.
-        """
-        if len(self._running) >= self.config.max_running:
-            return math.inf
-        if self._key_dependence is KeyDependence.ANY:
-            return None
-        if self._prefix_keys is not None:
-            self._prefix_keys.flush()  # the cache moved since the last admission: re-key whom it touched, as it would
-        waiting = self.waiting
-        retention = self._retention
-        protects = retention is not None and len(retention) > 0
-        now = self.clock() if protects else 0.0
-        free = self.pool.num_free
-        shut_until = math.inf
-        index = 0
-        while index < len(waiting):
-            request = waiting.at(index)
-            if index and (retention is None or not retention.holds(request.session_id)):
-                if index >= MAX_PASSED_OVER:
-                    break
-                index += 1
-                continue
-            protected = 0
-            if retention is not None and len(retention):
-                protected = retention.protected_blocks(request, now)
-                if protected:
-                    shut_until = min(shut_until, retention.next_expiry(), request.arrival_time + retention.window_s)
-            if free - protected > request.blocked_at_free:
-                return None  # it may fit: the next plan tries it
-            if not (protected and index < MAX_PASSED_OVER):
-                break
-            index += 1
-        return shut_until
+        return run_steps.plan_run(self, max_steps, cross_blocks=cross_blocks)
 
     def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
         """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.
@@ -1005,159 +799,7 @@ class Scheduler:
         through :meth:`complete`, as it would have as a single step. With two
         groups, the step after the last completed one stays open (in flight).
         """
-        if self._run is None:
-            raise InvalidRequest(f"complete_run for step {result.first_step_id}, but no decode run is out")
-        run, rows = self._run
-        first = run.first_step_id
-        if result.first_step_id != first:
-            raise InvalidRequest(
-                f"complete_run for step {result.first_step_id}, but the run out starts at step {first}"
-            )
-        steps, proposals = result.sampled_token_ids, result.draft_token_ids
-        count = len(steps)
-        where = f"run from step {first}"
-        if not count or len(proposals) != count or len(result.elapsed) != count:
-            raise InvalidRequest(f"{where}: {count} steps of tokens, {len(proposals)} of drafts")
-        depth = run.depth
-        cursor = RunCursor(run)
-        for j in range(depth):
-            cursor.plan(j)
-        for j in range(count):
-            go_on = cursor.take(j, steps[j], proposals[j], check=True)
-            if j < count - 1 and (not go_on or cursor.plan(j + depth) is None):
-                raise InvalidRequest(f"{where}: step {first + j + 1} is past the end of the run")
-        self._run = None
-        special = cursor.special
-        bulk = count - 1 if special else count
-        outputs: list[Sequence[RequestOutput]] = []
-        self._apply_steps(run, rows, result, cursor, bulk, outputs)
-        tracker = self.steps
-        if run.launched and bulk:  # the step launched before the run was applied above
-            step = tracker.oldest(first, "complete")
-            step.move("complete")
-            step.move("apply")
-            tracker.close(step)
-        for s in range(bulk, count + depth - 1):  # planned and still in flight (or the special step)
-            members = [rows[i] for i in run.group(s)]
-            ns = [1 + len(d) for d in cursor.planned[s]]
-            for r, q in zip(members, ns, strict=True):
-                state = r.state
-                assert type(state) is Decoding
-                state.num_scheduled = state.num_computed + q
-                r.planned_in = first + s
-                r.inflight_steps = 1
-                r.inflight_samples = q
-            if s >= run.launched:
-                tracker.next_step_id = first + s
-                tracker.open(
-                    Step(first + s, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
-                )
-        if special:
-            last = StepResult(first + bulk, steps[bulk], proposals[bulk], None, result.elapsed[bulk])
-            outputs.append(self.complete(last))
-        return outputs
-
-    def _apply_steps(
-        self,
-        run: DecodeRun,
-        rows: list[Request],
-        result: RunResult,
-        cursor: RunCursor,
-        bulk: int,
-        outputs: list[Sequence[RequestOutput]],
-    ) -> None:
-        """Apply the first ``bulk`` steps of ``result`` (none of which finished a row) in single-step order.
-
-        Steps that only appended tokens are gathered per row and applied in
-        one pass; a step that filled or hashed a block first brings its rows
-        up to date and then goes through :meth:`_apply_row` and
-        :meth:`_commit_fills`, and the blocks a later step's plan needs are
-        allocated right after the step whose completion planned it, so the
-        pool sees the single steps' commits and allocations in their order.
-        """
-        if not bulk:
-            return
-        first = run.first_step_id
-        ids = run.request_ids
-        pool = self.pool
-        depth = run.depth
-        counts = [r.num_output_tokens for r in rows]
-        cached = [r.num_cached_tokens for r in rows]
-        new: list[list[int]] = [[] for _ in rows]
-        last_step = [-1] * len(rows)
-        drafts: list[list[int] | None] = [None] * len(rows)
-        touched = set(cursor.touched)
-        allocs = cursor.allocs
-        for j in range(bulk):
-            sampled = result.sampled_token_ids[j]
-            proposed = result.draft_token_ids[j]
-            group = run.group(j)
-            if j in touched:
-                for i in group:
-                    self._catch_up(rows[i], new[i], drafts[i], first + last_step[i])
-                    new[i] = []
-                    drafts[i] = None
-                members = [rows[i] for i in group]
-                ns = [1 + len(d) for d in cursor.planned[j]]
-                for r, q in zip(members, ns, strict=True):
-                    state = r.state
-                    assert type(state) is Decoding
-                    state.num_scheduled = state.num_computed + q
-                    r.planned_in = first + j
-                    r.inflight_steps = 1
-                    r.inflight_samples = q
-                step = Step(first + j, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
-                row_result = StepResult(first + j, sampled, proposed, None, result.elapsed[j])
-                now = self.clock()
-                told: list[RequestOutput] = []
-                fills: list[Request] = []
-                for slot, i in enumerate(group):
-                    self._apply_row(slot, rows[i], step, row_result, now, told, fills)
-                    counts[i] = rows[i].num_output_tokens
-                    last_step[i] = -1  # applied: nothing to catch up
-                if fills:
-                    self._commit_fills(fills)
-                outputs.append(OutputBatch.of(told))
-            else:
-                out: list[RequestOutput] = []
-                for slot, i in enumerate(group):
-                    tokens = sampled[slot]
-                    counts[i] += len(tokens)
-                    new[i].extend(tokens)
-                    last_step[i] = j
-                    if proposed is not None:
-                        drafts[i] = proposed[slot]
-                    out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
-                outputs.append(OutputBatch.of(out))
-            if pool.num_pending:
-                pool.step_completed(first + j)
-            for i, n in allocs.get(j + depth, ()):  # the plan of step j + depth, made once step j completed
-                state = rows[i].state
-                assert type(state) is Decoding
-                if n == 1:
-                    state.blocks.append(pool.allocate_one())
-                else:
-                    state.blocks.extend(pool.allocate(n))
-        for i, r in enumerate(rows):
-            if last_step[i] >= 0:
-                self._catch_up(r, new[i], drafts[i], first + last_step[i])
-        self.steps.next_step_id = max(self.steps.next_step_id, first + bulk)
-        self.pool.step_completed(first + bulk - 1)
-
-    def _catch_up(self, request: Request, tokens: list[int], drafts: list[int] | None, step_id: int) -> None:
-        """Apply a run's plain steps to ``request`` at once: ``tokens`` appended, the last in step ``step_id``."""
-        if not tokens:
-            return
-        state = request.state
-        assert type(state) is Decoding
-        request.tokens.extend(tokens)
-        request.last_token = tokens[-1]
-        state.num_computed = state.num_scheduled = state.num_computed + len(tokens)
-        request.planned_in = step_id
-        request.inflight_steps = 0
-        request.inflight_samples = 0
-        if drafts is not None:
-            request.draft_tokens = drafts[: self._k_spec]
+        return run_steps.complete_run(self, result)
 
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""
