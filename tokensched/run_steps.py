@@ -20,6 +20,7 @@ import attrs
 from tokensched.decode_columns import exact_decode
 from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import InvalidRequest
+from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import Decoding, Request
 from tokensched.machines.step import Step
 from tokensched.plan import OutputBatch, RequestOutput, StepResult
@@ -31,29 +32,7 @@ if TYPE_CHECKING:
 
 
 def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) -> DecodeRun | None:
-    """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
-
-    See :mod:`tokensched.decode_run`. A run is offered only when single
-    steps would plan exactly it: no host tier, no admission possible
-    before the run's ``admission_shut_until`` (see
-    :func:`_admission_stays_shut`), every running request a plain decode
-    (its drafts allowed; a block of it may be hashed and not yet
-    committed), the free blocks enough for the step it plans now (whose
-    blocks it allocates now, as :meth:`Scheduler.plan` would), no events still to
-    tell, and either nothing in flight (one group; without drafts this
-    needs ``max_steps_in_flight == 1``, since the engine would otherwise
-    keep several steps in flight) or, with drafts and two steps in flight,
-    one step of decodes in flight, planned in admission order, and the
-    other decodes waiting for it (two groups that alternate). While a run
-    is out, :meth:`Scheduler.plan` plans nothing and :meth:`Scheduler.abort` refuses.
-
-    ``cross_blocks``: the run may go on where a row needs a new block or
-    fills one (see :class:`~tokensched.decode_run.DecodeRun`), when that
-    cannot change what single steps would admit: nothing waits, or the
-    policy's keys are static and no retention window is kept (a run only
-    takes free blocks, so a head that did not fit still does not), and no
-    block is pending a step in flight.
-    """
+    """:meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`: when a run is offered is said there."""
     if max_steps < 1:
         raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
     running = sched._running
@@ -147,12 +126,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     if cursor.allocs:  # the steps planned now take their blocks now, as plan() would
         for s in sorted(cursor.allocs):
             for i, count in cursor.allocs[s]:
-                state = rows[i].state
-                assert type(state) is Decoding
-                if count == 1:
-                    state.blocks.append(pool.allocate_one())
-                else:
-                    state.blocks.extend(pool.allocate(count))
+                state = _grow(pool, rows[i], count)
                 tables[i] = tuple(state.blocks)
                 ends[i] = len(state.blocks) * sched._bs
         run = attrs.evolve(run, block_tables=tables, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
@@ -264,14 +238,7 @@ def _admission_stays_shut(sched: Scheduler) -> float | None:
 
 
 def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOutput]]:
-    """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.
-
-    The result is validated whole first (InvalidRequest changes nothing).
-    Steps that only moved counters are applied in one pass per request; a
-    final step that finished a request or reached a block's end goes
-    through :meth:`Scheduler.complete`, as it would have as a single step. With two
-    groups, the step after the last completed one stays open (in flight).
-    """
+    """:meth:`Scheduler.complete_run <tokensched.scheduler.Scheduler.complete_run>`: validate, then apply."""
     if sched._run is None:
         raise InvalidRequest(f"complete_run for step {result.first_step_id}, but no decode run is out")
     run, rows = sched._run
@@ -304,14 +271,7 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
         tracker.close(step)
     for s in range(bulk, count + depth - 1):  # planned and still in flight (or the special step)
         members = [rows[i] for i in run.group(s)]
-        ns = [1 + len(d) for d in cursor.planned[s]]
-        for r, q in zip(members, ns, strict=True):
-            state = r.state
-            assert type(state) is Decoding
-            state.num_scheduled = state.num_computed + q
-            r.planned_in = first + s
-            r.inflight_steps = 1
-            r.inflight_samples = q
+        ns = _mark_planned(members, cursor.planned[s], first + s)
         if s >= run.launched:
             tracker.next_step_id = first + s
             tracker.open(
@@ -364,14 +324,7 @@ def _apply_steps(
                 new[i] = []
                 drafts[i] = None
             members = [rows[i] for i in group]
-            ns = [1 + len(d) for d in cursor.planned[j]]
-            for r, q in zip(members, ns, strict=True):
-                state = r.state
-                assert type(state) is Decoding
-                state.num_scheduled = state.num_computed + q
-                r.planned_in = first + j
-                r.inflight_steps = 1
-                r.inflight_samples = q
+            ns = _mark_planned(members, cursor.planned[j], first + j)
             step = Step(first + j, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
             row_result = StepResult(first + j, sampled, proposed, None, result.elapsed[j])
             now = sched.clock()
@@ -398,12 +351,7 @@ def _apply_steps(
         if pool.num_pending:
             pool.step_completed(first + j)
         for i, n in allocs.get(j + depth, ()):  # the plan of step j + depth, made once step j completed
-            state = rows[i].state
-            assert type(state) is Decoding
-            if n == 1:
-                state.blocks.append(pool.allocate_one())
-            else:
-                state.blocks.extend(pool.allocate(n))
+            _grow(pool, rows[i], n)
     for i, r in enumerate(rows):
         if last_step[i] >= 0:
             _catch_up(sched, r, new[i], drafts[i], first + last_step[i])
@@ -425,3 +373,27 @@ def _catch_up(sched: Scheduler, request: Request, tokens: list[int], drafts: lis
     request.inflight_samples = 0
     if drafts is not None:
         request.draft_tokens = drafts[: sched._k_spec]
+
+
+def _mark_planned(members: list[Request], drafts: list[list[int]], step_id: int) -> list[int]:
+    """Record on each decode of ``members`` that step ``step_id`` schedules it with ``drafts``; returns its tokens."""
+    ns = [1 + len(d) for d in drafts]
+    for r, q in zip(members, ns, strict=True):
+        state = r.state
+        assert type(state) is Decoding
+        state.num_scheduled = state.num_computed + q
+        r.planned_in = step_id
+        r.inflight_steps = 1
+        r.inflight_samples = q
+    return ns
+
+
+def _grow(pool: BlockPool, request: Request, count: int) -> Decoding:
+    """Give a decode of a run ``count`` new blocks, taken as the single step would take them; returns its state."""
+    state = request.state
+    assert type(state) is Decoding
+    if count == 1:
+        state.blocks.append(pool.allocate_one())
+    else:
+        state.blocks.extend(pool.allocate(count))
+    return state
