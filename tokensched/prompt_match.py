@@ -47,6 +47,13 @@ class PromptMatcher:
         self._sessions: OrderedDict[str, Request] = OrderedDict()  # each session's latest finished turn
         self._recent_runs: deque[Request] = deque(maxlen=RECENT_RUNS)  # finished, with long committed runs
 
+    def __repr__(self) -> str:
+        # By content, not address: the exhaustive search keys states by the reprs of what it does not know.
+        return (
+            f"PromptMatcher(roots={self._roots!r}, sessions={list(self._sessions.items())!r}, "
+            f"recent_runs={list(self._recent_runs)!r})"
+        )
+
     def root(self, salt: str | None) -> tuple[int, int]:
         """The hash chain's root and the pool's link root for requests with this ``cache_salt``."""
         root = self._roots.get(salt)

@@ -57,3 +57,21 @@ def test_main_prints_the_state_count(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["--max-tokens", "1"]) == 0
     out = capsys.readouterr().out
     assert "explored" in out and "0 violations" in out
+
+
+def test_a_copy_of_a_state_has_its_fingerprint() -> None:
+    """A state and its copy must coincide, or the search never merges states and explodes instead of failing.
+
+    (An attribute whose repr is an address, new on the scheduler, did exactly that once.)
+    """
+    from tokensched.testing.exhaustive import _clock, _clone, actions, fingerprint
+
+    bounds = Bounds()
+    node = Node(Scheduler(bounds.config(), policy=bounds.make_policy(), clock=_clock), 0, ())
+    for _ in range(12):  # along one path of the search: submit, plan, complete, ...
+        assert fingerprint(_clone(node)) == fingerprint(node)
+        moves = list(actions(node, bounds))
+        if not moves:
+            break
+        moves[-1][1](node)
+    assert node.scheduler.stats().num_finished + len(node.scheduler.live) > 0
