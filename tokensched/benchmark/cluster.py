@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary
 from tokensched.benchmark.profiles import PROFILES
-from tokensched.benchmark.run import EOS_TOKEN_ID, bench_metrics, make_deployment
+from tokensched.benchmark.run import EOS_TOKEN_ID, bench_metrics, make_deployment, record_steps
 from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload
 from tokensched.cluster.router import BALANCE_ABS_THRESHOLD, BALANCE_REL_THRESHOLD, CACHE_THRESHOLD, SimRouter
 from tokensched.cluster.spec import RouterPolicy
@@ -260,12 +260,7 @@ def _drive(
         t = behind.now
         if t == now and not outputs and behind.engine.num_in_flight == 0:
             raise TokenschedError(f"t={now:.3f}s: a replica has unfinished requests but planned no step")
-        metrics.on_outputs(outputs, t)
-        for output in outputs:
-            if output.new_token_ids:
-                behind.answers[output.request_id].extend(output.new_token_ids)
-            if output.finish_reason is not None:
-                workload.on_finished(output.request_id, behind.answers.pop(output.request_id), t, output.finish_reason)
+        record_steps(((t, outputs),), metrics, workload, behind.answers)
         steps += 1
         if progress is not None and steps % 1024 == 0:
             progress(min(now / stop, 1.0))

@@ -42,6 +42,7 @@ from tokensched.benchmark.run import (
     bench_metrics,
     bench_result,
     make_deployment,
+    record_steps,
     sim_engine,
     workload_source,
 )
@@ -141,13 +142,7 @@ def drive_lockstep(
             rank.engine.executor.wait_until(end)
             if end == now and not outputs and rank.engine.num_in_flight == 0:
                 raise TokenschedError(f"t={now:.3f}s: a DP rank has unfinished requests but planned no step")
-            metrics.on_outputs(outputs, end)
-            for output in outputs:
-                if output.new_token_ids:
-                    rank.answers[output.request_id].extend(output.new_token_ids)
-                if output.finish_reason is not None:
-                    answer = rank.answers.pop(output.request_id)
-                    workload.on_finished(output.request_id, answer, end, output.finish_reason)
+            record_steps(((end, outputs),), metrics, workload, rank.answers)
         now = end
         steps += 1
         if progress is not None and steps % 1024 == 0:

@@ -379,7 +379,7 @@ def drive(
             continue
         ran = engine.step_run(min(workload.next_event_time(), metrics.next_sample_time, stop))
         if ran is not None:  # several decode steps at once, the same as single steps (tokensched.decode_run)
-            _record(ran, metrics, workload, answers)
+            record_steps(ran, metrics, workload, answers)
             before, steps = steps, steps + len(ran)
             if progress is not None and steps // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
                 progress(min(executor.now() / stop, 1.0))
@@ -388,13 +388,13 @@ def drive(
         t = executor.now()
         if t == now and not outputs and engine.num_in_flight == 0:
             raise TokenschedError(f"t={now:.3f}s: the scheduler has unfinished requests but planned no step")
-        _record(((t, outputs),), metrics, workload, answers)
+        record_steps(((t, outputs),), metrics, workload, answers)
         steps += 1
         if progress is not None and steps % _PROGRESS_EVERY == 0:
             progress(min(t / stop, 1.0))
 
 
-def _record(
+def record_steps(
     steps: Sequence[tuple[float, Sequence[RequestOutput]]],
     metrics: MetricsCollector,
     workload: SessionWorkload,
