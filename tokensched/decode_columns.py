@@ -76,8 +76,11 @@ class DecodeColumns:
     """The running decodes as parallel arrays (row order = the running set's order)."""
 
     __slots__ = (
+        "_groups",
+        "_slack",
         "block_size",
         "cached",
+        "common_eos",
         "eos",
         "epochs",
         "flushed",
@@ -87,6 +90,7 @@ class DecodeColumns:
         "last_step",
         "limit",
         "npend",
+        "out_base",
         "pending",
         "pos",
         "prompt_len",
@@ -94,6 +98,7 @@ class DecodeColumns:
         "slot",
         "states",
         "stop_rows",
+        "ticks",
     )
 
     def __init__(self, requests: list[Request], block_size: int, max_model_len: int) -> None:
@@ -126,6 +131,9 @@ class DecodeColumns:
         )
         self.eos: I64 = np.fromiter((-1 if r.eos_token_id is None else r.eos_token_id for r in requests), np.int64, n)
         self.prompt_len: I64 = np.fromiter((r.num_prompt_tokens for r in requests), np.int64, n)
+        self.out_base: I64 = 2 - self.prompt_len  # a row's output count after this step is pos + out_base
+        eos_ids = set(self.eos.tolist())
+        self.common_eos = eos_ids.pop() if len(eos_ids) == 1 else None  # one id for all: test the list for it
         self.cached: I64 = np.fromiter((r.num_cached_tokens for r in requests), np.int64, n)
         self.stop_rows: list[int] = [i for i, r in enumerate(requests) if r.stop_token_ids]
         self.pending = np.empty((n, PENDING_COLUMNS), dtype=np.int32)
@@ -133,6 +141,9 @@ class DecodeColumns:
         self.flushed = np.zeros(n, dtype=np.int64)  # pending[i, flushed[i]:npend] is not yet in row i's buffer
         self.in_flight = -1  # the fast step in flight (its plan moved num_scheduled and the in-flight counts)
         self.last_step = -1  # the latest step the rows were planned in
+        self.ticks = 0  # steps advanced together: a row's position minus ``ticks`` keeps its phase in a block
+        self._groups: list[list[int]] | None = None  # rows by (pos - ticks) % block_size; None: rebuild
+        self._slack: int | None = None  # min(limit - pos); None: recompute
 
     @staticmethod
     def eligible(requests: list[Request], block_size: int, caching: bool) -> bool:
@@ -143,6 +154,58 @@ class DecodeColumns:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    def rows_at(self, phase: int) -> list[int]:
+        """The rows (ascending) whose position is ``phase`` modulo the block size.
+
+        Why grouped: every row advances one position a step, so a row's
+        position minus :attr:`ticks` keeps its phase, and the rows that start
+        or fill a block are one list lookup, not an array pass a step. The
+        groups are rebuilt only after a row moved otherwise (rare rows).
+        """
+        groups = self._groups
+        bs = self.block_size
+        if groups is None:
+            groups = [[] for _ in range(bs)]
+            for i, key in enumerate(((self.pos - self.ticks) % bs).tolist()):
+                groups[key].append(i)
+            self._groups = groups
+        return groups[(phase - self.ticks) % bs]
+
+    def finishing_rows(self, flat: list[int], sampled: I64) -> list[int]:
+        """Rows (ascending) that this step's tokens finish (eos, a stop id) or bring to their length limit.
+
+        The common step has none; it is told so by one list search for the
+        shared eos id and one comparison of the smallest headroom, not by
+        array passes.
+        """
+        eos = self.common_eos
+        hit: npt.NDArray[np.bool_] | None = None
+        if eos is None:
+            hit = sampled == self.eos
+        elif eos in flat:
+            hit = sampled == eos
+        slack = self._slack
+        if slack is None:
+            slack = self._slack = int((self.limit - self.pos).min())
+        if slack <= 2:
+            by_length = self.pos + 2 >= self.limit
+            hit = by_length if hit is None else hit | by_length
+        rows: list[int] = [] if hit is None else np.flatnonzero(hit).tolist()
+        requests = self.requests
+        stopped = [i for i in self.stop_rows if flat[i] in requests[i].stop_token_ids]
+        if stopped:
+            rows = sorted({*rows, *stopped})
+        return rows
+
+    def advance(self, sampled: I64) -> None:
+        """Every row computed one more position and sampled ``sampled``."""
+        self.pos = self.pos + 1
+        self.last = sampled
+        self.ticks += 1
+        if self._slack is not None:
+            self._slack -= 1
+        self.push_tokens(sampled)
 
     def flush_row(self, i: int) -> None:
         """Write row ``i``'s counters and tokens back into its request and state."""
@@ -181,6 +244,8 @@ class DecodeColumns:
         request = self.requests[i]
         self.pos[i] = self.states[i].num_computed
         self.last[i] = request.last_token
+        self._groups = None
+        self._slack = None
 
     def flush_all(self) -> None:
         """Write every row back (the columns may be dropped afterwards)."""
@@ -214,7 +279,10 @@ class DecodeColumns:
         self.limit = self.limit[mask]
         self.eos = self.eos[mask]
         self.prompt_len = self.prompt_len[mask]
+        self.out_base = self.out_base[mask]
         self.cached = self.cached[mask]
         self.pending = self.pending[mask]
         self.flushed = self.flushed[mask]
         self.stop_rows = [i for i, r in enumerate(self.requests) if r.stop_token_ids]
+        self._groups = None
+        self._slack = None

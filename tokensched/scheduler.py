@@ -582,10 +582,10 @@ class Scheduler:
         pos = cols.pos
         slot = cols.slot + 1
         new_blocks = [NO_BLOCKS] * n
-        starts = np.flatnonzero(pos % bs == 0)
-        if len(starts):
+        starts = cols.rows_at(0)
+        if starts:
             states = cols.states
-            for i in starts.tolist():
+            for i in starts:
                 block = pool.allocate_one()
                 states[i].blocks.append(block)
                 new_blocks[i] = (block,)
@@ -627,27 +627,23 @@ class Scheduler:
         if result.draft_token_ids is not None or result.logprobs is not None or len(rows) != n or not n:
             return None
         flat = list(chain.from_iterable(rows))
-        if len(flat) != n or min(map(len, rows)) != 1 or not set(map(type, flat)) <= {int}:
-            return None  # not one plain int a row: validate_result explains
-        try:
-            sampled = np.array(flat, dtype=np.int64)
-        except OverflowError:
+        if len(flat) != n or not all(rows) or not set(map(type, flat)) <= {int}:
+            return None  # not one plain int a row (n tokens, no empty row): validate_result explains
+        if min(flat) < 0 or max(flat) > INT32_MAX:
             return None
-        if int(sampled.min()) < 0 or int(sampled.max()) > INT32_MAX:
-            return None
+        sampled = np.array(flat, dtype=np.int64)
         pos = cols.pos
-        rare = (sampled == cols.eos) | (pos + 2 >= cols.limit)  # finishes: the per-request code applies them
-        for i in cols.stop_rows:
-            if flat[i] in cols.requests[i].stop_token_ids:
-                rare[i] = True
+        rare_rows = cols.finishing_rows(flat, sampled)  # the per-request code applies them
         # rows that fill a block and go on: their tokens are written back and the blocks committed in one batch
-        fill_rows = np.flatnonzero(((pos + 1) % self._bs == 0) & ~rare).tolist() if self._caching else []
+        fill_rows = cols.rows_at(self._bs - 1) if self._caching else []
+        if rare_rows and fill_rows:
+            rare_set = set(rare_rows)
+            fill_rows = [i for i in fill_rows if i not in rare_set]
         step.move("complete")
         now = self.clock()
         events = self._take_events()
         special: dict[int, RequestOutput] = {}
         fills: list[Request] = []
-        rare_rows = np.flatnonzero(rare).tolist()
         requests = cols.requests
         for i in rare_rows:
             cols.flush_row(i)
@@ -658,10 +654,8 @@ class Scheduler:
             cols.flush_tokens(i, flat[i])
             fills.append(requests[i])
         cols.in_flight = -1
-        outputs = OutputBatch(events, cols.ids, rows, pos + 2 - cols.prompt_len, cols.cached, special)
-        cols.pos = pos + 1
-        cols.last = sampled
-        cols.push_tokens(sampled)
+        outputs = OutputBatch(events, cols.ids, rows, pos + cols.out_base, cols.cached, special)
+        cols.advance(sampled)
         if fill_rows:
             cols.flushed[fill_rows] = cols.npend
         if rare_rows:
