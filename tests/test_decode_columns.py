@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.machines.request import Decoding
@@ -71,3 +73,47 @@ def test_output_batch_compares_like_a_list() -> None:
     out = s.complete(StepResult(plan.step_id, [[4], [4], [4]]))
     assert len(out) == 3 and out[0].request_id == "r0" and out[1:] == list(out)[1:]
     assert out == list(out) and [o.new_token_ids for o in out] == [[4], [4], [4]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prompts=st.lists(st.integers(1, 11), min_size=1, max_size=6),
+    limits=st.lists(st.integers(1, 30), min_size=6, max_size=6),
+    eos=st.lists(st.sampled_from([None, 0, 1]), min_size=6, max_size=6),
+    tokens=st.lists(st.lists(st.integers(0, 24), min_size=6, max_size=6), min_size=12, max_size=40),
+)
+def test_phase_groups_and_finishing_rows_agree_with_the_array_definitions(
+    prompts: list[int], limits: list[int], eos: list[int | None], tokens: list[list[int]]
+) -> None:
+    """The lookups that replaced per-step array passes give what those passes gave, at every step."""
+    bs = 4
+    s = Scheduler(
+        SchedulerConfig(num_blocks=128, block_size=bs, max_batched_tokens=64, max_steps_in_flight=1),
+        clock=lambda: 0.0,
+    )
+    for i, length in enumerate(prompts):
+        s.submit(
+            RequestSpec(
+                request_id=f"r{i}",
+                prompt_token_ids=list(range(2, 2 + length)),
+                max_tokens=limits[i],
+                eos_token_id=eos[i],
+                stop_token_ids=[5, 6] if i % 3 == 2 else [],
+            )
+        )
+    for row in tokens:
+        plan = s.plan()
+        if plan is None:
+            break
+        cols = s._cols
+        if cols is not None:
+            pos = cols.pos
+            for phase in range(bs):
+                assert cols.rows_at(phase) == np.flatnonzero(pos % bs == phase).tolist()
+            sampled = [row[i % len(row)] for i in range(len(cols))]
+            expected = (np.asarray(sampled) == cols.eos) | (pos + 2 >= cols.limit)
+            for i in cols.stop_rows:
+                expected[i] |= sampled[i] in cols.requests[i].stop_token_ids
+            got = cols.finishing_rows(sampled, np.asarray(sampled, dtype=np.int64))
+            assert got == np.flatnonzero(expected).tolist()
+        s.complete(StepResult(plan.step_id, [[row[i % len(row)]] if x else [] for i, x in enumerate(plan.sample)]))
