@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from itertools import chain
 
 import attrs
 import numpy as np
 
-from tokensched import run_steps
+from tokensched import columnar_steps, run_steps
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
 from tokensched.decode_run import DecodeRun, RunResult
@@ -56,7 +55,6 @@ from tokensched.plan import (
     FinishReason,
     NewRequestData,
     OutputBatch,
-    PlanArrays,
     RequestEvent,
     RequestOutput,
     StepPlan,
@@ -70,7 +68,6 @@ from tokensched.queue import WaitingQueue
 from tokensched.retention import MAX_PASSED_OVER, SessionRetention
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
-from tokensched.tokens import INT32_MAX
 from tokensched.validation import validate_result
 from tokensched.views import PlanOutcome, RequestView
 
@@ -252,7 +249,7 @@ class Scheduler:
             self.last_plan_outcome = PlanOutcome.IDLE
             return None
         if self._fast:
-            fast = self._plan_fast()
+            fast = columnar_steps.plan_fast(self)
             if fast is not None:
                 self.last_plan_outcome = PlanOutcome.PLANNED
                 return fast
@@ -473,7 +470,7 @@ class Scheduler:
         step = self.steps.oldest(result.step_id, "complete")
         cols = self._cols
         if cols is not None and cols.in_flight == step.step_id:
-            fast = self._complete_fast(cols, step, result)
+            fast = columnar_steps.complete_fast(self, cols, step, result)
             if fast is not None:
                 return fast
         self._materialize()
@@ -555,127 +552,7 @@ class Scheduler:
             request.finish_time = now
             self._finish(request, reason, "finish")
 
-    # ================================================== the columnar decode path
-    def _plan_fast(self) -> StepPlan | None:
-        """Plan a step of plain decodes from the columns, or None when the per-request path must plan it.
-
-        Builds exactly the plan :meth:`_schedule_running` would (see
-        :mod:`tokensched.decode_columns` for when that holds), with the same
-        blocks allocated in the same order.
-        """
-        running = self._running
-        n = len(running)
-        bs = self._bs
-        budget = self.config.max_batched_tokens
-        if self.steps or self.waiting or self._k_spec or not n or n > budget or self.host is not None:
-            return None  # the host tier's write-backs are planned by the per-request path
-        pool = self.pool
-        if pool.num_free < -(-budget // bs) + n:
-            return None  # the reference would serve the running set by victim key
-        cols = self._cols
-        if cols is None:
-            requests = list(running.values())
-            if not DecodeColumns.eligible(requests, bs, self._caching):
-                return None
-            cols = self._cols = DecodeColumns(requests, bs, self.config.max_model_len)
-        step_id = self.steps.next_step_id
-        pos = cols.pos
-        slot = cols.slot + 1
-        new_blocks = [NO_BLOCKS] * n
-        starts = cols.rows_at(0)
-        if starts:
-            states = cols.states
-            for i in starts:
-                block = pool.allocate_one()
-                states[i].blocks.append(block)
-                new_blocks[i] = (block,)
-                slot[i] = block * bs
-        cols.slot = slot
-        cols.in_flight = cols.last_step = step_id
-        self.steps.open(Step(step_id, cols.requests, cols.epochs, [1] * n, [0] * n, [True] * n))
-        removed = tuple(self._removed)
-        self._removed.clear()
-        truncated, self._truncated = self._truncated, {}
-        offsets = np.arange(n + 1, dtype=np.int64)
-        tokens = cols.last.astype(np.int32)
-        computed = pos.copy()
-        return StepPlan(
-            step_id=step_id,
-            block_size=bs,
-            new_requests=(),
-            removed_request_ids=removed,
-            request_ids=list(cols.ids),
-            num_computed_tokens=computed.tolist(),
-            token_offsets=offsets.tolist(),
-            token_ids=tokens.tolist(),
-            slot_mapping=slot.tolist(),
-            new_block_ids=new_blocks,
-            sample=[True] * n,
-            draft_token_ids=[NO_DRAFTS] * n,
-            truncated_block_tables=truncated,
-        ).attach_arrays(PlanArrays(computed, offsets, tokens, computed, slot.copy()))
-
-    def _complete_fast(self, cols: DecodeColumns, step: Step, result: StepResult) -> OutputBatch | None:
-        """Apply a fast step's result over the columns; None (nothing changed) when the per-request path must.
-
-        Rows that fill a block, sample a stop or reach their length are
-        written back and applied by :meth:`_apply_row`, in plan order, as the
-        per-request path would; the others move in a few array operations.
-        """
-        rows = result.sampled_token_ids
-        n = len(cols)
-        if result.draft_token_ids is not None or result.logprobs is not None or len(rows) != n or not n:
-            return None
-        flat = list(chain.from_iterable(rows))
-        if len(flat) != n or not all(rows) or not set(map(type, flat)) <= {int}:
-            return None  # not one plain int a row (n tokens, no empty row): validate_result explains
-        if min(flat) < 0 or max(flat) > INT32_MAX:
-            return None
-        sampled = np.array(flat, dtype=np.int64)
-        pos = cols.pos
-        rare_rows = cols.finishing_rows(flat, sampled)  # the per-request code applies them
-        # rows that fill a block and go on: their tokens are written back and the blocks committed in one batch
-        fill_rows = cols.rows_at(self._bs - 1) if self._caching else []
-        if rare_rows and fill_rows:
-            rare_set = set(rare_rows)
-            fill_rows = [i for i in fill_rows if i not in rare_set]
-        step.move("complete")
-        now = self.clock()
-        events = self._take_events()
-        special: dict[int, RequestOutput] = {}
-        fills: list[Request] = []
-        requests = cols.requests
-        for i in rare_rows:
-            cols.flush_row(i)
-            told: list[RequestOutput] = []
-            self._apply_row(i, requests[i], step, result, now, told, fills)
-            special[i] = told[0]
-        for i in fill_rows:
-            cols.flush_tokens(i, flat[i])
-            fills.append(requests[i])
-        cols.in_flight = -1
-        outputs = OutputBatch(events, cols.ids, rows, pos + cols.out_base, cols.cached, special)
-        cols.advance(sampled)
-        if fill_rows:
-            cols.flushed[fill_rows] = cols.npend
-        if rare_rows:
-            keep = np.ones(n, dtype=np.bool_)
-            running = self._running
-            for i in rare_rows:
-                cols.flushed[i] = cols.npend
-                if requests[i].request_id in running:
-                    cols.reload_row(i)
-                else:
-                    keep[i] = False
-            if not keep.all():
-                cols.keep(keep)
-        if fills:
-            self._commit_fills(fills)
-        step.move("apply")
-        self.steps.close(step)
-        self.pool.step_completed(step.step_id)
-        return outputs
-
+    # ================================================== the columnar decode path (tokensched.columnar_steps)
     def _commit_fills(self, fills: list[Request]) -> None:
         """Hash and commit the one block each of ``fills`` just filled: one vectorised hash, one token write.
 
