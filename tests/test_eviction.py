@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
+from tokensched.machines import eviction as eviction_module
 from tokensched.machines.eviction import (
     CostAwareEviction,
     EvictionPolicy,
@@ -83,6 +86,34 @@ def drive(policy: EvictionPolicy, model: Model, sequence: list[Op]) -> None:
 @given(sequence=ops)
 def test_policy_evicts_what_the_model_says(kind: str, sequence: list[Op]) -> None:
     drive(make_eviction(kind), Model(kind), sequence)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sequence=ops)
+def test_lru_compacting_its_stale_places_at_every_chance_keeps_the_order(sequence: list[Op]) -> None:
+    """With no slack the LRU queue rebuilds itself whenever stale places outnumber live ones."""
+    with patch.object(eviction_module, "_SLACK", 0):
+        drive(LRUEviction(), Model("lru"), sequence)
+
+
+def test_lru_queue_stays_bounded_under_revivals() -> None:
+    """A block released, revived and released again many times leaves stale places that are dropped."""
+    lru = LRUEviction()
+    runs = np.arange(64, dtype=np.int64)
+    for _ in range(500):
+        lru.add_many(runs, iter(()), runs)
+        lru.remove_many(runs[::2])
+        lru.remove_many(runs[1::2])
+    assert len(lru) == 0 and lru._entries <= eviction_module._SLACK + len(runs)
+    lru.add(5, 0, 0)
+    lru.add_many(np.array([7, 3], dtype=np.int64), iter(()), np.zeros(2, dtype=np.int64))
+    assert lru.order() == [5, 7, 3] and lru.pop_many(2) == [5, 7] and lru.pop() == 3
+    with patch.object(eviction_module, "_SLACK", 0):  # 4 stale places of 6: the next release compacts
+        lru.add_many(np.array([9, 2, 7, 4, 5, 6], dtype=np.int64), iter(()), np.zeros(6, dtype=np.int64))
+        lru.remove_many(np.array([2, 7, 5, 6], dtype=np.int64))
+        lru.add(1, 0, 0)
+        assert lru._entries == 3 and lru.order() == [9, 4, 1] and lru.peek(2) == [9, 4]
+        assert lru.pop_many(3) == [9, 4, 1] and len(lru) == 0
 
 
 @settings(max_examples=300, deadline=None)
