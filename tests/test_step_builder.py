@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
+from tokensched.int_column import IntColumn
 from tokensched.machines.request import Decoding, Prefilling
 from tokensched.step_builder import BULK_SLOTS
 
@@ -46,3 +48,17 @@ def test_every_planned_position_maps_to_its_slot_in_the_block_table(
 
 def test_long_chunks_starting_mid_block_take_the_array_pass() -> None:
     assert planned_slots_match_the_tables(16, [3 * BULK_SLOTS + 5, 2 * BULK_SLOTS], BULK_SLOTS + 7) >= 3
+
+
+def test_a_long_chunk_leaves_its_columns_as_arrays_until_an_executor_indexes_them() -> None:
+    s = Scheduler(SchedulerConfig(num_blocks=256, block_size=16, max_batched_tokens=2048))
+    s.submit(RequestSpec(request_id="short", prompt_token_ids=[5, 6, 7], max_tokens=4))
+    s.submit(RequestSpec(request_id="long", prompt_token_ids=list(range(3, 3 + 2 * BULK_SLOTS)), max_tokens=2))
+    plan = s.plan()
+    assert plan is not None and isinstance(plan.token_ids, IntColumn) and isinstance(plan.slot_mapping, IntColumn)
+    arrays = plan.arrays()
+    assert plan.token_ids._list is None and plan.slot_mapping._list is None  # arrays() built no list
+    assert len(plan.token_ids) == plan.token_offsets[-1] == 3 + 2 * BULK_SLOTS
+    assert arrays.token_ids.tolist() == [5, 6, 7, *range(3, 3 + 2 * BULK_SLOTS)] == plan.token_ids
+    as_lists = attrs.evolve(plan, token_ids=list(plan.token_ids), slot_mapping=list(plan.slot_mapping))
+    assert as_lists == plan and plan == as_lists

@@ -22,6 +22,7 @@ import attrs
 from tokensched.config import SamplingParams
 from tokensched.decode_run import DecodeRun, RunResult
 from tokensched.errors import InvalidRequest, TokenschedError
+from tokensched.int_column import as_list
 from tokensched.plan import PLACEHOLDER_TOKEN, StepPlan, StepResult
 
 ENTRY_POINT_GROUP = "tokensched.executors"
@@ -138,7 +139,7 @@ class RequestMirror:
             )
         for request_id, length in plan.truncated_block_tables.items():
             del requests[request_id].block_ids[length:]
-        tokens = plan.token_ids
+        tokens = as_list(plan.token_ids)
         resolved: list[int] | None = None
         offsets = plan.token_offsets
         for i, request_id in enumerate(plan.request_ids):

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import overload
+from typing import Any, overload
 
 import attrs
 import numpy as np
 import numpy.typing as npt
 
 from tokensched.config import SamplingParams
+from tokensched.int_column import IntColumn, as_list
 
 PLACEHOLDER_TOKEN = -1
 """Stands for "the last token this request sampled in its previous step".
@@ -112,11 +113,21 @@ class PlanArrays:
     slot_mapping: npt.NDArray[np.int64]
 
 
+def _column_array(values: Sequence[int], dtype: type[np.signedinteger[Any]]) -> npt.NDArray[Any]:
+    """A per-token column as an array: an :class:`IntColumn` joins its parts, a list converts once."""
+    if isinstance(values, IntColumn):
+        return values.array(dtype)
+    return np.asarray(values, dtype=dtype)
+
+
 @attrs.frozen(slots=True)
 class StepPlan:
     """One step: which tokens of which requests to compute, and where their KV goes.
 
-    Columns are parallel lists over the scheduled requests (batch order). New
+    Columns are parallel lists over the scheduled requests (batch order); the
+    two per-token ones (``token_ids``, ``slot_mapping``) are read-only sequences
+    that may be :class:`~tokensched.int_column.IntColumn` s, which build their
+    list only when indexed (:meth:`arrays` never does). New
     requests in ``new_requests`` are also scheduled (they appear in the columns).
     ``removed_request_ids`` are requests the executor may forget (finished,
     aborted or preempted since the previous plan); their state must be dropped
@@ -137,8 +148,10 @@ class StepPlan:
     request_ids: list[str]
     num_computed_tokens: list[int]
     token_offsets: list[int]  # len(request_ids) + 1 entries, starting at 0
-    token_ids: list[int]
-    slot_mapping: list[int]
+    # Per token: a list, or an IntColumn (a read-only sequence the planner joins lazily from its parts, so
+    # that a long prefill chunk costs no list unless the executor indexes it; arrays() never builds one).
+    token_ids: Sequence[int]
+    slot_mapping: Sequence[int]
     new_block_ids: list[tuple[int, ...]]
     sample: list[bool]
     draft_token_ids: list[tuple[int, ...]]
@@ -161,8 +174,8 @@ class StepPlan:
             counts = np.diff(offsets)
             starts = np.repeat(computed - offsets[:-1], counts)
             positions = starts + np.arange(offsets[-1] if len(offsets) else 0, dtype=np.int64)
-            tokens = np.asarray(self.token_ids, dtype=np.int32)
-            slots = np.asarray(self.slot_mapping, dtype=np.int64)
+            tokens = _column_array(self.token_ids, np.int32)
+            slots = _column_array(self.slot_mapping, np.int64)
             self._arrays.append(PlanArrays(computed, offsets, tokens, positions, slots))
         return self._arrays[0]
 
@@ -184,9 +197,9 @@ class StepPlan:
             lo, hi = offsets[i], offsets[i + 1]
             yield ScheduledRequest(
                 request_id=request_id,
-                token_ids=self.token_ids[lo:hi],
+                token_ids=as_list(self.token_ids[lo:hi]),
                 start_position=self.num_computed_tokens[i],
-                slot_mapping=self.slot_mapping[lo:hi],
+                slot_mapping=as_list(self.slot_mapping[lo:hi]),
                 new_block_ids=self.new_block_ids[i],
                 sample=self.sample[i],
                 draft_token_ids=self.draft_token_ids[i],

@@ -2,7 +2,10 @@
 
 Kept separate from the algorithm so that :mod:`tokensched.scheduler` reads like
 the policy it implements, while this module keeps the per-request cost of
-filling a :class:`~tokensched.plan.StepPlan` to a few list appends.
+filling a :class:`~tokensched.plan.StepPlan` to a few list appends. A long
+prefill chunk adds its tokens and slots as two arrays instead: the plan's
+per-token columns are then :class:`~tokensched.int_column.IntColumn` s that
+build a list only if an executor indexes them.
 """
 
 from __future__ import annotations
@@ -10,18 +13,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
+from tokensched.int_column import IntColumn, Part
 from tokensched.machines.request import Request
 from tokensched.machines.step import Step
 from tokensched.plan import NO_DRAFTS, PLACEHOLDER_TOKEN, NewRequestData, StepPlan
 
-# From this many positions, one array pass over the chunk's blocks beats one range per block: for 8,192
-# positions ~2.8x faster; for 100 the ranges are (measured side by side on the 2-core machine).
+# From this many positions a chunk's tokens and slots stay arrays, its slots made in one array pass over its
+# blocks (for 8,192 positions ~2.8x faster than one range per block, before any list; for 100 the ranges win).
 BULK_SLOTS = 256
 
 
 class StepBuilder:
     __slots__ = (
+        "_parts_len",
+        "_slot_parts",
+        "_token_parts",
         "block_size",
         "drafts",
         "epochs",
@@ -46,6 +54,10 @@ class StepBuilder:
         self.request_ids: list[str] = []
         self.num_computed: list[int] = []
         self.offsets = [0]
+        # The per-token columns: finished parts (lists and chunk arrays, in order), then the list being filled.
+        self._token_parts: list[Part] = []
+        self._slot_parts: list[Part] = []
+        self._parts_len = 0  # positions in the finished parts
         self.token_ids: list[int] = []
         self.slots: list[int] = []
         self.new_blocks: list[tuple[int, ...]] = []
@@ -86,22 +98,23 @@ class StepBuilder:
             self.slots.append(blocks[pos // bs] * bs + pos % bs)
         else:
             real = n - len(drafts)
-            if pos < tokens.size:
-                token_ids.extend(tokens.array[pos : pos + real].tolist())
-            else:
-                token_ids.append(PLACEHOLDER_TOKEN)
-            if drafts:
-                token_ids.extend(drafts)
             slots = self.slots
-            if n >= BULK_SLOTS:  # a prefill chunk: every block's slots in one array pass
+            if n >= BULK_SLOTS and pos + n <= tokens.size and not drafts:
+                # A prefill chunk: its tokens and slots stay arrays (parts of the plan's lazy columns).
                 first = pos // bs
                 base = np.array(blocks[first : (pos + n - 1) // bs + 1], dtype=np.int64) * bs
                 lane = pos - first * bs
-                chunk = (base[:, None] + np.arange(bs, dtype=np.int64)).ravel()[lane : lane + n]
-                if len(chunk) != n:
+                chunk_slots = (base[:, None] + np.arange(bs, dtype=np.int64)).ravel()[lane : lane + n]
+                if len(chunk_slots) != n:
                     raise IndexError(f"{request.request_id}: positions {pos}..{pos + n - 1} past its block table")
-                slots += chunk.tolist()
+                self._push(tokens.array[pos : pos + n].copy(), chunk_slots)  # copied: a history may be truncated
             else:
+                if pos < tokens.size:
+                    token_ids.extend(tokens.array[pos : pos + real].tolist())
+                else:
+                    token_ids.append(PLACEHOLDER_TOKEN)
+                if drafts:
+                    token_ids.extend(drafts)
                 end = pos + n
                 while pos < end:  # one range per block touched
                     block_end = min(end, (pos // bs + 1) * bs)
@@ -111,7 +124,7 @@ class StepBuilder:
                 pos = end - n
         self.request_ids.append(request.request_id)
         self.num_computed.append(pos)
-        self.offsets.append(len(token_ids))
+        self.offsets.append(self._parts_len + len(self.token_ids))
         self.new_blocks.append(new_blocks)
         self.sample.append(is_sample)
         self.drafts.append(drafts)
@@ -123,6 +136,24 @@ class StepBuilder:
         request.inflight_steps += 1
         if is_sample:
             request.inflight_samples += 1 + len(drafts)
+
+    def _push(self, tokens: npt.NDArray[np.int32], slots: npt.NDArray[np.int64]) -> None:
+        """Close the lists being filled and add a chunk's arrays as the columns' next parts."""
+        if self.token_ids:
+            self._token_parts.append(self.token_ids)
+            self._slot_parts.append(self.slots)
+            self._parts_len += len(self.token_ids)
+            self.token_ids = []
+            self.slots = []
+        self._token_parts.append(tokens)
+        self._slot_parts.append(slots)
+        self._parts_len += len(tokens)
+
+    def _column(self, parts: list[Part], tail: list[int]) -> Sequence[int]:
+        """A plan column: the list itself when no chunk made a part, else an IntColumn of the parts."""
+        if not parts:
+            return tail
+        return IntColumn([*parts, tail] if tail else parts)
 
     def step(self) -> Step:
         return Step(self.step_id, self.requests, self.epochs, self.num_tokens, self.num_drafts, self.sample)
@@ -136,8 +167,8 @@ class StepBuilder:
             request_ids=self.request_ids,
             num_computed_tokens=self.num_computed,
             token_offsets=self.offsets,
-            token_ids=self.token_ids,
-            slot_mapping=self.slots,
+            token_ids=self._column(self._token_parts, self.token_ids),
+            slot_mapping=self._column(self._slot_parts, self.slots),
             new_block_ids=self.new_blocks,
             sample=self.sample,
             draft_token_ids=self.drafts,

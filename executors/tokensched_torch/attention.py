@@ -100,7 +100,7 @@ class MLAStepMetadata:
         torch.cumsum(qo_lens_t, 0, out=qo_indptr[1:])
         starts = torch.tensor(plan.num_computed_tokens, dtype=torch.int64) - qo_indptr[:-1]
         positions = torch.arange(plan.num_tokens, dtype=torch.int64) + starts.repeat_interleave(qo_lens_t)
-        slot_mapping = torch.tensor(plan.slot_mapping, dtype=torch.int64)
+        slot_mapping = torch.from_numpy(plan.arrays().slot_mapping)  # no per-token list for a long chunk
         page_counts = torch.tensor([len(t) for t in tables], dtype=torch.int64)
         kv_indptr = torch.zeros(len(tables) + 1, dtype=torch.int64)
         torch.cumsum(page_counts, 0, out=kv_indptr[1:])

@@ -1,0 +1,50 @@
+"""IntColumn: a plan's lazily joined per-token column behaves as the list it stands for."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokensched.int_column import IntColumn, as_list
+
+parts_strategy = st.lists(
+    st.tuples(st.booleans(), st.lists(st.integers(-5, 2**31 - 1), max_size=6)), min_size=1, max_size=5
+)
+
+
+def build(parts: list[tuple[bool, list[int]]]) -> tuple[IntColumn, list[int]]:
+    column = IntColumn([np.array(v, dtype=np.int64) if as_array else list(v) for as_array, v in parts])
+    return column, [x for _, v in parts for x in v]
+
+
+@settings(max_examples=100, deadline=None)
+@given(parts=parts_strategy, data=st.data())
+def test_a_column_is_the_list_of_its_parts(parts: list[tuple[bool, list[int]]], data: st.DataObject) -> None:
+    column, expected = build(parts)
+    assert len(column) == len(expected)  # without building the list
+    assert column._list is None
+    assert column.array(np.int64).tolist() == expected and column._list is None
+    assert column == expected and expected == column and column == IntColumn([list(expected)])
+    assert column != [*expected, 1] and column != "abc"
+    assert list(column) == expected and column.tolist() == expected and as_list(column) == expected
+    assert repr(column) == repr(expected)
+    if expected:
+        i = data.draw(st.integers(-len(expected), len(expected) - 1))
+        lo = data.draw(st.integers(0, len(expected)))
+        assert column[i] == expected[i] and column[lo:] == expected[lo:] and (expected[i] in column)
+    assert pickle.loads(pickle.dumps(column)) == expected
+
+
+def test_a_column_is_unhashable_like_a_list_and_its_arrays_keep_their_dtype() -> None:
+    column = IntColumn([[1, 2], np.array([3], dtype=np.int32)])
+    try:
+        hash(column)
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("an IntColumn must not be hashable")
+    assert column.array(np.int32).dtype == np.int32 and column.array(np.int64).dtype == np.int64
+    assert IntColumn([]).array(np.int32).shape == (0,) and IntColumn([]) == []
