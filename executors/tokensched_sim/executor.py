@@ -24,6 +24,7 @@ from tokensched.errors import TokenschedError
 from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
+from tokensched_sim.decode_cost import DecodeCost
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
 from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
@@ -34,6 +35,10 @@ from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
 class _InFlight:
     end: float
     result: StepResult
+
+
+_Step = tuple[float, list[list[int]], list[list[int]] | None, float | None]
+"""A step of a run in flight: its end, tokens, drafts and seconds (a StepResult's parts, without the object)."""
 
 
 class SimExecutor(VirtualClock):
@@ -97,6 +102,7 @@ class SimExecutor(VirtualClock):
             acceptance_rate = acceptance_rate_for_length(length, drafts)
         self.deployment = deployment
         self.cost_model = CostModel(self.deployment)
+        self._decode_cost = DecodeCost(self.cost_model)  # a run's steps, priced from their sums
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if num_kv_blocks is not None and num_kv_blocks < 1:
@@ -165,23 +171,33 @@ class SimExecutor(VirtualClock):
         would (its tokens drawn in launch order, its time from the same cost
         model). With two groups the run's first step is the one in flight
         here, and the run's last launched step is left in flight, as the
-        single steps would leave it.
+        single steps would leave it. Inside the run a step in flight is a
+        tuple, not a :class:`StepResult`: only one left in flight becomes one.
         """
         depth = run.depth
         until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
-        if len(self._in_flight) != run.launched:
-            raise TokenschedError(f"launch_run() with {len(self._in_flight)} steps in flight, expected {run.launched}")
+        in_flight = self._in_flight
+        if len(in_flight) != run.launched:
+            raise TokenschedError(f"launch_run() with {len(in_flight)} steps in flight, expected {run.launched}")
         self.tokens.forget(run.removed_request_ids)
         cursor = RunCursor(run)
-        ids = run.request_ids
-        pending: deque[_InFlight] = self._in_flight
+        first = run.first_step_id
+        for j in range(run.launched):
+            if cursor.plan(j) is None or in_flight[j].result.step_id != first + j:
+                raise TokenschedError(f"launch_run(): step {first + j} in flight is not the run's")
+        pricer = self._decode_cost
+        if pricer.model is not self.cost_model:  # swapped since (a DP rank's view, the decode-only bench model)
+            pricer = self._decode_cost = DecodeCost(self.cost_model)
+        pending: deque[_Step] = deque(
+            (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
+        )
+        in_flight.clear()
         launched = run.launched
-        for j in range(launched):
-            if cursor.plan(j) is None or pending[j].result.step_id != run.first_step_id + j:
-                raise TokenschedError(f"launch_run(): step {run.first_step_id + j} in flight is not the run's")
         while launched < depth:
-            if not self._launch_decodes(run, cursor, launched, ids):
-                raise TokenschedError(f"launch_run(): step {run.first_step_id + launched} does not fit the run")
+            step = self._launch_decodes(run, cursor, launched, pricer)
+            if step is None:
+                raise TokenschedError(f"launch_run(): step {first + launched} does not fit the run")
+            pending.append(step)
             launched += 1
         sampled_steps: list[list[list[int]]] = []
         draft_steps: list[list[list[int]] | None] = []
@@ -189,45 +205,50 @@ class SimExecutor(VirtualClock):
         ends: list[float] = []
         j = 0
         while True:
-            done = pending.popleft()  # collect step j
-            if done.end > self._clock:
-                self._clock = done.end
-            result = done.result
-            sampled_steps.append(result.sampled_token_ids)
-            draft_steps.append(result.draft_token_ids)
-            elapsed.append(result.elapsed)
-            ends.append(done.end)
-            go_on = cursor.take(j, result.sampled_token_ids, result.draft_token_ids)
-            if not go_on or self._clock >= until or not self._launch_decodes(run, cursor, j + depth, ids):
+            end, tokens, proposals, seconds = pending.popleft()  # collect step j
+            if end > self._clock:
+                self._clock = end
+            sampled_steps.append(tokens)
+            draft_steps.append(proposals)
+            elapsed.append(seconds)
+            ends.append(end)
+            if not cursor.take(j, tokens, proposals) or self._clock >= until:
                 break
+            step = self._launch_decodes(run, cursor, j + depth, pricer)
+            if step is None:
+                break
+            pending.append(step)
             j += 1
-        return RunResult(run.first_step_id, sampled_steps, draft_steps, elapsed, ends)
+        for later, (end, tokens, proposals, seconds) in enumerate(pending, start=j + 1):  # left in flight
+            in_flight.append(_InFlight(end, StepResult(first + later, tokens, proposals, None, seconds)))
+        return RunResult(first, sampled_steps, draft_steps, elapsed, ends)
 
-    def _launch_decodes(self, run: DecodeRun, cursor: RunCursor, j: int, ids: list[str]) -> bool:
-        """Plan step ``j`` of ``run`` with ``cursor`` and launch it; False when the run ends before it."""
+    def _launch_decodes(self, run: DecodeRun, cursor: RunCursor, j: int, pricer: DecodeCost) -> _Step | None:
+        """Plan step ``j`` of ``run`` with ``cursor`` and launch it; None when the run ends before it."""
         drafts = cursor.plan(j)
         if drafts is None:
-            return False
+            return None
         rows = run.group(j)
-        computed = [cursor.pos[i] for i in rows]
-        qs = [1 + len(d) for d in drafts]
-        kv_after = [c + q for c, q in zip(computed, qs, strict=True)]
-        sampled = self.tokens.sample_decodes([ids[i] for i in rows], drafts, kv_after)
-        model = self.cost_model
-        duration = model.step_time(BatchShape.decodes(computed, qs))
-        if sampled.num_proposing:
-            duration += model.draft_time(
-                sampled.num_proposing, sampled.proposing_kv_tokens, self.num_speculative_tokens
-            )
+        pos = cursor.pos
+        tokens, proposals, num_proposing, proposing_kv = self.tokens.sample_run_step(run.request_ids, rows, drafts, pos)
+        # BatchShape.decodes' sums: q tokens after c of context make q*c + q*(q+1)/2 pairs and read c + q.
+        t = sum_c = qc = qq = 0
+        for i, d in zip(rows, drafts, strict=True):
+            c, q = pos[i], 1 + len(d)
+            t += q
+            sum_c += c
+            qc += q * c
+            qq += q * q
+        duration = pricer.step_time(len(rows), t, qc + (qq + t) // 2, sum_c + t)
+        if num_proposing:
+            duration += pricer.draft_time(num_proposing, proposing_kv, self.num_speculative_tokens)
         start = self._busy_until if self._busy_until > self._clock else self._clock
-        self._busy_until = start + duration
-        result = StepResult(run.first_step_id + j, sampled.tokens, sampled.drafts, None, duration)
-        self._in_flight.append(_InFlight(self._busy_until, result))
+        end = self._busy_until = start + duration
         stats = self.stats
         stats.num_steps += 1
         stats.busy_s += duration
-        stats.num_tokens += sum(qs)
-        return True
+        stats.num_tokens += t
+        return end, tokens, proposals, duration
 
     # Internals --------------------------------------------------------------------------------------
 

@@ -151,6 +151,72 @@ class TokenSource:
         self.stats.num_sampled_tokens += sum(map(len, sampled.tokens))
         return sampled
 
+    def sample_run_step(
+        self, request_ids: list[str], rows: list[int], drafts: Sequence[Sequence[int]], pos: list[int]
+    ) -> tuple[list[list[int]], list[list[int]] | None, int, int]:
+        """:meth:`sample_decodes` for the rows ``rows`` of a run (``request_ids[i]``, context ``pos[i]``).
+
+        Returns ``(tokens, proposals, num_proposing, proposing_kv_tokens)``:
+        the same draws, in the same order, as ``sample_decodes`` of the step
+        (``tests/sim/test_run_sampling.py`` checks it), without the per-step
+        lists and objects that need not exist. Why: a run samples a step of
+        one or two rows tens of thousands of times per simulated hour, so the
+        work around the draws, not the draws, was the cost. Without
+        speculation and drafts it is :meth:`_sample_plain`'s rule (a row with
+        no drafts accepts nothing and draws one token).
+        """
+        left = self._left
+        rand = self._rng.random
+        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        out: list[list[int]] = []
+        proposing: list[int] = []  # positions in ``rows`` of the rows that get drafts
+        kv = verified = tested = accepted_total = emitted = 0
+        try:
+            for r, i in enumerate(rows):
+                request_id = request_ids[i]
+                n = left[request_id]
+                step = drafts[r]
+                d = len(step)
+                accepted = 0
+                if d:
+                    while accepted < d and rand() < alpha:
+                        accepted += 1
+                    verified += d
+                    tested += accepted + (accepted < d)
+                    accepted_total += accepted
+                if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
+                    tokens = [*step[: n - 1], eos] if n > 1 else [eos]
+                    n = 0
+                else:
+                    t = int(rand() * span)
+                    tokens = [*step[:accepted], t + (t >= eos)] if accepted else [t + (t >= eos)]
+                    n -= accepted + 1
+                emitted += len(tokens)
+                out.append(tokens)
+                left[request_id] = n
+                if n:
+                    proposing.append(r)
+                    kv += pos[i] + 1 + d
+        except KeyError as exc:
+            raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
+        stats = self.stats
+        stats.num_sampled_tokens += emitted
+        if verified:
+            stats.num_drafts_verified += verified
+            stats.num_drafts_tested += tested
+            stats.num_drafts_accepted += accepted_total
+        if not k:
+            return out, None, 0, 0
+        # The drafts, row after row, after every row's acceptance and token (skipping over the EOS id).
+        ks = range(k)
+        if len(proposing) == len(out):
+            proposals = [[t + (t >= eos) for t in [int(rand() * span) for _ in ks]] for _ in out]
+        else:
+            proposals = [[] for _ in out]
+            for r in proposing:
+                proposals[r] = [t + (t >= eos) for t in [int(rand() * span) for _ in ks]]
+        return out, proposals, len(proposing), kv
+
     def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
         """The hot path: one token per sampling request, no drafts."""
         left = self._left
