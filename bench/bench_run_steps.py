@@ -6,7 +6,8 @@ EAGLE-3 with 3 drafts, as every built-in bench policy runs) through
 flight and a run needs two groups, which this traffic does not make). Each ``launch_run`` is
 timed, and the same cursor calls it made (``plan`` of each step launched,
 ``take`` of each completed) are replayed and timed alone, so the executor's
-own part is the difference. Prints microseconds per step: launch_run, the
+own part is the difference (CPU time, so that other processes on a shared
+machine count less). Prints microseconds per step: launch_run, the
 cursor's replay, and the executor's own. It uses only the public API, so the
 same script measures an older checkout (``PYTHONPATH=<old checkout>``) for a
 before/after.
@@ -30,14 +31,14 @@ PROMPT = 2000
 
 def _cursor_replay(run: DecodeRun, result: RunResult, launched: int) -> float:
     """Seconds the cursor calls of one launch_run take alone: plan every step launched, take every one completed."""
-    start = time.perf_counter()
+    start = time.process_time()
     cursor = RunCursor(run)
     done = len(result.sampled_token_ids)
     for j in range(launched):
         cursor.plan(j)
         if j < done:
             cursor.take(j, result.sampled_token_ids[j], result.draft_token_ids[j])
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(rows: int, steps: int) -> tuple[float, float, int]:
@@ -59,9 +60,9 @@ def measure(rows: int, steps: int) -> tuple[float, float, int]:
 
     def timed(run: DecodeRun, until: float) -> RunResult:
         nonlocal spent, replay, done
-        start = time.perf_counter()
+        start = time.process_time()
         result = launch_run(run, until)
-        spent += time.perf_counter() - start
+        spent += time.process_time() - start
         n = len(result.sampled_token_ids)
         launched = n + run.depth - 1  # the run's last launched step(s) stay in flight
         replay += _cursor_replay(run, result, launched)

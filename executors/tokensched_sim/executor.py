@@ -16,6 +16,7 @@ ends), and ``collect()`` moves the clock to the end of the step it returns.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -188,67 +189,69 @@ class SimExecutor(VirtualClock):
         pricer = self._decode_cost
         if pricer.model is not self.cost_model:  # swapped since (a DP rank's view, the decode-only bench model)
             pricer = self._decode_cost = DecodeCost(self.cost_model)
+        launch = self._run_launcher(run, cursor, pricer)
         pending: deque[_Step] = deque(
             (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
         )
         in_flight.clear()
         launched = run.launched
         while launched < depth:
-            step = self._launch_decodes(run, cursor, launched, pricer)
+            step = launch(launched)
             if step is None:
                 raise TokenschedError(f"launch_run(): step {first + launched} does not fit the run")
             pending.append(step)
             launched += 1
-        sampled_steps: list[list[list[int]]] = []
-        draft_steps: list[list[list[int]] | None] = []
-        elapsed: list[float | None] = []
-        ends: list[float] = []
+        done: list[_Step] = []
         j = 0
         while True:
-            end, tokens, proposals, seconds = pending.popleft()  # collect step j
+            step = pending.popleft()  # collect step j
+            done.append(step)
+            end = step[0]
             if end > self._clock:
                 self._clock = end
-            sampled_steps.append(tokens)
-            draft_steps.append(proposals)
-            elapsed.append(seconds)
-            ends.append(end)
-            if not cursor.take(j, tokens, proposals) or self._clock >= until:
+            if not cursor.take(j, step[1], step[2]) or self._clock >= until:
                 break
-            step = self._launch_decodes(run, cursor, j + depth, pricer)
-            if step is None:
+            step_after = launch(j + depth)
+            if step_after is None:
                 break
-            pending.append(step)
+            pending.append(step_after)
             j += 1
         for later, (end, tokens, proposals, seconds) in enumerate(pending, start=j + 1):  # left in flight
             in_flight.append(_InFlight(end, StepResult(first + later, tokens, proposals, None, seconds)))
-        return RunResult(first, sampled_steps, draft_steps, elapsed, ends)
+        ends, sampled, drafts, elapsed = zip(*done, strict=True)
+        return RunResult(first, list(sampled), list(drafts), list(elapsed), list(ends))
 
-    def _launch_decodes(self, run: DecodeRun, cursor: RunCursor, j: int, pricer: DecodeCost) -> _Step | None:
-        """Plan step ``j`` of ``run`` with ``cursor`` and launch it; None when the run ends before it."""
-        drafts = cursor.plan(j)
-        if drafts is None:
-            return None
-        rows = run.group(j)
-        pos = cursor.pos
-        tokens, proposals, num_proposing, proposing_kv = self.tokens.sample_run_step(run.request_ids, rows, drafts, pos)
-        # BatchShape.decodes' sums: q tokens after c of context make q*c + q*(q+1)/2 pairs and read c + q.
-        t = sum_c = qc = qq = 0
-        for i, d in zip(rows, drafts, strict=True):
-            c, q = pos[i], 1 + len(d)
-            t += q
-            sum_c += c
-            qc += q * c
-            qq += q * q
-        duration = pricer.step_time(len(rows), t, qc + (qq + t) // 2, sum_c + t)
-        if num_proposing:
-            duration += pricer.draft_time(num_proposing, proposing_kv, self.num_speculative_tokens)
-        start = self._busy_until if self._busy_until > self._clock else self._clock
-        end = self._busy_until = start + duration
-        stats = self.stats
-        stats.num_steps += 1
-        stats.busy_s += duration
-        stats.num_tokens += t
-        return end, tokens, proposals, duration
+    def _run_launcher(self, run: DecodeRun, cursor: RunCursor, pricer: DecodeCost) -> Callable[[int], _Step | None]:
+        """``launch(j)``: plan step ``j`` of ``run`` with ``cursor`` and launch it; None when the run ends before it.
+
+        A closure over what stays fixed during the run, so that a step looks
+        nothing up twice: its tokens are drawn at launch (launch order fixes
+        the RNG order, as in :meth:`launch`) and it is priced from the sums
+        :meth:`BatchShape.decodes` takes, which the sampler adds up on its
+        walk over the rows.
+        """
+        sample = self.tokens.sample_run_step
+        step_time, draft_time = pricer.step_time, pricer.draft_time
+        ids, group, plan = run.request_ids, run.group, cursor.plan
+        k, stats = self.num_speculative_tokens, self.stats
+
+        def launch(j: int) -> _Step | None:
+            drafts = plan(j)
+            if drafts is None:
+                return None
+            rows = group(j)
+            tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(ids, rows, drafts, cursor.pos)
+            duration = step_time(len(rows), t, pairs, kv)
+            if num_proposing:
+                duration += draft_time(num_proposing, proposing_kv, k)
+            start = self._busy_until if self._busy_until > self._clock else self._clock
+            end = self._busy_until = start + duration
+            stats.num_steps += 1
+            stats.busy_s += duration
+            stats.num_tokens += t
+            return end, tokens, proposals, duration
+
+        return launch
 
     # Internals --------------------------------------------------------------------------------------
 

@@ -46,6 +46,12 @@ class SimStats:
         return self.num_drafts_accepted / self.num_drafts_tested if self.num_drafts_tested else 0.0
 
 
+RunStep = tuple[list[list[int]], list[list[int]] | None, int, int, int, int, int]
+"""A run step's ``(tokens, proposals, num_proposing, proposing_kv_tokens, num_tokens, pairs, kv_tokens)``:
+:class:`Sampled`'s fields, then the step's query tokens, query-key pairs and KV tokens read, the sums
+:meth:`BatchShape.decodes <tokensched_sim.shape.BatchShape.decodes>` takes (a plain tuple: one a step)."""
+
+
 @attrs.frozen(slots=True)
 class Sampled:
     """One step's tokens, in plan order, and what the cost model needs to know about them."""
@@ -153,30 +159,36 @@ class TokenSource:
 
     def sample_run_step(
         self, request_ids: list[str], rows: list[int], drafts: Sequence[Sequence[int]], pos: list[int]
-    ) -> tuple[list[list[int]], list[list[int]] | None, int, int]:
+    ) -> RunStep:
         """:meth:`sample_decodes` for the rows ``rows`` of a run (``request_ids[i]``, context ``pos[i]``).
 
-        Returns ``(tokens, proposals, num_proposing, proposing_kv_tokens)``:
-        the same draws, in the same order, as ``sample_decodes`` of the step
+        The same draws, in the same order, as ``sample_decodes`` of the step
         (``tests/sim/test_run_sampling.py`` checks it), without the per-step
-        lists and objects that need not exist. Why: a run samples a step of
-        one or two rows tens of thousands of times per simulated hour, so the
-        work around the draws, not the draws, was the cost. Without
-        speculation and drafts it is :meth:`_sample_plain`'s rule (a row with
-        no drafts accepts nothing and draws one token).
+        lists and objects that need not exist, and, on the same walk over the
+        rows, the sums the cost model prices the step from (see
+        :data:`RunStep`). Why: a run samples a step of one or two rows tens of
+        thousands of times per simulated hour, so the work around the draws,
+        not the draws, was the cost. Without speculation and drafts it is
+        :meth:`_sample_plain`'s rule (a row with no drafts accepts nothing and
+        draws one token).
         """
         left = self._left
         rand = self._rng.random
         span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
         out: list[list[int]] = []
         proposing: list[int] = []  # positions in ``rows`` of the rows that get drafts
-        kv = verified = tested = accepted_total = emitted = 0
+        proposing_kv = verified = tested = accepted_total = emitted = 0
+        num_tokens = pairs = kv_tokens = 0
         try:
             for r, i in enumerate(rows):
                 request_id = request_ids[i]
                 n = left[request_id]
                 step = drafts[r]
                 d = len(step)
+                c, q = pos[i], 1 + d  # q tokens after c of context: q*c + q*(q+1)/2 pairs, c + q tokens read
+                num_tokens += q
+                pairs += q * c + q * (q + 1) // 2
+                kv_tokens += c + q
                 accepted = 0
                 if d:
                     while accepted < d and rand() < alpha:
@@ -196,7 +208,7 @@ class TokenSource:
                 left[request_id] = n
                 if n:
                     proposing.append(r)
-                    kv += pos[i] + 1 + d
+                    proposing_kv += c + q
         except KeyError as exc:
             raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
         stats = self.stats
@@ -206,7 +218,7 @@ class TokenSource:
             stats.num_drafts_tested += tested
             stats.num_drafts_accepted += accepted_total
         if not k:
-            return out, None, 0, 0
+            return out, None, 0, 0, num_tokens, pairs, kv_tokens
         # The drafts, row after row, after every row's acceptance and token (skipping over the EOS id).
         ks = range(k)
         if len(proposing) == len(out):
@@ -215,7 +227,7 @@ class TokenSource:
             proposals = [[] for _ in out]
             for r in proposing:
                 proposals[r] = [t + (t >= eos) for t in [int(rand() * span) for _ in ks]]
-        return out, proposals, len(proposing), kv
+        return out, proposals, len(proposing), proposing_kv, num_tokens, pairs, kv_tokens
 
     def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
         """The hot path: one token per sampling request, no drafts."""

@@ -1,4 +1,5 @@
-"""TokenSource.sample_run_step draws what sample_decodes draws: same tokens, drafts, counters and RNG after."""
+"""TokenSource.sample_run_step draws what sample_decodes draws (same tokens, drafts, counters and RNG after)
+and sums the step as BatchShape.decodes does."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from tests.sim.helpers import Entry, make_plan, new_request
 from tokensched.errors import InvalidRequest
+from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import SimStats, TokenSource
 
 VOCAB = 5  # small, so that the EOS id's skip is exercised
@@ -58,7 +60,10 @@ def test_a_run_step_draws_what_sample_decodes_draws(
         pos = [step[i][2] if i < len(step) else 0 for i in range(len(ids))]
         kv_after = [pos[i] + 1 + len(d) for i, d in zip(rows, drafts, strict=True)]
         expected = one.sample_decodes([ids[i] for i in rows], drafts, kv_after)
-        tokens, proposals, num_proposing, proposing_kv = bulk.sample_run_step(ids, rows, drafts, pos)
+        tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = bulk.sample_run_step(ids, rows, drafts, pos)
+        if rows:  # the step's sums, as the cost model takes them
+            shape = BatchShape.decodes([pos[i] for i in rows], [1 + len(d) for d in drafts])
+            assert (t, pairs, kv) == (shape.num_tokens, shape.decode_pairs, shape.decode_kv_tokens)
         assert tokens == expected.tokens
         assert proposals == expected.drafts
         assert (num_proposing, proposing_kv) == (expected.num_proposing, expected.proposing_kv_tokens)
