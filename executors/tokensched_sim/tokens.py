@@ -219,14 +219,20 @@ class TokenSource:
             stats.num_drafts_accepted += accepted_total
         if not k:
             return out, None, 0, 0, num_tokens, pairs, kv_tokens
-        # The drafts, row after row, after every row's acceptance and token (skipping over the EOS id).
+        # The drafts, row after row, after every row's acceptance and token (skipping over the EOS id). Plain
+        # loops: a comprehension is a function call in 3.11, and one per row cost more than its k draws.
         ks = range(k)
-        if len(proposing) == len(out):
-            proposals = [[t + (t >= eos) for t in [int(rand() * span) for _ in ks]] for _ in out]
-        else:
-            proposals = [[] for _ in out]
-            for r in proposing:
-                proposals[r] = [t + (t >= eos) for t in [int(rand() * span) for _ in ks]]
+        every_row = len(proposing) == len(out)
+        proposals: list[list[int]] = [] if every_row else [[] for _ in out]
+        for r in proposing:
+            row: list[int] = []
+            for _ in ks:
+                t = int(rand() * span)
+                row.append(t + (t >= eos))
+            if every_row:
+                proposals.append(row)
+            else:
+                proposals[r] = row
         return out, proposals, len(proposing), proposing_kv, num_tokens, pairs, kv_tokens
 
     def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
