@@ -193,7 +193,6 @@ class SimExecutor(VirtualClock):
         pending: deque[_Step] = deque(
             (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
         )
-        in_flight.clear()
         launched = run.launched
         while launched < depth:
             step = launch(launched)
@@ -201,6 +200,7 @@ class SimExecutor(VirtualClock):
                 raise TokenschedError(f"launch_run(): step {first + launched} does not fit the run")
             pending.append(step)
             launched += 1
+        in_flight.clear()  # now in ``pending``; what is left there at the end goes back
         done: list[_Step] = []
         j = 0
         while True:
