@@ -144,7 +144,9 @@ class TokenSource:
 
         ``drafts[i]`` are the drafts row ``i`` verifies and ``kv_after[i]`` its
         context after the step. The run has no logprobs requests (the
-        scheduler offers runs only without them).
+        scheduler offers runs only without them). Built on the single-step
+        samplers, it is the reference :meth:`sample_run_step` (what the
+        executor calls) is tested against.
         """
         try:
             samples = [True] * len(request_ids)
