@@ -441,6 +441,9 @@ class CostModel:
 
         Equal to ``time_from_terms(terms(shape)) + step_overhead_s``, evaluated
         from precomputed whole-model constants: this runs once per simulated step.
+        :class:`~tokensched_sim.decode_cost.DecodeCost` repeats its decode-only
+        arithmetic for multi-step runs: change both (``tests/sim/test_decode_cost.py``
+        checks them equal to the bit).
         """
         t = shape.num_tokens
         if not t:

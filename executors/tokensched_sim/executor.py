@@ -16,6 +16,7 @@ ends), and ``collect()`` moves the clock to the end of the step it returns.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import attrs
 
@@ -24,6 +25,7 @@ from tokensched.errors import TokenschedError
 from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
+from tokensched_sim.decode_cost import DecodeCost
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
 from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
@@ -34,6 +36,10 @@ from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
 class _InFlight:
     end: float
     result: StepResult
+
+
+_Step = tuple[float, list[list[int]], list[list[int]] | None, float | None]
+"""A step of a run in flight: its end, tokens, drafts and seconds (a StepResult's parts, without the object)."""
 
 
 class SimExecutor(VirtualClock):
@@ -97,6 +103,7 @@ class SimExecutor(VirtualClock):
             acceptance_rate = acceptance_rate_for_length(length, drafts)
         self.deployment = deployment
         self.cost_model = CostModel(self.deployment)
+        self._decode_cost = DecodeCost(self.cost_model)  # a run's steps, priced from their sums
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if num_kv_blocks is not None and num_kv_blocks < 1:
@@ -165,69 +172,86 @@ class SimExecutor(VirtualClock):
         would (its tokens drawn in launch order, its time from the same cost
         model). With two groups the run's first step is the one in flight
         here, and the run's last launched step is left in flight, as the
-        single steps would leave it.
+        single steps would leave it. Inside the run a step in flight is a
+        tuple, not a :class:`StepResult`: only one left in flight becomes one.
         """
         depth = run.depth
         until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
-        if len(self._in_flight) != run.launched:
-            raise TokenschedError(f"launch_run() with {len(self._in_flight)} steps in flight, expected {run.launched}")
+        in_flight = self._in_flight
+        if len(in_flight) != run.launched:
+            raise TokenschedError(f"launch_run() with {len(in_flight)} steps in flight, expected {run.launched}")
         self.tokens.forget(run.removed_request_ids)
         cursor = RunCursor(run)
-        ids = run.request_ids
-        pending: deque[_InFlight] = self._in_flight
+        first = run.first_step_id
+        for j in range(run.launched):
+            if cursor.plan(j) is None or in_flight[j].result.step_id != first + j:
+                raise TokenschedError(f"launch_run(): step {first + j} in flight is not the run's")
+        pricer = self._decode_cost
+        if pricer.model is not self.cost_model:  # swapped since (a DP rank's view, the decode-only bench model)
+            pricer = self._decode_cost = DecodeCost(self.cost_model)
+        launch = self._run_launcher(run, cursor, pricer)
+        pending: deque[_Step] = deque(
+            (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
+        )
         launched = run.launched
-        for j in range(launched):
-            if cursor.plan(j) is None or pending[j].result.step_id != run.first_step_id + j:
-                raise TokenschedError(f"launch_run(): step {run.first_step_id + j} in flight is not the run's")
         while launched < depth:
-            if not self._launch_decodes(run, cursor, launched, ids):
-                raise TokenschedError(f"launch_run(): step {run.first_step_id + launched} does not fit the run")
+            step = launch(launched)
+            if step is None:
+                raise TokenschedError(f"launch_run(): step {first + launched} does not fit the run")
+            pending.append(step)
             launched += 1
-        sampled_steps: list[list[list[int]]] = []
-        draft_steps: list[list[list[int]] | None] = []
-        elapsed: list[float | None] = []
-        ends: list[float] = []
+        in_flight.clear()  # now in ``pending``; what is left there at the end goes back
+        done: list[_Step] = []
         j = 0
         while True:
-            done = pending.popleft()  # collect step j
-            if done.end > self._clock:
-                self._clock = done.end
-            result = done.result
-            sampled_steps.append(result.sampled_token_ids)
-            draft_steps.append(result.draft_token_ids)
-            elapsed.append(result.elapsed)
-            ends.append(done.end)
-            go_on = cursor.take(j, result.sampled_token_ids, result.draft_token_ids)
-            if not go_on or self._clock >= until or not self._launch_decodes(run, cursor, j + depth, ids):
+            step = pending.popleft()  # collect step j
+            done.append(step)
+            end = step[0]
+            if end > self._clock:
+                self._clock = end
+            if not cursor.take(j, step[1], step[2]) or self._clock >= until:
                 break
+            step_after = launch(j + depth)
+            if step_after is None:
+                break
+            pending.append(step_after)
             j += 1
-        return RunResult(run.first_step_id, sampled_steps, draft_steps, elapsed, ends)
+        for later, (end, tokens, proposals, seconds) in enumerate(pending, start=j + 1):  # left in flight
+            in_flight.append(_InFlight(end, StepResult(first + later, tokens, proposals, None, seconds)))
+        ends, sampled, drafts, elapsed = zip(*done, strict=True)
+        return RunResult(first, list(sampled), list(drafts), list(elapsed), list(ends))
 
-    def _launch_decodes(self, run: DecodeRun, cursor: RunCursor, j: int, ids: list[str]) -> bool:
-        """Plan step ``j`` of ``run`` with ``cursor`` and launch it; False when the run ends before it."""
-        drafts = cursor.plan(j)
-        if drafts is None:
-            return False
-        rows = run.group(j)
-        computed = [cursor.pos[i] for i in rows]
-        qs = [1 + len(d) for d in drafts]
-        kv_after = [c + q for c, q in zip(computed, qs, strict=True)]
-        sampled = self.tokens.sample_decodes([ids[i] for i in rows], drafts, kv_after)
-        model = self.cost_model
-        duration = model.step_time(BatchShape.decodes(computed, qs))
-        if sampled.num_proposing:
-            duration += model.draft_time(
-                sampled.num_proposing, sampled.proposing_kv_tokens, self.num_speculative_tokens
-            )
-        start = self._busy_until if self._busy_until > self._clock else self._clock
-        self._busy_until = start + duration
-        result = StepResult(run.first_step_id + j, sampled.tokens, sampled.drafts, None, duration)
-        self._in_flight.append(_InFlight(self._busy_until, result))
-        stats = self.stats
-        stats.num_steps += 1
-        stats.busy_s += duration
-        stats.num_tokens += sum(qs)
-        return True
+    def _run_launcher(self, run: DecodeRun, cursor: RunCursor, pricer: DecodeCost) -> Callable[[int], _Step | None]:
+        """``launch(j)``: plan step ``j`` of ``run`` with ``cursor`` and launch it; None when the run ends before it.
+
+        A closure over what stays fixed during the run, so that a step looks
+        nothing up twice: its tokens are drawn at launch (launch order fixes
+        the RNG order, as in :meth:`launch`) and it is priced from the sums
+        :meth:`BatchShape.decodes` takes, which the sampler adds up on its
+        walk over the rows.
+        """
+        sample = self.tokens.sample_run_step
+        step_time, draft_time = pricer.step_time, pricer.draft_time
+        ids, group, plan = run.request_ids, run.group, cursor.plan
+        k, stats = self.num_speculative_tokens, self.stats
+
+        def launch(j: int) -> _Step | None:
+            drafts = plan(j)
+            if drafts is None:
+                return None
+            rows = group(j)
+            tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(ids, rows, drafts, cursor.pos)
+            duration = step_time(len(rows), t, pairs, kv)
+            if num_proposing:
+                duration += draft_time(num_proposing, proposing_kv, k)
+            start = self._busy_until if self._busy_until > self._clock else self._clock
+            end = self._busy_until = start + duration
+            stats.num_steps += 1
+            stats.busy_s += duration
+            stats.num_tokens += t
+            return end, tokens, proposals, duration
+
+        return launch
 
     # Internals --------------------------------------------------------------------------------------
 

@@ -46,6 +46,12 @@ class SimStats:
         return self.num_drafts_accepted / self.num_drafts_tested if self.num_drafts_tested else 0.0
 
 
+RunStep = tuple[list[list[int]], list[list[int]] | None, int, int, int, int, int]
+"""A run step's ``(tokens, proposals, num_proposing, proposing_kv_tokens, num_tokens, pairs, kv_tokens)``:
+:class:`Sampled`'s fields, then the step's query tokens, query-key pairs and KV tokens read, the sums
+:meth:`BatchShape.decodes <tokensched_sim.shape.BatchShape.decodes>` takes (a plain tuple: one a step)."""
+
+
 @attrs.frozen(slots=True)
 class Sampled:
     """One step's tokens, in plan order, and what the cost model needs to know about them."""
@@ -138,7 +144,9 @@ class TokenSource:
 
         ``drafts[i]`` are the drafts row ``i`` verifies and ``kv_after[i]`` its
         context after the step. The run has no logprobs requests (the
-        scheduler offers runs only without them).
+        scheduler offers runs only without them). Built on the single-step
+        samplers, it is the reference :meth:`sample_run_step` (what the
+        executor calls) is tested against.
         """
         try:
             samples = [True] * len(request_ids)
@@ -150,6 +158,84 @@ class TokenSource:
             raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
         self.stats.num_sampled_tokens += sum(map(len, sampled.tokens))
         return sampled
+
+    def sample_run_step(
+        self, request_ids: list[str], rows: list[int], drafts: Sequence[Sequence[int]], pos: list[int]
+    ) -> RunStep:
+        """:meth:`sample_decodes` for the rows ``rows`` of a run (``request_ids[i]``, context ``pos[i]``).
+
+        The same draws, in the same order, as ``sample_decodes`` of the step
+        (``tests/sim/test_run_sampling.py`` checks it), without the per-step
+        lists and objects that need not exist, and, on the same walk over the
+        rows, the sums the cost model prices the step from (see
+        :data:`RunStep`). Why: a run samples a step of one or two rows tens of
+        thousands of times per simulated hour, so the work around the draws,
+        not the draws, was the cost. Without speculation and drafts it is
+        :meth:`_sample_plain`'s rule (a row with no drafts accepts nothing and
+        draws one token).
+        """
+        left = self._left
+        rand = self._rng.random
+        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        out: list[list[int]] = []
+        proposing: list[int] = []  # positions in ``rows`` of the rows that get drafts
+        proposing_kv = verified = tested = accepted_total = emitted = 0
+        num_tokens = pairs = kv_tokens = 0
+        try:
+            for r, i in enumerate(rows):
+                request_id = request_ids[i]
+                n = left[request_id]
+                step = drafts[r]
+                d = len(step)
+                c, q = pos[i], 1 + d  # q tokens after c of context: q*c + q*(q+1)/2 pairs, c + q tokens read
+                num_tokens += q
+                pairs += q * c + q * (q + 1) // 2
+                kv_tokens += c + q
+                accepted = 0
+                if d:
+                    while accepted < d and rand() < alpha:
+                        accepted += 1
+                    verified += d
+                    tested += accepted + (accepted < d)
+                    accepted_total += accepted
+                if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
+                    tokens = [*step[: n - 1], eos] if n > 1 else [eos]
+                    n = 0
+                else:
+                    t = int(rand() * span)
+                    tokens = [*step[:accepted], t + (t >= eos)] if accepted else [t + (t >= eos)]
+                    n -= accepted + 1
+                emitted += len(tokens)
+                out.append(tokens)
+                left[request_id] = n
+                if n:
+                    proposing.append(r)
+                    proposing_kv += c + q
+        except KeyError as exc:
+            raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
+        stats = self.stats
+        stats.num_sampled_tokens += emitted
+        if verified:
+            stats.num_drafts_verified += verified
+            stats.num_drafts_tested += tested
+            stats.num_drafts_accepted += accepted_total
+        if not k:
+            return out, None, 0, 0, num_tokens, pairs, kv_tokens
+        # The drafts, row after row, after every row's acceptance and token (skipping over the EOS id). Plain
+        # loops: a comprehension is a function call in 3.11, and one per row cost more than its k draws.
+        ks = range(k)
+        every_row = len(proposing) == len(out)
+        proposals: list[list[int]] = [] if every_row else [[] for _ in out]
+        for r in proposing:
+            row: list[int] = []
+            for _ in ks:
+                t = int(rand() * span)
+                row.append(t + (t >= eos))
+            if every_row:
+                proposals.append(row)
+            else:
+                proposals[r] = row
+        return out, proposals, len(proposing), proposing_kv, num_tokens, pairs, kv_tokens
 
     def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
         """The hot path: one token per sampling request, no drafts."""
