@@ -16,6 +16,7 @@ for lists keeps working.
 
 from __future__ import annotations
 
+import operator
 import struct
 from array import array
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,8 @@ def as_token_array(tokens: object) -> Int32Array:
     """One int32 array from a list/tuple of ints, a numpy integer array or an ``array('i')``.
 
     Raises ValueError naming the first position that is negative, too large
-    for int32 or not an integer; the input is never modified.
+    for int32, a bool or not an integer (floats are refused, never cast); the
+    input is never modified.
     """
     if isinstance(tokens, TokenIds | TokenBuffer):
         return tokens.array.copy()
@@ -51,12 +53,13 @@ def as_token_array(tokens: object) -> Int32Array:
         try:
             values = _pack_int32(tokens)
         except struct.error as e:
-            bad = next((i for i, t in enumerate(tokens) if not isinstance(t, int)), None)
-            if bad is None:  # ints out of the int32 range
-                bad = next(i for i, t in enumerate(tokens) if not 0 <= t <= INT32_MAX)
+            bad = next(i for i, t in enumerate(tokens) if type(t) is bool or not _is_token(t))
             raise ValueError(
                 f"token ids must be non-negative int32 integers; position {bad} holds {tokens[bad]!r}"
             ) from e
+        _refuse_bools_and_negatives(tokens, values)
+        values.flags.writeable = False  # packed into memory of our own: nothing to copy
+        return values
     else:
         raise ValueError(f"token ids must be a list of ints, a numpy integer array or array('i'), got {type(tokens)}")
     if values.size and values.dtype != np.int32:
@@ -67,10 +70,38 @@ def as_token_array(tokens: object) -> Int32Array:
     elif values.size and values.min() < 0:
         bad = int(np.argmax(values < 0))
         raise ValueError(f"token ids must be non-negative int32; position {bad} holds {int(values[bad])}")
-    # the packed list is ours already; anything else is the caller's memory: copy it, never freeze it
-    out = values if isinstance(tokens, list | tuple) else values.astype(np.int32, copy=True)
+    out = values.astype(np.int32, copy=True)  # the caller's memory: copy it, never freeze it
     out.flags.writeable = False
     return out
+
+
+def _is_token(token: object) -> bool:
+    """An integer (an ``int``, or anything with ``__index__``, as ``struct`` takes) in ``[0, 2**31)``."""
+    try:
+        return 0 <= operator.index(token) <= INT32_MAX  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _refuse_bools_and_negatives(tokens: list[int] | tuple[int, ...], values: Int32Array) -> None:
+    """Raise ValueError naming the first bool or negative item of ``tokens`` (``values`` is their packing).
+
+    ``struct`` packs ``True`` and ``False`` as 1 and 0 (``bool`` is an
+    ``int``), so a bool can only sit where the packed value is at most 1: only
+    those positions (a prompt holds few) are looked at, in C-level passes.
+    """
+    low = np.flatnonzero(values <= 1)
+    if not len(low):
+        return
+    suspects = low.tolist()
+    kinds = list(map(type, map(tokens.__getitem__, suspects)))
+    bad = [i for i, kind in zip(suspects, kinds, strict=True) if kind is bool] if bool in kinds else []
+    negative = low[values[low] < 0]
+    first = min(bad[:1] + negative[:1].tolist(), default=None)
+    if first is not None:
+        raise ValueError(
+            f"token ids must be non-negative int32 integers (bools refused); position {first} holds {tokens[first]!r}"
+        )
 
 
 _CHUNK = 4096
