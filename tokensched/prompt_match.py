@@ -113,7 +113,7 @@ class PromptMatcher:
                 continue
             hi = min(len(run[0]), len(earlier.block_hashes), full)
             theirs = earlier.tokens.array
-            if hi <= best_n or not np.array_equal(theirs[:bs], tokens[:bs]):
+            if hi <= best_n or theirs[:bs].tobytes() != tokens[:bs].tobytes():  # first block: a 64-byte compare
                 continue
             n = shared_prefix_blocks(theirs[: hi * bs], tokens[: hi * bs], bs)
             if n > best_n:
