@@ -53,10 +53,9 @@ def as_token_array(tokens: object) -> Int32Array:
         try:
             values = _pack_int32(tokens)
         except struct.error as e:
-            bad = next(i for i, t in enumerate(tokens) if type(t) is bool or not _is_token(t))
-            raise ValueError(
-                f"token ids must be non-negative int32 integers; position {bad} holds {tokens[bad]!r}"
-            ) from e
+            bad = next((i for i, t in enumerate(tokens) if type(t) is bool or not _is_token(t)), None)
+            where = f"position {bad} holds {tokens[bad]!r}" if bad is not None else str(e)  # None: a fickle __index__
+            raise ValueError(f"token ids must be non-negative int32 integers; {where}") from e
         _refuse_bools_and_negatives(tokens, values)
         values.flags.writeable = False  # packed into memory of our own: nothing to copy
         return values
