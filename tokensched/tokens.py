@@ -20,6 +20,7 @@ import operator
 import struct
 from array import array
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any, overload
 
 import numpy as np
@@ -117,6 +118,13 @@ def _pack_int32(tokens: list[int] | tuple[int, ...]) -> Int32Array:
     and 4.6 ms for ``array('q')`` plus the narrowing copy. Chunks of 4096 keep
     one precompiled ``Struct`` whatever the prompt's length. Raises
     ``struct.error`` on the first bad item.
+
+    Each chunk goes through ``partial(pack_into, buf, offset)(*chunk)``:
+    written ``pack_into(buf, offset, *chunk)`` the call would first gather its
+    arguments into a list and then copy that into a tuple, one more write of
+    every item's refcount, about 0.3 ms of the 2.3 for 200k fresh ints
+    (``bench/bench_admission_parts.py``); the partial takes the chunk's tuple
+    as it is.
     """
     n = len(tokens)
     out = np.empty(n, dtype=np.int32)
@@ -125,9 +133,9 @@ def _pack_int32(tokens: list[int] | tuple[int, ...]) -> Int32Array:
     buf = out.data.cast("B")
     full = n - n % _CHUNK
     for start in range(0, full, _CHUNK):
-        _pack_chunk(buf, 4 * start, *tokens[start : start + _CHUNK])
+        partial(_pack_chunk, buf, 4 * start)(*tokens[start : start + _CHUNK])
     if n > full:
-        struct.pack_into(f"={n - full}i", buf, 4 * full, *tokens[full:])
+        partial(struct.Struct(f"={n - full}i").pack_into, buf, 4 * full)(*tokens[full:])
     return out
 
 
