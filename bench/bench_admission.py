@@ -7,8 +7,9 @@ plan), drained between; each session turn adds 800 tokens. Prints the
 medians and minimums in ms. It uses only the public API, so the same script
 measures an older checkout (``PYTHONPATH=<old checkout>``) for a before/after.
 
-    .venv/bin/python bench/bench_admission.py [repeats] [--no-recent-runs]
+    .venv/bin/python bench/bench_admission.py [repeats] [--no-recent-runs] [--split]
 
+``--split`` also prints where the time goes (spec built, submit, plan).
 ``--no-recent-runs`` turns off taking over a recently finished request's blocks,
 so an unrelated id goes through the prefix index (the general path).
 """
@@ -44,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repeats", nargs="?", type=int, default=7)
     parser.add_argument("--no-recent-runs", action="store_true")
+    parser.add_argument("--split", action="store_true", help="also print the medians of spec, submit and plan")
     args = parser.parse_args()
     if args.no_recent_runs:
         try:
@@ -59,12 +61,18 @@ def main() -> None:
     s.submit(RequestSpec(request_id="0", prompt_token_ids=prompt, max_tokens=1, session_id="s"))
     _drain(s)
     times: dict[str, list[float]] = {"unrelated id": [], "session turn, list": [], "session turn, numpy int32": []}
+    parts: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in times}
 
     def admit(kind: str, rid: str, tokens: object, session: str | None, cached_at_least: int) -> None:
         t0 = time.perf_counter()
-        s.submit(RequestSpec(request_id=rid, prompt_token_ids=tokens, max_tokens=1, session_id=session))
+        spec = RequestSpec(request_id=rid, prompt_token_ids=tokens, max_tokens=1, session_id=session)
+        t1 = time.perf_counter()
+        s.submit(spec)
+        t2 = time.perf_counter()
         plan = s.plan()
-        times[kind].append((time.perf_counter() - t0) * 1e3)
+        t3 = time.perf_counter()
+        times[kind].append((t3 - t0) * 1e3)
+        parts[kind].append(((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
         assert plan is not None and plan.new_requests[0].num_cached_tokens >= cached_at_least
         _drain(s, plan)
 
@@ -78,6 +86,11 @@ def main() -> None:
             prompt = turn
     for kind, ms in times.items():
         print(f"{kind:<28} median {statistics.median(ms):6.2f} ms  min {min(ms):6.2f} ms")
+    if args.split:
+        print("medians of the parts, ms: spec (token conversion and validation), submit (hashes), plan (match, share)")
+        for kind, split in parts.items():
+            spec_ms, submit_ms, plan_ms = (statistics.median(p[i] for p in split) for i in range(3))
+            print(f"  {kind:<26} spec {spec_ms:5.2f}  submit {submit_ms:5.2f}  plan {plan_ms:5.2f}")
 
 
 if __name__ == "__main__":

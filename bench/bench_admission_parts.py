@@ -10,6 +10,8 @@ load; min and median of the rounds. See docs/performance.md.
 
 from __future__ import annotations
 
+import marshal
+import pickle
 import statistics
 import sys
 import time
@@ -23,6 +25,11 @@ from tokensched.tokens import as_token_array
 
 N = 200_000
 BLOCK = 16
+
+
+def _slices(tokens: list[int]) -> None:
+    for start in range(0, len(tokens), 4096):
+        tokens[start : start + 4096]
 
 
 def interleaved(make: Callable[[], object], runs: dict[str, Callable[[object], object]], rounds: int) -> None:
@@ -48,6 +55,9 @@ def main() -> None:
             "np.array(dtype=int32) (casts floats, parses str)": lambda v: np.array(v, dtype=np.int32),
             "array('q') + narrowing copy": lambda v: np.frombuffer(array("q", v), np.int64).astype(np.int32),  # type: ignore[call-overload]
             "np.fromiter(dtype=int32)": lambda v: np.fromiter(v, dtype=np.int32, count=N),  # type: ignore[call-overload]
+            "marshal.dumps(v, 2) (5-byte records; encoding only)": lambda v: marshal.dumps(v, 2),
+            "pickle.dumps(v, 5) (encoding only)": lambda v: pickle.dumps(v, 5),
+            "slicing into 4k chunks only (refcounts written)": _slices,
             "sum(): each int read once, no conversion (a floor)": sum,  # type: ignore[dict-item]
         },
         rounds,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
+from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult, prompt_match
 from tokensched.errors import IllegalTransition
 from tokensched.machines.blocks import BlockPool, BlockState
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
@@ -308,6 +309,34 @@ def test_a_recent_run_is_taken_over_exactly_as_far_as_the_tokens_agree() -> None
     s.complete(StepResult(plan.step_id, [[5]]))
     # Same hashes everywhere, no token in common: nothing is shared.
     assert cached_at_admission(s, RequestSpec(request_id="c", prompt_token_ids=[7] * n, max_tokens=1)) == 0
+    s.check_invariants()
+
+
+@given(
+    shared=st.lists(st.integers(0, 9), max_size=24),
+    first_tail=st.lists(st.integers(0, 9), max_size=12),
+    second_tail=st.lists(st.integers(0, 9), min_size=1, max_size=12),
+    salts=st.sampled_from([(None, None), ("x", "x"), (None, "x")]),
+)
+def test_a_prompt_repeating_a_recent_run_takes_over_exactly_the_hashes_and_blocks_it_would_find(
+    shared: list[int], first_tail: list[int], second_tail: list[int], salts: tuple[str | None, str | None]
+) -> None:
+    """The taken-over hashes are the ones hashing would give, and the blocks the ones the index confirms."""
+    s = make(num_blocks=64)
+    with patch.object(prompt_match, "MIN_REUSE_BLOCKS", 1):  # every finished request is a recent run
+        first = [1, *shared, *first_tail]
+        s.submit(RequestSpec(request_id="a", prompt_token_ids=first, max_tokens=1, cache_salt=salts[0]))
+        run(s)
+        second = [1, *shared, *second_tail]
+        s.submit(RequestSpec(request_id="b", prompt_token_ids=second, max_tokens=1, cache_salt=salts[1]))
+    request = s.live["b"]
+    fresh: list[int] = []
+    s.matcher.hasher.extend(fresh, second, s.matcher.root(salts[1])[0])
+    assert request.block_hashes == fresh
+    confirmed = s.pool.match_prefix(fresh, second, s.matcher.root(salts[1])[1])
+    taken = [] if request.reuse_run is None else request.reuse_run[0].tolist()
+    assert taken == confirmed, "the run taken over is exactly what the index confirms (nothing was evicted)"
+    run(s)
     s.check_invariants()
 
 

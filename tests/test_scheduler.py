@@ -84,6 +84,20 @@ def test_submit_refuses_bad_requests_and_changes_nothing() -> None:
     s.check_invariants()
 
 
+def test_submit_refuses_token_ids_past_the_vocabulary_and_changes_nothing() -> None:
+    s = make(num_blocks=64, vocab_size=100)
+    with pytest.raises(InvalidRequest, match=r"position 2 holds token id 100, not below vocab_size \(100\)"):
+        s.submit(spec("a", [5, 99, 100, 7, 200]))
+    with pytest.raises(InvalidRequest, match="stop/eos token id 150"):
+        s.submit(spec("a", [5, 6], stop_token_ids=frozenset({3, 150})))
+    with pytest.raises(InvalidRequest, match="stop/eos token id 100"):
+        s.submit(spec("a", [5, 6], eos_token_id=100))
+    assert not s.live and not s.waiting and s.stats().num_waiting == 0
+    s.submit(spec("a", [5, 99], eos_token_id=99))
+    assert list(s.live) == ["a"]
+    s.check_invariants()
+
+
 def test_request_spec_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="prompt_token_ids"):
         spec("a", [])

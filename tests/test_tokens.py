@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from array import array
 
 import numpy as np
@@ -50,6 +51,10 @@ def test_the_prompt_is_copied_once_so_the_caller_may_reuse_its_buffer() -> None:
         ([1, 2.5], "position 1 holds 2.5"),
         ([1, "3"], "position 1 holds '3'"),
         ([1, None], "position 1 holds None"),
+        ([1, True, 3], "position 1 holds True"),
+        ((0, 1, False), "position 2 holds False"),
+        ([2**40, 2.5], "position 0 holds 1099511627776"),
+        ([5, np.True_], "position 1 holds"),
         (np.array([0, 5, -1]), "position 2 holds -1"),
         (np.array([1.0, 2.0]), "dtype float64"),
         (np.zeros((2, 2), dtype=np.int32), "one-dimensional"),
@@ -61,6 +66,38 @@ def test_bad_token_ids_name_the_first_bad_position(tokens: object, message: str)
     with pytest.raises(ValueError, match="prompt_token_ids") as info:
         RequestSpec(request_id="a", prompt_token_ids=tokens)
     assert message in str(info.value)
+
+
+def _first_bad(tokens: list[object]) -> int | None:
+    """The reference: the first item that is not a non-negative int32 ``int`` (bools are not token ids)."""
+    return next(
+        (i for i, t in enumerate(tokens) if type(t) is bool or not isinstance(t, int) or not 0 <= t < 2**31), None
+    )
+
+
+_ITEMS = st.one_of(
+    st.integers(0, 3),  # 0 and 1 sit where a bool would pack
+    st.integers(0, 2**31 - 1),
+    st.integers(-(2**33), 2**33),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.none(),
+)
+
+
+@given(st.lists(_ITEMS, max_size=40), st.integers(0, 3), st.sampled_from([0, 4090, 8200]))
+def test_a_list_converts_exactly_or_names_its_first_bad_item(items: list[object], pad: int, long: int) -> None:
+    """The C-level packing and the bool check agree with the one-item-at-a-time reference, across chunk borders."""
+    tokens = [pad] * long + items
+    before = list(tokens)
+    bad = _first_bad(tokens)
+    if bad is None:
+        values = as_token_array(tokens)
+        assert values.dtype == np.int32 and values.tolist() == tokens and not values.flags.writeable
+    else:
+        with pytest.raises(ValueError, match=re.escape(f"position {bad} holds {tokens[bad]!r}")):
+            as_token_array(tokens)
+    assert tokens == before and all(type(a) is type(b) for a, b in zip(tokens, before, strict=True))
 
 
 @given(st.lists(st.integers(0, 2**31 - 1), max_size=50), st.lists(st.integers(0, 2**31 - 1), max_size=80))

@@ -102,6 +102,12 @@ class SchedulerConfig(BaseModel):
     num_blocks: int = Field(ge=1)
     block_size: int = Field(default=16, ge=1, le=4096)
     max_model_len: int = Field(default=262_144, ge=1)
+    vocab_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="submit refuses a prompt, eos or stop token id at or above it (InvalidRequest naming the "
+        "position); None accepts any int32 id",
+    )
     max_batched_tokens: int = Field(default=8192, ge=1, description="token budget of one step")
     max_running: int = Field(default=1024, ge=1, description="requests in the running set at most")
     max_waiting: int | None = Field(default=None, ge=1, description="submit raises QueueFull beyond this")

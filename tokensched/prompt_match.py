@@ -9,8 +9,11 @@ first tries what it remembers:
   found by one memory compare, and the previous turn's block hashes and
   blocks are taken over (those blocks still cached are confirmed by
   generation, not by tokens: :meth:`BlockPool.still_cached_run`);
-- a recently finished long request: a bisection over the two hash chains
-  proposes the shared part and one memory compare of the tokens decides.
+- a recently finished long request whose first block the prompt repeats:
+  one memory compare of the tokens finds the shared part.
+
+Either way the earlier request's block hashes of the shared part are taken
+over, so only the new blocks are hashed.
 
 Only what neither covers goes through the index (hash to find, tokens to
 confirm: :meth:`BlockPool.match_run`).
@@ -66,14 +69,17 @@ class PromptMatcher:
         self.hasher.extend(request.block_hashes, request.tokens.array, self.root(request.cache_salt)[0])
 
     def hash_prompt(self, request: Request) -> None:
-        """Chained block hashes of the prompt, reusing the session's previous turn where it matches.
+        """Chained block hashes of the prompt, taken over from an earlier request for the part it repeats.
 
-        Also leaves on the request the blocks of an earlier request known to
-        hold its leading blocks (``reuse_run``, checked still cached at
-        admission): the session's previous turn, for the part the new prompt
-        repeats (one memory compare); else a recently finished long request
-        whose prompt the new one repeats (a hash compare proposes, one memory
-        compare of the tokens decides).
+        The earlier request is the session's previous turn (the part the new
+        prompt repeats found by one memory compare), else a recently finished
+        long request whose prompt the new one repeats (one memory compare per
+        candidate). Its hashes of the shared blocks are the new prompt's too
+        (same tokens, same salt, same chain), so only the blocks past them are
+        hashed: a 200k-token prompt that repeats a cached one hashes nothing.
+
+        Also leaves on the request the blocks of that earlier request that held
+        its leading blocks (``reuse_run``, checked still cached at admission).
         """
         hashes = request.block_hashes
         tokens = request.tokens.array
@@ -85,42 +91,39 @@ class PromptMatcher:
             if previous.kv_run is not None and shared:
                 blocks, generations = previous.kv_run
                 request.reuse_run = (blocks[:shared], generations[:shared])
-        self.hasher.extend(hashes, tokens, self.root(request.cache_salt)[0])
-        if request.reuse_run is None and len(hashes) >= MIN_REUSE_BLOCKS and self._recent_runs:
+        if request.reuse_run is None and len(tokens) // self._bs >= MIN_REUSE_BLOCKS and self._recent_runs:
             self._find_recent_run(request)
+        self.hasher.extend(hashes, tokens, self.root(request.cache_salt)[0])
 
     def _find_recent_run(self, request: Request) -> None:
         """The longest run of a recently finished request that ``request``'s prompt repeats, by its tokens.
 
-        Chained hashes name whole prefixes, so the common prefix of two chains
-        is found by bisection (O(log n) int compares per remembered run); the
-        hashes only propose, and one memory compare of the tokens decides.
+        One memory compare per remembered run whose first block matches (at
+        most :data:`RECENT_RUNS`, each C-speed); the first of the longest wins.
+        The winner's hashes of the shared blocks are taken over as well.
         """
-        hashes = request.block_hashes
+        bs = self._bs
+        tokens = request.tokens.array
+        full = len(tokens) // bs
         best: Request | None = None
         best_n = 0
         for earlier in self._recent_runs:
             run = earlier.kv_run
             if run is None or earlier.cache_salt != request.cache_salt:
                 continue
-            theirs = earlier.block_hashes
-            lo, hi = 0, min(len(run[0]), len(hashes))
-            if hi <= best_n or theirs[0] != hashes[0]:
+            hi = min(len(run[0]), len(earlier.block_hashes), full)
+            theirs = earlier.tokens.array
+            if hi <= best_n or theirs[:bs].tobytes() != tokens[:bs].tobytes():  # first block: a 64-byte compare
                 continue
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if theirs[mid - 1] == hashes[mid - 1]:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            if lo > best_n:
-                best, best_n = earlier, lo
+            n = shared_prefix_blocks(theirs[: hi * bs], tokens[: hi * bs], bs)
+            if n > best_n:
+                best, best_n = earlier, n
         if best is None or best.kv_run is None:
             return
-        end = best_n * self._bs
-        shared = shared_prefix_blocks(best.tokens.array[:end], request.tokens.array[:end], self._bs)
-        if shared:
-            request.reuse_run = (best.kv_run[0][:shared], best.kv_run[1][:shared])
+        request.reuse_run = (best.kv_run[0][:best_n], best.kv_run[1][:best_n])
+        hashes = request.block_hashes
+        if len(hashes) < best_n:
+            hashes.extend(best.block_hashes[len(hashes) : best_n])
 
     def match(self, request: Request) -> npt.NDArray[np.int64]:
         """The confirmed run of cached blocks for ``request``'s prompt.

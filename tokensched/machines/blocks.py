@@ -759,7 +759,7 @@ class BlockPool:
             self._evict.hit(self._hash[block])  # type: ignore[arg-type]  # committed: hashed
 
     def share_run(self, ids: npt.NDArray[np.int64], *, hit: bool = True) -> list[int]:
-        """:meth:`share` for a run of distinct blocks given as an array; returns them as a list (one conversion)."""
+        """:meth:`share` for a run of distinct blocks given as an array; returns them as a new list (the caller's)."""
         if len(ids) <= 1:
             if len(ids):
                 self._share_one(int(ids[0]), hit)
