@@ -1,0 +1,57 @@
+"""One simulated hour per policy: simulated seconds per CPU second (#12's "≥ 1,000× real time" figure).
+
+Runs the bench's simulation (``run_bench``: Kimi-K2.5-class on 4x B200, the
+coding-agent workload at 2.5M TPM offered, FP8 KV, 300 s warm-up, 30 s drain;
+the run ``tokensched bench --levels 2.5M --duration 3600 --warmup 300 --policies P
+--seeds 1`` makes) for each policy and prints the process's CPU seconds, the
+ratio of simulated to CPU time, and the load the window actually offered
+(CPU time, because the machine may be shared). ``--profile N`` prints the N
+most expensive functions of each run by own time instead (cProfile slows the
+run ~2x; read shares, not times). ``PYTHONPATH=<older checkout>`` measures a
+before with the same script.
+
+    .venv/bin/python bench/bench_sim_hour.py [trtllm retain ...] [--duration 3600] [--profile 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+
+import tokensched
+from tokensched.benchmark.config import BenchConfig
+from tokensched.benchmark.profiles import PROFILES
+from tokensched.benchmark.run import run_bench
+
+DEFAULT_POLICIES = [p for p in PROFILES if p != "sglang"]  # sglang (TP4) does not fit: the published OOM
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("policies", nargs="*", default=DEFAULT_POLICIES)
+    parser.add_argument("--duration", type=float, default=3600.0, help="end of the measured arrivals (s)")
+    parser.add_argument("--warmup", type=float, default=300.0)
+    parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions instead")
+    args = parser.parse_args()
+    print(f"tokensched from {tokensched.__file__}")
+    for policy in args.policies:
+        config = BenchConfig(policy=policy, duration_s=args.duration, warmup_s=args.warmup, drain_s=30, kv_dtype="fp8")
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler is not None:
+            profiler.enable()
+        result, _ = run_bench(config)
+        if profiler is not None:
+            profiler.disable()
+        run = result.run
+        print(
+            f"{policy:<16} CPU {run.cpu_s:6.1f} s  {run.sim_time_s / run.cpu_s:5.0f}x real time  "
+            f"offered {result.metrics.tpm / 1e6:.2f}M TPM  {run.num_steps:,} steps",
+            flush=True,
+        )
+        if profiler is not None:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+
+
+if __name__ == "__main__":
+    main()
