@@ -85,8 +85,9 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
     touched_steps = cursor.touched
     seen: list[int] = []  # every sampled and proposed token, checked in bulk below
     last = count - 1
+    groups = [run.group(g) for g in range(depth)]
     for j in range(count):
-        rows = run.group(j)
+        rows = groups[j % depth]
         sampled = steps[j]
         proposed = proposals[j]
         verified = planned[j]

@@ -310,10 +310,11 @@ def _apply_steps(
     touched = set(cursor.touched)
     allocs = cursor.allocs
     pending = pool.num_pending  # only step_completed and a touched step's per-request code change it here
+    groups = [run.group(g) for g in range(depth)]
     for j in range(bulk):
         sampled = result.sampled_token_ids[j]
         proposed = result.draft_token_ids[j]
-        group = run.group(j)
+        group = groups[j % depth]
         if j in touched:
             for i in group:
                 _catch_up(sched, rows[i], new[i], drafts[i], first + last_step[i])
