@@ -63,12 +63,15 @@ def reference_replay(run: DecodeRun, result: RunResult) -> RunCursor:
 
 
 def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
-    """:meth:`RunCursor.take` over every step in one loop, tokens checked at the end; False: let the reference decide.
+    """The cursor's walk over every step in one loop, tokens checked at the end; False: let the reference decide.
 
-    The row loop is :meth:`RunCursor.take`'s with the cursor's lists held
-    locally; what :func:`~tokensched.decode_run._check_step` checks per step
-    is checked here as counts per row and, for the tokens, as one pass over
-    all of them (types, then range).
+    Step ``j``'s row loop is :meth:`RunCursor.take`'s with the cursor's
+    lists held locally, and it plans each row's part of step ``j + depth``
+    as :meth:`RunCursor.plan` would (that step runs the same rows), kept
+    aside until the whole step is known not to end the run. What
+    :func:`~tokensched.decode_run._check_step` checks per step is checked
+    here as counts per row and, for the tokens, as one pass over all of them
+    (types, then range).
     """
     steps, proposals = result.sampled_token_ids, result.draft_token_ids
     count = len(steps)
@@ -79,9 +82,10 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
     k = run.num_speculative_tokens
     bs = run.block_size
     cross = run.cross_blocks
+    max_steps, spare = run.max_steps, run.spare_blocks
     stops, limits = run.stop_token_ids, run.length_limit
     pos, ends, size, room, drafts = cursor.pos, cursor.ends, cursor.size, cursor.room, cursor.drafts
-    planned = cursor.planned
+    planned, allocs = cursor.planned, cursor.allocs
     touched_steps = cursor.touched
     seen: list[int] = []  # every sampled and proposed token, checked in bulk below
     last = count - 1
@@ -96,6 +100,9 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             return False
         if proposed is not None and (len(proposed) != n or (not k and any(proposed))):
             return False
+        plans = j < last  # the reference plans step j + depth only when another step follows
+        following: list[list[int]] = []  # what each row verifies in step j + depth
+        needs: list[tuple[int, int]] = []  # blocks step j + depth's plan takes, per row
         special = touched = False
         for r, i in enumerate(rows):
             tokens = sampled[r]
@@ -115,13 +122,33 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             if proposed is not None:
                 row = proposed[r]
                 seen += row
-                drafts[i] = row[:k]
+                mine = drafts[i] = row[:k]
+            else:
+                mine = drafts[i]
+            if plans:
+                cap = room[i] - 1
+                if cap > k:
+                    cap = k
+                if len(mine) > cap:
+                    mine = mine[:cap]
+                top = at + 1 + len(mine)
+                if top > ends[i]:
+                    needs.append((i, -(-top // bs) - ends[i] // bs))
+                following.append(mine)
         if touched:
             if cross:
                 touched_steps.append(j)
             else:
                 special = True
         cursor.special = special
-        if j < last and (special or cursor.plan(j + depth) is None):
-            return False
+        if plans:
+            after = j + depth
+            if special or after >= max_steps or (cross and cursor.allocated > spare) or (needs and not cross):
+                return False  # the reference's plan(j + depth) gives None: a step past the end
+            if needs:
+                for i, blocks in needs:
+                    ends[i] += blocks * bs
+                    cursor.allocated += blocks
+                allocs[after] = needs
+            planned[after] = following
     return set(map(type, seen)) == {int} and min(seen) >= 0 and max(seen) <= INT32_MAX

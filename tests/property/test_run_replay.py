@@ -23,7 +23,7 @@ from tokensched.run_replay import reference_replay, replay
 from tokensched.tokens import INT32_MAX
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
-VOCAB = 5  # small, so sampled tokens hit the stop ids often
+VOCAB = 20  # sampled tokens hit the stop ids (drawn among the first few) now and then
 
 BAD_TOKENS: list[Any] = [-1, INT32_MAX + 1, True, 1.0, "1", [1], None]
 
@@ -34,12 +34,12 @@ def runs(draw: st.DrawFn) -> DecodeRun:
     bs = draw(st.sampled_from([2, 4, 8]))
     k = draw(st.sampled_from([0, 1, 3]))
     pos = [draw(st.integers(0, 30)) for _ in range(n)]
-    room = [draw(st.integers(1, 25)) for _ in range(n)]
+    room = [draw(st.integers(1, 40)) for _ in range(n)]
     two = n > 1 and draw(st.booleans())
     split = draw(st.integers(1, n - 1)) if two else 0
     return DecodeRun(
         first_step_id=draw(st.integers(0, 5)),
-        max_steps=draw(st.integers(1, 14)),
+        max_steps=draw(st.integers(1, 20)),
         block_size=bs,
         num_speculative_tokens=k,
         request_ids=[f"r{i}" for i in range(n)],
@@ -49,14 +49,14 @@ def runs(draw: st.DrawFn) -> DecodeRun:
         last_token_ids=[1] * n,
         draft_token_ids=[draw(st.lists(st.integers(0, VOCAB), max_size=k)) for _ in range(n)],
         block_tables=[() for _ in range(n)],
-        block_end=[(p // bs + draw(st.integers(1, 3))) * bs for p in pos],
+        block_end=[(p // bs + draw(st.integers(1, 2))) * bs for p in pos],  # tight: steps take blocks
         room=room,
         length_limit=[p + 1 + r + draw(st.integers(0, 3)) for p, r in zip(pos, room, strict=True)],
-        stop_token_ids=[frozenset(draw(st.sets(st.integers(0, VOCAB), max_size=2))) for _ in range(n)],
+        stop_token_ids=[frozenset(draw(st.sets(st.integers(0, 3), max_size=2))) for _ in range(n)],
         groups=[list(range(split)), list(range(split, n))] if two else [],
         launched=1 if two else 0,
-        cross_blocks=draw(st.booleans()),
-        spare_blocks=draw(st.integers(0, 4)),
+        cross_blocks=draw(st.sampled_from([True, True, False])),
+        spare_blocks=draw(st.integers(0, 6)),
     )
 
 
@@ -76,7 +76,7 @@ def results(draw: st.DrawFn, run: DecodeRun) -> RunResult:
         proposals = [draw(st.lists(st.integers(0, VOCAB), min_size=k, max_size=k + 1)) for _ in verified] if k else None
         sampled.append(rows)
         drafts.append(proposals)
-        if not cursor.take(j, rows, proposals) or cursor.plan(j + run.depth) is None or not draw(st.integers(0, 5)):
+        if not cursor.take(j, rows, proposals) or cursor.plan(j + run.depth) is None or not draw(st.integers(0, 15)):
             break
         j += 1
     return RunResult(run.first_step_id, sampled, drafts, [None] * len(sampled))
@@ -87,7 +87,8 @@ def corrupted(draw: st.DrawFn, result: RunResult) -> RunResult:
     """``result`` as it is, or with one fault an executor might hand back."""
     sampled = [[list(row) for row in step] for step in result.sampled_token_ids]
     drafts = [None if d is None else [list(row) for row in d] for d in result.draft_token_ids]
-    fault = draw(st.sampled_from(["none", "token", "draft", "extra", "empty", "row", "no-row", "step", "drafts-off"]))
+    faults = ["none", "token", "draft", "extra", "empty", "row", "no-row", "step", "drafts-off"]
+    fault = draw(st.sampled_from([*faults, "none", "step", "step"]))  # a step past the end: the cursor's plan decides
     j = draw(st.integers(0, len(sampled) - 1))
     step = sampled[j]
     r = draw(st.integers(0, len(step) - 1))
@@ -126,7 +127,12 @@ def test_lean_replay_accepts_and_refuses_exactly_what_the_cursor_replay_does(dat
     run = data.draw(runs())
     result = data.draw(corrupted(data.draw(results(run))))
     expected = outcome(reference_replay, run, result)
-    event("refused" if isinstance(expected[0], type) else "accepted")
+    if isinstance(expected[0], type):
+        event("refused")
+    else:
+        event("accepted")
+        event(f"accepted, {'allocating' if expected[8] else 'no block taken'}")
+        event(f"accepted, {'crossing a filled block' if expected[9] else 'no block filled'}")
     assert outcome(replay, run, result) == expected
 
 
@@ -140,3 +146,12 @@ def test_a_token_out_of_range_is_refused_naming_its_step_and_request() -> None:
     bad = RunResult(3, [[[1], [2]], [[1], [INT32_MAX + 1]]], [None, None], [None, None])
     refused = (InvalidRequest, f"run from step 3, step 4: request 'b' sampled token {INT32_MAX + 1}")
     assert outcome(replay, run, bad) == outcome(reference_replay, run, bad) == refused
+
+
+def test_a_step_whose_rows_would_need_a_block_is_past_the_end_of_a_run_that_does_not_cross_blocks() -> None:
+    run = DecodeRun(0, 8, 8, 3, ["a"], (), {}, [1], [1], [[1, 2, 3]], [(0,)], [8], [20], [100], [frozenset[int]()])
+    one = RunResult(0, [[[1, 2, 3, 4]]], [[[4, 5, 6]]], [None])  # 5 computed: step 1 would verify 5..8
+    assert replay(run, one).planned == {0: [[1, 2, 3]]}
+    two = RunResult(0, [[[1, 2, 3, 4]], [[1]]], [[[4, 5, 6]], [[4, 5, 6]]], [None, None])
+    refused = (InvalidRequest, "run from step 0: step 1 is past the end of the run")
+    assert outcome(replay, run, two) == outcome(reference_replay, run, two) == refused
