@@ -131,9 +131,11 @@ class DecodeRun:
     spare_blocks: int = 0
     admission_shut_until: float = math.inf
     _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
+    _depth: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_every_row", list(range(len(self.request_ids))))  # one group's rows, made once
+        object.__setattr__(self, "_depth", max(1, len(self.groups)))  # read on every step a cursor plans
 
     def group(self, j: int) -> list[int]:
         """The rows step ``j`` of the run schedules (a shared list: read it, do not change it)."""
@@ -145,7 +147,7 @@ class DecodeRun:
     @property
     def depth(self) -> int:
         """Steps in flight at once: 1, or 2 when two groups alternate."""
-        return max(1, len(self.groups))
+        return self._depth
 
 
 @attrs.frozen(slots=True)
@@ -211,22 +213,28 @@ class RunCursor:
         if self.special or j >= run.max_steps:
             return None
         cross = run.cross_blocks
-        if cross and j >= run.depth and self.allocated > run.spare_blocks:
+        if cross and j >= run._depth and self.allocated > run.spare_blocks:
             return None  # the free blocks ran short: single steps would serve the rows by victim key
         k = self._k
         ends = self.ends
         pos = self.pos
         room = self.room
+        all_drafts = self.drafts
         out: list[list[int]] = []
-        needs: list[tuple[int, int]] = []
-        for i in run.group(j):
-            drafts = self.drafts[i]
-            cap = min(k, room[i] - 1)
+        needs: list[tuple[int, int]] | None = None
+        groups = run.groups
+        for i in groups[j % len(groups)] if groups else run._every_row:
+            drafts = all_drafts[i]
+            cap = room[i] - 1
+            if cap > k:
+                cap = k
             step = drafts[:cap] if len(drafts) > cap else drafts
             top = pos[i] + 1 + len(step)
             if top > ends[i]:
                 if not cross:
                     return None  # it would need a block it does not hold: the scheduler plans that step
+                if needs is None:
+                    needs = []
                 needs.append((i, -(-top // run.block_size) - ends[i] // run.block_size))
             out.append(step)
         if needs:
@@ -246,27 +254,27 @@ class RunCursor:
         """
         run = self.run
         rows = run.group(j)
-        drafts = self.planned[j]
         if check:
-            _check_step(run, j, rows, drafts, sampled, proposals)
+            _check_step(run, j, rows, self.planned[j], sampled, proposals)
         stops, limits, ends = run.stop_token_ids, run.length_limit, self.ends
+        pos, size, room, drafts = self.pos, self.size, self.room, self.drafts
         k = self._k
         bs = run.block_size
         special = touched = False
         for r, i in enumerate(rows):
             tokens = sampled[r]
             got = len(tokens)
-            before = self.pos[i]
-            pos = self.pos[i] = before + got  # 1 + accepted drafts, with or without drafts
-            self.size[i] += got
-            self.room[i] -= got
+            before = pos[i]
+            at = pos[i] = before + got  # 1 + accepted drafts, with or without drafts
+            known = size[i] = size[i] + got
+            room[i] -= got
             stop = stops[i]
-            if (stop and not stop.isdisjoint(tokens)) or self.size[i] >= limits[i] or pos <= ends[i] - bs:
+            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i] or at <= ends[i] - bs:
                 special = True  # a finish, or a rollback of the step's new block
-            elif (pos + 1) // bs > before // bs:
+            elif (at + 1) // bs > before // bs:
                 touched = True  # a block's tokens all known (hashed) or all computed (committed)
             if proposals is not None:
-                self.drafts[i] = proposals[r][:k]
+                drafts[i] = proposals[r][:k]
         if touched:
             if run.cross_blocks:
                 self.touched.append(j)

@@ -23,9 +23,10 @@ from tokensched.errors import InvalidRequest
 from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import Decoding, Request
 from tokensched.machines.step import Step
-from tokensched.plan import OutputBatch, RequestOutput, StepResult
+from tokensched.plan import RequestOutput, StepResult
 from tokensched.policies.base import KeyDependence
 from tokensched.retention import MAX_PASSED_OVER
+from tokensched.run_replay import replay
 
 if TYPE_CHECKING:
     from tokensched.scheduler import Scheduler
@@ -251,13 +252,7 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
     if not count or len(proposals) != count or len(result.elapsed) != count:
         raise InvalidRequest(f"{where}: {count} steps of tokens, {len(proposals)} of drafts")
     depth = run.depth
-    cursor = RunCursor(run)
-    for j in range(depth):
-        cursor.plan(j)
-    for j in range(count):
-        go_on = cursor.take(j, steps[j], proposals[j], check=True)
-        if j < count - 1 and (not go_on or cursor.plan(j + depth) is None):
-            raise InvalidRequest(f"{where}: step {first + j + 1} is past the end of the run")
+    cursor = replay(run, result)  # validates whole: raises before anything changes
     sched._run = None
     special = cursor.special
     bulk = count - 1 if special else count
@@ -314,10 +309,12 @@ def _apply_steps(
     drafts: list[list[int] | None] = [None] * len(rows)
     touched = set(cursor.touched)
     allocs = cursor.allocs
+    pending = pool.num_pending  # only step_completed and a touched step's per-request code change it here
+    groups = [run.group(g) for g in range(depth)]
     for j in range(bulk):
         sampled = result.sampled_token_ids[j]
         proposed = result.draft_token_ids[j]
-        group = run.group(j)
+        group = groups[j % depth]
         if j in touched:
             for i in group:
                 _catch_up(sched, rows[i], new[i], drafts[i], first + last_step[i])
@@ -336,22 +333,26 @@ def _apply_steps(
                 last_step[i] = -1  # applied: nothing to catch up
             if fills:
                 sched._commit_fills(fills)
-            outputs.append(OutputBatch.of(told))
+            outputs.append(told)
+            pending = pool.num_pending
         else:
             out: list[RequestOutput] = []
             for slot, i in enumerate(group):
                 tokens = sampled[slot]
-                counts[i] += len(tokens)
-                new[i].extend(tokens)
+                count = counts[i] = counts[i] + len(tokens)
+                new[i] += tokens
                 last_step[i] = j
-                if proposed is not None:
+                out.append(RequestOutput(ids[i], tokens, None, None, count, cached[i]))
+            if proposed is not None:
+                for slot, i in enumerate(group):
                     drafts[i] = proposed[slot]
-                out.append(RequestOutput(ids[i], tokens, None, None, counts[i], cached[i]))
-            outputs.append(OutputBatch.of(out))
-        if pool.num_pending:
+            outputs.append(out)
+        if pending:
             pool.step_completed(first + j)
-        for i, n in allocs.get(j + depth, ()):  # the plan of step j + depth, made once step j completed
-            _grow(pool, rows[i], n)
+            pending = pool.num_pending
+        if allocs:
+            for i, n in allocs.get(j + depth, ()):  # the plan of step j + depth, made once step j completed
+                _grow(pool, rows[i], n)
     for i, r in enumerate(rows):
         if last_step[i] >= 0:
             _catch_up(sched, r, new[i], drafts[i], first + last_step[i])
