@@ -176,7 +176,7 @@ class Recorder:
         self.events: list[tuple[object, ...]] = []
 
     def blocks_stored(
-        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: Sequence[int], block_size: int
     ) -> None:
         self.events.append(("stored", tuple(block_hashes), parent_block_hash, tuple(token_ids), block_size))
 

@@ -181,7 +181,7 @@ class KVEventRecorder:
         scheduler.pool.add_listener(self)
 
     def blocks_stored(
-        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: Sequence[int], block_size: int
     ) -> None:
         self._events.append(BlockStored(tuple(block_hashes), parent_block_hash, tuple(token_ids), block_size))
 
@@ -241,7 +241,7 @@ class ZmqKVEventPublisher(KVEventRecorder):
 
     # the listener calls run on the engine thread: hand the event over, never touch the socket
     def blocks_stored(
-        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: Sequence[int], block_size: int
     ) -> None:
         self._queue.put(BlockStored(tuple(block_hashes), parent_block_hash, tuple(token_ids), block_size))
 

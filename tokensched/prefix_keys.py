@@ -34,7 +34,7 @@ exact too, at the cost of one membership test per cut block.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import compress, repeat
 from operator import not_
 
@@ -155,7 +155,7 @@ class PrefixKeys:
 
     # ---------------------------------------------------------- pool side
     def blocks_stored(
-        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: Sequence[int], block_size: int
     ) -> None:
         if self._matched:
             self._stored += block_hashes

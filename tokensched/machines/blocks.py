@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tokensched.errors import CapacityError, IllegalTransition, InvariantViolation
+from tokensched.int_column import IntColumn
 from tokensched.machines.eviction import EvictionPolicy, LRUEviction
 
 NO_RUN: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
@@ -96,12 +97,15 @@ class BlockPoolListener(Protocol):
     ``blocks_stored``: blocks ``block_hashes`` (a chain, in order) became
     findable; ``parent_block_hash`` is the hash of the block before the first
     one, or None when the first one starts its request's prompt; ``token_ids``
-    holds ``block_size`` tokens per block. ``blocks_removed``: those hashes are
+    holds ``block_size`` tokens per block (for a long run an
+    :class:`~tokensched.int_column.IntColumn`, which builds its list only when
+    read, so a listener that ignores the tokens, like the PrefixAware queue's,
+    costs no 200k-item list). ``blocks_removed``: those hashes are
     no longer findable. ``all_cleared``: nothing is findable any more.
     """
 
     def blocks_stored(
-        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: Sequence[int], block_size: int
     ) -> None: ...
 
     def blocks_removed(self, block_hashes: list[int]) -> None: ...
@@ -118,7 +122,7 @@ class ListenerFanOut:
         self.listeners = tuple(listeners)
 
     def blocks_stored(
-        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: list[int], block_size: int
+        self, block_hashes: list[int], parent_block_hash: int | None, token_ids: Sequence[int], block_size: int
     ) -> None:
         for listener in self.listeners:
             listener.blocks_stored(block_hashes, parent_block_hash, token_ids, block_size)
@@ -707,7 +711,10 @@ class BlockPool:
                 end += 1
             lo, hi = stored[start], stored[end - 1] + 1
             parent = parent_hash if lo == 0 else hashes[lo - 1]
-            self.listener.blocks_stored(list(hashes[lo:hi]), parent, values[lo:hi].ravel().tolist(), self.block_size)
+            run = values[lo:hi].reshape(-1)
+            # a long run's tokens as a lazy column: a list only for a listener that reads them
+            tokens = IntColumn([run.copy()]) if hi - lo >= self.bulk_from else run.tolist()
+            self.listener.blocks_stored(list(hashes[lo:hi]), parent, tokens, self.block_size)
             start = end
 
     def clear_cache(self) -> int:
