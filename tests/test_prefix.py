@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult, prompt_match
 from tokensched.errors import IllegalTransition
+from tokensched.int_column import IntColumn
 from tokensched.machines.blocks import BlockPool, BlockState
 from tokensched.machines.prefix import BlockHasher, shared_prefix_blocks
 from tokensched.policies import PrefixAwarePolicy
@@ -214,6 +215,21 @@ def test_scheduler_publishes_a_prompts_chain_once() -> None:
     run(s)
     stored = [e for e in recorder.events if e[0] == "stored"]
     assert stored == [("stored", tuple(_chain(s, range(1, 9))), None, tuple(range(1, 9)), 4)]
+
+
+def test_a_long_runs_stored_event_carries_its_tokens_as_a_lazy_column() -> None:
+    """A run of bulk_from blocks or more hands a column that builds no list until read, with the same tokens."""
+    recorder, seen = Recorder(), []
+    config = SchedulerConfig(num_blocks=256, block_size=4, max_batched_tokens=512, max_model_len=1024)
+    s = Scheduler(config, clock=lambda: 0.0, listener=recorder)
+    stored = recorder.blocks_stored
+    recorder.blocks_stored = lambda h, p, t, b: (seen.append(t), stored(h, p, t, b))  # type: ignore[method-assign, func-returns-value]
+    prompt = range(1, 4 * s.pool.bulk_from + 2)
+    s.submit(RequestSpec(request_id="a", prompt_token_ids=list(prompt), max_tokens=1))
+    run(s)
+    assert any(isinstance(t, IntColumn) for t in seen)
+    events = [e for e in recorder.events if e[0] == "stored"]
+    assert events == [("stored", tuple(_chain(s, prompt[: 4 * s.pool.bulk_from])), None, tuple(prompt[:-1]), 4)]
 
 
 def _chain(s: Scheduler, tokens: range) -> list[int]:
