@@ -7,10 +7,12 @@ the run ``tokensched bench --levels 2.5M --duration 3600 --warmup 300 --policies
 ratio of simulated to CPU time, and the load the window actually offered
 (CPU time, because the machine may be shared). ``--profile N`` prints the N
 most expensive functions of each run by own time instead (cProfile slows the
-run ~2x; read shares, not times). ``PYTHONPATH=<older checkout>`` measures a
-before with the same script.
+run ~2x; read shares, not times); ``--split`` also prints the CPU seconds spent
+in single steps (``Engine.step``) and in multi-step decode runs
+(``Engine.step_run``) with their step counts. ``PYTHONPATH=<older checkout>``
+measures a before with the same script.
 
-    .venv/bin/python bench/bench_sim_hour.py [trtllm retain ...] [--duration 3600] [--profile 30]
+    .venv/bin/python bench/bench_sim_hour.py [trtllm retain ...] [--duration 3600] [--profile 30] [--split]
 """
 
 from __future__ import annotations
@@ -18,13 +20,36 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import time
+from collections.abc import Callable
+from typing import Any
 
 import tokensched
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.run import run_bench
+from tokensched.engine import Engine
 
 DEFAULT_POLICIES = [p for p in PROFILES if p != "sglang"]  # sglang (TP4) does not fit: the published OOM
+
+
+def time_engine_calls() -> dict[str, list[float]]:
+    """Wrap Engine.step and Engine.step_run to add up their CPU seconds and the steps they made."""
+    totals: dict[str, list[float]] = {"single steps": [0.0, 0], "runs": [0.0, 0]}
+
+    def timed(method: Callable[..., Any], key: str, count: Callable[[Any], int]) -> Callable[..., Any]:
+        def wrapper(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            out = method(self, *args, **kwargs)
+            totals[key][0] += time.process_time() - start
+            totals[key][1] += count(out)
+            return out
+
+        return wrapper
+
+    Engine.step = timed(Engine.step, "single steps", lambda out: 1)  # type: ignore[method-assign]
+    Engine.step_run = timed(Engine.step_run, "runs", lambda out: len(out) if out else 0)  # type: ignore[method-assign]
+    return totals
 
 
 def main() -> None:
@@ -33,9 +58,14 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3600.0, help="end of the measured arrivals (s)")
     parser.add_argument("--warmup", type=float, default=300.0)
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions instead")
+    parser.add_argument("--split", action="store_true", help="CPU s in single steps and in decode runs")
     args = parser.parse_args()
     print(f"tokensched from {tokensched.__file__}")
+    totals = time_engine_calls() if args.split else None
     for policy in args.policies:
+        if totals is not None:
+            for parts in totals.values():
+                parts[:] = [0.0, 0]
         config = BenchConfig(policy=policy, duration_s=args.duration, warmup_s=args.warmup, drain_s=30, kv_dtype="fp8")
         profiler = cProfile.Profile() if args.profile else None
         if profiler is not None:
@@ -49,6 +79,8 @@ def main() -> None:
             f"offered {result.metrics.tpm / 1e6:.2f}M TPM  {run.num_steps:,} steps",
             flush=True,
         )
+        if totals is not None:
+            print("   ", "  ".join(f"{key}: {cpu:.2f} s for {int(n):,} steps" for key, (cpu, n) in totals.items()))
         if profiler is not None:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
 
