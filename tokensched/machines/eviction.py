@@ -205,12 +205,7 @@ class LRUEviction:
                 if seq[block] == start + i - 1:
                     seq[block] = -1
                     self._n -= 1
-                    self._entries -= i - self._front
-                    if i == n:
-                        runs.popleft()
-                        self._front = 0
-                    else:
-                        self._front = i
+                    self._consumed(i, n)
                     return block
             self._consumed(n, n)
 
