@@ -436,24 +436,48 @@ class CostModel:
             draft_fixed = self._draft_coll * e.allreduce_latency_s + self.draft.num_layers * e.layer_overhead_s
             self._f_draft_net = (self._draft_net / e.network, draft_fixed)
 
+    def count_terms(self, num_requests: int, num_tokens: int) -> tuple[float, float, float, float]:
+        """The parts of :meth:`step_time` that depend on the counts only: (base, DP share, MLP, MoE).
+
+        ``base`` is the fixed overhead, the network and the projections (the
+        attention terms are added to it next); MLP and MoE are 0.0 for a model
+        without those layers.
+        """
+        t = num_tokens
+        share = 1.0 if self._dp_ranks == 1 else self.dp_share(num_requests)
+        dense_net, moe_net = self._f_net
+        proj_c, proj_m = self._f_proj
+        proj_c *= share
+        base = self._f_const + t * (dense_net + (moe_net * share if self._a2a else moe_net))
+        base += t * proj_c if t * proj_c > proj_m else proj_m
+        mlp = moe = 0.0
+        if self.num_dense_layers:
+            c, m = self._f_mlp
+            mlp = t * c if t * c > m else m
+        if self.num_moe_layers:
+            always_c, routed_c, always_m, per_expert = self._f_moe
+            imb = self._imbalance(t) if self._ep_ranks > 1 else 1.0
+            touched = self.experts_touched(t) * imb
+            if touched > self._num_experts:
+                touched = self._num_experts
+            c, m = t * (always_c + routed_c * imb), always_m + touched * per_expert
+            moe = c if c > m else m
+        return base, share, mlp, moe
+
     def step_time(self, shape: BatchShape) -> float:
         """Modelled seconds of one step of the target model, fixed overhead included.
 
         Equal to ``time_from_terms(terms(shape)) + step_overhead_s``, evaluated
         from precomputed whole-model constants: this runs once per simulated step.
-        :class:`~tokensched_sim.decode_cost.DecodeCost` repeats its decode-only
-        arithmetic for multi-step runs: change both (``tests/sim/test_decode_cost.py``
+        The terms that depend only on the counts come from :meth:`count_terms`,
+        which :class:`~tokensched_sim.decode_cost.DecodeCost` caches for
+        multi-step runs and adds in this order (``tests/sim/test_decode_cost.py``
         checks them equal to the bit).
         """
         t = shape.num_tokens
         if not t:
             return 0.0
-        share = 1.0 if self._dp_ranks == 1 else self.dp_share(shape.num_requests)
-        dense_net, moe_net = self._f_net
-        proj_c, proj_m = self._f_proj
-        proj_c *= share
-        total = self._f_const + t * (dense_net + (moe_net * share if self._a2a else moe_net))
-        total += t * proj_c if t * proj_c > proj_m else proj_m
+        total, share, mlp, moe = self.count_terms(shape.num_requests, t)
         pre_c, ctx_c, dec_c = self._f_attn
         kv = self._f_kv * share
         if shape.prefill_pairs:
@@ -463,17 +487,8 @@ class CostModel:
         if shape.decode_pairs:
             c, m = shape.decode_pairs * dec_c * share, shape.decode_kv_tokens * kv
             total += c if c > m else m
-        if self.num_dense_layers:
-            c, m = self._f_mlp
-            total += t * c if t * c > m else m
-        if self.num_moe_layers:
-            always_c, routed_c, always_m, per_expert = self._f_moe
-            imb = self._imbalance(t) if self._ep_ranks > 1 else 1.0
-            touched = self.experts_touched(t) * imb
-            if touched > self._num_experts:
-                touched = self._num_experts
-            c, m = t * (always_c + routed_c * imb), always_m + touched * per_expert
-            total += c if c > m else m
+        total += mlp  # 0.0 without the layers: adding it is exact
+        total += moe
         if shape.num_logits:
             c, m = self._f_head
             total += shape.num_logits * c if shape.num_logits * c > m else m

@@ -8,7 +8,9 @@ the MoE with its expected experts touched, the lm_head), which repeat from
 step to step. Only the decode attention term moves with the context.
 
 :class:`DecodeCost` caches, per ``(rows, tokens)``, the partial sum before
-the attention term and each term after it, and adds them in the order
+the attention term and each term after it (computed by the model's own
+:meth:`CostModel.count_terms <tokensched_sim.cost.CostModel.count_terms>`,
+which ``step_time`` uses too), and adds them in the order
 ``step_time`` does, so the result is the same float (not merely close):
 ``tests/sim/test_decode_cost.py`` checks equality with
 ``step_time(BatchShape.decodes(...))`` and ``draft_time`` on random shapes
@@ -88,24 +90,7 @@ class DecodeCost:
     def _parts_of(self, n: int, t: int) -> _Parts:
         """The terms of ``step_time`` that depend on the counts only; adding 0.0 for an absent term is exact."""
         model = self.model
-        share = 1.0 if model._dp_ranks == 1 else model.dp_share(n)
-        dense_net, moe_net = model._f_net
-        proj_c, proj_m = model._f_proj
-        proj_c *= share
-        base = model._f_const + t * (dense_net + (moe_net * share if model._a2a else moe_net))
-        base += t * proj_c if t * proj_c > proj_m else proj_m
-        mlp = moe = 0.0
-        if model.num_dense_layers:
-            c, m = model._f_mlp
-            mlp = t * c if t * c > m else m
-        if model.num_moe_layers:
-            always_c, routed_c, always_m, per_expert = model._f_moe
-            imb = model._imbalance(t) if model._ep_ranks > 1 else 1.0
-            touched = model.experts_touched(t) * imb
-            if touched > model._num_experts:
-                touched = model._num_experts
-            c, m = t * (always_c + routed_c * imb), always_m + touched * per_expert
-            moe = c if c > m else m
+        base, share, mlp, moe = model.count_terms(n, t)
         c, m = model._f_head  # a decode step samples every token it computes: num_logits == num_tokens
         head = t * c if t * c > m else m
         return base, model._f_attn[2], share, model._f_kv * share, mlp, moe, head
