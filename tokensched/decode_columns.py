@@ -5,7 +5,7 @@ Why: in steady decoding every running request does the same thing each step
 request in Python that costs microseconds a request; done over columns it
 costs a few numpy calls a step. :class:`DecodeColumns` holds the running
 decodes as arrays (position, slot of that position, last token, length limit,
-eos id, prompt length, cached tokens) and a small matrix of tokens sampled
+eos id, output count less the position, cached tokens) and a small matrix of tokens sampled
 since the last flush.
 
 The typed machines stay the single source of truth for everything structural:
@@ -93,7 +93,6 @@ class DecodeColumns:
         "out_base",
         "pending",
         "pos",
-        "prompt_len",
         "requests",
         "slot",
         "states",
@@ -130,8 +129,8 @@ class DecodeColumns:
             (min(r.num_prompt_tokens + r.max_tokens, max_model_len) for r in requests), np.int64, n
         )
         self.eos: I64 = np.fromiter((-1 if r.eos_token_id is None else r.eos_token_id for r in requests), np.int64, n)
-        self.prompt_len: I64 = np.fromiter((r.num_prompt_tokens for r in requests), np.int64, n)
-        self.out_base: I64 = 2 - self.prompt_len  # a row's output count after this step is pos + out_base
+        # a row's output count after this step is pos + out_base (two past the position, less the prompt)
+        self.out_base: I64 = 2 - np.fromiter((r.num_prompt_tokens for r in requests), np.int64, n)
         eos_ids = set(self.eos.tolist())
         self.common_eos = eos_ids.pop() if len(eos_ids) == 1 else None  # one id for all: test the list for it
         self.cached: I64 = np.fromiter((r.num_cached_tokens for r in requests), np.int64, n)
@@ -278,7 +277,6 @@ class DecodeColumns:
         self.last = self.last[mask]
         self.limit = self.limit[mask]
         self.eos = self.eos[mask]
-        self.prompt_len = self.prompt_len[mask]
         self.out_base = self.out_base[mask]
         self.cached = self.cached[mask]
         self.pending = self.pending[mask]

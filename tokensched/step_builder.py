@@ -103,7 +103,7 @@ class StepBuilder:
                 # A prefill chunk: its tokens and slots stay arrays (parts of the plan's lazy columns).
                 first = pos // bs
                 base = np.array(blocks[first : (pos + n - 1) // bs + 1], dtype=np.int64) * bs
-                lane = pos - first * bs
+                lane = pos % bs
                 chunk_slots = (base[:, None] + np.arange(bs, dtype=np.int64)).ravel()[lane : lane + n]
                 if len(chunk_slots) != n:
                     raise IndexError(f"{request.request_id}: positions {pos}..{pos + n - 1} past its block table")
