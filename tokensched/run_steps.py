@@ -53,9 +53,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     if sched.waiting:
         if sched.pool.num_pending:
             return None  # a step in flight frees blocks when it completes: a head may fit then
-        shut = _admission_stays_shut(
-            sched,
-        )
+        shut = _admission_stays_shut(sched)
         if shut is None:
             return None
         shut_until = shut
