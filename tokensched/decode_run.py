@@ -269,8 +269,13 @@ class RunCursor:
             known = size[i] = size[i] + got
             room[i] -= got
             stop = stops[i]
-            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i] or at <= ends[i] - bs:
-                special = True  # a finish, or a rollback of the step's new block
+            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i]:
+                special = True  # a finish
+            elif at <= ends[i] - bs:  # drafts rejected: the blocks past the computed positions go back
+                end = -(-at // bs) * bs
+                self.allocated -= (ends[i] - end) // bs
+                ends[i] = end
+                touched = True
             elif (at + 1) // bs > before // bs:
                 touched = True  # a block's tokens all known (hashed) or all computed (committed)
             if proposals is not None:

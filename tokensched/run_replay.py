@@ -115,8 +115,13 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             known = size[i] = size[i] + got
             room[i] -= got
             stop = stops[i]
-            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i] or at <= ends[i] - bs:
+            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i]:
                 special = True
+            elif at <= ends[i] - bs:
+                end = -(-at // bs) * bs
+                cursor.allocated -= (ends[i] - end) // bs
+                ends[i] = end
+                touched = True
             elif (at + 1) // bs > before // bs:
                 touched = True
             if proposed is not None:

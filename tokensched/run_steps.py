@@ -307,6 +307,7 @@ def _apply_steps(
     drafts: list[list[int] | None] = [None] * len(rows)
     touched = set(cursor.touched)
     allocs = cursor.allocs
+    planned = cursor.planned
     pending = pool.num_pending  # only step_completed and a touched step's per-request code change it here
     groups = [run.group(g) for g in range(depth)]
     for j in range(bulk):
@@ -333,6 +334,8 @@ def _apply_steps(
                 sched._commit_fills(fills)
             outputs.append(told)
             pending = pool.num_pending
+            if sched._truncated and j + depth in planned:
+                sched._truncated = {}  # the plan of step j + depth carried the rolled-back rows' tables
         else:
             out: list[RequestOutput] = []
             for slot, i in enumerate(group):
