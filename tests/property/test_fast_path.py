@@ -612,3 +612,43 @@ def test_cursor_gives_back_a_rolled_back_block_and_plans_it_again() -> None:
     assert cursor.ends == [4] and cursor.allocated == 0 and cursor.touched == [0] and not cursor.special
     assert cursor.plan(1) == [[4, 5, 6]]
     assert cursor.ends == [8] and cursor.allocated == 1 and cursor.allocs[1] == [(0, 1)]
+
+
+def test_a_run_result_with_a_bad_step_after_a_rollback_changes_nothing() -> None:
+    """The run's result is checked whole before the rollback inside it is applied: a bad token in a later step
+    is refused and leaves the pool (the rolled-back block still held), the requests and the clock as they were."""
+    engine = build(3, 1, 60, 64, True, 5)
+    scheduler, executor = engine.scheduler, engine.executor
+    assert isinstance(executor, SimExecutor)
+    for _at, spec, answer in traffic([(0.0, 20, 200, 0, 0), (0.0, 12, 180, 0, 0)]):
+        executor.tokens._lengths[spec.request_id] = answer  # type: ignore[index]
+        scheduler.submit(spec)
+    for _ in range(200):
+        run = scheduler.plan_run(64, cross_blocks=True)
+        if run is None:
+            engine.step()
+            continue
+        result = executor.launch_run(run, float("inf"))
+        cursor = RunCursor(run)
+        cursor.plan(0)
+        rolled = -1
+        for j, sampled in enumerate(result.sampled_token_ids[:-1]):
+            ends = list(cursor.ends)
+            cursor.take(j, sampled, result.draft_token_ids[j])
+            if rolled < 0 and any(a < b for a, b in zip(cursor.ends, ends, strict=True)):
+                rolled = j
+            cursor.plan(j + 1)
+        if rolled >= 0:
+            break
+        scheduler.complete_run(result)
+    else:
+        raise AssertionError("no run rolled back a block before its last step")
+    before = checkpoint(engine)
+    last = [[list(row) for row in step] for step in result.sampled_token_ids]
+    last[-1][0][-1] = -1
+    bad = RunResult(result.first_step_id, last, result.draft_token_ids, result.elapsed, result.end_times)
+    with pytest.raises(InvalidRequest, match=f"step {result.first_step_id + len(last) - 1}: request"):
+        scheduler.complete_run(bad)
+    assert checkpoint(engine) == before
+    assert len(scheduler.complete_run(result)) == len(result.sampled_token_ids)
+    scheduler.check_invariants()
