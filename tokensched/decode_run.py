@@ -63,6 +63,7 @@ proposed by the previous step, at most ``num_speculative_tokens`` and at most
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import attrs
 
@@ -85,7 +86,10 @@ class DecodeRun:
     ``num_computed_tokens[i]`` is row ``i``'s first input position and
     ``last_token_ids[i]`` its token; ``draft_token_ids[i]`` the drafts its
     first step verifies (before the cap of :meth:`RunCursor.plan`);
-    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
+    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``
+    (read them while the run is out: the run holds the rows' own block lists,
+    not copies, since an executor that takes runs rarely reads them and a long
+    context holds thousands; :meth:`Scheduler.complete_run` lets go of them);
     ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
     tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
     ids that finish it (EOS included). ``removed_request_ids`` and
@@ -120,7 +124,7 @@ class DecodeRun:
     num_computed_tokens: list[int]
     last_token_ids: list[int]
     draft_token_ids: list[list[int]]
-    block_tables: list[tuple[int, ...]]
+    _block_tables: Sequence[Sequence[int]] | None  # the rows' own lists (no copy); None once the run is completed
     block_end: list[int]
     room: list[int]
     length_limit: list[int]
@@ -143,6 +147,18 @@ class DecodeRun:
         if not groups:
             return self._every_row
         return groups[j % len(groups)]
+
+    @property
+    def block_tables(self) -> list[tuple[int, ...]]:
+        """Each row's blocks as the run's first new step has them; raises InvalidRequest once it is completed."""
+        tables = self._block_tables
+        if tables is None:
+            raise InvalidRequest(f"run from step {self.first_step_id}: block_tables read after complete_run")
+        return [tuple(blocks) for blocks in tables]
+
+    def let_go_of_tables(self) -> None:
+        """Drop the reference to the rows' block lists (they move on once the run is applied)."""
+        object.__setattr__(self, "_block_tables", None)
 
     @property
     def depth(self) -> int:

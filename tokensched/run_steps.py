@@ -125,10 +125,9 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     if cursor.allocs:  # the steps planned now take their blocks now, as plan() would
         for s in sorted(cursor.allocs):
             for i, count in cursor.allocs[s]:
-                state = _grow(pool, rows[i], count)
-                tables[i] = tuple(state.blocks)
+                state = _grow(pool, rows[i], count)  # grows tables[i], the row's own list
                 ends[i] = len(state.blocks) * sched._bs
-        run = attrs.evolve(run, block_tables=tables, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
+        run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
     sched._removed.clear()
     sched._truncated = {}
     sched._run = (run, rows)
@@ -142,7 +141,7 @@ def _run_columns(
         list[int],
         list[int],
         list[list[int]],
-        list[tuple[int, ...]],
+        list[list[int]],
         list[int],
         list[int],
         list[int],
@@ -157,7 +156,7 @@ def _run_columns(
     pos_l: list[int] = []
     last: list[int] = []
     drafts: list[list[int]] = []
-    tables: list[tuple[int, ...]] = []
+    tables: list[list[int]] = []
     ends: list[int] = []
     rooms: list[int] = []
     limits: list[int] = []
@@ -178,7 +177,7 @@ def _run_columns(
         pos_l.append(pos)
         last.append(r.last_token)
         drafts.append(list(r.draft_tokens))
-        tables.append(tuple(blocks))
+        tables.append(blocks)
         ends.append(len(blocks) * bs)
         rooms.append(room)
         limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
@@ -252,6 +251,7 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
     depth = run.depth
     cursor = replay(run, result)  # validates whole: raises before anything changes
     sched._run = None
+    run.let_go_of_tables()
     special = cursor.special
     bulk = count - 1 if special else count
     outputs: list[Sequence[RequestOutput]] = []

@@ -652,3 +652,14 @@ def test_a_run_result_with_a_bad_step_after_a_rollback_changes_nothing() -> None
     assert checkpoint(engine) == before
     assert len(scheduler.complete_run(result)) == len(result.sampled_token_ids)
     scheduler.check_invariants()
+
+
+def test_a_runs_block_tables_are_read_while_it_is_out() -> None:
+    engine, run = _a_run()
+    request = engine.scheduler.running["a"]
+    assert isinstance(request.state, Decoding)
+    assert run.block_tables == [tuple(request.state.blocks)]
+    result = engine.executor.launch_run(run, float("inf"))  # type: ignore[attr-defined]
+    engine.scheduler.complete_run(result)
+    with pytest.raises(InvalidRequest, match="block_tables read after complete_run"):
+        _ = run.block_tables
