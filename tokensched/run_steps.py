@@ -299,6 +299,7 @@ def _apply_steps(
     first = run.first_step_id
     ids = run.request_ids
     pool = sched.pool
+    bs = sched._bs
     depth = run.depth
     counts = [r.num_output_tokens for r in rows]
     cached = [r.num_cached_tokens for r in rows]
@@ -314,22 +315,37 @@ def _apply_steps(
         sampled = result.sampled_token_ids[j]
         proposed = result.draft_token_ids[j]
         group = groups[j % depth]
-        if j in touched:
-            for i in group:
-                _catch_up(sched, rows[i], new[i], drafts[i], first + last_step[i])
-                new[i] = []
-                drafts[i] = None
+        if j in touched:  # the rows that fill, hash or roll back a block go through the per-request code
             members = [rows[i] for i in group]
-            ns = _mark_planned(members, cursor.planned[j], first + j)
+            verified = cursor.planned[j]
+            ns = [1 + len(d) for d in verified]
             step = Step(first + j, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
             row_result = StepResult(first + j, sampled, proposed, None, result.elapsed[j])
             now = sched.clock()
             told: list[RequestOutput] = []
             fills: list[Request] = []
             for slot, i in enumerate(group):
-                sched._apply_row(slot, rows[i], step, row_result, now, told, fills)
-                counts[i] = rows[i].num_output_tokens
-                last_step[i] = -1  # applied: nothing to catch up
+                request = rows[i]
+                tokens = sampled[slot]
+                state = request.state
+                assert type(state) is Decoding
+                before = state.num_computed + len(new[i])  # its tokens not yet caught up included
+                at = before + len(tokens)
+                if (at + 1) // bs > before // bs or at <= (len(state.blocks) - 1) * bs:
+                    _catch_up(sched, request, new[i], drafts[i], first + last_step[i])
+                    new[i] = []
+                    drafts[i] = None
+                    _mark_planned([request], [verified[slot]], first + j)
+                    sched._apply_row(slot, request, step, row_result, now, told, fills)
+                    counts[i] = request.num_output_tokens
+                    last_step[i] = -1  # applied: nothing to catch up
+                else:  # only appends tokens, as in a plain step
+                    count = counts[i] = counts[i] + len(tokens)
+                    new[i] += tokens
+                    last_step[i] = j
+                    told.append(RequestOutput(ids[i], tokens, None, None, count, cached[i]))
+                    if proposed is not None:
+                        drafts[i] = proposed[slot]
             if fills:
                 sched._commit_fills(fills)
             outputs.append(told)
