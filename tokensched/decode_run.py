@@ -27,10 +27,10 @@ and any executor with a ``launch_run`` method, see
 2. The executor plans step ``j + depth`` when step ``j`` completes, as the
    single steps would: if :meth:`RunCursor.plan` allows it (the drafts each
    row verifies, capped as the scheduler caps them; None after a step that
-   finished a row or rolled back a block, at ``max_steps``, once the run's
-   new blocks would leave the free blocks short, and, without
-   ``cross_blocks``, once a row would need a block it does not hold or after
-   a step that filled or hashed one) and its clock is still before the
+   finished a row, at ``max_steps``, once the run's new blocks would leave
+   the free blocks short, and, without ``cross_blocks``, once a row would
+   need a block it does not hold or after a step that filled, hashed or
+   rolled back one) and its clock is still before the
    caller's ``until`` (the next arrival or metrics sample: the moments the
    caller acts between steps) and before ``admission_shut_until``. It
    returns the completed steps as a :class:`RunResult` (with two groups the
@@ -38,10 +38,12 @@ and any executor with a ``launch_run`` method, see
 3. ``complete_run()`` replays the same cursor over the result to validate
    it whole (a bad result changes nothing), then applies the steps in
    single-step order: the steps that only appended tokens in one pass per
-   request, a step that filled or hashed a block through the per-request
-   code (its rows brought up to date first), the blocks a step's plan needs
+   request, the rows of a step that filled, hashed or rolled back a block
+   through the per-request code (brought up to date first; a rollback gives
+   the block back to the free list there, as the single step does, and the
+   next step's plan may take it again), the blocks a step's plan needs
    right after the step whose completion planned it, and a final step that
-   finished a request or rolled back a block through :meth:`complete
+   finished a request through :meth:`complete
    <tokensched.scheduler.Scheduler.complete>`. The state afterwards is the
    state the single steps would have left (pool, index, eviction order and
    KV events included): the property tests in
@@ -100,13 +102,16 @@ class DecodeRun:
     whose row needs a new block plans it (the scheduler allocates it when the
     run completes, in the order single steps would have, so an executor that
     needs block ids before the step cannot take such a run: it plans with
-    ``cross_blocks=False``), and a step that fills or hashes a block is
-    applied by the per-request code inside the run. A step after the first
+    ``cross_blocks=False``), and a step that fills or hashes a block, or
+    rolls one back (drafts that took a new block were rejected: the block
+    goes back to the free list), is applied by the per-request code inside
+    the run. A step after the first
     ``depth`` may start only while the run's steps have allocated at most
     ``spare_blocks`` blocks (more, and the free blocks would be short of one
     step's worst case plus a block a row: single steps would serve the
-    running set by victim key). Without it the run ends before a row needs a
-    new block and with a step that fills or hashes one. A run crosses blocks
+    running set by victim key); a rolled-back block counts as given back.
+    Without it the run ends before a row needs a new block and with a step
+    that fills, hashes or rolls back one. A run crosses blocks
     only when that cannot change admission: nothing waits, or the policy is
     static and no session is retained (a run only takes free blocks away).
 
@@ -217,11 +222,11 @@ class RunCursor:
         self.size = [p + 1 for p in self.pos]  # tokens known
         self.room = list(run.room)
         self.drafts = [list(d) for d in run.draft_token_ids]
-        self.special = False  # a step finished a row or rolled back a block (or, not crossing, reached one's end)
+        self.special = False  # a step finished a row (or, not crossing, filled, hashed or rolled back a block)
         self.planned: dict[int, list[list[int]]] = {}  # step -> the drafts each row of its group verifies
-        self.allocated = 0  # blocks the run's steps allocated so far
+        self.allocated = 0  # blocks the run's steps allocated so far, less those rolled back
         self.allocs: dict[int, list[tuple[int, int]]] = {}  # step -> (row, blocks) its plan allocates, in row order
-        self.touched: list[int] = []  # steps that filled or hashed a block (the per-request code applies them)
+        self.touched: list[int] = []  # steps that filled, hashed or rolled back a block (per-request code for those)
 
     def plan(self, j: int) -> list[list[int]] | None:
         """The drafts each row of step ``j``'s group verifies, or None when the run ends before step ``j``."""

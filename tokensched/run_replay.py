@@ -3,8 +3,8 @@
 Why: :meth:`Scheduler.complete_run <tokensched.scheduler.Scheduler.complete_run>`
 must refuse a malformed :class:`~tokensched.decode_run.RunResult` whole, and
 learn from it what the scheduler's single steps would have done (the drafts
-each step verified, the blocks each step's plan took, the steps that filled
-a block, whether the last one finished a row or rolled back a block). The
+each step verified, the blocks each step's plan took, the steps that filled,
+hashed or rolled back a block, whether the last one finished a row). The
 reference for all of that is a :class:`~tokensched.decode_run.RunCursor`
 replayed over the result with ``check=True`` (:func:`reference_replay`).
 On the bench's workloads a run holds a few rows and ~16 steps, so that

@@ -288,11 +288,13 @@ def _apply_steps(
     """Apply the first ``bulk`` steps of ``result`` (none of which finished a row) in single-step order.
 
     Steps that only appended tokens are gathered per row and applied in
-    one pass; a step that filled or hashed a block first brings its rows
-    up to date and then goes through :meth:`_apply_row` and
-    :meth:`_commit_fills`, and the blocks a later step's plan needs are
-    allocated right after the step whose completion planned it, so the
-    pool sees the single steps' commits and allocations in their order.
+    one pass; in a step that filled, hashed or rolled back a block, the rows
+    that did are brought up to date and go through :meth:`_apply_row` (which
+    gives a rolled-back block back to the pool, as the single step does) and
+    :meth:`_commit_fills`, the others append as in a plain step; the blocks
+    a later step's plan needs are allocated right after the step whose
+    completion planned it, so the pool sees the single steps' commits,
+    releases and allocations in their order.
     """
     if not bulk:
         return
