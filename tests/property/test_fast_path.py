@@ -384,9 +384,12 @@ def drive(
 
 
 def checkpoint(engine: Engine) -> Any:
+    """The state compared after the same steps: pool, requests, counters, and what the next plan will tell
+    the executor (requests removed, block tables truncated by a rollback)."""
     s = engine.scheduler
     stats = s.stats()
-    return s.steps.next_step_id, pool_key(s), request_key(s), stats, engine.executor.stats  # type: ignore[attr-defined]
+    told = list(s._removed), dict(s._truncated)
+    return s.steps.next_step_id, pool_key(s), request_key(s), stats, engine.executor.stats, told  # type: ignore[attr-defined]
 
 
 @settings(
