@@ -27,10 +27,10 @@ and any executor with a ``launch_run`` method, see
 2. The executor plans step ``j + depth`` when step ``j`` completes, as the
    single steps would: if :meth:`RunCursor.plan` allows it (the drafts each
    row verifies, capped as the scheduler caps them; None after a step that
-   finished a row or rolled back a block, at ``max_steps``, once the run's
-   new blocks would leave the free blocks short, and, without
-   ``cross_blocks``, once a row would need a block it does not hold or after
-   a step that filled or hashed one) and its clock is still before the
+   finished a row, at ``max_steps``, once the run's new blocks would leave
+   the free blocks short, and, without ``cross_blocks``, once a row would
+   need a block it does not hold or after a step that filled, hashed or
+   rolled back one) and its clock is still before the
    caller's ``until`` (the next arrival or metrics sample: the moments the
    caller acts between steps) and before ``admission_shut_until``. It
    returns the completed steps as a :class:`RunResult` (with two groups the
@@ -38,10 +38,12 @@ and any executor with a ``launch_run`` method, see
 3. ``complete_run()`` replays the same cursor over the result to validate
    it whole (a bad result changes nothing), then applies the steps in
    single-step order: the steps that only appended tokens in one pass per
-   request, a step that filled or hashed a block through the per-request
-   code (its rows brought up to date first), the blocks a step's plan needs
+   request, the rows of a step that filled, hashed or rolled back a block
+   through the per-request code (brought up to date first; a rollback gives
+   the block back to the free list there, as the single step does, and the
+   next step's plan may take it again), the blocks a step's plan needs
    right after the step whose completion planned it, and a final step that
-   finished a request or rolled back a block through :meth:`complete
+   finished a request through :meth:`complete
    <tokensched.scheduler.Scheduler.complete>`. The state afterwards is the
    state the single steps would have left (pool, index, eviction order and
    KV events included): the property tests in
@@ -63,6 +65,7 @@ proposed by the previous step, at most ``num_speculative_tokens`` and at most
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import attrs
 
@@ -85,7 +88,10 @@ class DecodeRun:
     ``num_computed_tokens[i]`` is row ``i``'s first input position and
     ``last_token_ids[i]`` its token; ``draft_token_ids[i]`` the drafts its
     first step verifies (before the cap of :meth:`RunCursor.plan`);
-    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
+    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``
+    (read them while the run is out: the run holds the rows' own block lists,
+    not copies, since an executor that takes runs rarely reads them and a long
+    context holds thousands; :meth:`Scheduler.complete_run` lets go of them);
     ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
     tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
     ids that finish it (EOS included). ``removed_request_ids`` and
@@ -96,13 +102,16 @@ class DecodeRun:
     whose row needs a new block plans it (the scheduler allocates it when the
     run completes, in the order single steps would have, so an executor that
     needs block ids before the step cannot take such a run: it plans with
-    ``cross_blocks=False``), and a step that fills or hashes a block is
-    applied by the per-request code inside the run. A step after the first
+    ``cross_blocks=False``), and a step that fills or hashes a block, or
+    rolls one back (drafts that took a new block were rejected: the block
+    goes back to the free list), is applied by the per-request code inside
+    the run. A step after the first
     ``depth`` may start only while the run's steps have allocated at most
     ``spare_blocks`` blocks (more, and the free blocks would be short of one
     step's worst case plus a block a row: single steps would serve the
-    running set by victim key). Without it the run ends before a row needs a
-    new block and with a step that fills or hashes one. A run crosses blocks
+    running set by victim key); a rolled-back block counts as given back.
+    Without it the run ends before a row needs a new block and with a step
+    that fills, hashes or rolls back one. A run crosses blocks
     only when that cannot change admission: nothing waits, or the policy is
     static and no session is retained (a run only takes free blocks away).
 
@@ -120,7 +129,7 @@ class DecodeRun:
     num_computed_tokens: list[int]
     last_token_ids: list[int]
     draft_token_ids: list[list[int]]
-    block_tables: list[tuple[int, ...]]
+    _block_tables: Sequence[Sequence[int]] | None  # the rows' own lists (no copy); None once the run is completed
     block_end: list[int]
     room: list[int]
     length_limit: list[int]
@@ -143,6 +152,18 @@ class DecodeRun:
         if not groups:
             return self._every_row
         return groups[j % len(groups)]
+
+    @property
+    def block_tables(self) -> list[tuple[int, ...]]:
+        """Each row's blocks as the run's first new step has them; raises InvalidRequest once it is completed."""
+        tables = self._block_tables
+        if tables is None:
+            raise InvalidRequest(f"run from step {self.first_step_id}: block_tables read after complete_run")
+        return [tuple(blocks) for blocks in tables]
+
+    def let_go_of_tables(self) -> None:
+        """Drop the reference to the rows' block lists (they move on once the run is applied)."""
+        object.__setattr__(self, "_block_tables", None)
 
     @property
     def depth(self) -> int:
@@ -201,11 +222,11 @@ class RunCursor:
         self.size = [p + 1 for p in self.pos]  # tokens known
         self.room = list(run.room)
         self.drafts = [list(d) for d in run.draft_token_ids]
-        self.special = False  # a step finished a row or rolled back a block (or, not crossing, reached one's end)
+        self.special = False  # a step finished a row (or, not crossing, filled, hashed or rolled back a block)
         self.planned: dict[int, list[list[int]]] = {}  # step -> the drafts each row of its group verifies
-        self.allocated = 0  # blocks the run's steps allocated so far
+        self.allocated = 0  # blocks the run's steps allocated so far, less those rolled back
         self.allocs: dict[int, list[tuple[int, int]]] = {}  # step -> (row, blocks) its plan allocates, in row order
-        self.touched: list[int] = []  # steps that filled or hashed a block (the per-request code applies them)
+        self.touched: list[int] = []  # steps that filled, hashed or rolled back a block (per-request code for those)
 
     def plan(self, j: int) -> list[list[int]] | None:
         """The drafts each row of step ``j``'s group verifies, or None when the run ends before step ``j``."""
@@ -269,8 +290,13 @@ class RunCursor:
             known = size[i] = size[i] + got
             room[i] -= got
             stop = stops[i]
-            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i] or at <= ends[i] - bs:
-                special = True  # a finish, or a rollback of the step's new block
+            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i]:
+                special = True  # a finish
+            elif at <= ends[i] - bs:  # drafts rejected: the blocks past the computed positions go back
+                end = -(-at // bs) * bs
+                self.allocated -= (ends[i] - end) // bs
+                ends[i] = end
+                touched = True
             elif (at + 1) // bs > before // bs:
                 touched = True  # a block's tokens all known (hashed) or all computed (committed)
             if proposals is not None:

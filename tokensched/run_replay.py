@@ -3,8 +3,8 @@
 Why: :meth:`Scheduler.complete_run <tokensched.scheduler.Scheduler.complete_run>`
 must refuse a malformed :class:`~tokensched.decode_run.RunResult` whole, and
 learn from it what the scheduler's single steps would have done (the drafts
-each step verified, the blocks each step's plan took, the steps that filled
-a block, whether the last one finished a row or rolled back a block). The
+each step verified, the blocks each step's plan took, the steps that filled,
+hashed or rolled back a block, whether the last one finished a row). The
 reference for all of that is a :class:`~tokensched.decode_run.RunCursor`
 replayed over the result with ``check=True`` (:func:`reference_replay`).
 On the bench's workloads a run holds a few rows and ~16 steps, so that
@@ -115,8 +115,13 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             known = size[i] = size[i] + got
             room[i] -= got
             stop = stops[i]
-            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i] or at <= ends[i] - bs:
+            if (stop and not stop.isdisjoint(tokens)) or known >= limits[i]:
                 special = True
+            elif at <= ends[i] - bs:
+                end = -(-at // bs) * bs
+                cursor.allocated -= (ends[i] - end) // bs
+                ends[i] = end
+                touched = True
             elif (at + 1) // bs > before // bs:
                 touched = True
             if proposed is not None:

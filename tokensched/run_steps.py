@@ -125,10 +125,9 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     if cursor.allocs:  # the steps planned now take their blocks now, as plan() would
         for s in sorted(cursor.allocs):
             for i, count in cursor.allocs[s]:
-                state = _grow(pool, rows[i], count)
-                tables[i] = tuple(state.blocks)
+                state = _grow(pool, rows[i], count)  # grows tables[i], the row's own list
                 ends[i] = len(state.blocks) * sched._bs
-        run = attrs.evolve(run, block_tables=tables, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
+        run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
     sched._removed.clear()
     sched._truncated = {}
     sched._run = (run, rows)
@@ -142,7 +141,7 @@ def _run_columns(
         list[int],
         list[int],
         list[list[int]],
-        list[tuple[int, ...]],
+        list[list[int]],
         list[int],
         list[int],
         list[int],
@@ -157,7 +156,7 @@ def _run_columns(
     pos_l: list[int] = []
     last: list[int] = []
     drafts: list[list[int]] = []
-    tables: list[tuple[int, ...]] = []
+    tables: list[list[int]] = []
     ends: list[int] = []
     rooms: list[int] = []
     limits: list[int] = []
@@ -178,7 +177,7 @@ def _run_columns(
         pos_l.append(pos)
         last.append(r.last_token)
         drafts.append(list(r.draft_tokens))
-        tables.append(tuple(blocks))
+        tables.append(blocks)
         ends.append(len(blocks) * bs)
         rooms.append(room)
         limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
@@ -252,6 +251,7 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
     depth = run.depth
     cursor = replay(run, result)  # validates whole: raises before anything changes
     sched._run = None
+    run.let_go_of_tables()
     special = cursor.special
     bulk = count - 1 if special else count
     outputs: list[Sequence[RequestOutput]] = []
@@ -288,17 +288,20 @@ def _apply_steps(
     """Apply the first ``bulk`` steps of ``result`` (none of which finished a row) in single-step order.
 
     Steps that only appended tokens are gathered per row and applied in
-    one pass; a step that filled or hashed a block first brings its rows
-    up to date and then goes through :meth:`_apply_row` and
-    :meth:`_commit_fills`, and the blocks a later step's plan needs are
-    allocated right after the step whose completion planned it, so the
-    pool sees the single steps' commits and allocations in their order.
+    one pass; in a step that filled, hashed or rolled back a block, the rows
+    that did are brought up to date and go through :meth:`_apply_row` (which
+    gives a rolled-back block back to the pool, as the single step does) and
+    :meth:`_commit_fills`, the others append as in a plain step; the blocks
+    a later step's plan needs are allocated right after the step whose
+    completion planned it, so the pool sees the single steps' commits,
+    releases and allocations in their order.
     """
     if not bulk:
         return
     first = run.first_step_id
     ids = run.request_ids
     pool = sched.pool
+    bs = sched._bs
     depth = run.depth
     counts = [r.num_output_tokens for r in rows]
     cached = [r.num_cached_tokens for r in rows]
@@ -307,32 +310,50 @@ def _apply_steps(
     drafts: list[list[int] | None] = [None] * len(rows)
     touched = set(cursor.touched)
     allocs = cursor.allocs
+    planned = cursor.planned
     pending = pool.num_pending  # only step_completed and a touched step's per-request code change it here
     groups = [run.group(g) for g in range(depth)]
     for j in range(bulk):
         sampled = result.sampled_token_ids[j]
         proposed = result.draft_token_ids[j]
         group = groups[j % depth]
-        if j in touched:
-            for i in group:
-                _catch_up(sched, rows[i], new[i], drafts[i], first + last_step[i])
-                new[i] = []
-                drafts[i] = None
+        if j in touched:  # the rows that fill, hash or roll back a block go through the per-request code
             members = [rows[i] for i in group]
-            ns = _mark_planned(members, cursor.planned[j], first + j)
+            verified = cursor.planned[j]
+            ns = [1 + len(d) for d in verified]
             step = Step(first + j, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
             row_result = StepResult(first + j, sampled, proposed, None, result.elapsed[j])
             now = sched.clock()
             told: list[RequestOutput] = []
             fills: list[Request] = []
             for slot, i in enumerate(group):
-                sched._apply_row(slot, rows[i], step, row_result, now, told, fills)
-                counts[i] = rows[i].num_output_tokens
-                last_step[i] = -1  # applied: nothing to catch up
+                request = rows[i]
+                tokens = sampled[slot]
+                state = request.state
+                assert type(state) is Decoding
+                before = state.num_computed + len(new[i])  # its tokens not yet caught up included
+                at = before + len(tokens)
+                if (at + 1) // bs > before // bs or at <= (len(state.blocks) - 1) * bs:
+                    _catch_up(sched, request, new[i], drafts[i], first + last_step[i])
+                    new[i] = []
+                    drafts[i] = None
+                    _mark_planned([request], [verified[slot]], first + j)
+                    sched._apply_row(slot, request, step, row_result, now, told, fills)
+                    counts[i] = request.num_output_tokens
+                    last_step[i] = -1  # applied: nothing to catch up
+                else:  # only appends tokens, as in a plain step
+                    count = counts[i] = counts[i] + len(tokens)
+                    new[i] += tokens
+                    last_step[i] = j
+                    told.append(RequestOutput(ids[i], tokens, None, None, count, cached[i]))
+                    if proposed is not None:
+                        drafts[i] = proposed[slot]
             if fills:
                 sched._commit_fills(fills)
             outputs.append(told)
             pending = pool.num_pending
+            if sched._truncated and j + depth in planned:
+                sched._truncated = {}  # the plan of step j + depth carried the rolled-back rows' tables
         else:
             out: list[RequestOutput] = []
             for slot, i in enumerate(group):

@@ -685,8 +685,9 @@ class Scheduler:
         """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.
 
         The result is validated whole first (InvalidRequest changes nothing).
-        Steps that only moved counters are applied in one pass per request; a
-        final step that finished a request or reached a block's end goes
+        Steps that only moved counters are applied in one pass per request,
+        the rows of a step that filled, hashed or rolled back a block through
+        the per-request code; a final step that finished a request goes
         through :meth:`complete`, as it would have as a single step. With two
         groups, the step after the last completed one stays open (in flight).
         """

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, currently_in_test_context, given, settings
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
@@ -47,6 +48,12 @@ ops = st.lists(
     min_size=30,
     max_size=80,
 )
+
+
+def event(text: str) -> None:
+    """A hypothesis event when a hypothesis test is running (``drive`` also serves plain tests)."""
+    if currently_in_test_context():
+        hypothesis_event(text)
 
 
 def plan_key(plan: StepPlan | None) -> Any:
@@ -291,10 +298,45 @@ def traffic(items: list[tuple[float, int, int, int, int]]) -> list[tuple[float, 
     return out
 
 
-def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: bool) -> tuple[list[Any], list[Any]]:
-    """Step ``engine`` through ``specs``; returns every step's (end time, outputs) and the state at checkpoints."""
+def count_rollbacks_inside_runs(scheduler: Scheduler) -> list[int]:
+    """Count the rollbacks a run applies before its last step (by the run's own code, not :meth:`complete`).
+
+    Wraps the scheduler's ``_roll_back_blocks`` and ``complete``: a rollback
+    that releases a block while no ``complete`` call is on the stack is one
+    that a run went on across. Returns the one-item counter.
+    """
+    count = [0]
+    completing = [False]
+    roll_back, complete = scheduler._roll_back_blocks, scheduler.complete
+
+    def counting_roll_back(request: Any, state: Any) -> None:
+        held = len(state.blocks)
+        roll_back(request, state)
+        if len(state.blocks) < held and not completing[0]:
+            count[0] += 1
+
+    def flagged_complete(result: StepResult) -> Any:
+        completing[0] = True
+        try:
+            return complete(result)
+        finally:
+            completing[0] = False
+
+    scheduler._roll_back_blocks = counting_roll_back  # type: ignore[method-assign]
+    scheduler.complete = flagged_complete  # type: ignore[method-assign]
+    return count
+
+
+def drive(
+    engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: bool, rollbacks_seen: list[int] | None = None
+) -> tuple[list[Any], list[Any]]:
+    """Step ``engine`` through ``specs``; returns every step's (end time, outputs) and the state at checkpoints.
+
+    ``rollbacks_seen`` gets, per run, how many rollbacks the run applied before its last step.
+    """
     scheduler, executor = engine.scheduler, engine.executor
     assert isinstance(executor, SimExecutor)
+    rollbacks = count_rollbacks_inside_runs(scheduler)
     lengths: dict[str, int] = executor.tokens._lengths  # type: ignore[assignment]
     pending = list(specs)
     steps: list[Any] = []
@@ -331,15 +373,23 @@ def drive(engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: boo
                     event("a run allocated blocks")
                 if sum(map(len, (r.block_hashes for r in running.values()))) > committed:
                     event("a run hashed blocks")
+            if rollbacks[0]:
+                event("a run went on across a rollback")
+            if rollbacks_seen is not None:
+                rollbacks_seen.append(rollbacks[0])
+            rollbacks[0] = 0
             steps.extend((t, list(o)) for t, o in ran)
         marks.append((len(steps), checkpoint(engine)))
     return steps, marks
 
 
 def checkpoint(engine: Engine) -> Any:
+    """The state compared after the same steps: pool, requests, counters, and what the next plan will tell
+    the executor (requests removed, block tables truncated by a rollback)."""
     s = engine.scheduler
     stats = s.stats()
-    return s.steps.next_step_id, pool_key(s), request_key(s), stats, engine.executor.stats  # type: ignore[attr-defined]
+    told = list(s._removed), dict(s._truncated)
+    return s.steps.next_step_id, pool_key(s), request_key(s), stats, engine.executor.stats, told  # type: ignore[attr-defined]
 
 
 @settings(
@@ -528,3 +578,91 @@ def test_runs_match_single_steps_under_retention_with_requests_waiting(
     after = dict(marks_single)
     for applied, mark in marks_multi:
         assert mark == after[applied]
+
+
+def test_runs_go_on_across_rollbacks_and_match_single_steps() -> None:
+    """Speculative decoding rolls back a block whenever a row took one for drafts that were rejected: a run
+    applies that step itself (the block back to the free list, the row's table and the next plan's allocation
+    as single steps leave them) and goes on, ending only at a finish or its bound."""
+    items = [(0.0, 20, 200, 0, 0), (0.0, 12, 180, 0, 0), (0.1, 28, 150, 0, 0)]
+    specs = traffic(items)
+    for in_flight in (1, 2):
+        single = build(3, in_flight, 60, 64, True, 5)
+        multi = build(3, in_flight, 60, 64, True, 5)
+        steps_single, marks_single = drive(single, specs, runs=False)
+        rollbacks: list[int] = []
+        steps_multi, marks_multi = drive(multi, specs, runs=True, rollbacks_seen=rollbacks)
+        assert sum(rollbacks) > 0, "the traffic should roll back blocks inside runs"
+        assert steps_multi == steps_single
+        after = dict(marks_single)
+        for applied, mark in marks_multi:
+            assert mark == after[applied]
+
+
+def test_cursor_gives_back_a_rolled_back_block_and_plans_it_again() -> None:
+    """A row that took a block for drafts and had them rejected holds the block no more (as the scheduler's
+    rollback releases it): the run goes on, the step is applied by the per-request code, and the next step's
+    plan takes a block again (the one just freed, from the end of the free list, as a single step would)."""
+    run = DecodeRun(
+        0, 10, 4, 3, ["a"], (), {}, [3], [9], [[1, 2, 3]], [(0,)], [4], [20], [100], [frozenset({0})],
+        cross_blocks=True,
+        spare_blocks=5,
+    )  # fmt: skip
+    cursor = RunCursor(run)
+    assert cursor.plan(0) == [[1, 2, 3]]  # positions 3..6: one more block
+    assert cursor.ends == [8] and cursor.allocated == 1 and cursor.allocs == {0: [(0, 1)]}
+    assert cursor.take(0, [[7]], [[4, 5, 6]])  # every draft rejected: 4 computed, the new block held nothing
+    assert cursor.ends == [4] and cursor.allocated == 0 and cursor.touched == [0] and not cursor.special
+    assert cursor.plan(1) == [[4, 5, 6]]
+    assert cursor.ends == [8] and cursor.allocated == 1 and cursor.allocs[1] == [(0, 1)]
+
+
+def test_a_run_result_with_a_bad_step_after_a_rollback_changes_nothing() -> None:
+    """The run's result is checked whole before the rollback inside it is applied: a bad token in a later step
+    is refused and leaves the pool (the rolled-back block still held), the requests and the clock as they were."""
+    engine = build(3, 1, 60, 64, True, 5)
+    scheduler, executor = engine.scheduler, engine.executor
+    assert isinstance(executor, SimExecutor)
+    for _at, spec, answer in traffic([(0.0, 20, 200, 0, 0), (0.0, 12, 180, 0, 0)]):
+        executor.tokens._lengths[spec.request_id] = answer  # type: ignore[index]
+        scheduler.submit(spec)
+    for _ in range(200):
+        run = scheduler.plan_run(64, cross_blocks=True)
+        if run is None:
+            engine.step()
+            continue
+        result = executor.launch_run(run, float("inf"))
+        cursor = RunCursor(run)
+        cursor.plan(0)
+        rolled = -1
+        for j, sampled in enumerate(result.sampled_token_ids[:-1]):
+            ends = list(cursor.ends)
+            cursor.take(j, sampled, result.draft_token_ids[j])
+            if rolled < 0 and any(a < b for a, b in zip(cursor.ends, ends, strict=True)):
+                rolled = j
+            cursor.plan(j + 1)
+        if rolled >= 0:
+            break
+        scheduler.complete_run(result)
+    else:
+        raise AssertionError("no run rolled back a block before its last step")
+    before = checkpoint(engine)
+    last = [[list(row) for row in step] for step in result.sampled_token_ids]
+    last[-1][0][-1] = -1
+    bad = RunResult(result.first_step_id, last, result.draft_token_ids, result.elapsed, result.end_times)
+    with pytest.raises(InvalidRequest, match=f"step {result.first_step_id + len(last) - 1}: request"):
+        scheduler.complete_run(bad)
+    assert checkpoint(engine) == before
+    assert len(scheduler.complete_run(result)) == len(result.sampled_token_ids)
+    scheduler.check_invariants()
+
+
+def test_a_runs_block_tables_are_read_while_it_is_out() -> None:
+    engine, run = _a_run()
+    request = engine.scheduler.running["a"]
+    assert isinstance(request.state, Decoding)
+    assert run.block_tables == [tuple(request.state.blocks)]
+    result = engine.executor.launch_run(run, float("inf"))  # type: ignore[attr-defined]
+    engine.scheduler.complete_run(result)
+    with pytest.raises(InvalidRequest, match="block_tables read after complete_run"):
+        _ = run.block_tables

@@ -82,14 +82,35 @@ def results(draw: st.DrawFn, run: DecodeRun) -> RunResult:
     return RunResult(run.first_step_id, sampled, drafts, [None] * len(sampled))
 
 
+def rollback_steps(run: DecodeRun, result: RunResult) -> list[int]:
+    """The steps of a well-formed ``result`` after which a row holds fewer blocks (a rolled-back block)."""
+    cursor = RunCursor(run)
+    for j in range(run.depth):
+        cursor.plan(j)
+    out = []
+    for j, (sampled, proposals) in enumerate(zip(result.sampled_token_ids, result.draft_token_ids, strict=True)):
+        ends = list(cursor.ends)
+        go_on = cursor.take(j, sampled, proposals)
+        if any(after < before for after, before in zip(cursor.ends, ends, strict=True)):
+            out.append(j)
+        if not go_on or cursor.plan(j + run.depth) is None:
+            break
+    return out
+
+
 @st.composite
-def corrupted(draw: st.DrawFn, result: RunResult) -> RunResult:
-    """``result`` as it is, or with one fault an executor might hand back."""
+def corrupted(draw: st.DrawFn, run: DecodeRun, result: RunResult) -> RunResult:
+    """``result`` as it is, or with one fault an executor might hand back (often in a step that rolled back)."""
     sampled = [[list(row) for row in step] for step in result.sampled_token_ids]
     drafts = [None if d is None else [list(row) for row in d] for d in result.draft_token_ids]
     faults = ["none", "token", "draft", "extra", "empty", "row", "no-row", "step", "drafts-off"]
     fault = draw(st.sampled_from([*faults, "none", "step", "step"]))  # a step past the end: the cursor's plan decides
-    j = draw(st.integers(0, len(sampled) - 1))
+    rolled = rollback_steps(run, result)
+    if rolled and draw(st.booleans()):
+        j = draw(st.sampled_from(rolled))
+        event("a fault in a step that rolled back a block" if fault != "none" else "a step rolled back a block")
+    else:
+        j = draw(st.integers(0, len(sampled) - 1))
     step = sampled[j]
     r = draw(st.integers(0, len(step) - 1))
     if fault == "token":
@@ -125,7 +146,7 @@ def outcome(replay_fn: Any, run: DecodeRun, result: RunResult) -> Any:
 @given(data=st.data())
 def test_lean_replay_accepts_and_refuses_exactly_what_the_cursor_replay_does(data: st.DataObject) -> None:
     run = data.draw(runs())
-    result = data.draw(corrupted(data.draw(results(run))))
+    result = data.draw(corrupted(run, data.draw(results(run))))
     expected = outcome(reference_replay, run, result)
     if isinstance(expected[0], type):
         event("refused")
