@@ -29,7 +29,7 @@ dominate, as they do at the few requests a step of this workload.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tokensched.benchmark.cluster import _Chains, _Replica, _submit, _totals
@@ -51,8 +51,10 @@ from tokensched.cluster.router import SimRouter
 from tokensched.cluster.spec import RouterPolicy
 from tokensched.engine import Engine
 from tokensched.errors import TokenschedError
-from tokensched.executor import executor_package
+from tokensched.executor import RunSteps, SteppedRunExecutor, executor_package
+from tokensched.plan import RequestOutput
 
+_RUN_STEPS = 256  # steps a rank's decode run may take at most (as the single-engine driver's runs)
 _ROUTERS = {"round_robin": RouterPolicy.ROUND_ROBIN, "least_load": RouterPolicy.LEAST_LOAD}
 
 
@@ -103,6 +105,12 @@ def _rank(config: BenchConfig, deployment: Any, blocks: int, workload: SessionWo
     return _Replica(Engine(scheduler, executor))
 
 
+def _stepped(rank: _Replica) -> SteppedRunExecutor | None:
+    """``rank``'s executor if a driver can step its decode runs, else None (the rank takes single steps)."""
+    executor = rank.engine.executor
+    return executor if isinstance(executor, SteppedRunExecutor) else None
+
+
 def drive_lockstep(
     ranks: list[_Replica],
     router: SimRouter,
@@ -111,6 +119,8 @@ def drive_lockstep(
     chains: _Chains,
     stop: float,
     progress: Callable[[float], None] | None = None,
+    *,
+    runs: bool = True,
 ) -> int:
     """Step every busy rank together, each step ending when its slowest rank's does; returns requests refused.
 
@@ -118,28 +128,63 @@ def drive_lockstep(
     up with the arrival); then each rank with work runs one step from the common
     time, and every one of them waits for the slowest before the next step, as
     SGLang's DP-attention ranks do in their shared forward pass.
+
+    A rank whose scheduler offers a decode run (:mod:`tokensched.decode_run`)
+    takes its lockstep steps from the run (:class:`_RankRun`), the others
+    single steps, in the same rounds: the same plans, tokens and times as
+    single steps everywhere (``runs=False``), at a fraction of the CPU. Every
+    run is applied before anything between rounds reads a scheduler (a
+    release, a routing decision, a metrics sample, the end).
     """
     rejected = 0
     steps = 0
     now = 0.0
-    while now < stop:
+    out: list[_RankRun | None] = [None] * len(ranks)  # each rank's run, while it has one
+    stepped = [_stepped(rank) if runs else None for rank in ranks]
+    while True:
         due = workload.next_release_time()
+        if now >= stop or (due is not None and due <= now) or now >= metrics.next_sample_time:
+            for i, run in enumerate(out):
+                if run is not None:
+                    run.complete(ranks[i], metrics, workload)
+                    out[i] = None
+            if now >= stop:
+                return rejected
         if due is not None and due <= now:
             for spec in workload.release(now):
                 rejected += _submit(spec, ranks, router, chains, metrics, workload)
             continue
         if now >= metrics.next_sample_time:
             metrics.on_stats(now, _totals(ranks))
-        busy = [r for r in ranks if r.scheduler.has_work]
+        busy = [i for i, r in enumerate(ranks) if r.scheduler.has_work]
         if not busy:
             now = min(due if due is not None else stop, max(metrics.next_sample_time, now), stop)
             continue
-        for rank in busy:
+        singles: list[tuple[int, Sequence[RequestOutput] | None]] = []
+        for i in busy:
+            rank = ranks[i]
             rank.engine.executor.wait_until(now)  # a rank that got work while the others ran starts with them
-        results = [(rank, rank.engine.step()) for rank in busy]
-        end = max(rank.now for rank in busy)
-        for rank, outputs in results:
+            run = out[i]
+            if run is not None and not run.launch_next(now):
+                run.complete(rank, metrics, workload)
+                run = out[i] = None
+            executor = stepped[i]
+            if run is None and executor is not None:
+                run = out[i] = _RankRun.begin(rank, executor)
+            if run is not None:
+                run.collect(rank)
+                singles.append((i, None))
+            else:
+                singles.append((i, rank.engine.step()))
+        end = max(ranks[i].engine.executor.now() for i in busy)
+        for i, outputs in singles:
+            rank = ranks[i]
             rank.engine.executor.wait_until(end)
+            run = out[i]
+            if run is not None:
+                out[i] = run.ended(end, rank, metrics, workload)
+                continue
+            assert outputs is not None
             if end == now and not outputs and rank.engine.num_in_flight == 0:
                 raise TokenschedError(f"t={now:.3f}s: a DP rank has unfinished requests but planned no step")
             record_steps(((end, outputs),), metrics, workload, rank.answers)
@@ -147,4 +192,64 @@ def drive_lockstep(
         steps += 1
         if progress is not None and steps % 1024 == 0:
             progress(min(now / stop, 1.0))
-    return rejected
+
+
+class _RankRun:
+    """One rank's decode run inside the lockstep: a step a round, each recorded at the round's end.
+
+    The rank's executor launches step ``j`` of the run when the round starts
+    (its clock at the round's start, as for a single step) and collects it;
+    the round ends at the slowest rank's end, which :meth:`ended` notes as
+    the step's time. The run is applied (``complete_run``) right after the
+    step its cursor stops it at (the clock then at that step's own end, where
+    a single step's ``complete`` would read it for a finish), or before a
+    round it may not run: one at or after its ``admission_shut_until``, one
+    its cursor plans no step for, or one the driver acts before (a release,
+    a sample, the end); a run that ends there ended with a plain step, whose
+    application reads no clock. Runs start only with no step in flight (one
+    group): with two groups in flight the rank takes single steps.
+    """
+
+    __slots__ = ("_outputs", "_shut", "_steps", "_times")
+
+    def __init__(self, steps: RunSteps, admission_shut_until: float) -> None:
+        self._steps = steps
+        self._shut = admission_shut_until
+        self._times: list[float] = []  # each collected step's round end
+        self._outputs: list[Sequence[RequestOutput]] | None = None  # once applied
+
+    @classmethod
+    def begin(cls, rank: _Replica, executor: SteppedRunExecutor) -> _RankRun | None:
+        """The run ``rank``'s scheduler offers now, its first step launched; None: a single step instead."""
+        if rank.engine.num_in_flight:
+            return None
+        plan = rank.scheduler.plan_run(_RUN_STEPS, cross_blocks=True)
+        if plan is None:
+            return None
+        steps = executor.begin_run(plan)
+        steps.start()
+        return cls(steps, plan.admission_shut_until)
+
+    def launch_next(self, now: float) -> bool:
+        """Launch the run's next step for the round starting at ``now``; False when the run may not take it."""
+        return now < self._shut and self._steps.launch_next()
+
+    def collect(self, rank: _Replica) -> None:
+        """Collect the round's step (the rank's clock moves to its own end); apply the run if it stops there."""
+        if not self._steps.collect():
+            self._outputs = rank.scheduler.complete_run(self._steps.result())
+
+    def ended(
+        self, end: float, rank: _Replica, metrics: MetricsCollector, workload: SessionWorkload
+    ) -> _RankRun | None:
+        """The round ended at ``end``: record the run if it was applied; the run if it goes on, else None."""
+        self._times.append(end)
+        if self._outputs is None:
+            return self
+        record_steps(list(zip(self._times, self._outputs, strict=True)), metrics, workload, rank.answers)
+        return None
+
+    def complete(self, rank: _Replica, metrics: MetricsCollector, workload: SessionWorkload) -> None:
+        """Apply the steps collected and record their outputs at their rounds' ends (the run takes no more)."""
+        outputs = rank.scheduler.complete_run(self._steps.result())
+        record_steps(list(zip(self._times, outputs, strict=True)), metrics, workload, rank.answers)
