@@ -63,6 +63,7 @@ proposed by the previous step, at most ``num_speculative_tokens`` and at most
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import attrs
 
@@ -85,7 +86,10 @@ class DecodeRun:
     ``num_computed_tokens[i]`` is row ``i``'s first input position and
     ``last_token_ids[i]`` its token; ``draft_token_ids[i]`` the drafts its
     first step verifies (before the cap of :meth:`RunCursor.plan`);
-    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``;
+    ``block_tables[i]`` its blocks, covering positions below ``block_end[i]``
+    (the row's own list, not a copy, as copying thousands of block ids a row
+    cost more than a short run saves: the scheduler moves none of them while
+    the run is out, so read it then);
     ``room[i]`` the tokens it may still emit, ``length_limit[i]`` the total
     tokens (prompt included) at which it finishes, ``stop_token_ids[i]`` the
     ids that finish it (EOS included). ``removed_request_ids`` and
@@ -120,7 +124,7 @@ class DecodeRun:
     num_computed_tokens: list[int]
     last_token_ids: list[int]
     draft_token_ids: list[list[int]]
-    block_tables: list[tuple[int, ...]]
+    block_tables: list[Sequence[int]]  # each row's own block list, not a copy (see above)
     block_end: list[int]
     room: list[int]
     length_limit: list[int]

@@ -49,6 +49,9 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         or sched.pool.num_free < -(-cfg.max_batched_tokens // sched._bs) + n
     ):
         return None
+    for r in running.values():  # the common refusal, found before the admission walk and the columns
+        if type(r.state) is not Decoding:
+            return None  # a prompt still prefilling (its state type is right even while decode columns are out)
     shut_until = math.inf
     if sched.waiting:
         if sched.pool.num_pending:
@@ -126,7 +129,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         for s in sorted(cursor.allocs):
             for i, count in cursor.allocs[s]:
                 state = _grow(pool, rows[i], count)
-                tables[i] = tuple(state.blocks)
+                tables[i] = state.blocks
                 ends[i] = len(state.blocks) * sched._bs
         run = attrs.evolve(run, block_tables=tables, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
     sched._removed.clear()
@@ -142,7 +145,7 @@ def _run_columns(
         list[int],
         list[int],
         list[list[int]],
-        list[tuple[int, ...]],
+        list[Sequence[int]],
         list[int],
         list[int],
         list[int],
@@ -157,7 +160,7 @@ def _run_columns(
     pos_l: list[int] = []
     last: list[int] = []
     drafts: list[list[int]] = []
-    tables: list[tuple[int, ...]] = []
+    tables: list[Sequence[int]] = []
     ends: list[int] = []
     rooms: list[int] = []
     limits: list[int] = []
@@ -178,7 +181,7 @@ def _run_columns(
         pos_l.append(pos)
         last.append(r.last_token)
         drafts.append(list(r.draft_tokens))
-        tables.append(tuple(blocks))
+        tables.append(blocks)  # the row's own list: the run reads it, and no block moves while the run is out
         ends.append(len(blocks) * bs)
         rooms.append(room)
         limits.append(min(r.num_prompt_tokens + r.max_tokens, max_len))
