@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from tokensched.config import SamplingParams
-from tokensched.decode_run import DecodeRun, RunResult
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import InvalidRequest, TokenschedError
 from tokensched.int_column import as_list
 from tokensched.plan import PLACEHOLDER_TOKEN, StepPlan, StepResult
@@ -73,6 +73,10 @@ class RunExecutor(Protocol):
 
 class RunSteps(Protocol):
     """A decode run that its caller steps one call at a time (see :class:`SteppedRunExecutor`)."""
+
+    @property
+    def cursor(self) -> RunCursor:
+        """The cursor the steps are planned and taken with (what the run did so far: blocks, positions)."""
 
     def start(self) -> None:
         """Launch the run's first steps (those the run's depth keeps in flight)."""

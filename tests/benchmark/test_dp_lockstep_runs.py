@@ -184,9 +184,11 @@ def test_the_lockstep_with_runs_equals_the_lockstep_in_single_steps(
         try:
             rejected = drive_lockstep(ranks, router, workload, metrics, _Chains(BS), STOP, runs=runs)  # type: ignore[arg-type]
         finally:
-            _RankRun.collect = original  # type: ignore[method-assign]
+            _RankRun.collect, _RankRun.stats = original  # type: ignore[method-assign]
         if runs:
             event(f"steps taken from runs: {'none' if not took[0] else '1-19' if took[0] < 20 else '20+'}")
+            if took[1]:
+                event("a sample with a run out that had taken blocks since it began")
         ranks_state = [(_state(r.scheduler), r.now, r.engine.executor.stats) for r in ranks]  # type: ignore[attr-defined]
         results.append((rejected, workload.finished, metrics.summarize(STOP).model_dump_json(), ranks_state))
     single, with_runs = results
@@ -197,13 +199,22 @@ def test_the_lockstep_with_runs_equals_the_lockstep_in_single_steps(
 
 
 def _count_run_steps() -> tuple[list[int], Any]:
-    """Count the steps ranks take from runs (to report coverage); returns the counter and the method to restore."""
-    counter = [0]
-    original = _RankRun.collect
+    """Count the steps ranks take from runs and the samples that read a run's blocks (to report coverage).
+
+    Returns the counters and the methods to restore.
+    """
+    counter = [0, 0]
+    collect_before, stats_before = _RankRun.collect, _RankRun.stats
 
     def collect(self: _RankRun, rank: _Replica) -> None:
         counter[0] += 1
-        original(self, rank)
+        collect_before(self, rank)
 
-    _RankRun.collect = collect  # type: ignore[method-assign]
-    return counter, original
+    def stats(self: _RankRun, stats: Any) -> Any:
+        seen = stats_before(self, stats)
+        if seen is not None and seen.kv_usage != stats.kv_usage:
+            counter[1] += 1
+        return seen
+
+    _RankRun.collect, _RankRun.stats = collect, stats  # type: ignore[method-assign]
+    return counter, (collect_before, stats_before)

@@ -25,7 +25,7 @@ import attrs
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokensched.benchmark.config import BenchConfig
-from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary
+from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary, StatsLike
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.run import EOS_TOKEN_ID, bench_metrics, make_deployment, record_steps
 from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload
@@ -217,7 +217,11 @@ def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] |
 
 
 def _totals(replicas: Sequence[_Replica]) -> _Totals:
-    stats = [r.scheduler.stats() for r in replicas]
+    return _sum_stats([r.scheduler.stats() for r in replicas])
+
+
+def _sum_stats(stats: Sequence[StatsLike]) -> _Totals:
+    """Replicas' stats summed (kv usage averaged): what a cluster-wide sample records."""
     return _Totals(
         num_waiting=sum(s.num_waiting for s in stats),
         num_running=sum(s.num_running for s in stats),

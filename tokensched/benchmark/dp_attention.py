@@ -28,13 +28,16 @@ dominate, as they do at the few requests a step of this workload.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tokensched.benchmark.cluster import _Chains, _Replica, _submit, _totals
+import attrs
+
+from tokensched.benchmark.cluster import _Chains, _Replica, _submit, _sum_stats, _Totals, _totals
 from tokensched.benchmark.config import BenchConfig
-from tokensched.benchmark.metrics import MetricsCollector
+from tokensched.benchmark.metrics import MetricsCollector, StatsLike
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.run import (
     EOS_TOKEN_ID,
@@ -53,8 +56,12 @@ from tokensched.engine import Engine
 from tokensched.errors import TokenschedError
 from tokensched.executor import RunSteps, SteppedRunExecutor, executor_package
 from tokensched.plan import RequestOutput
+from tokensched.stats import SchedulerStats
 
 _RUN_STEPS = 256  # steps a rank's decode run may take at most (as the single-engine driver's runs)
+# A run costs about what a decode single step costs to set up and apply, so one is started only when the rounds
+# before the driver's next event (a release, a sample) look to be at least this many, at the last round's length.
+_MIN_RUN_ROUNDS = 4
 _ROUTERS = {"round_robin": RouterPolicy.ROUND_ROBIN, "least_load": RouterPolicy.LEAST_LOAD}
 
 
@@ -105,6 +112,32 @@ def _rank(config: BenchConfig, deployment: Any, blocks: int, workload: SessionWo
     return _Replica(Engine(scheduler, executor))
 
 
+def _sample(
+    ranks: list[_Replica], out: list[_RankRun | None], metrics: MetricsCollector, workload: SessionWorkload
+) -> _Totals:
+    """The ranks' stats summed as single steps would have them now, with some ranks' runs still out.
+
+    A run out changes nothing a sample reads but the free blocks (no
+    admission, finish or preemption happens inside one); :meth:`_RankRun.stats`
+    gives them as single steps would. A run it cannot say that of is applied
+    first (its rank starts a new one in the next round).
+    """
+    stats: list[StatsLike] = []
+    for i, rank in enumerate(ranks):
+        now = rank.scheduler.stats()
+        run = out[i]
+        if run is not None:
+            seen = run.stats(now)
+            if seen is None:
+                run.complete(rank, metrics, workload)
+                out[i] = None
+            else:
+                stats.append(seen)
+                continue
+        stats.append(now)
+    return _sum_stats(stats)
+
+
 def _stepped(rank: _Replica) -> SteppedRunExecutor | None:
     """``rank``'s executor if a driver can step its decode runs, else None (the rank takes single steps)."""
     executor = rank.engine.executor
@@ -141,25 +174,29 @@ def drive_lockstep(
     now = 0.0
     out: list[_RankRun | None] = [None] * len(ranks)  # each rank's run, while it has one
     stepped = [_stepped(rank) if runs else None for rank in ranks]
+    last_round = math.inf  # the previous round's length (a rank's step with a prefill makes it long)
     while True:
         due = workload.next_release_time()
-        if now >= stop or (due is not None and due <= now) or now >= metrics.next_sample_time:
+        released = due is not None and due <= now
+        if now >= stop or released:
             for i, run in enumerate(out):
                 if run is not None:
                     run.complete(ranks[i], metrics, workload)
                     out[i] = None
             if now >= stop:
                 return rejected
-        if due is not None and due <= now:
+        if released:
             for spec in workload.release(now):
                 rejected += _submit(spec, ranks, router, chains, metrics, workload)
             continue
         if now >= metrics.next_sample_time:
-            metrics.on_stats(now, _totals(ranks))
+            metrics.on_stats(now, _sample(ranks, out, metrics, workload))
         busy = [i for i, r in enumerate(ranks) if r.scheduler.has_work]
         if not busy:
             now = min(due if due is not None else stop, max(metrics.next_sample_time, now), stop)
             continue
+        until = min(due if due is not None else stop, stop)  # runs go on across samples (see _sample)
+        runs_pay = until - now >= _MIN_RUN_ROUNDS * last_round  # else a new run would likely end within a few
         singles: list[tuple[int, Sequence[RequestOutput] | None]] = []
         for i in busy:
             rank = ranks[i]
@@ -169,7 +206,7 @@ def drive_lockstep(
                 run.complete(rank, metrics, workload)
                 run = out[i] = None
             executor = stepped[i]
-            if run is None and executor is not None:
+            if run is None and executor is not None and runs_pay:
                 run = out[i] = _RankRun.begin(rank, executor)
             if run is not None:
                 run.collect(rank)
@@ -188,7 +225,7 @@ def drive_lockstep(
             if end == now and not outputs and rank.engine.num_in_flight == 0:
                 raise TokenschedError(f"t={now:.3f}s: a DP rank has unfinished requests but planned no step")
             record_steps(((end, outputs),), metrics, workload, rank.answers)
-        now = end
+        last_round, now = end - now, end
         steps += 1
         if progress is not None and steps % 1024 == 0:
             progress(min(now / stop, 1.0))
@@ -210,11 +247,13 @@ class _RankRun:
     group): with two groups in flight the rank takes single steps.
     """
 
-    __slots__ = ("_outputs", "_shut", "_steps", "_times")
+    __slots__ = ("_base", "_outputs", "_sampled", "_shut", "_steps", "_times")
 
-    def __init__(self, steps: RunSteps, admission_shut_until: float) -> None:
+    def __init__(self, steps: RunSteps, admission_shut_until: float, sampled: bool) -> None:
         self._steps = steps
         self._shut = admission_shut_until
+        self._sampled = sampled  # whether :meth:`stats` can tell the free blocks (no block pending)
+        self._base = steps.cursor.allocated  # the blocks of the steps planned when it began (taken by plan_run)
         self._times: list[float] = []  # each collected step's round end
         self._outputs: list[Sequence[RequestOutput]] | None = None  # once applied
 
@@ -223,12 +262,37 @@ class _RankRun:
         """The run ``rank``'s scheduler offers now, its first step launched; None: a single step instead."""
         if rank.engine.num_in_flight:
             return None
-        plan = rank.scheduler.plan_run(_RUN_STEPS, cross_blocks=True)
+        scheduler = rank.scheduler
+        plan = scheduler.plan_run(_RUN_STEPS, cross_blocks=True)
         if plan is None:
             return None
         steps = executor.begin_run(plan)
         steps.start()
-        return cls(steps, plan.admission_shut_until)
+        return cls(steps, plan.admission_shut_until, scheduler.pool.num_pending == 0)
+
+    def stats(self, stats: SchedulerStats) -> StatsLike | None:
+        """What a sample reads of the rank now, given its scheduler's ``stats`` with this run out; None: unknown.
+
+        Until the run is applied the scheduler's pool lacks the blocks its
+        later steps' plans took (single steps allocate each step's at its
+        plan; the steps of the rounds so far are all planned) and holds the
+        blocks they gave back (a rollback frees its block when its step is
+        applied): the cursor counts both, and nothing else a sample reads
+        moves inside a run. Blocks pending a step (freed as it completes)
+        it cannot tell apart: None.
+        """
+        if not self._sampled:
+            return None
+        taken = self._steps.cursor.allocated - self._base
+        seen = attrs.evolve(stats, num_free_blocks=stats.num_free_blocks - taken) if taken else stats
+        return _Totals(
+            num_waiting=seen.num_waiting,
+            num_running=seen.num_running,
+            kv_usage=seen.kv_usage,
+            prefix_hit_tokens=seen.prefix_hit_tokens,
+            prefix_query_tokens=seen.prefix_query_tokens,
+            num_preemptions=seen.num_preemptions,
+        )
 
     def launch_next(self, now: float) -> bool:
         """Launch the run's next step for the round starting at ``now``; False when the run may not take it."""
