@@ -280,7 +280,8 @@ def _submit(
 ) -> int:
     """Route one turn and submit it; 1 if its replica refused it (the session ends), else 0."""
     arrival = spec.arrival_time if spec.arrival_time is not None else 0.0
-    index = router.choose(spec.session_id, chains.of(spec), [r.load for r in replicas])
+    chain = chains.of(spec) if router.reads_block_hashes else ()  # hashing a long prompt costs ~0.5 ms
+    index = router.choose(spec.session_id, chain, [r.load for r in replicas])
     replica = replicas[index]
     if not replica.scheduler.has_work and replica.now < arrival:
         replica.engine.executor.wait_until(arrival)  # an idle replica's clock catches up with the world
