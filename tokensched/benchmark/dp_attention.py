@@ -165,9 +165,10 @@ def drive_lockstep(
     A rank whose scheduler offers a decode run (:mod:`tokensched.decode_run`)
     takes its lockstep steps from the run (:class:`_RankRun`), the others
     single steps, in the same rounds: the same plans, tokens and times as
-    single steps everywhere (``runs=False``), at a fraction of the CPU. Every
-    run is applied before anything between rounds reads a scheduler (a
-    release, a routing decision, a metrics sample, the end).
+    single steps everywhere (``runs=False``), with less CPU a decode step.
+    Every run is applied before turns are released (a submit and a routing
+    decision read the schedulers) and at the end; a metrics sample reads a
+    rank with a run out as single steps would have it (:func:`_sample`).
     """
     rejected = 0
     steps = 0
@@ -197,7 +198,7 @@ def drive_lockstep(
             continue
         until = min(due if due is not None else stop, stop)  # runs go on across samples (see _sample)
         runs_pay = until - now >= _MIN_RUN_ROUNDS * last_round  # else a new run would likely end within a few
-        singles: list[tuple[int, Sequence[RequestOutput] | None]] = []
+        took: list[tuple[int, Sequence[RequestOutput] | None]] = []  # each busy rank's single step (None: its run's)
         for i in busy:
             rank = ranks[i]
             rank.engine.executor.wait_until(now)  # a rank that got work while the others ran starts with them
@@ -210,11 +211,11 @@ def drive_lockstep(
                 run = out[i] = _RankRun.begin(rank, executor)
             if run is not None:
                 run.collect(rank)
-                singles.append((i, None))
+                took.append((i, None))
             else:
-                singles.append((i, rank.engine.step()))
+                took.append((i, rank.engine.step()))
         end = max(ranks[i].engine.executor.now() for i in busy)
-        for i, outputs in singles:
+        for i, outputs in took:
             rank = ranks[i]
             rank.engine.executor.wait_until(end)
             run = out[i]
@@ -242,9 +243,10 @@ class _RankRun:
     a single step's ``complete`` would read it for a finish), or before a
     round it may not run: one at or after its ``admission_shut_until``, one
     its cursor plans no step for, or one the driver acts before (a release,
-    a sample, the end); a run that ends there ended with a plain step, whose
-    application reads no clock. Runs start only with no step in flight (one
-    group): with two groups in flight the rank takes single steps.
+    the end, a metrics sample that :meth:`stats` cannot answer for it); a
+    run that ends there ended with a plain step, whose application reads no
+    clock. Runs start only with no step in flight (one group): with two
+    groups in flight the rank takes single steps.
     """
 
     __slots__ = ("_base", "_outputs", "_sampled", "_shut", "_steps", "_times")
