@@ -280,7 +280,7 @@ def _submit(
 ) -> int:
     """Route one turn and submit it; 1 if its replica refused it (the session ends), else 0."""
     arrival = spec.arrival_time if spec.arrival_time is not None else 0.0
-    chain = chains.of(spec) if router.reads_block_hashes else ()  # hashing a long prompt costs ~0.5 ms
+    chain = chains.of(spec) if router.reads_block_hashes else ()  # hashing a long prompt is not free
     index = router.choose(spec.session_id, chain, [r.load for r in replicas])
     replica = replicas[index]
     if not replica.scheduler.has_work and replica.now < arrival:
