@@ -9,7 +9,8 @@ ratio of simulated to CPU time, and the load the window actually offered
 most expensive functions of each run by own time instead (cProfile slows the
 run ~2x; read shares, not times); ``--split`` also prints the CPU seconds spent
 in single steps (``Engine.step``) and in multi-step decode runs
-(``Engine.step_run``) with their step counts. ``PYTHONPATH=<older checkout>``
+(``Engine.step_run``, and the DP-attention lockstep's runs) with their step
+counts. ``PYTHONPATH=<older checkout>``
 measures a before with the same script.
 
     .venv/bin/python bench/bench_sim_hour.py [trtllm retain ...] [--duration 3600] [--profile 30] [--split]
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import tokensched
+from tokensched.benchmark import dp_attention
 from tokensched.benchmark.config import BenchConfig
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.run import run_bench
@@ -49,6 +51,12 @@ def time_engine_calls() -> dict[str, list[float]]:
 
     Engine.step = timed(Engine.step, "single steps", lambda out: 1)  # type: ignore[method-assign]
     Engine.step_run = timed(Engine.step_run, "runs", lambda out: len(out) if out else 0)  # type: ignore[method-assign]
+    if hasattr(dp_attention, "_RankRun"):  # the DP lockstep's runs (an older checkout has none)
+        totals["DP ranks' runs"] = [0.0, 0]
+        run = dp_attention._RankRun
+        for name in ("begin", "launch_next", "complete", "ended"):
+            setattr(run, name, timed(getattr(run, name), "DP ranks' runs", lambda out: 0))
+        run.collect = timed(run.collect, "DP ranks' runs", lambda out: 1)  # type: ignore[method-assign]
     return totals
 
 

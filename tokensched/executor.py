@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from tokensched.config import SamplingParams
-from tokensched.decode_run import DecodeRun, RunResult
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import InvalidRequest, TokenschedError
 from tokensched.int_column import as_list
 from tokensched.plan import PLACEHOLDER_TOKEN, StepPlan, StepResult
@@ -69,6 +69,42 @@ class RunExecutor(Protocol):
         with ``cross_blocks`` gets the ids of its new blocks only when it
         completes: an executor that needs them earlier refuses such a run.
         """
+
+
+class RunSteps(Protocol):
+    """A decode run that its caller steps one call at a time (see :class:`SteppedRunExecutor`)."""
+
+    @property
+    def cursor(self) -> RunCursor:
+        """The cursor the steps are planned and taken with (what the run did so far: blocks, positions)."""
+
+    def start(self) -> None:
+        """Launch the run's first steps (those the run's depth keeps in flight)."""
+
+    def launch_next(self) -> bool:
+        """Launch the run's next step if its cursor plans it; False when the run ends before it."""
+
+    def collect(self) -> bool:
+        """Collect the oldest step launched (the clock moves to its end); whether the run may go on after it."""
+
+    def result(self) -> RunResult:
+        """The steps collected, for ``Scheduler.complete_run``; steps launched after them stay in flight."""
+
+
+@runtime_checkable
+class SteppedRunExecutor(Protocol):
+    """An executor whose decode runs a driver can step itself, acting on the clock between the steps.
+
+    For a driver that must pace each step by something outside one
+    executor, as the DP-attention lockstep (every rank's step ends when the
+    slowest rank's does) in :mod:`tokensched.benchmark.dp_attention`. The
+    steps are those :meth:`RunExecutor.launch_run` would run, each launched
+    when the driver calls for it, so moving the clock between them gives the
+    single steps the driver would have run at those times.
+    """
+
+    def begin_run(self, run: DecodeRun) -> RunSteps:
+        """``run``, ready to be started and stepped; called with the run's ``launched`` steps in flight."""
 
 
 class WallClock:

@@ -49,6 +49,9 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         or sched.pool.num_free < -(-cfg.max_batched_tokens // sched._bs) + n
     ):
         return None
+    for r in running.values():  # the common refusal, found before the admission walk and the columns
+        if type(r.state) is not Decoding:
+            return None  # a prompt still prefilling (its state type is right even while decode columns are out)
     shut_until = math.inf
     if sched.waiting:
         if sched.pool.num_pending:

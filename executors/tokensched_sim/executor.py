@@ -177,31 +177,9 @@ class SimExecutor(VirtualClock):
         """
         depth = run.depth
         until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
-        in_flight = self._in_flight
-        if len(in_flight) != run.launched:
-            raise TokenschedError(f"launch_run() with {len(in_flight)} steps in flight, expected {run.launched}")
-        self.tokens.forget(run.removed_request_ids)
-        cursor = RunCursor(run)
-        first = run.first_step_id
-        for j in range(run.launched):
-            if cursor.plan(j) is None or in_flight[j].result.step_id != first + j:
-                raise TokenschedError(f"launch_run(): step {first + j} in flight is not the run's")
-        pricer = self._decode_cost
-        if pricer.model is not self.cost_model:  # swapped since (a DP rank's view, the decode-only bench model)
-            pricer = self._decode_cost = DecodeCost(self.cost_model)
-        launch = self._run_launcher(run, cursor, pricer)
-        pending: deque[_Step] = deque(
-            (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
-        )
-        launched = run.launched
-        while launched < depth:
-            step = launch(launched)
-            if step is None:
-                raise TokenschedError(f"launch_run(): step {first + launched} does not fit the run")
-            pending.append(step)
-            launched += 1
-        in_flight.clear()  # now in ``pending``; what is left there at the end goes back
-        done: list[_Step] = []
+        steps = SimRun(self, run)
+        steps.start()
+        launch, pending, done, take = steps.launch_step, steps.pending, steps.done, steps.cursor.take
         j = 0
         while True:
             step = pending.popleft()  # collect step j
@@ -209,17 +187,25 @@ class SimExecutor(VirtualClock):
             end = step[0]
             if end > self._clock:
                 self._clock = end
-            if not cursor.take(j, step[1], step[2]) or self._clock >= until:
+            if not take(j, step[1], step[2]) or self._clock >= until:
                 break
             step_after = launch(j + depth)
             if step_after is None:
                 break
             pending.append(step_after)
             j += 1
-        for later, (end, tokens, proposals, seconds) in enumerate(pending, start=j + 1):  # left in flight
-            in_flight.append(_InFlight(end, StepResult(first + later, tokens, proposals, None, seconds)))
-        ends, sampled, drafts, elapsed = zip(*done, strict=True)
-        return RunResult(first, list(sampled), list(drafts), list(elapsed), list(ends))
+        return steps.result()
+
+    def begin_run(self, run: DecodeRun) -> SimRun:
+        """``run``'s steps, launched and collected one call at a time by a caller that paces them itself.
+
+        What :meth:`launch_run` does in one loop (it uses the same object),
+        for a driver that must act between a run's steps: the DP-attention
+        lockstep (:mod:`tokensched.benchmark.dp_attention`) ends each step of
+        every rank's run when the slowest rank's step does, by moving each
+        rank's clock between the steps. Call :meth:`SimRun.start` first.
+        """
+        return SimRun(self, run)
 
     def _run_launcher(self, run: DecodeRun, cursor: RunCursor, pricer: DecodeCost) -> Callable[[int], _Step | None]:
         """``launch(j)``: plan step ``j`` of ``run`` with ``cursor`` and launch it; None when the run ends before it.
@@ -289,3 +275,81 @@ class SimExecutor(VirtualClock):
             elapsed=duration,
         )
         return result, duration
+
+
+class SimRun:
+    """A :class:`~tokensched.decode_run.DecodeRun` on a :class:`SimExecutor`, a step a call.
+
+    Made by :meth:`SimExecutor.begin_run` (and by :meth:`SimExecutor.launch_run`,
+    which walks it in one loop): the steps in flight when the run began join
+    it, :meth:`start` launches the run's first ``depth`` steps, and after each
+    :meth:`collect` the caller may :meth:`launch_next`. Each step is launched
+    as :meth:`SimExecutor.launch` would launch it (tokens drawn at launch,
+    starting when the device is free and not before the executor's clock), so
+    a caller that moves the clock with ``wait_until`` between steps runs
+    exactly the single steps it would have run at those times.
+    :meth:`result` hands back the steps collected; steps launched and not
+    collected stay in flight on the executor, as single steps would.
+    """
+
+    __slots__ = ("_executor", "cursor", "done", "launch_step", "pending", "run")
+
+    def __init__(self, executor: SimExecutor, run: DecodeRun) -> None:
+        in_flight = executor._in_flight
+        if len(in_flight) != run.launched:
+            raise TokenschedError(f"launch_run() with {len(in_flight)} steps in flight, expected {run.launched}")
+        executor.tokens.forget(run.removed_request_ids)
+        cursor = RunCursor(run)
+        first = run.first_step_id
+        for j in range(run.launched):
+            if cursor.plan(j) is None or in_flight[j].result.step_id != first + j:
+                raise TokenschedError(f"launch_run(): step {first + j} in flight is not the run's")
+        pricer = executor._decode_cost
+        if pricer.model is not executor.cost_model:  # swapped since (a DP rank's view, the decode-only bench model)
+            pricer = executor._decode_cost = DecodeCost(executor.cost_model)
+        self._executor = executor
+        self.run = run
+        self.cursor = cursor
+        self.launch_step = executor._run_launcher(run, cursor, pricer)  # launch(j): step j, or None if it ends
+        self.pending: deque[_Step] = deque(
+            (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
+        )
+        self.done: list[_Step] = []
+
+    def start(self) -> None:
+        """Launch the run's steps up to its depth (step 0 without a step in flight); they must fit the run."""
+        run, pending = self.run, self.pending
+        for j in range(run.launched, run.depth):
+            step = self.launch_step(j)
+            if step is None:
+                raise TokenschedError(f"launch_run(): step {run.first_step_id + j} does not fit the run")
+            pending.append(step)
+        self._executor._in_flight.clear()  # now in ``pending``; what is left there at the end goes back
+
+    def launch_next(self) -> bool:
+        """Launch the step after those launched, if the cursor plans it; False when the run ends before it."""
+        step = self.launch_step(len(self.done) + self.run.depth - 1)
+        if step is None:
+            return False
+        self.pending.append(step)
+        return True
+
+    def collect(self) -> bool:
+        """Collect the oldest step launched (the clock moves to its end); returns whether the run may go on."""
+        step = self.pending.popleft()
+        j = len(self.done)
+        self.done.append(step)
+        executor = self._executor
+        if step[0] > executor._clock:
+            executor._clock = step[0]
+        return self.cursor.take(j, step[1], step[2])
+
+    def result(self) -> RunResult:
+        """The steps collected, for ``Scheduler.complete_run``; the steps launched after them go back in flight."""
+        first = self.run.first_step_id
+        in_flight = self._executor._in_flight
+        for later, (end, tokens, proposals, seconds) in enumerate(self.pending, start=first + len(self.done)):
+            in_flight.append(_InFlight(end, StepResult(later, tokens, proposals, None, seconds)))
+        self.pending.clear()
+        ends, sampled, drafts, elapsed = zip(*self.done, strict=True)
+        return RunResult(first, list(sampled), list(drafts), list(elapsed), list(ends))

@@ -68,3 +68,21 @@ def test_a_bad_router_is_refused() -> None:
         SimRouter(RouterPolicy.ROUND_ROBIN, 0)
     with pytest.raises(ValueError, match="prefix_hash is not simulated"):
         SimRouter(RouterPolicy.PREFIX_HASH, 2)
+
+
+@given(
+    chains=st.lists(st.lists(st.integers(), max_size=6), min_size=1, max_size=12),
+    loads=st.lists(st.lists(st.integers(0, 9), min_size=4, max_size=4), min_size=12, max_size=12),
+)
+def test_only_the_cache_aware_router_reads_the_hash_chain(chains: list[list[int]], loads: list[list[int]]) -> None:
+    """Routers that say they do not read the chain choose the same replicas given an empty one (callers skip it)."""
+    for policy in RouterPolicy:
+        if policy is RouterPolicy.PREFIX_HASH:
+            continue
+        with_chain, without = SimRouter(policy, 4, seed=3), SimRouter(policy, 4, seed=3)
+        assert with_chain.reads_block_hashes == (policy is RouterPolicy.CACHE_AWARE)
+        if with_chain.reads_block_hashes:
+            continue
+        for i, chain in enumerate(chains):
+            session = f"s{i % 3}"
+            assert with_chain.choose(session, chain, loads[i]) == without.choose(session, (), loads[i])

@@ -25,7 +25,7 @@ import attrs
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokensched.benchmark.config import BenchConfig
-from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary
+from tokensched.benchmark.metrics import MetricsCollector, MetricsSummary, StatsLike
 from tokensched.benchmark.profiles import PROFILES
 from tokensched.benchmark.run import EOS_TOKEN_ID, bench_metrics, make_deployment, record_steps
 from tokensched.benchmark.workloads import CodingAgentSource, SessionWorkload
@@ -217,7 +217,11 @@ def run_cluster(config: ClusterSimConfig, *, progress: Callable[[float], None] |
 
 
 def _totals(replicas: Sequence[_Replica]) -> _Totals:
-    stats = [r.scheduler.stats() for r in replicas]
+    return _sum_stats([r.scheduler.stats() for r in replicas])
+
+
+def _sum_stats(stats: Sequence[StatsLike]) -> _Totals:
+    """Replicas' stats summed (kv usage averaged): what a cluster-wide sample records."""
     return _Totals(
         num_waiting=sum(s.num_waiting for s in stats),
         num_running=sum(s.num_running for s in stats),
@@ -276,7 +280,8 @@ def _submit(
 ) -> int:
     """Route one turn and submit it; 1 if its replica refused it (the session ends), else 0."""
     arrival = spec.arrival_time if spec.arrival_time is not None else 0.0
-    index = router.choose(spec.session_id, chains.of(spec), [r.load for r in replicas])
+    chain = chains.of(spec) if router.reads_block_hashes else ()  # hashing a long prompt is not free
+    index = router.choose(spec.session_id, chain, [r.load for r in replicas])
     replica = replicas[index]
     if not replica.scheduler.has_work and replica.now < arrival:
         replica.engine.executor.wait_until(arrival)  # an idle replica's clock catches up with the world

@@ -76,6 +76,14 @@ class SimRouter:
         self.decisions = {"cache_hit": 0, "cache_miss": 0, "balance": 0}
         """cache_aware only: how often it followed a prefix, fell back to load, or was overruled by imbalance."""
 
+    @property
+    def reads_block_hashes(self) -> bool:
+        """Whether :meth:`choose` looks at the prompt's hash chain (only the cache-aware policy does).
+
+        A caller may pass an empty chain otherwise and skip hashing the prompt.
+        """
+        return self.policy is RouterPolicy.CACHE_AWARE
+
     def choose(self, session: str | None, block_hashes: Sequence[int], loads: Sequence[int]) -> int:
         """The replica for a request with this session, prompt hash chain and the replicas' loads now."""
         match self.policy:
