@@ -571,7 +571,7 @@ class BlockPool:
         else:
             self._tokens[ids] = values
             _ints(self._depth)[ids] = np.arange(first_depth, first_depth + n)
-            if self._distinct(ids):
+            if self._distinct(ids, blocks):
                 # One C-level pass both finds and indexes: ``setdefault`` in chain order does what the loop
                 # below does hash by hash (index a new hash; a hash already there, or repeated earlier in
                 # this run, is a twin), and an OWNED block is never an index value, so a block that comes
@@ -581,7 +581,7 @@ class BlockPool:
                 if twins == block_list:  # all new (the common prefill chunk): every block its own canonical copy
                     self._commit_new(ids, block_list, hashes, link, link_gen)
                     if self.listener is not None:
-                        self._announce(blocks, hashes, values, list(range(n)), parent_hash)
+                        self._announce(blocks, hashes, values, None, parent_hash)
                     return
         gen = self._gen
         stored: list[int] = []  # position in the run of each newly indexed block, for the listener
@@ -707,23 +707,32 @@ class BlockPool:
         blocks: Sequence[int],
         hashes: Sequence[int],
         values: npt.NDArray[np.int32],
-        stored: list[int],
+        stored: list[int] | None,
         parent_hash: int | None,
     ) -> None:
-        """Tell the listener about each run of consecutive newly indexed blocks."""
+        """Tell the listener about each run of consecutive newly indexed blocks (``stored`` None: all of them)."""
         assert self.listener is not None
+        if stored is None:  # one run, the whole commit: no walk over the positions
+            self._announce_run(hashes, values, 0, len(blocks), parent_hash)
+            return
         start = 0
         while start < len(stored):
             end = start + 1
             while end < len(stored) and stored[end] == stored[end - 1] + 1:
                 end += 1
-            lo, hi = stored[start], stored[end - 1] + 1
-            parent = parent_hash if lo == 0 else hashes[lo - 1]
-            run = values[lo:hi].reshape(-1)
-            # a long run's tokens as a lazy column: a list only for a listener that reads them
-            tokens = IntColumn([run.copy()]) if hi - lo >= self.bulk_from else run.tolist()
-            self.listener.blocks_stored(list(hashes[lo:hi]), parent, tokens, self.block_size)
+            self._announce_run(hashes, values, stored[start], stored[end - 1] + 1, parent_hash)
             start = end
+
+    def _announce_run(
+        self, hashes: Sequence[int], values: npt.NDArray[np.int32], lo: int, hi: int, parent_hash: int | None
+    ) -> None:
+        """``blocks_stored`` for the newly indexed blocks ``lo .. hi-1`` of a commit."""
+        assert self.listener is not None
+        parent = parent_hash if lo == 0 else hashes[lo - 1]
+        run = values[lo:hi].reshape(-1)
+        # a long run's tokens as a lazy column: a list only for a listener that reads them
+        tokens = IntColumn([run.copy()]) if hi - lo >= self.bulk_from else run.tolist()
+        self.listener.blocks_stored(list(hashes[lo:hi]), parent, tokens, self.block_size)
 
     def clear_cache(self) -> int:
         """Forget every cached block nobody holds (EVICTABLE becomes FREE); returns how many.
@@ -814,7 +823,7 @@ class BlockPool:
         n = len(blocks)
         if n >= self.bulk_from:
             ids = np.array(blocks, dtype=np.int64)
-            if self._distinct(ids):
+            if self._distinct(ids, blocks):
                 self._release_run(ids, hold_until_step)
                 return
         for block in blocks:
@@ -847,12 +856,17 @@ class BlockPool:
             else:
                 self._settle(block)
 
-    def _distinct(self, ids: npt.NDArray[np.int64]) -> bool:
-        """Whether ``ids`` (valid block ids) name each block once.
+    def _distinct(self, ids: npt.NDArray[np.int64], blocks: Sequence[int] | None = None) -> bool:
+        """Whether ``ids`` (valid block ids; ``blocks``: the same ids as a sequence, if the caller has one) name
+        each block once.
 
-        O(n): each block's position is written to a scratch array and read
-        back; a block given twice reads back its later position only.
+        O(n): a short run through a set of its ids (one C-level pass); a long one
+        through a scratch array, each block's position written and read back (a
+        block given twice reads back its later position only), which costs a few
+        numpy calls whatever the length.
         """
+        if len(ids) <= 128:
+            return len(set(ids.tolist() if blocks is None else blocks)) == len(ids)
         slot = self._slot
         where = np.arange(len(ids), dtype=np.int64)
         slot[ids] = where  # a block given twice keeps its last position only
