@@ -427,9 +427,8 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            run = self.matcher.match(request) if self._caching else NO_RUN
-            if len(run) * bs >= known:
-                run = run[:-1]  # always compute at least the last token, to sample from it
+            matched = self.matcher.match(request) if self._caching else NO_RUN
+            run = matched[:-1] if len(matched) * bs >= known else matched  # always compute the last token
             n_matched = len(run)
             loads = (
                 self.host.loadable(request.block_hashes, tokens.array, n_matched, known)
@@ -445,6 +444,8 @@ class Scheduler:
                 self._running and uncached_blocks + revived + self._admit_reserve > available
             ):
                 request.blocked_at_free = available
+                if len(matched):  # its next try confirms this run by generation instead of matching it again
+                    self.matcher.remember_match(request, matched)
                 if protected and index < MAX_PASSED_OVER:
                     index += 1  # held back by another session's retained cache: let later ones try
                     continue
@@ -748,7 +749,10 @@ class Scheduler:
 
     # ================================================== leaving the running set
     def _preempt(self, request: Request, why: RequestEvent = RequestEvent.PREEMPTED) -> None:
-        self.pool.release(held_blocks(request.state), self._hold_for(request))
+        state = request.state
+        if self._caching and (type(state) is Prefilling or type(state) is Decoding):
+            self.matcher.remember_match(request, state.blocks[: state.num_committed])  # for its readmission
+        self.pool.release(held_blocks(state), self._hold_for(request))
         transition(request, "preempt", Preempted())
         self._leave_running(request)
         request.num_preemptions += 1

@@ -42,7 +42,6 @@ attribute.
 
 from __future__ import annotations
 
-import contextlib
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -367,9 +366,9 @@ class BlockPool:
     def _match(
         self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int, root_gen: int
     ) -> npt.NDArray[np.int64]:
-        found = list(map(self._index.get, hashes))
-        with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
-            found = found[: found.index(None)]
+        # The leading hits only: the callable iterator stops at the first miss (None), so a prompt whose
+        # cached run ends early is not looked up past it (thousands of cache-missing dict probes).
+        found: list[int] = list(iter(map(self._index.get, hashes).__next__, None))
         if not found:
             return NO_RUN
         candidates = np.fromiter(found, dtype=np.int64, count=len(found))
@@ -409,7 +408,7 @@ class BlockPool:
         ok &= self._link_gen[candidates] == before_gen
         return m if bool(ok.all()) else int(np.argmin(ok))
 
-    def generations(self, blocks: Sequence[int]) -> npt.NDArray[np.int64]:
+    def generations(self, blocks: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The blocks' allocation generations now: a block whose generation is unchanged still holds what it held."""
         return self._gen[np.asarray(blocks, dtype=np.int64)]
 
