@@ -159,11 +159,10 @@ def test_a_remembered_run_matches_what_the_index_finds(
     full_walk = prompt_match_module.PromptMatcher.match
 
     def checked(matcher: prompt_match_module.PromptMatcher, request: Request) -> npt.NDArray[np.int64]:
-        hinted = request.reuse_run is not None
         run = full_walk(matcher, request)
-        if hinted:
-            root = matcher.root(request.cache_salt)[1]
-            assert run.tolist() == matcher._pool.match_prefix(request.block_hashes, request.tokens.array, root)
+        root = matcher.root(request.cache_salt)[1]
+        assert run.tolist() == matcher._pool.match_prefix(request.block_hashes, request.tokens.array, root)
+        if request.reuse_run is not None:  # remembered before, or taken from the session's turn just now
             event("a match from a remembered run" + (" (preempted)" if request.num_preemptions else ""))
         return run
 
