@@ -22,6 +22,7 @@ confirm: :meth:`BlockPool.match_run`).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -136,6 +137,8 @@ class PromptMatcher:
         pool = self._pool
         tokens = request.tokens.array
         hint = request.reuse_run
+        if hint is None:
+            hint = self._late_session_hint(request)
         if hint is not None:
             k = pool.still_cached_run(*hint)
             if k:
@@ -143,6 +146,40 @@ class PromptMatcher:
                 rest = pool.match_run_after(request.block_hashes[k:], tokens[k * self._bs :], int(run[-1]))
                 return np.concatenate((run, rest)) if len(rest) else run
         return pool.match_run(request.block_hashes, tokens, self.root(request.cache_salt)[1])
+
+    def _late_session_hint(self, request: Request) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None:
+        """The session's previous turn, if it finished after ``request`` was submitted: what hash_prompt would
+        have taken over from it (its blocks for the part the prompt repeats), or None.
+
+        A session's next turn may arrive while the previous one still runs;
+        by the time it is matched the previous turn may have finished, and one
+        memory compare then saves walking the index for thousands of blocks.
+        """
+        sid = request.session_id
+        previous = self._sessions.get(sid) if sid is not None else None
+        if previous is None or previous.kv_run is None or previous.cache_salt != request.cache_salt:
+            return None
+        shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
+        if not shared:
+            return None
+        blocks, generations = previous.kv_run
+        request.reuse_run = (blocks[:shared], generations[:shared])
+        return request.reuse_run
+
+    def remember_match(self, request: Request, run: Sequence[int] | npt.NDArray[np.int64]) -> None:
+        """``run`` holds ``request``'s leading blocks now: its next :meth:`match` confirms them by generation.
+
+        For a request that could not be admitted yet (``run``: what :meth:`match`
+        just found) or that is preempted (its committed blocks), so its next try
+        neither looks its prompt up block by block nor compares its tokens
+        again: a block that is still cached and not handed out since (its
+        generation unchanged) still holds the same content after the same
+        prefix, and is still the copy the index maps its hash to. An empty run
+        leaves whatever the request remembers as it is.
+        """
+        if len(run):
+            blocks = np.asarray(run, dtype=np.int64)
+            request.reuse_run = (blocks, self._pool.generations(blocks))
 
     def remember_run(self, request: Request, state: Prefilling | Decoding) -> None:
         """``request`` is finishing while holding ``state``'s blocks: keep what a later request may take over."""

@@ -427,9 +427,8 @@ class Scheduler:
                 break
             tokens = request.tokens
             known = len(tokens)
-            run = self.matcher.match(request) if self._caching else NO_RUN
-            if len(run) * bs >= known:
-                run = run[:-1]  # always compute at least the last token, to sample from it
+            matched = self.matcher.match(request) if self._caching else NO_RUN
+            run = matched[:-1] if len(matched) * bs >= known else matched  # always compute the last token
             n_matched = len(run)
             loads = (
                 self.host.loadable(request.block_hashes, tokens.array, n_matched, known)
@@ -445,6 +444,8 @@ class Scheduler:
                 self._running and uncached_blocks + revived + self._admit_reserve > available
             ):
                 request.blocked_at_free = available
+                if len(matched):  # its next try confirms this run by generation instead of matching it again
+                    self.matcher.remember_match(request, matched)
                 if protected and index < MAX_PASSED_OVER:
                     index += 1  # held back by another session's retained cache: let later ones try
                     continue
@@ -526,13 +527,15 @@ class Scheduler:
         state = request.state
         assert type(state) is Prefilling or type(state) is Decoding
         caching = self._caching
+        bs = self._bs
         request.inflight_steps -= 1
         sampled = result.sampled_token_ids[i]
         nd = step.num_drafts[i]
         if nd:
-            state.num_computed += step.num_tokens[i] - nd + len(sampled) - 1
-            state.num_scheduled = state.num_computed
-            self._roll_back_blocks(request, state)
+            computed = state.num_computed = state.num_computed + step.num_tokens[i] - nd + len(sampled) - 1
+            state.num_scheduled = computed
+            if len(state.blocks) > (computed + bs - 1) // bs:  # blocks that only held rejected drafts
+                self._roll_back_blocks(request, state)
         else:
             state.num_computed += step.num_tokens[i]
         if not step.samples[i]:
@@ -541,13 +544,17 @@ class Scheduler:
             return
         request.inflight_samples -= 1 + nd
         reason, kept = self._append_tokens(request, sampled)
-        if caching and reason is None and not nd and state.num_committed == len(request.block_hashes):
-            if min(state.num_computed, request.tokens.size) // self._bs == state.num_committed + 1:
-                fills.append(request)  # the common case: one block filled
-        elif caching:
-            if request.tokens.size >= (len(request.block_hashes) + 1) * self._bs:
-                self.matcher.extend_hashes(request)
-            self._commit_full_blocks(request, state)
+        if caching:
+            size = request.tokens.size
+            committed = state.num_committed
+            if reason is None and not nd and committed == len(request.block_hashes):
+                if min(state.num_computed, size) // bs == committed + 1:
+                    fills.append(request)  # the common case: one block filled
+            else:
+                if size >= (len(request.block_hashes) + 1) * bs:
+                    self.matcher.extend_hashes(request)
+                if min(state.num_computed, size) // bs > committed:  # else nothing to commit (the usual decode)
+                    self._commit_full_blocks(request, state)
         if type(state) is Prefilling:
             decoding = Decoding(
                 state.blocks, state.num_computed, state.num_scheduled, state.num_cached, state.num_committed
@@ -608,21 +615,32 @@ class Scheduler:
             state.num_committed += 1
 
     def _append_tokens(self, request: Request, sampled: list[int]) -> tuple[FinishReason | None, int]:
-        """Append sampled tokens up to the first stop; returns why the request finished (if it did) and how many."""
+        """Append sampled tokens up to the first stop; returns why the request finished (if it did) and how many.
+
+        The tokens are checked first and appended in one go: a stop id ends the
+        request at that token, else the token that reaches the length limit does.
+        """
+        m = len(sampled)
+        if not m:
+            return None, 0
         tokens = request.tokens
+        limit = min(request.num_prompt_tokens + request.max_tokens, self.config.max_model_len)
+        room = limit - tokens.size  # the token at index room - 1 (the first, at least) reaches the limit
+        end, reason = (max(room, 1), FinishReason.LENGTH) if room <= m else (m, None)
         eos = request.eos_token_id
         stop = request.stop_token_ids
-        limit = min(request.num_prompt_tokens + request.max_tokens, self.config.max_model_len)
-        n = tokens.size
-        for kept, token in enumerate(sampled, 1):
-            tokens.append(token)
-            request.last_token = token
-            n += 1
-            if token == eos or token in stop:
-                return FinishReason.STOP, kept
-            if n >= limit:
-                return FinishReason.LENGTH, kept
-        return None, len(sampled)
+        if eos is not None or stop:
+            for j in range(end):
+                token = sampled[j]
+                if token == eos or token in stop:
+                    end, reason = j + 1, FinishReason.STOP
+                    break
+        if end == 1:
+            tokens.append(sampled[0])
+        else:
+            tokens.extend(sampled[:end])
+        request.last_token = sampled[end - 1]
+        return reason, end
 
     def _commit_full_blocks(self, request: Request, state: Prefilling | Decoding) -> None:
         # Accepted drafts are computed before they are appended; a stop among them ends the request.
@@ -732,7 +750,10 @@ class Scheduler:
 
     # ================================================== leaving the running set
     def _preempt(self, request: Request, why: RequestEvent = RequestEvent.PREEMPTED) -> None:
-        self.pool.release(held_blocks(request.state), self._hold_for(request))
+        state = request.state
+        if self._caching and (type(state) is Prefilling or type(state) is Decoding):
+            self.matcher.remember_match(request, state.blocks[: state.num_committed])  # for its readmission
+        self.pool.release(held_blocks(state), self._hold_for(request))
         transition(request, "preempt", Preempted())
         self._leave_running(request)
         request.num_preemptions += 1

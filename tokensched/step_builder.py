@@ -109,19 +109,29 @@ class StepBuilder:
                     raise IndexError(f"{request.request_id}: positions {pos}..{pos + n - 1} past its block table")
                 self._push(tokens.array[pos : pos + n].copy(), chunk_slots)  # copied: a history may be truncated
             else:
-                if pos < tokens.size:
+                size = tokens.size
+                if real == 1:  # a decode and its drafts: the one real position is usually the newest token
+                    token_ids.append(
+                        request.last_token if pos == size - 1 else tokens.at(pos) if pos < size else PLACEHOLDER_TOKEN
+                    )
+                elif pos < size:
                     token_ids.extend(tokens.array[pos : pos + real].tolist())
                 else:
                     token_ids.append(PLACEHOLDER_TOKEN)
                 if drafts:
                     token_ids.extend(drafts)
                 end = pos + n
-                while pos < end:  # one range per block touched
-                    block_end = min(end, (pos // bs + 1) * bs)
-                    base_slot = blocks[pos // bs] * bs - (pos // bs) * bs
-                    slots.extend(range(base_slot + pos, base_slot + block_end))
-                    pos = block_end
-                pos = end - n
+                first = pos // bs
+                if (end - 1) // bs == first:  # all in one block
+                    base_slot = blocks[first] * bs - first * bs
+                    slots.extend(range(base_slot + pos, base_slot + end))
+                else:
+                    while pos < end:  # one range per block touched
+                        block_end = min(end, (pos // bs + 1) * bs)
+                        base_slot = blocks[pos // bs] * bs - (pos // bs) * bs
+                        slots.extend(range(base_slot + pos, base_slot + block_end))
+                        pos = block_end
+                    pos = end - n
         self.request_ids.append(request.request_id)
         self.num_computed.append(pos)
         self.offsets.append(self._parts_len + len(self.token_ids))

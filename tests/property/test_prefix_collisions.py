@@ -24,6 +24,7 @@ from tokensched import prompt_match as prompt_match_module
 from tokensched.config import RequestSpec, SchedulerConfig
 from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.machines.prefix import BlockHasher, Tokens
+from tokensched.machines.request import Request
 from tokensched.plan import StepPlan
 from tokensched.policies import PrefixAwarePolicy
 from tokensched.scheduler import Scheduler
@@ -126,6 +127,46 @@ def test_weak_hash_never_makes_a_recent_run_share_the_wrong_kv(
 ) -> None:
     """The same with every finished request remembered as a recent run (a hash match proposes it, tokens decide)."""
     with patch.object(prompt_match_module, "MIN_REUSE_BLOCKS", 1):
+        run_traffic(config, requests, seed, arrivals, prefix_aware)
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 5),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(
+    # Tight pools: admissions wait, requests are preempted, and their remembered blocks are evicted and handed
+    # out anew (committed with other content) before they try again.
+    config=scheduler_configs(max_blocks=14, speculative=False).map(
+        lambda c: c.model_copy(update={"enable_prefix_caching": True, "num_blocks": min(c.num_blocks, 12)})
+    ),
+    requests=traffic(),
+    seed=st.integers(0, 2**16),
+    arrivals=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    prefix_aware=st.booleans(),
+)
+def test_a_remembered_run_matches_what_the_index_finds(
+    config: SchedulerConfig,
+    requests: list[tuple[list[int], str | None, int, str | None]],
+    seed: int,
+    arrivals: list[int],
+    prefix_aware: bool,
+) -> None:
+    """Every match that starts from a remembered run (a session's previous turn, a recent long run, the run a
+    blocked request found, a preempted request's own blocks) returns exactly the run a full walk of the index
+    finds now, under colliding hashes."""
+    full_walk = prompt_match_module.PromptMatcher.match
+
+    def checked(matcher: prompt_match_module.PromptMatcher, request: Request) -> npt.NDArray[np.int64]:
+        run = full_walk(matcher, request)
+        root = matcher.root(request.cache_salt)[1]
+        assert run.tolist() == matcher._pool.match_prefix(request.block_hashes, request.tokens.array, root)
+        if request.reuse_run is not None:  # remembered before, or taken from the session's turn just now
+            event("a match from a remembered run" + (" (preempted)" if request.num_preemptions else ""))
+        return run
+
+    with patch.object(prompt_match_module.PromptMatcher, "match", checked):
         run_traffic(config, requests, seed, arrivals, prefix_aware)
 
 

@@ -42,7 +42,6 @@ attribute.
 
 from __future__ import annotations
 
-import contextlib
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -367,9 +366,9 @@ class BlockPool:
     def _match(
         self, hashes: Sequence[int], tokens: Sequence[int] | npt.NDArray[np.int32], root: int, root_gen: int
     ) -> npt.NDArray[np.int64]:
-        found = list(map(self._index.get, hashes))
-        with contextlib.suppress(ValueError):  # no miss: the whole chain is cached
-            found = found[: found.index(None)]
+        # The leading hits only: the callable iterator stops at the first miss (None), so a prompt whose
+        # cached run ends early is not looked up past it (thousands of cache-missing dict probes).
+        found: list[int] = list(iter(map(self._index.get, hashes).__next__, None))
         if not found:
             return NO_RUN
         candidates = np.fromiter(found, dtype=np.int64, count=len(found))
@@ -409,7 +408,7 @@ class BlockPool:
         ok &= self._link_gen[candidates] == before_gen
         return m if bool(ok.all()) else int(np.argmin(ok))
 
-    def generations(self, blocks: Sequence[int]) -> npt.NDArray[np.int64]:
+    def generations(self, blocks: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The blocks' allocation generations now: a block whose generation is unchanged still holds what it held."""
         return self._gen[np.asarray(blocks, dtype=np.int64)]
 
@@ -543,9 +542,17 @@ class BlockPool:
         bs = self.block_size
         if len(hashes) != n or len(tokens) != n * bs:
             raise ValueError(f"commit of {n} blocks needs {n} hashes and {n * bs} tokens")
-        for block in blocks:
-            if self._state[block] != _OWNED:
-                raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
+        bulk = n >= self.bulk_from
+        ids = np.array(blocks, dtype=np.int64) if bulk else NO_RUN
+        if bulk:  # one vectorised state check; the first block in order that is not OWNED is named
+            owned = self._states()[ids] == _OWNED
+            if not bool(owned.all()):
+                bad = int(ids[int(np.argmin(owned))])
+                raise IllegalTransition(f"block {bad}", self.state(bad).name, "commit")
+        else:
+            for block in blocks:
+                if self._state[block] != _OWNED:
+                    raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
         if not -len(self._roots) <= after < self.num_blocks:
             raise ValueError(f"commit after unknown block or salt root {after}")
         values = np.asarray(tokens, dtype=np.int32).reshape(n, bs)
@@ -554,20 +561,27 @@ class BlockPool:
         else:
             link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
         index = self._index
-        if n < self.bulk_from:
+        twins: list[int] | None = None  # with distinct blocks: what the index holds for each hash once it is in
+        if not bulk:
             self._tokens[list(blocks)] = values
             depth = self._depth
             for i, block in enumerate(blocks):
                 depth[block] = first_depth + i
         else:
-            ids = np.array(blocks, dtype=np.int64)
             self._tokens[ids] = values
             _ints(self._depth)[ids] = np.arange(first_depth, first_depth + n)
-            if self._all_new(ids, hashes):
-                self._commit_new(ids, hashes, link, link_gen)
-                if self.listener is not None:
-                    self._announce(blocks, hashes, values, list(range(n)), parent_hash)
-                return
+            if self._distinct(ids, blocks):
+                # One C-level pass both finds and indexes: ``setdefault`` in chain order does what the loop
+                # below does hash by hash (index a new hash; a hash already there, or repeated earlier in
+                # this run, is a twin), and an OWNED block is never an index value, so a block that comes
+                # back as its own twin was indexed just now.
+                block_list: list[int] = ids.tolist()
+                twins = list(map(index.setdefault, hashes, block_list))
+                if twins == block_list:  # all new (the common prefill chunk): every block its own canonical copy
+                    self._commit_new(ids, block_list, hashes, link, link_gen)
+                    if self.listener is not None:
+                        self._announce(blocks, hashes, values, None, parent_hash)
+                    return
         gen = self._gen
         stored: list[int] = []  # position in the run of each newly indexed block, for the listener
         for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
@@ -575,9 +589,13 @@ class BlockPool:
             self._hash[block] = h
             self._link[block] = link
             self._link_gen[block] = link_gen
-            twin = index.get(h)
-            if twin is None:
-                index[h] = block
+            if twins is None:
+                twin = index.get(h)
+                if twin is None:
+                    index[h] = block
+            else:
+                twin = twins[i]
+            if twin is None or (twins is not None and twin == block):
                 self._indexed[block] = True
                 canon = block
                 stored.append(i)
@@ -594,23 +612,13 @@ class BlockPool:
         if stored and self.listener is not None:
             self._announce(blocks, hashes, values, stored, parent_hash)
 
-    def _all_new(self, ids: npt.NDArray[np.int64], hashes: Sequence[int]) -> bool:
-        """Whether a run to commit names distinct blocks and distinct hashes none of which the index holds.
-
-        The common case of a prefill (its blocks' content is new): each block
-        becomes the indexed copy of its content and links to the block before
-        it, which :meth:`_commit_new` writes in a few vectorised passes.
-        """
-        return (
-            self._distinct(ids) and not any(map(self._index.__contains__, hashes)) and len(set(hashes)) == len(hashes)
-        )
-
-    def _commit_new(self, ids: npt.NDArray[np.int64], hashes: Sequence[int], link: int, link_gen: int) -> None:
-        """:meth:`commit`'s loop for a run that :meth:`_all_new` accepted: every block is its own canonical copy."""
+    def _commit_new(
+        self, ids: npt.NDArray[np.int64], block_list: list[int], hashes: Sequence[int], link: int, link_gen: int
+    ) -> None:
+        """:meth:`commit`'s loop for a run whose every block was just indexed as the copy of its (new) content."""
         n = len(ids)
         gen = self._gen
         self._states()[ids] = _COMMITTED
-        block_list: list[int] = ids.tolist()
         deque(map(self._hash.__setitem__, block_list, hashes), maxlen=0)
         links = np.empty(n, dtype=np.int64)
         links[0] = link
@@ -620,7 +628,6 @@ class BlockPool:
         link_gens[1:] = gen[ids[:-1]]
         self._link[ids] = links
         self._link_gen[ids] = link_gens
-        self._index.update(zip(hashes, block_list, strict=True))
         _flags(self._indexed)[ids] = True
         _ints(self._canon)[ids] = ids
         _ints(self._canon_gen)[ids] = gen[ids]
@@ -699,23 +706,32 @@ class BlockPool:
         blocks: Sequence[int],
         hashes: Sequence[int],
         values: npt.NDArray[np.int32],
-        stored: list[int],
+        stored: list[int] | None,
         parent_hash: int | None,
     ) -> None:
-        """Tell the listener about each run of consecutive newly indexed blocks."""
+        """Tell the listener about each run of consecutive newly indexed blocks (``stored`` None: all of them)."""
         assert self.listener is not None
+        if stored is None:  # one run, the whole commit: no walk over the positions
+            self._announce_run(hashes, values, 0, len(blocks), parent_hash)
+            return
         start = 0
         while start < len(stored):
             end = start + 1
             while end < len(stored) and stored[end] == stored[end - 1] + 1:
                 end += 1
-            lo, hi = stored[start], stored[end - 1] + 1
-            parent = parent_hash if lo == 0 else hashes[lo - 1]
-            run = values[lo:hi].reshape(-1)
-            # a long run's tokens as a lazy column: a list only for a listener that reads them
-            tokens = IntColumn([run.copy()]) if hi - lo >= self.bulk_from else run.tolist()
-            self.listener.blocks_stored(list(hashes[lo:hi]), parent, tokens, self.block_size)
+            self._announce_run(hashes, values, stored[start], stored[end - 1] + 1, parent_hash)
             start = end
+
+    def _announce_run(
+        self, hashes: Sequence[int], values: npt.NDArray[np.int32], lo: int, hi: int, parent_hash: int | None
+    ) -> None:
+        """``blocks_stored`` for the newly indexed blocks ``lo .. hi-1`` of a commit."""
+        assert self.listener is not None
+        parent = parent_hash if lo == 0 else hashes[lo - 1]
+        run = values[lo:hi].reshape(-1)
+        # a long run's tokens as a lazy column: a list only for a listener that reads them
+        tokens = IntColumn([run.copy()]) if hi - lo >= self.bulk_from else run.tolist()
+        self.listener.blocks_stored(list(hashes[lo:hi]), parent, tokens, self.block_size)
 
     def clear_cache(self) -> int:
         """Forget every cached block nobody holds (EVICTABLE becomes FREE); returns how many.
@@ -806,7 +822,7 @@ class BlockPool:
         n = len(blocks)
         if n >= self.bulk_from:
             ids = np.array(blocks, dtype=np.int64)
-            if self._distinct(ids):
+            if self._distinct(ids, blocks):
                 self._release_run(ids, hold_until_step)
                 return
         for block in blocks:
@@ -839,12 +855,17 @@ class BlockPool:
             else:
                 self._settle(block)
 
-    def _distinct(self, ids: npt.NDArray[np.int64]) -> bool:
-        """Whether ``ids`` (valid block ids) name each block once.
+    def _distinct(self, ids: npt.NDArray[np.int64], blocks: Sequence[int] | None = None) -> bool:
+        """Whether ``ids`` (valid block ids; ``blocks``: the same ids as a sequence, if the caller has one) name
+        each block once.
 
-        O(n): each block's position is written to a scratch array and read
-        back; a block given twice reads back its later position only.
+        O(n): a short run through a set of its ids (one C-level pass); a long one
+        through a scratch array, each block's position written and read back (a
+        block given twice reads back its later position only), which costs a few
+        numpy calls whatever the length.
         """
+        if len(ids) <= 128:
+            return len(set(ids.tolist() if blocks is None else blocks)) == len(ids)
         slot = self._slot
         where = np.arange(len(ids), dtype=np.int64)
         slot[ids] = where  # a block given twice keeps its last position only

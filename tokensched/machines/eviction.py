@@ -218,11 +218,14 @@ class LRUEviction:
         else:
             self._front = upto
 
-    def _live_places(self, start: int, ids: list[int] | npt.NDArray[np.int64], first: int) -> npt.NDArray[np.int64]:
-        """Indexes (from ``first``) of the places of a run that are still their block's live place."""
-        part = np.asarray(ids[first:], dtype=np.int64)
+    def _live_places(
+        self, start: int, ids: list[int] | npt.NDArray[np.int64], first: int, last: int | None = None
+    ) -> npt.NDArray[np.int64]:
+        """Indexes (from ``first``, before ``last``) of the places of a run that are still their block's live place."""
+        end = len(ids) if last is None else last
+        part = np.asarray(ids[first:end], dtype=np.int64)
         view = np.frombuffer(self._seq, dtype=np.int64)
-        return np.flatnonzero(view[part] == np.arange(start + first, start + len(ids), dtype=np.int64)) + first
+        return np.flatnonzero(view[part] == np.arange(start + first, start + end, dtype=np.int64)) + first
 
     def pop_many(self, k: int) -> list[int]:
         out: list[int] = []
@@ -233,17 +236,26 @@ class LRUEviction:
             ids = run if isinstance(run, np.ndarray) else np.array(run, dtype=np.int64)
             if ids is not run:
                 self._runs[0] = (start, ids)
-            live = self._live_places(start, ids, self._front)
             need = k - len(out)
-            if len(live) > need:
+            n = len(ids)
+            # Look at the front of the run only, a window that doubles while stale places leave it short:
+            # a 32-block eviction from a released 3,000-block run reads 32 places, not the whole run.
+            window = need
+            while True:
+                end = min(n, self._front + window)
+                live = self._live_places(start, ids, self._front, end)
+                if len(live) >= need or end == n:
+                    break
+                window *= 2
+            if len(live) > need or (len(live) == need and end < n):
                 live = live[:need]
                 upto = int(live[-1]) + 1
             else:
-                upto = len(ids)
+                upto = n
             taken = ids[live]
             np.frombuffer(self._seq, dtype=np.int64)[taken] = -1
             out += taken.tolist()
-            self._consumed(upto, len(ids))
+            self._consumed(upto, n)
         self._n -= k
         return out
 

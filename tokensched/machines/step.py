@@ -33,6 +33,9 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("launched", "fail"): "failed",
     ("completed", "apply"): "applied",
 }
+# The same table keyed by the states themselves (a StrEnum member hashes and compares as its value), giving
+# the target member: a move is one dict look-up, without reading ``.value`` or building a member.
+_MOVES: dict[tuple[str, str], StepState] = {key: StepState(target) for key, target in TRANSITIONS.items()}
 
 
 @attrs.define(slots=True, eq=False)
@@ -54,10 +57,10 @@ class Step:
     state: StepState = StepState.PLANNED
 
     def move(self, event: str) -> None:
-        target = TRANSITIONS.get((self.state.value, event))
+        target = _MOVES.get((self.state, event))
         if target is None:
             raise IllegalTransition(f"step {self.step_id}", self.state.value, event)
-        self.state = StepState(target)
+        self.state = target
 
 
 class StepTracker:
