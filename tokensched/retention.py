@@ -64,13 +64,41 @@ class SessionRetention:
 
     def protected_blocks(self, request: Request, now: float) -> int:
         """Free blocks ``request`` must leave alone: other sessions' retained caches, unless it waited too long."""
-        until = self._until
-        while until and next(iter(until.values()))[0] < now:
-            until.popitem(last=False)
+        until = self._expire(now)
         if not until or now - request.arrival_time >= self.window_s:
             return 0
         own = request.session_id
         return sum(self._evictable_tail(r) for sid, (_, r) in until.items() if sid != own)
+
+    def tails(self, now: float) -> dict[str, int]:
+        """Each session retained at ``now`` with its evictable tail (the sessions expired by then dropped first).
+
+        For a caller that asks :meth:`protected_from` about several queued
+        requests while the pool stands still (a look at whether admission
+        stays shut): each tail is a walk of a session's chain, so they are
+        summed once, not once for every request looked at.
+        """
+        return {sid: self._evictable_tail(r) for sid, (_, r) in self._expire(now).items()}
+
+    def protected_from(self, tails: dict[str, int] | None, request: Request, now: float) -> int:
+        """:meth:`protected_blocks` of ``request`` from ``tails(now)``, taken at the same ``now`` and pool state.
+
+        ``tails`` may be None only for a request that waited the window (the
+        caller need not walk the chains for it); the sessions lapsed by ``now``
+        are dropped all the same, as :meth:`protected_blocks` drops them.
+        """
+        self._expire(now)
+        if not tails or now - request.arrival_time >= self.window_s:
+            return 0
+        own = request.session_id
+        return sum(tails.values()) - (tails.get(own, 0) if own is not None else 0)
+
+    def _expire(self, now: float) -> OrderedDict[str, tuple[float, Request]]:
+        """Drop the sessions whose protection lapsed before ``now``; returns those left, in deadline order."""
+        until = self._until
+        while until and next(iter(until.values()))[0] < now:
+            until.popitem(last=False)
+        return until
 
     def _evictable_tail(self, request: Request) -> int:
         """Blocks of ``request``'s chain that are cached but held by nobody (they count as free).

@@ -217,6 +217,7 @@ def _admission_stays_shut(sched: Scheduler) -> float | None:
     now = sched.clock() if protects else 0.0
     free = sched.pool.num_free
     shut_until = math.inf
+    tails: dict[str, int] | None = None  # the retained sessions' tails, walked once: the pool stands still here
     index = 0
     while index < len(waiting):
         request = waiting.at(index)
@@ -227,7 +228,9 @@ def _admission_stays_shut(sched: Scheduler) -> float | None:
             continue
         protected = 0
         if retention is not None and len(retention):
-            protected = retention.protected_blocks(request, now)
+            if tails is None and now - request.arrival_time < retention.window_s:
+                tails = retention.tails(now)
+            protected = retention.protected_from(tails, request, now)
             if protected:
                 shut_until = min(shut_until, retention.next_expiry(), request.arrival_time + retention.window_s)
         if free - protected > request.blocked_at_free:

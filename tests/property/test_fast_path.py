@@ -666,3 +666,63 @@ def test_a_runs_block_tables_are_read_while_it_is_out() -> None:
     engine.scheduler.complete_run(result)
     with pytest.raises(InvalidRequest, match="block_tables read after complete_run"):
         _ = run.block_tables
+
+
+@contextlib.contextmanager
+def protection_checked(seen: list[int]) -> Any:
+    """While open, every ``protected_from`` answer is checked against ``protected_blocks`` (the walk per request)."""
+    from tokensched.retention import SessionRetention
+
+    fast = SessionRetention.protected_from
+
+    def checked(self: SessionRetention, tails: dict[str, int] | None, request: Any, now: float) -> int:
+        got = fast(self, tails, request, now)
+        assert got == self.protected_blocks(request, now), "tails summed once must give each request's protection"
+        seen.append(got)
+        return got
+
+    SessionRetention.protected_from = checked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SessionRetention.protected_from = fast  # type: ignore[method-assign]
+
+
+RETENTION_TRAFFIC = [(0.0, 30, 60, 1, 0), (0.0, 36, 80, 2, 0), (0.05, 20, 40, 0, 0), (0.1, 24, 70, 1, 0)]
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    items=st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.integers(10, 40), st.integers(20, 90), st.integers(0, 2), st.just(0)),
+        min_size=4,
+        max_size=10,
+    ),
+    blocks=st.integers(12, 24),
+    seed=st.integers(0, 2**16),
+    prefix_aware=st.booleans(),
+    retention_s=st.sampled_from([0.02, 0.1, 0.5]),
+)
+def test_retained_tails_summed_once_give_each_requests_protection(
+    items: list[tuple[float, int, int, int, int]], blocks: int, seed: int, prefix_aware: bool, retention_s: float
+) -> None:
+    """Whether admission stays shut looks at several queued requests with the pool standing still, so it walks
+    each retained session's chain once (``tails``) and sums them per request; every answer equals the
+    per-request walk of ``protected_blocks``."""
+    seen: list[int] = []
+    with protection_checked(seen):
+        drive(build(3, 1, blocks, 64, True, seed, prefix_aware, retention_s), traffic(items), runs=True)
+    if currently_in_test_context():
+        hypothesis_event(f"protection answers: {min(len(seen), 10)}{'+' if len(seen) >= 10 else ''}")
+
+
+def test_retained_tails_are_asked_on_fixed_traffic() -> None:
+    """The traffic above does reach the check: requests wait behind other sessions' retained caches."""
+    seen: list[int] = []
+    with protection_checked(seen):
+        drive(build(3, 1, 14, 64, True, 7, False, 0.5), traffic(RETENTION_TRAFFIC), runs=True)
+    assert any(seen), "some request should have been held back by another session's retained cache"
