@@ -247,6 +247,13 @@ arrivals = st.lists(
 )
 
 
+SESSION_TRAFFIC = st.lists(  # (arrival, new tokens, answer, session or 0, extra): sessions whose turns grow
+    st.tuples(st.floats(0.0, 1.0), st.integers(10, 40), st.integers(20, 90), st.integers(0, 2), st.just(0)),
+    min_size=4,
+    max_size=10,
+)
+
+
 def build(
     spec_tokens: int,
     in_flight: int,
@@ -542,11 +549,7 @@ def test_cursor_alternates_two_groups() -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(
-    items=st.lists(
-        st.tuples(st.floats(0.0, 1.0), st.integers(10, 40), st.integers(20, 90), st.integers(0, 2), st.just(0)),
-        min_size=4,
-        max_size=10,
-    ),
+    items=SESSION_TRAFFIC,
     spec_tokens=st.sampled_from([0, 3]),
     in_flight=st.sampled_from([1, 2]),
     blocks=st.integers(12, 24),
@@ -697,11 +700,7 @@ RETENTION_TRAFFIC = [(0.0, 30, 60, 1, 0), (0.0, 36, 80, 2, 0), (0.05, 20, 40, 0,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(
-    items=st.lists(
-        st.tuples(st.floats(0.0, 1.0), st.integers(10, 40), st.integers(20, 90), st.integers(0, 2), st.just(0)),
-        min_size=4,
-        max_size=10,
-    ),
+    items=SESSION_TRAFFIC,
     blocks=st.integers(12, 24),
     seed=st.integers(0, 2**16),
     prefix_aware=st.booleans(),
