@@ -175,25 +175,11 @@ class SimExecutor(VirtualClock):
         single steps would leave it. Inside the run a step in flight is a
         tuple, not a :class:`StepResult`: only one left in flight becomes one.
         """
-        depth = run.depth
         until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
-        steps = SimRun(self, run)
+        steps = self.begin_run(run)
         steps.start()
-        launch, pending, done, take = steps.launch_step, steps.pending, steps.done, steps.cursor.take
-        j = 0
-        while True:
-            step = pending.popleft()  # collect step j
-            done.append(step)
-            end = step[0]
-            if end > self._clock:
-                self._clock = end
-            if not take(j, step[1], step[2]) or self._clock >= until:
-                break
-            step_after = launch(j + depth)
-            if step_after is None:
-                break
-            pending.append(step_after)
-            j += 1
+        while steps.collect() and self._clock < until and steps.launch_next():
+            pass
         return steps.result()
 
     def begin_run(self, run: DecodeRun) -> SimRun:
