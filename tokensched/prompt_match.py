@@ -84,14 +84,11 @@ class PromptMatcher:
         """
         hashes = request.block_hashes
         tokens = request.tokens.array
-        sid = request.session_id
-        previous = self._sessions.get(sid) if sid is not None else None
-        if previous is not None and previous.cache_salt == request.cache_salt:
+        previous = self._previous_turn(request)
+        if previous is not None:
             shared = shared_prefix_blocks(previous.tokens.array, tokens, self._bs)
             hashes.extend(previous.block_hashes[:shared])
-            if previous.kv_run is not None and shared:
-                blocks, generations = previous.kv_run
-                request.reuse_run = (blocks[:shared], generations[:shared])
+            self._take_over_run(request, previous, shared)
         if request.reuse_run is None and len(tokens) // self._bs >= MIN_REUSE_BLOCKS and self._recent_runs:
             self._find_recent_run(request)
         self.hasher.extend(hashes, tokens, self.root(request.cache_salt)[0])
@@ -155,16 +152,25 @@ class PromptMatcher:
         by the time it is matched the previous turn may have finished, and one
         memory compare then saves walking the index for thousands of blocks.
         """
+        previous = self._previous_turn(request)
+        if previous is None or previous.kv_run is None:
+            return None  # no finished turn before it, or one that kept no blocks
+        shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
+        self._take_over_run(request, previous, shared)
+        return request.reuse_run
+
+    def _previous_turn(self, request: Request) -> Request | None:
+        """The latest finished turn of ``request``'s session, under the same salt (else no KV is shared), or None."""
         sid = request.session_id
         previous = self._sessions.get(sid) if sid is not None else None
-        if previous is None or previous.kv_run is None or previous.cache_salt != request.cache_salt:
-            return None
-        shared = shared_prefix_blocks(previous.tokens.array, request.tokens.array, self._bs)
-        if not shared:
-            return None
-        blocks, generations = previous.kv_run
-        request.reuse_run = (blocks[:shared], generations[:shared])
-        return request.reuse_run
+        return previous if previous is not None and previous.cache_salt == request.cache_salt else None
+
+    @staticmethod
+    def _take_over_run(request: Request, previous: Request, shared: int) -> None:
+        """``request`` repeats ``previous``'s first ``shared`` blocks: it remembers the blocks that held them."""
+        if previous.kv_run is not None and shared:
+            blocks, generations = previous.kv_run
+            request.reuse_run = (blocks[:shared], generations[:shared])
 
     def remember_match(self, request: Request, run: Sequence[int] | npt.NDArray[np.int64]) -> None:
         """``run`` holds ``request``'s leading blocks now: its next :meth:`match` confirms them by generation.
