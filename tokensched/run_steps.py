@@ -325,7 +325,7 @@ def _apply_steps(
         group = groups[j % depth]
         if j in touched:  # the rows that fill, hash or roll back a block go through the per-request code
             members = [rows[i] for i in group]
-            verified = cursor.planned[j]
+            verified = planned[j]
             ns = [1 + len(d) for d in verified]
             step = Step(first + j, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
             row_result = StepResult(first + j, sampled, proposed, None, result.elapsed[j])
