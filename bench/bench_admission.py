@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import types
 
 import numpy as np
 
 import tokensched.scheduler
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepPlan, StepResult
+from tokensched.config import PromptTokenIds
 
 PAGE = 16
 TOKENS = 200_000
@@ -48,11 +50,12 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="also print the medians of spec, submit and plan")
     args = parser.parse_args()
     if args.no_recent_runs:
+        matcher_module: types.ModuleType
         try:
             from tokensched import prompt_match as matcher_module
         except ImportError:  # a checkout from before the matcher had its own module
-            matcher_module = tokensched.scheduler  # type: ignore[assignment]
-        matcher_module.MIN_REUSE_BLOCKS = 1 << 62  # type: ignore[attr-defined]  # absent in older rounds
+            matcher_module = tokensched.scheduler
+        matcher_module.MIN_REUSE_BLOCKS = 1 << 62  # type: ignore[attr-defined]  # a plain ModuleType to mypy
     cfg = SchedulerConfig(
         num_blocks=2 * TOKENS // PAGE + 64, block_size=PAGE, max_batched_tokens=TOKENS + 16, max_model_len=400_000
     )
@@ -63,7 +66,7 @@ def main() -> None:
     times: dict[str, list[float]] = {"unrelated id": [], "session turn, list": [], "session turn, numpy int32": []}
     parts: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in times}
 
-    def admit(kind: str, rid: str, tokens: object, session: str | None, cached_at_least: int) -> None:
+    def admit(kind: str, rid: str, tokens: PromptTokenIds, session: str | None, cached_at_least: int) -> None:
         t0 = time.perf_counter()
         spec = RequestSpec(request_id=rid, prompt_token_ids=tokens, max_tokens=1, session_id=session)
         t1 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The request states are types: mypy refuses ``.blocks`` where a state has none, and unhandled states."""
+"""mypy refuses ``.blocks`` where a request state has none and matches that miss states; it takes buffer prompts."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_mypy_refuses_blocks_on_states_without_them_and_non_exhaustive_matches()
     assert status == 1, stdout
     errors = re.findall(r":(\d+): error: (.*)\[([a-z-]+)\]", stdout)
     lines = {int(line) for line, _, _ in errors}
-    assert lines == {8, 12, 22}, stdout  # exactly the three marked lines, nothing else
+    assert lines == {8, 12, 22}, stdout  # exactly the three marked lines, nothing else (buffer prompts pass)
     assert any(code == "attr-defined" and '"Waiting" has no attribute "blocks"' in msg for _, msg, code in errors)
     assert {msg.split('"')[1] for line, msg, code in errors if line == "12" and code == "union-attr"} == {
         "Waiting",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema, model_validator
 
 from tokensched.tokens import TokenIds
@@ -24,7 +26,8 @@ def _prompt_tokens(value: object) -> TokenIds:
 
 
 PromptTokenIds = Annotated[
-    Sequence[int],  # what callers see; the value is a TokenIds (a numpy array or array('i') is accepted too)
+    # What callers may pass (so that mypy accepts the buffers the validator takes); the value is a TokenIds.
+    Sequence[int] | npt.NDArray[np.integer[Any]],  # array("i") is a Sequence[int] to mypy
     PlainValidator(_prompt_tokens),
     PlainSerializer(lambda tokens: list(tokens), return_type=list[int]),
     WithJsonSchema({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "minItems": 1}),

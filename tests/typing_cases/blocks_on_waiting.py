@@ -20,3 +20,20 @@ def forgets_a_state(state: RequestState) -> int:
             return 0
         case _:
             assert_never(state)  # error: Preempted and Finished are not handled
+
+
+def prompts_as_buffers() -> list[object]:
+    # No error: RequestSpec takes the buffers its validator accepts, so an engine holding a numpy array or an
+    # array('i') of token ids passes it as it is, without a cast.
+    import array
+
+    import numpy as np
+
+    from tokensched import RequestSpec
+
+    ids = np.arange(1, 9, dtype=np.int32)
+    return [
+        RequestSpec(request_id="n", prompt_token_ids=ids, max_tokens=1),
+        RequestSpec(request_id="a", prompt_token_ids=array.array("i", [1, 2]), max_tokens=1),
+        RequestSpec(request_id="l", prompt_token_ids=[1, 2], max_tokens=1),
+    ]
