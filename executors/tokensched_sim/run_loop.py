@@ -89,7 +89,7 @@ def _walk(executor: SimExecutor, steps: SimRun, until: float, remaining: list[in
             # Take step j (RunCursor.take) and plan its rows' part of step j + depth (RunCursor.plan).
             rows = groups[j % depth]
             following: list[list[int]] = []  # the drafts each row verifies in step j + depth
-            needs: list[tuple[int, int]] = []  # blocks step j + depth's plan takes, per row
+            needs: list[tuple[int, int]] | None = None  # blocks step j + depth's plan takes, per row
             special = touched = False
             for r, i in enumerate(rows):
                 got_tokens = sampled[r]
@@ -119,6 +119,8 @@ def _walk(executor: SimExecutor, steps: SimRun, until: float, remaining: list[in
                     mine = mine[:cap]
                 top = at + 1 + len(mine)
                 if top > ends[i]:
+                    if needs is None:
+                        needs = []
                     needs.append((i, -(-top // bs) - ends[i] // bs))
                 following.append(mine)
             if touched:

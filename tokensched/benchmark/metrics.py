@@ -259,10 +259,10 @@ class MetricsCollector:
             for now, outputs in steps:
                 counted = start <= now < end
                 if type(outputs) is PlainStepOutputs:  # a run's step of appends: read from its columns
-                    ids, rows, tokens, _, cached = outputs.columns()
+                    ids, tokens, cached = outputs.request_ids, outputs.tokens, outputs.num_cached
                     if ids is not run_ids:
                         run_ids, found = ids, [requests.get(request_id) for request_id in ids]
-                    for r, i in enumerate(rows):
+                    for r, i in enumerate(outputs.rows):
                         request = found[i]
                         if request is None:
                             raise UnknownRequest(f"output for request {ids[i]!r}, which never arrived")

@@ -405,8 +405,8 @@ def record_steps(
     metrics.on_steps(steps)
     for t, outputs in steps:
         if type(outputs) is PlainStepOutputs:  # a run's step of appends: its columns, no finish among them
-            ids, rows, tokens, _, _ = outputs.columns()
-            for i, row in zip(rows, tokens, strict=True):
+            ids = outputs.request_ids
+            for i, row in zip(outputs.rows, outputs.tokens, strict=True):
                 answers[ids[i]].extend(row)
             continue
         for output in outputs:
