@@ -102,7 +102,7 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             return False
         plans = j < last  # the reference plans step j + depth only when another step follows
         following: list[list[int]] = []  # what each row verifies in step j + depth
-        needs: list[tuple[int, int]] = []  # blocks step j + depth's plan takes, per row
+        needs: list[tuple[int, int]] | None = None  # blocks step j + depth's plan takes, per row
         special = touched = False
         for r, i in enumerate(rows):
             tokens = sampled[r]
@@ -138,6 +138,8 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
                     mine = mine[:cap]
                 top = at + 1 + len(mine)
                 if top > ends[i]:
+                    if needs is None:
+                        needs = []
                     needs.append((i, -(-top // bs) - ends[i] // bs))
                 following.append(mine)
         if touched:

@@ -26,6 +26,7 @@ from tokensched.machines.step import Step
 from tokensched.plan import RequestOutput, StepResult
 from tokensched.policies.base import KeyDependence
 from tokensched.retention import MAX_PASSED_OVER
+from tokensched.run_outputs import PlainStepOutputs
 from tokensched.run_replay import replay
 
 if TYPE_CHECKING:
@@ -360,18 +361,18 @@ def _apply_steps(
             pending = pool.num_pending
             if sched._truncated and j + depth in planned:
                 sched._truncated = {}  # the plan of step j + depth carried the rolled-back rows' tables
-        else:
-            out: list[RequestOutput] = []
+        else:  # its outputs as columns (PlainStepOutputs builds the RequestOutputs if they are read)
+            step_counts: list[int] = []
             for slot, i in enumerate(group):
                 tokens = sampled[slot]
                 count = counts[i] = counts[i] + len(tokens)
                 new[i] += tokens
                 last_step[i] = j
-                out.append(RequestOutput(ids[i], tokens, None, None, count, cached[i]))
+                step_counts.append(count)
             if proposed is not None:
                 for slot, i in enumerate(group):
                     drafts[i] = proposed[slot]
-            outputs.append(out)
+            outputs.append(PlainStepOutputs(ids, group, sampled, step_counts, cached))
         if pending:
             pool.step_completed(first + j)
             pending = pool.num_pending

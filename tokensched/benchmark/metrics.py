@@ -53,6 +53,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from tokensched.errors import InvalidRequest, UnknownRequest
 from tokensched.plan import RequestOutput
+from tokensched.run_outputs import PlainStepOutputs
 
 _TIMELINE_POINTS = 200
 OVERLOAD_MIN_GROWTH_S = 2.0
@@ -245,14 +246,39 @@ class MetricsCollector:
         The same as :meth:`on_outputs` step by step, in one loop: a simulated
         hour records ~100k steps of one to three outputs each, so the calls
         and lookups around each step cost more than the outputs themselves.
+        A run's step of appends (:class:`~tokensched.run_outputs.PlainStepOutputs`)
+        is read from its columns, its requests looked up once for the run.
         """
         requests = self._requests
         itl = self._itl
         start, end = self.window_start, self.window_end
         window_tokens = 0
+        run_ids: list[str] | None = None  # the run whose requests ``found`` holds (looked up once a run)
+        found: list[_Request | None] = []
         try:
             for now, outputs in steps:
                 counted = start <= now < end
+                if type(outputs) is PlainStepOutputs:  # a run's step of appends: read from its columns
+                    ids, tokens, cached = outputs.request_ids, outputs.tokens, outputs.num_cached
+                    if ids is not run_ids:
+                        run_ids, found = ids, [requests.get(request_id) for request_id in ids]
+                    for r, i in enumerate(outputs.rows):
+                        request = found[i]
+                        if request is None:
+                            raise UnknownRequest(f"output for request {ids[i]!r}, which never arrived")
+                        delivered = len(tokens[r])
+                        if delivered:
+                            if request.num_output == 0:
+                                request.first_token = now
+                            elif request.in_window:
+                                itl.append((now - request.last_token) / delivered)
+                            request.last_token = now
+                            request.num_output += delivered
+                            if counted:
+                                window_tokens += delivered
+                        if cached[i] > request.num_cached:
+                            request.num_cached = cached[i]
+                    continue
                 for output in outputs:
                     request = requests.get(output.request_id)
                     if request is None:

@@ -41,6 +41,7 @@ from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
 from tokensched.executor import executor_package
 from tokensched.plan import FinishReason, RequestOutput
+from tokensched.run_outputs import PlainStepOutputs
 from tokensched.scheduler import Scheduler
 
 EOS_TOKEN_ID = 0  # the simulator's EOS; the scheduler stops on it, never knowing answer lengths up front
@@ -403,6 +404,11 @@ def record_steps(
     """Steps' outputs, each delivered at its time: into the metrics, the answers, and finished turns to the workload."""
     metrics.on_steps(steps)
     for t, outputs in steps:
+        if type(outputs) is PlainStepOutputs:  # a run's step of appends: its columns, no finish among them
+            ids = outputs.request_ids
+            for i, row in zip(outputs.rows, outputs.tokens, strict=True):
+                answers[ids[i]].extend(row)
+            continue
         for output in outputs:
             if output.new_token_ids:
                 answers[output.request_id].extend(output.new_token_ids)
