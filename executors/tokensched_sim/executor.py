@@ -27,7 +27,6 @@ from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
 from tokensched_sim.decode_cost import DecodeCost
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
-from tokensched_sim.run_loop import walk
 from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
 from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
@@ -175,13 +174,12 @@ class SimExecutor(VirtualClock):
         here, and the run's last launched step is left in flight, as the
         single steps would leave it. Inside the run a step in flight is a
         tuple, not a :class:`StepResult`: only one left in flight becomes one.
-        The steps are walked by :func:`~tokensched_sim.run_loop.walk` (the
-        ``SimRun`` calls below fused into one loop).
         """
         until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
         steps = self.begin_run(run)
         steps.start()
-        walk(self, steps, until)  # collect, then launch the next, while the cursor and the clock allow
+        while steps.collect() and self._clock < until and steps.launch_next():
+            pass
         return steps.result()
 
     def begin_run(self, run: DecodeRun) -> SimRun:
