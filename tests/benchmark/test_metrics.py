@@ -222,3 +222,14 @@ def test_steps_recorded_together_or_one_by_one_give_the_same_summary(
         together.on_steps(timed[lo:hi])
     end = now + 1.0
     assert together.summarize(end).model_dump_json() == one_by_one.summarize(end).model_dump_json()
+
+
+def test_a_subnormal_decode_time_is_left_out_of_tpot_instead_of_dividing_by_zero() -> None:
+    # Found by hypothesis: tokens at 0.0 and 5e-324 s give (5e-324 - 0.0) / 2 == 0.0 s a token, and tokens/s 1 / 0.
+    m = MetricsCollector(window_start=0.0, window_end=10.0)
+    m.on_arrival("r", 100, 0.0)
+    m.on_outputs([out("r", 2)], 0.0)
+    m.on_outputs([out("r", 1)], 5e-324)
+    summary = m.summarize(1.0)
+    assert summary.tpot_s.count == 0 and summary.tps_per_user.count == 0
+    assert summary.ttft_s.count == 1

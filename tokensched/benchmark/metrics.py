@@ -338,7 +338,9 @@ class MetricsCollector:
                 ttft.append(max(end_time - r.arrival, 0.0))
                 censored += 1
             if r.num_output >= 2 and r.last_token > r.first_token:
-                tpot.append((r.last_token - r.first_token) / (r.num_output - 1))
+                per_token = (r.last_token - r.first_token) / (r.num_output - 1)
+                if per_token > 0.0:  # a gap of a few subnormal seconds divides to 0.0, which has no tokens/s
+                    tpot.append(per_token)
         started = [r for r in window if r.num_output]
         prompt_started = sum(r.prompt_tokens for r in started)
         samples = [s for s in self._samples if start <= s.t <= end] or self._samples[-1:]
