@@ -316,6 +316,7 @@ class Scheduler:
         chunk_cap = self._chunk
         k_spec = self._k_spec
         running = self._running
+        add, add_decode = builder.add, (builder.add_decode if self._fast else None)  # None: the reference path
         if pool.num_free >= -(-budget // bs) + len(running):
             order = list(running.values())
         else:
@@ -336,7 +337,8 @@ class Scheduler:
             known = request.tokens.size
             room = request.max_tokens - (known - request.num_prompt_tokens) - request.inflight_samples
             drafts = NO_DRAFTS
-            if pos < known - 1 or (pos == known - 1 and type(state) is Prefilling):
+            chunk = pos < known - 1 or (pos == known - 1 and type(state) is Prefilling)
+            if chunk:
                 n = min(known - pos, budget, chunk_cap)  # a prefill chunk (prompt, or recompute)
                 is_sample = pos + n == known
             else:
@@ -366,7 +368,10 @@ class Scheduler:
                 blocks.extend(new_blocks)
             else:
                 new_blocks = NO_BLOCKS
-            builder.add(request, blocks, pos, n, new_blocks, is_sample, drafts)
+            if chunk or add_decode is None:
+                add(request, blocks, pos, n, new_blocks, is_sample, drafts)
+            else:
+                add_decode(request, blocks, pos, new_blocks, drafts)
             state.num_scheduled = pos + n
             budget -= n
         return budget, preempted or starved
