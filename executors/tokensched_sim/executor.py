@@ -245,8 +245,7 @@ class SimExecutor(VirtualClock):
         if model.engine.mixed_batches or not shape.num_prefill_tokens or shape.num_tokens == shape.num_prefill_tokens:
             duration = model.step_time(shape)
         else:  # the engine runs the prefill chunks and the decodes as two forward passes
-            prefill, decode = shape.split()
-            duration = model.step_time(prefill) + model.step_time(decode)
+            duration = model.split_step_time(shape)  # step_time of each half of shape.split(), added
         if sampled.num_proposing:
             k = self.num_speculative_tokens
             duration += model.draft_time(sampled.num_proposing, sampled.proposing_kv_tokens, k)
