@@ -17,7 +17,48 @@ from typing import Any, overload
 import numpy as np
 import numpy.typing as npt
 
-Part = list[int] | npt.NDArray[np.int32] | npt.NDArray[np.int64]
+
+class ChunkSlots:
+    """The KV slots of a prefill chunk's ``n`` positions, from lane ``lane`` of the first of ``blocks``, made
+    when first read: ``blocks[j] * block_size + lane`` onwards, position after position.
+
+    Why lazily: the simulator never reads a plan's slot mapping, and making a 32-block chunk's 512 slots
+    (a list of block ids to an array, a broadcast add, a ravel) was a tenth of a DP-attention rank's step.
+    An :class:`IntColumn` part; ``blocks`` must be the caller's own copy (a block table changes later).
+    """
+
+    __slots__ = ("_array", "_block_size", "_blocks", "_lane", "_n")
+
+    def __init__(self, blocks: Sequence[int], lane: int, n: int, block_size: int) -> None:
+        if lane + n > len(blocks) * block_size:
+            raise IndexError(f"{n} positions from lane {lane} run past {len(blocks)} blocks of {block_size}")
+        self._blocks = blocks
+        self._lane = lane
+        self._n = n
+        self._block_size = block_size
+        self._array: npt.NDArray[np.int64] | None = None
+
+    def slots(self) -> npt.NDArray[np.int64]:
+        """The slots as an int64 array, made once in one array pass over the blocks."""
+        made = self._array
+        if made is None:
+            bs, lane = self._block_size, self._lane
+            base = np.array(self._blocks, dtype=np.int64) * bs
+            made = self._array = (base[:, None] + np.arange(bs, dtype=np.int64)).ravel()[lane : lane + self._n]
+        return made
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> npt.NDArray[Any]:
+        made = self.slots()
+        return made if dtype is None else made.astype(dtype, copy=False)
+
+    def tolist(self) -> list[int]:
+        return self.slots().tolist()  # type: ignore[no-any-return]
+
+
+Part = list[int] | npt.NDArray[np.int32] | npt.NDArray[np.int64] | ChunkSlots
 
 
 class IntColumn(Sequence[int]):

@@ -255,6 +255,10 @@ class RequestOutput:
         return self.finish_reason is not None
 
 
+_NO_COUNTS = np.zeros(0, np.int64)  # the column counts of a batch built one by one: shared, never written
+_NO_COUNTS.flags.writeable = False
+
+
 class OutputBatch(Sequence[RequestOutput]):
     """One step's outputs: preemption events, then one output per sampling request in plan order.
 
@@ -286,7 +290,7 @@ class OutputBatch(Sequence[RequestOutput]):
     @classmethod
     def of(cls, outputs: list[RequestOutput]) -> OutputBatch:
         """A batch of outputs built one by one (the per-request path)."""
-        batch = cls(outputs, [], [], np.zeros(0, np.int64), np.zeros(0, np.int64), {})
+        batch = cls(outputs, [], [], _NO_COUNTS, _NO_COUNTS, {})
         batch._built = outputs
         return batch
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
-from tokensched import columnar_steps, run_steps
+from tokensched import columnar_steps, decode_rows, run_steps
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
 from tokensched.decode_run import DecodeRun, RunResult
@@ -136,7 +136,9 @@ class Scheduler:
         self._finished = 0
         self._aborted = 0
         self._failed_steps = 0
-        self._fast = fast_decode  # the columnar decode path (False: every step per request, the reference)
+        # The columnar decode path and the decode-row lanes (False: every row through the per-request code,
+        # the reference the property tests compare them with).
+        self._fast = fast_decode
         self._cols: DecodeColumns | None = None
         self._run: tuple[DecodeRun, list[Request]] | None = None  # a decode run out (plan_run .. complete_run)
 
@@ -314,6 +316,7 @@ class Scheduler:
         chunk_cap = self._chunk
         k_spec = self._k_spec
         running = self._running
+        add, add_decode = builder.add, (builder.add_decode if self._fast else None)  # None: the reference path
         if pool.num_free >= -(-budget // bs) + len(running):
             order = list(running.values())
         else:
@@ -334,7 +337,8 @@ class Scheduler:
             known = request.tokens.size
             room = request.max_tokens - (known - request.num_prompt_tokens) - request.inflight_samples
             drafts = NO_DRAFTS
-            if pos < known - 1 or (pos == known - 1 and type(state) is Prefilling):
+            chunk = pos < known - 1 or (pos == known - 1 and type(state) is Prefilling)
+            if chunk:
                 n = min(known - pos, budget, chunk_cap)  # a prefill chunk (prompt, or recompute)
                 is_sample = pos + n == known
             else:
@@ -364,7 +368,10 @@ class Scheduler:
                 blocks.extend(new_blocks)
             else:
                 new_blocks = NO_BLOCKS
-            builder.add(request, blocks, pos, n, new_blocks, is_sample, drafts)
+            if chunk or add_decode is None:
+                add(request, blocks, pos, n, new_blocks, is_sample, drafts)
+            else:
+                add_decode(request, blocks, pos, new_blocks, drafts)
             state.num_scheduled = pos + n
             budget -= n
         return budget, preempted or starved
@@ -500,10 +507,13 @@ class Scheduler:
         now = self.clock()
         outputs = self._take_events()
         fills: list[Request] = []  # requests whose one new full block is hashed and committed in a batch below
-        for i, request in enumerate(step.requests):
-            if request.epoch != step.epochs[i]:
-                continue  # left the running set (finished, aborted, preempted) after this step was planned
-            self._apply_row(i, request, step, result, now, outputs, fills)
+        if self._fast:  # the common decode row without the per-row calls; the rest through _apply_row
+            decode_rows.apply_rows(self, step, result, now, outputs, fills)
+        else:
+            for i, request in enumerate(step.requests):
+                if request.epoch != step.epochs[i]:
+                    continue  # left the running set (finished, aborted, preempted) after this step was planned
+                self._apply_row(i, request, step, result, now, outputs, fills)
         if fills:
             self._commit_fills(fills)
         step.move("apply")

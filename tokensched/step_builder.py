@@ -3,9 +3,10 @@
 Kept separate from the algorithm so that :mod:`tokensched.scheduler` reads like
 the policy it implements, while this module keeps the per-request cost of
 filling a :class:`~tokensched.plan.StepPlan` to a few list appends. A long
-prefill chunk adds its tokens and slots as two arrays instead: the plan's
-per-token columns are then :class:`~tokensched.int_column.IntColumn` s that
-build a list only if an executor indexes them.
+prefill chunk adds its tokens as an array and its slots as a
+:class:`~tokensched.int_column.ChunkSlots` (made when first read) instead:
+the plan's per-token columns are then :class:`~tokensched.int_column.IntColumn` s
+that build a list only if an executor indexes them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from tokensched.int_column import IntColumn, Part
+from tokensched.int_column import ChunkSlots, IntColumn, Part
 from tokensched.machines.request import Request
 from tokensched.machines.step import Step
 from tokensched.plan import NO_DRAFTS, PLACEHOLDER_TOKEN, NewRequestData, StepPlan
@@ -100,13 +101,13 @@ class StepBuilder:
             real = n - len(drafts)
             slots = self.slots
             if n >= BULK_SLOTS and pos + n <= tokens.size and not drafts:
-                # A prefill chunk: its tokens and slots stay arrays (parts of the plan's lazy columns).
+                # A prefill chunk: its tokens stay an array and its slots are made when first read (parts of
+                # the plan's lazy columns).
                 first = pos // bs
-                base = np.array(blocks[first : (pos + n - 1) // bs + 1], dtype=np.int64) * bs
-                lane = pos % bs
-                chunk_slots = (base[:, None] + np.arange(bs, dtype=np.int64)).ravel()[lane : lane + n]
-                if len(chunk_slots) != n:
+                chunk_blocks = blocks[first : (pos + n - 1) // bs + 1]  # a copy: the table may change later
+                if len(chunk_blocks) * bs < pos % bs + n:
                     raise IndexError(f"{request.request_id}: positions {pos}..{pos + n - 1} past its block table")
+                chunk_slots = ChunkSlots(chunk_blocks, pos % bs, n, bs)
                 self._push(tokens.array[pos : pos + n].copy(), chunk_slots)  # copied: a history may be truncated
             else:
                 size = tokens.size
@@ -147,7 +148,54 @@ class StepBuilder:
         if is_sample:
             request.inflight_samples += 1 + len(drafts)
 
-    def _push(self, tokens: npt.NDArray[np.int32], slots: npt.NDArray[np.int64]) -> None:
+    def add_decode(
+        self, request: Request, blocks: Sequence[int], pos: int, new_blocks: tuple[int, ...], drafts: tuple[int, ...]
+    ) -> None:
+        """:meth:`add` of a decode: position ``pos`` (the newest token's, or past it while a step is in flight)
+        and then its ``drafts``, all sampled.
+
+        The same columns and counters as ``add(request, blocks, pos, 1 + len(drafts), new_blocks, True,
+        drafts)``, without the tests only a prefill chunk needs: a step's decodes outnumber its chunks, and
+        ``tests/test_step_builder.py`` checks the two equal.
+        """
+        bs = self.block_size
+        first = pos // bs
+        if drafts:
+            n = 1 + len(drafts)
+            self.token_ids.append(request.last_token if pos == request.tokens.size - 1 else PLACEHOLDER_TOKEN)
+            self.token_ids.extend(drafts)
+            end = pos + n
+            if (end - 1) // bs == first:
+                base_slot = blocks[first] * bs - first * bs
+                self.slots.extend(range(base_slot + pos, base_slot + end))
+            else:
+                at = pos
+                while at < end:  # one range per block touched
+                    block_end = min(end, (at // bs + 1) * bs)
+                    base_slot = blocks[at // bs] * bs - (at // bs) * bs
+                    self.slots.extend(range(base_slot + at, base_slot + block_end))
+                    at = block_end
+            self.num_tokens.append(n)
+            self.num_drafts.append(n - 1)
+            request.inflight_samples += n
+        else:
+            self.token_ids.append(request.last_token if pos == request.tokens.size - 1 else PLACEHOLDER_TOKEN)
+            self.slots.append(blocks[first] * bs + pos % bs)
+            self.num_tokens.append(1)
+            self.num_drafts.append(0)
+            request.inflight_samples += 1
+        self.request_ids.append(request.request_id)
+        self.num_computed.append(pos)
+        self.offsets.append(self._parts_len + len(self.token_ids))
+        self.new_blocks.append(new_blocks)
+        self.sample.append(True)
+        self.drafts.append(drafts)
+        self.requests.append(request)
+        self.epochs.append(request.epoch)
+        request.planned_in = self.step_id
+        request.inflight_steps += 1
+
+    def _push(self, tokens: npt.NDArray[np.int32], slots: ChunkSlots) -> None:
         """Close the lists being filled and add a chunk's arrays as the columns' next parts."""
         if self.token_ids:
             self._token_parts.append(self.token_ids)

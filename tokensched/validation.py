@@ -18,25 +18,33 @@ from tokensched.tokens import INT32_MAX
 def validate_result(step: Step, result: StepResult, max_drafts: int) -> None:
     n = len(step.requests)
     sampled_rows = result.sampled_token_ids
-    where = f"result for step {step.step_id}"
-    if len(sampled_rows) != n:
-        raise InvalidRequest(f"{where}: {len(sampled_rows)} rows of sampled tokens for {n} scheduled requests")
-    if result.draft_token_ids is not None and len(result.draft_token_ids) != n:
-        raise InvalidRequest(f"{where}: {len(result.draft_token_ids)} rows of drafts for {n} scheduled requests")
-    if result.logprobs is not None and len(result.logprobs) != n:
-        raise InvalidRequest(f"{where}: {len(result.logprobs)} rows of logprobs for {n} scheduled requests")
-    # The usual result passes in a few C-level passes; anything they refuse is walked row by row below,
-    # which names the first fault in row order.
-    if not _counts_ok(step, sampled_rows) or not _plain_tokens(chain.from_iterable(sampled_rows)):
-        _check_rows(step, sampled_rows, where)
     drafts = result.draft_token_ids
-    if drafts is not None and ((max_drafts == 0 and any(drafts)) or not _plain_tokens(chain.from_iterable(drafts))):
+    if len(sampled_rows) != n:
+        raise InvalidRequest(f"{_where(step)}: {len(sampled_rows)} rows of sampled tokens for {n} scheduled requests")
+    if drafts is not None and len(drafts) != n:
+        raise InvalidRequest(f"{_where(step)}: {len(drafts)} rows of drafts for {n} scheduled requests")
+    if result.logprobs is not None and len(result.logprobs) != n:
+        raise InvalidRequest(f"{_where(step)}: {len(result.logprobs)} rows of logprobs for {n} scheduled requests")
+    # The usual result passes in a few C-level passes over its sampled tokens and drafts together; anything
+    # they refuse is walked row by row below, sampled tokens first, which names the first fault in row order.
+    tokens = chain.from_iterable(sampled_rows)
+    if drafts is not None:
+        tokens = chain(tokens, chain.from_iterable(drafts))
+    if _counts_ok(step, sampled_rows) and _plain_tokens(tokens) and (max_drafts or drafts is None or not any(drafts)):
+        return
+    where = _where(step)
+    _check_rows(step, sampled_rows, where)
+    if drafts is not None:
         for row in drafts:
             if row and max_drafts == 0:
                 raise InvalidRequest(f"{where}: drafts proposed but num_speculative_tokens is 0")
             for token in row:
                 if type(token) is not int or token < 0 or token > INT32_MAX:
                     raise InvalidRequest(f"{where}: draft token {token!r}")
+
+
+def _where(step: Step) -> str:
+    return f"result for step {step.step_id}"
 
 
 def _counts_ok(step: Step, sampled_rows: Sequence[Sequence[int]]) -> bool:

@@ -474,24 +474,79 @@ class CostModel:
         multi-step runs and adds in this order (``tests/sim/test_decode_cost.py``
         checks them equal to the bit).
         """
-        t = shape.num_tokens
+        s = shape
+        return self._time(
+            s.num_tokens,
+            s.num_requests,
+            s.num_logits,
+            s.prefill_pairs,
+            s.prefill_context_tokens,
+            s.prefill_kv_tokens,
+            s.decode_pairs,
+            s.decode_kv_tokens,
+        )
+
+    def split_step_time(self, shape: BatchShape) -> float:
+        """``step_time(prefill) + step_time(decode)`` of ``shape.split()``, the same float, without the two shapes.
+
+        What an engine that does not mix prefill and decode in one batch pays
+        for a mixed step (see :meth:`BatchShape.split`); one a single step of
+        the SGLang profiles, whose two halves were built as objects only to be
+        read here.
+        """
+        s = shape
+        prefill = self._time(
+            s.num_prefill_tokens,
+            s.num_prefill_requests,
+            s.num_prefill_logits,
+            s.prefill_pairs,
+            s.prefill_context_tokens,
+            s.prefill_kv_tokens,
+            0,
+            0,
+        )
+        num_requests = s.num_requests - s.num_prefill_requests
+        decode = self._time(
+            s.num_tokens - s.num_prefill_tokens,
+            num_requests if num_requests > 0 else 0,
+            s.num_logits - s.num_prefill_logits,
+            0,
+            0,
+            0,
+            s.decode_pairs,
+            s.decode_kv_tokens,
+        )
+        return prefill + decode
+
+    def _time(
+        self,
+        t: int,
+        num_requests: int,
+        num_logits: int,
+        prefill_pairs: int,
+        prefill_context_tokens: int,
+        prefill_kv_tokens: int,
+        decode_pairs: int,
+        decode_kv_tokens: int,
+    ) -> float:
+        """:meth:`step_time` from the shape's fields (:class:`BatchShape`'s names)."""
         if not t:
             return 0.0
-        total, share, mlp, moe = self.count_terms(shape.num_requests, t)
+        total, share, mlp, moe = self.count_terms(num_requests, t)
         pre_c, ctx_c, dec_c = self._f_attn
         kv = self._f_kv * share
-        if shape.prefill_pairs:
-            c = (shape.prefill_pairs * pre_c + shape.prefill_context_tokens * ctx_c) * share
-            m = shape.prefill_kv_tokens * kv
+        if prefill_pairs:
+            c = (prefill_pairs * pre_c + prefill_context_tokens * ctx_c) * share
+            m = prefill_kv_tokens * kv
             total += c if c > m else m
-        if shape.decode_pairs:
-            c, m = shape.decode_pairs * dec_c * share, shape.decode_kv_tokens * kv
+        if decode_pairs:
+            c, m = decode_pairs * dec_c * share, decode_kv_tokens * kv
             total += c if c > m else m
         total += mlp  # 0.0 without the layers: adding it is exact
         total += moe
-        if shape.num_logits:
+        if num_logits:
             c, m = self._f_head
-            total += shape.num_logits * c if shape.num_logits * c > m else m
+            total += num_logits * c if num_logits * c > m else m
         return total
 
     def draft_time(self, num_requests: int, kv_tokens: int, num_drafts: int) -> float:

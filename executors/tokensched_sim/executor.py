@@ -27,7 +27,6 @@ from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
 from tokensched_sim.decode_cost import DecodeCost
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
-from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
 from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
 
@@ -241,14 +240,12 @@ class SimExecutor(VirtualClock):
 
     def _run(self, plan: StepPlan) -> tuple[StepResult, float]:
         """The step's tokens from the RNG and its duration from the cost model."""
-        sampled = self.tokens.sample(plan)
+        sampled, shape = self.tokens.sample_step(plan)  # sample(plan) and BatchShape.from_plan(plan)
         model = self.cost_model
-        shape = BatchShape.from_plan(plan)
         if model.engine.mixed_batches or not shape.num_prefill_tokens or shape.num_tokens == shape.num_prefill_tokens:
             duration = model.step_time(shape)
         else:  # the engine runs the prefill chunks and the decodes as two forward passes
-            prefill, decode = shape.split()
-            duration = model.step_time(prefill) + model.step_time(decode)
+            duration = model.split_step_time(shape)  # step_time of each half of shape.split(), added
         if sampled.num_proposing:
             k = self.num_speculative_tokens
             duration += model.draft_time(sampled.num_proposing, sampled.proposing_kv_tokens, k)

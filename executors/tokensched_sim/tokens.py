@@ -21,6 +21,7 @@ import attrs
 
 from tokensched.errors import InvalidRequest
 from tokensched.plan import StepPlan
+from tokensched_sim.shape import BatchShape
 
 OutputLengths = Mapping[str, int] | Callable[[str], int | None]
 """A request's target output length by id (EOS is forced at it); ``None`` or missing: no EOS."""
@@ -138,6 +139,97 @@ class TokenSource:
                 sampled = attrs.evolve(sampled, logprobs=logprobs)
         self.stats.num_sampled_tokens += sum(map(len, sampled.tokens))
         return sampled
+
+    def sample_step(self, plan: StepPlan) -> tuple[Sampled, BatchShape]:
+        """:meth:`sample` of ``plan`` and its :meth:`BatchShape.from_plan`, with speculation in one walk over the rows.
+
+        The same draws in the same order as ``sample`` (each sampling row's
+        acceptances and token, then every proposing row's drafts), the same
+        counters and the same shape, to the bit (``tests/sim/test_step_sampling.py``).
+        Why: a single step of a few speculative decodes beside a prefill chunk
+        (the DP-attention ranks' every step) walked its rows three times
+        (context lengths, draws, shape) and built a list per walk; here the
+        draws and the shape's sums share one loop. Without speculation, or
+        with a request that wants logprobs, it is ``sample`` then ``from_plan``.
+        """
+        if not self.num_speculative_tokens or self._logprobs:
+            return self.sample(plan), BatchShape.from_plan(plan)
+        left = self._left
+        rand = self._rng.random
+        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        request_ids, samples, plan_drafts = plan.request_ids, plan.sample, plan.draft_token_ids
+        computed, offsets = plan.num_computed_tokens, plan.token_offsets
+        out: list[list[int]] = []
+        proposing: list[int] = []  # indices of requests that get drafts
+        proposing_kv = verified = tested = accepted_total = emitted = 0
+        logits = sum_c = sum_qc = sum_qq = 0
+        pre_pairs = pre_kv = pre_ctx = pre_q = pre_n = pre_logits = 0
+        lo = offsets[0]
+        try:
+            for i, request_id in enumerate(request_ids):
+                hi = offsets[i + 1]
+                q, c, drafts = hi - lo, computed[i], plan_drafts[i]
+                lo = hi
+                d = len(drafts)
+                sum_c += c
+                sum_qc += q * c
+                sum_qq += q * q
+                sample = samples[i]
+                if q > d + 1:  # a prefill chunk (a decode computes one token and its drafts)
+                    pre_pairs += q * c + q * (q + 1) // 2
+                    pre_kv += c + q
+                    pre_ctx += c
+                    pre_q += q
+                    pre_n += 1
+                    if sample:
+                        pre_logits += 1 + d
+                n = left[request_id]
+                if not sample:
+                    out.append([])
+                    continue
+                logits += 1 + d
+                accepted = 0
+                if d:
+                    while accepted < d and rand() < alpha:
+                        accepted += 1
+                    verified += d
+                    tested += accepted + (accepted < d)
+                    accepted_total += accepted
+                if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
+                    tokens = [*drafts[: max(n - 1, 0)], eos]
+                    n = 0
+                else:
+                    t = int(rand() * span)
+                    tokens = [*drafts[:accepted], t + (t >= eos)]
+                    n -= accepted + 1
+                emitted += len(tokens)
+                out.append(tokens)
+                left[request_id] = n
+                if n:
+                    proposing.append(i)
+                    proposing_kv += c + q
+        except KeyError as exc:
+            raise InvalidRequest(f"step {plan.step_id}: request {exc.args[0]!r} was never sent in full") from None
+        stats = self.stats
+        stats.num_drafts_verified += verified
+        stats.num_drafts_tested += tested
+        stats.num_drafts_accepted += accepted_total
+        # All drafts in one draw, then skip over the EOS id, as _sample_speculative does.
+        raw = [int(rand() * span) for _ in range(len(proposing) * k)]
+        flat = list(map(add, raw, map(ge, raw, repeat(eos))))
+        proposals: list[list[int]] = [[] for _ in out]
+        for j, i in enumerate(proposing):
+            proposals[i] = flat[j * k : j * k + k]
+        stats.num_sampled_tokens += emitted
+        sampled = Sampled(out, proposals, None, len(proposing), proposing_kv)
+        n, t = len(computed), plan.num_tokens
+        if t == n:  # one token each: every request is a decode (BatchShape.from_plan's first case)
+            return sampled, BatchShape(t, logits, 0, 0, 0, sum_c + t, sum_c + t, n)
+        pairs = sum_qc + (sum_qq + t) // 2
+        shape = BatchShape(
+            t, logits, pre_pairs, pre_kv, pre_ctx, pairs - pre_pairs, sum_c + t - pre_kv, n, pre_q, pre_n, pre_logits
+        )
+        return sampled, shape
 
     def sample_decodes(self, request_ids: list[str], drafts: Sequence[Sequence[int]], kv_after: list[int]) -> Sampled:
         """One decode step of a multi-step run: the same draws as :meth:`sample` of the equivalent plan.

@@ -139,6 +139,37 @@ def call(s: Scheduler, f: Any, *args: Any) -> Any:
 def test_fast_path_equals_reference(
     ops: list[tuple[Any, ...]], num_blocks: int, in_flight: int, k_spec: int, caching: bool, budget: int
 ) -> None:
+    fast_steps = drive_pair(ops, num_blocks, in_flight, k_spec, caching, budget)
+    event(f"operations with decode columns live: {'some' if fast_steps else 'none'}")
+
+
+@settings(
+    max_examples=max(1, EXAMPLES // 2),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    ops=ops,
+    num_blocks=st.sampled_from([10, 24, 40, 64]),
+    in_flight=st.sampled_from([1, 1, 2]),
+    k_spec=st.sampled_from([1, 2, 3]),
+    caching=st.booleans(),
+    budget=st.sampled_from([4, 8, 16]),  # room for a decode and 3 drafts
+)
+def test_speculative_rows_equal_reference(
+    ops: list[tuple[Any, ...]], num_blocks: int, in_flight: int, k_spec: int, caching: bool, budget: int
+) -> None:
+    """The decode-row lanes (``tokensched.decode_rows``) under speculative decoding: every step mixes drafts,
+    rejected drafts that roll back blocks, prefill chunks and stops, so the common row and the rare ones
+    (handed to the per-request code) alternate within one step."""
+    drive_pair(ops, num_blocks, in_flight, k_spec, caching, budget)
+
+
+def drive_pair(
+    ops: list[tuple[Any, ...]], num_blocks: int, in_flight: int, k_spec: int, caching: bool, budget: int
+) -> int:
+    """Run ``ops`` on a fast and a reference scheduler, asserting equal plans, outputs, pools and requests;
+    returns how many operations found the decode columns live."""
     config = SchedulerConfig(
         num_blocks=num_blocks,
         block_size=BS,
@@ -192,10 +223,10 @@ def test_fast_path_equals_reference(
                 fast_steps += 1
         assert got[: len(got) // 2] == got[len(got) // 2 :], f"after {op}"
         seq += kind == "submit"
-    event(f"operations with decode columns live: {'some' if fast_steps else 'none'}")
     assert request_key(pair[0]) == request_key(pair[1])
     for s in pair:
         s.check_invariants()
+    return fast_steps
 
 
 def complete(s: Scheduler, plans: list[StepPlan], seed: int) -> Any:

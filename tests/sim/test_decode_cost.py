@@ -7,6 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokensched.plan import StepPlan
 from tokensched_sim import BatchShape, CostModel, Deployment, Efficiency
 from tokensched_sim.decode_cost import DecodeCost
 
@@ -80,3 +81,38 @@ def test_a_model_that_is_not_a_cost_model_prices_the_decodes_shape_itself(batch:
     assert cost.draft_time(len(batch), shape.decode_kv_tokens, 3) == 2 * inner.draft_time(
         len(batch), shape.decode_kv_tokens, 3
     )
+
+
+# A mixed step: prefill chunks (tokens, context, whether the chunk samples) and decodes (context, drafts).
+chunks = st.lists(st.tuples(st.integers(1, 9000), st.integers(0, 300_000), st.booleans()), max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(range(len(MODELS))), chunks, st.lists(st.tuples(st.integers(0, 300_000), st.integers(0, 4))))
+def test_split_step_time_is_the_same_float_as_step_time_of_each_half(
+    which: int, prefill: list[tuple[int, int, bool]], decodes: list[tuple[int, int]]
+) -> None:
+    """What a non-mixing engine pays for a mixed step, priced without building the halves, to the bit."""
+    model = MODELS[which]
+    qs = [q for q, _, _ in prefill] + [1 + d for _, d in decodes]
+    computed = [c for _, c, _ in prefill] + [c for c, _ in decodes]
+    offsets = [0]
+    for q in qs:
+        offsets.append(offsets[-1] + q)
+    plan = StepPlan(
+        step_id=0,
+        block_size=16,
+        new_requests=(),
+        removed_request_ids=(),
+        request_ids=[f"r{i}" for i in range(len(qs))],
+        num_computed_tokens=computed,
+        token_offsets=offsets,
+        token_ids=[1] * offsets[-1],
+        slot_mapping=list(range(offsets[-1])),
+        new_block_ids=[() for _ in qs],
+        sample=[s for _, _, s in prefill] + [True] * len(decodes),
+        draft_token_ids=[()] * len(prefill) + [(1,) * d for _, d in decodes],
+    )
+    shape = BatchShape.from_plan(plan)
+    first, second = shape.split()
+    assert model.split_step_time(shape) == model.step_time(first) + model.step_time(second)
