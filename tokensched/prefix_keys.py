@@ -182,14 +182,7 @@ class PrefixKeys:
         pool = self._pool
         if self._removed:
             removed, self._removed = self._removed, []
-            holders = self._holders
-            for h in removed:
-                if h not in holders or pool.indexed(h):
-                    continue  # nobody's run, or back in the index already
-                held = holders[h]
-                for request, cut in [held] if isinstance(held, tuple) else list(held.items()):
-                    if cut < self._matched[request]:  # else cut already, by a hash before it
-                        self._move(request, cut, changed)
+            self._cut_runs(removed, changed)
         if self._stored:
             stored, self._stored = self._stored, []
             waiters = self._waiters
@@ -212,6 +205,33 @@ class PrefixKeys:
                 self._keys[request] = new
                 moved = True
         return moved
+
+    def _cut_runs(self, removed: list[int], changed: set[Request]) -> None:
+        """Cut each run that lost a hash of ``removed`` (still out of the index) at its earliest such place.
+
+        One move a request, to its final length, however many of its blocks
+        went (an eviction takes a released run's blocks tail first, so cutting
+        at each in turn would re-index a run once per block), in the order a
+        hash-by-hash walk would first cut them.
+        """
+        holders = self._holders
+        matched = self._matched
+        indexed = self._pool.indexed
+        cuts: dict[Request, int] = {}
+        for h in removed:
+            held = holders.get(h)
+            if held is None or indexed(h):
+                continue  # nobody's run, or back in the index already
+            if isinstance(held, tuple):
+                request, cut = held
+                if cut < cuts.get(request, matched[request]):
+                    cuts[request] = cut
+            else:
+                for request, cut in held.items():
+                    if cut < cuts.get(request, matched[request]):
+                        cuts[request] = cut
+        for request, cut in cuts.items():
+            self._move(request, cut, changed)
 
     def _move(self, request: Request, matched: int, changed: set[Request]) -> None:
         """Set ``request``'s run to its first ``matched`` hashes, re-indexing what joined or left it."""
