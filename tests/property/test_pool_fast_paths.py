@@ -118,6 +118,19 @@ def make_policy(policy: str, general: bool) -> Any:
     return make_eviction(policy, pinned_cap=4)
 
 
+def cached_prefix_by_probe(pool: BlockPool, hashes: list[int], held: bool) -> int:
+    """:meth:`BlockPool.cached_prefix_length`'s binary search, each probe through :meth:`BlockPool.cached_block`."""
+    lo, hi = 0, len(hashes)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        block = pool.cached_block(hashes[mid - 1])
+        if block is not None and (not held or pool.refcount(block) > 0):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class Twins:
     def __init__(self, policy: str, num_blocks: int, hasher: BlockHasher) -> None:
         self.hasher = hasher
@@ -127,6 +140,7 @@ class Twins:
             for cls, rec in zip((BlockPool, GeneralPool), self.recorders, strict=True)
         ]
         self.holders: list[Holder] = []
+        self.chains: list[list[int]] = []  # every admitted request's hashes, for cached_prefix_length
         self.in_flight: list[int] = []
         self.next_step = 0
 
@@ -134,6 +148,9 @@ class Twins:
         fast, general = self.pools
         assert observe(fast) == observe(general)
         assert self.recorders[0].events == self.recorders[1].events
+        for hashes in self.chains:
+            for held in (False, True):
+                assert fast.cached_prefix_length(hashes, held=held) == cached_prefix_by_probe(fast, hashes, held)
         for pool in self.pools:
             pool.check_invariants()
 
@@ -182,6 +199,7 @@ class Twins:
             return
         blocks, shared = tables[0]
         holder = Holder(tokens, blocks, hashes, shared)
+        self.chains.append(hashes)
         self.commit_chunks(holder, len(tokens) // BS, sizes)
         self.holders.append(holder)
 

@@ -442,11 +442,14 @@ class BlockPool:
         (almost always) because requests release their blocks tail first; use it
         for estimates, and :meth:`match_prefix` where exactness matters.
         """
+        index = self._index
+        state = self._state
+        refcount = self._refcount
         lo, hi = 0, len(hashes)
-        while lo < hi:
+        while lo < hi:  # each probe is :meth:`cached_block` inline (retention asks twice per session per look)
             mid = (lo + hi + 1) // 2
-            block = self.cached_block(hashes[mid - 1])
-            if block is not None and (not held or self._refcount[block] > 0):
+            block = index.get(hashes[mid - 1])
+            if block is not None and _COMMITTED <= state[block] <= _EVICTABLE and (not held or refcount[block] > 0):
                 lo = mid
             else:
                 hi = mid - 1
