@@ -278,3 +278,42 @@ def test_fast_paths_end_where_the_general_path_does(
         elif op == "bad":
             twins.bad_commit(data.draw(st.integers(0, 99)), data.draw(st.integers(0, 2)))
         twins.same()
+
+
+@settings(max_examples=max(1, EXAMPLES // 5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_short_lru_eviction_takes_what_the_array_path_takes(data: st.DataObject) -> None:
+    """Runs and single releases, revivals (stale places) and evictions of any size: both LRUs pop the same blocks."""
+    fast, general = LRUEviction(), GeneralLRU()
+    free = list(range(200))
+    for _ in range(data.draw(st.integers(1, 60))):
+        op = data.draw(st.sampled_from(("add", "add_many", "remove", "remove_many", "pop_many", "pop_many")))
+        held = fast.order()
+        if op == "add" and free:
+            block = free.pop(data.draw(st.integers(0, len(free) - 1)))
+            for lru in (fast, general):
+                lru.add(block, block, 0)
+        elif op == "add_many" and free:
+            run = data.draw(st.lists(st.sampled_from(free), min_size=1, max_size=80, unique=True))
+            free = [b for b in free if b not in run]
+            for lru in (fast, general):
+                lru.add_many(np.array(run, dtype=np.int64), run, np.zeros(len(run), dtype=np.int64))
+        elif op == "remove" and held:
+            block = data.draw(st.sampled_from(held))
+            free.append(block)
+            for lru in (fast, general):
+                lru.remove(block)
+        elif op == "remove_many" and held:
+            run = data.draw(st.lists(st.sampled_from(held), min_size=1, max_size=40, unique=True))
+            free += run
+            for lru in (fast, general):
+                lru.remove_many(np.array(run, dtype=np.int64))
+        elif op == "pop_many" and held:
+            k = data.draw(st.integers(1, min(len(held), 100)))
+            if 1 < k <= LRUEviction.few_up_to:
+                event("a short eviction")
+            taken = fast.pop_many(k)
+            assert taken == general.pop_many(k) == held[:k]
+            free += taken
+        assert fast.order() == general.order()
+        assert len(fast) == len(general)
