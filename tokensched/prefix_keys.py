@@ -34,7 +34,7 @@ exact too, at the cost of one membership test per cut block.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import not_
 
 from tokensched.errors import InvariantViolation
@@ -45,6 +45,7 @@ from tokensched.queue import WaitingQueue
 
 _Held = tuple[Request, int] | dict[Request, int]
 _SHORT = 8  # runs that move by at most this many blocks are re-indexed block by block
+_LAZY_CHECKS = 2  # flushes with evictions a long run is checked in by a scan before it is indexed hash by hash
 
 
 def _members(holders: dict[int, _Held], h: int) -> dict[Request, int]:
@@ -80,6 +81,7 @@ class PrefixKeys:
         "_rekey",
         "_removed",
         "_stored",
+        "_unheld",
         "_waiters",
     )
 
@@ -107,6 +109,10 @@ class PrefixKeys:
         self._stored: list[int] = []
         self._removed: list[int] = []
         self._cleared = False
+        # Waiting requests whose long run is not in ``_holders`` yet, with how many flushes that lost cached
+        # blocks have scanned it: most are admitted (discarded) before the second such flush, and a scan of a
+        # run against the few hashes that left costs a fraction of entering and removing it hash by hash.
+        self._unheld: dict[Request, int] = {}
 
     # ------------------------------------------------------------ queue side
     def __len__(self) -> int:
@@ -132,7 +138,10 @@ class PrefixKeys:
             self._dups[request] = frozenset(h for h in hashes if h in seen or seen.add(h))  # type: ignore[func-returns-value]
         matched = self._pool.indexed_run(hashes)
         self._matched[request] = matched
-        self._hold_run(request, hashes, 0, matched)
+        if matched > _SHORT:
+            self._unheld[request] = 0
+        else:
+            self._hold_run(request, hashes, 0, matched)
         if matched < len(hashes):
             self._waiters.setdefault(hashes[matched], set()).add(request)
         key = self._policy.admission_key(request, self.context())
@@ -147,7 +156,8 @@ class PrefixKeys:
         matched = self._matched.pop(request)
         del self._keys[request]
         hashes = request.block_hashes
-        self._forget_run(request, hashes, 0, matched)
+        if self._unheld.pop(request, None) is None:
+            self._forget_run(request, hashes, 0, matched)
         if matched < len(hashes):
             self._leave(self._waiters, hashes[matched], request)
         self._dups.pop(request, None)
@@ -232,6 +242,30 @@ class PrefixKeys:
                         cuts[request] = cut
         for request, cut in cuts.items():
             self._move(request, cut, changed)
+        if self._unheld:
+            self._cut_unheld({h for h in removed if not indexed(h)}, changed)
+
+    def _cut_unheld(self, gone: set[int], changed: set[Request]) -> None:
+        """Cut the runs not in ``_holders`` that hold a hash of ``gone`` at its first place (as ``_holders`` keeps it).
+
+        A run is scanned against ``gone`` in one C-level pass; one scanned
+        :data:`_LAZY_CHECKS` times is then entered in ``_holders`` (it waits
+        long enough for the hash-by-hash index to pay).
+        """
+        if not gone:
+            return  # every hash that left is back: nothing to scan for
+        matched = self._matched
+        unheld = self._unheld
+        for request, checks in list(unheld.items()):
+            hashes = request.block_hashes
+            hit = gone.intersection(islice(hashes, matched[request]))
+            if hit:
+                self._move(request, min(map(hashes.index, hit)), changed)
+            if checks + 1 < _LAZY_CHECKS:
+                unheld[request] = checks + 1
+            else:
+                del unheld[request]
+                self._hold_run(request, hashes, 0, matched[request])
 
     def _move(self, request: Request, matched: int, changed: set[Request]) -> None:
         """Set ``request``'s run to its first ``matched`` hashes, re-indexing what joined or left it."""
@@ -241,7 +275,9 @@ class PrefixKeys:
         hashes = request.block_hashes
         if old < len(hashes):
             self._leave(self._waiters, hashes[old], request)
-        if matched < old:
+        if request in self._unheld:
+            pass  # not in ``_holders``: its run is scanned when the index loses blocks
+        elif matched < old:
             self._forget_run(request, hashes, matched, old)
         else:
             self._hold_run(request, hashes, old, matched)
@@ -344,6 +380,8 @@ class PrefixKeys:
         problems: list[str] = []
         if set(waiting) != set(self._matched):
             problems.append("the tracked requests are not the waiting ones")
+        if not self._unheld.keys() <= self._matched.keys():
+            problems.append("a request left unindexed is not tracked")
         holders: dict[int, dict[Request, int]] = {}
         waiters: dict[int, set[Request]] = {}
         for request in waiting:
@@ -354,8 +392,9 @@ class PrefixKeys:
                     f"request {request.request_id!r}: tracked cached run {self._matched.get(request)} blocks, "
                     f"the index holds {walked}"
                 )
-            for i, h in enumerate(hashes[:walked]):
-                holders.setdefault(h, {}).setdefault(request, i)
+            if request not in self._unheld:
+                for i, h in enumerate(hashes[:walked]):
+                    holders.setdefault(h, {}).setdefault(request, i)
             if walked < len(hashes):
                 waiters.setdefault(hashes[walked], set()).add(request)
         if holders != {h: dict([v]) if isinstance(v, tuple) else v for h, v in self._holders.items()}:
