@@ -34,8 +34,9 @@ exact too, at the cost of one membership test per cut block.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import not_
+from typing import ClassVar
 
 from tokensched.errors import InvariantViolation
 from tokensched.machines.blocks import BlockPool
@@ -66,6 +67,10 @@ class PrefixKeys:
     whole, but reads each length in O(1)).
     """
 
+    #: Flushes that lose cached blocks a long run is scanned in before it enters the hash index (a request
+    #: still waiting then waits long: the index pays). Six measured best on the DP hour (two: more promoted).
+    lazy_checks: ClassVar[int] = 6
+
     __slots__ = (
         "_bs",
         "_cleared",
@@ -80,6 +85,7 @@ class PrefixKeys:
         "_rekey",
         "_removed",
         "_stored",
+        "_unheld",
         "_waiters",
     )
 
@@ -107,6 +113,10 @@ class PrefixKeys:
         self._stored: list[int] = []
         self._removed: list[int] = []
         self._cleared = False
+        # Waiting requests whose long run is not in ``_holders`` yet, with how many flushes that lost cached
+        # blocks have scanned it: most are admitted (discarded) before the second such flush, and a scan of a
+        # run against the few hashes that left costs a fraction of entering and removing it hash by hash.
+        self._unheld: dict[Request, int] = {}
 
     # ------------------------------------------------------------ queue side
     def __len__(self) -> int:
@@ -132,7 +142,10 @@ class PrefixKeys:
             self._dups[request] = frozenset(h for h in hashes if h in seen or seen.add(h))  # type: ignore[func-returns-value]
         matched = self._pool.indexed_run(hashes)
         self._matched[request] = matched
-        self._hold_run(request, hashes, 0, matched)
+        if matched > _SHORT:
+            self._unheld[request] = 0
+        else:
+            self._hold_run(request, hashes, 0, matched)
         if matched < len(hashes):
             self._waiters.setdefault(hashes[matched], set()).add(request)
         key = self._policy.admission_key(request, self.context())
@@ -147,7 +160,8 @@ class PrefixKeys:
         matched = self._matched.pop(request)
         del self._keys[request]
         hashes = request.block_hashes
-        self._forget_run(request, hashes, 0, matched)
+        if self._unheld.pop(request, None) is None:
+            self._forget_run(request, hashes, 0, matched)
         if matched < len(hashes):
             self._leave(self._waiters, hashes[matched], request)
         self._dups.pop(request, None)
@@ -182,14 +196,7 @@ class PrefixKeys:
         pool = self._pool
         if self._removed:
             removed, self._removed = self._removed, []
-            holders = self._holders
-            for h in removed:
-                if h not in holders or pool.indexed(h):
-                    continue  # nobody's run, or back in the index already
-                held = holders[h]
-                for request, cut in [held] if isinstance(held, tuple) else list(held.items()):
-                    if cut < self._matched[request]:  # else cut already, by a hash before it
-                        self._move(request, cut, changed)
+            self._cut_runs(removed, changed)
         if self._stored:
             stored, self._stored = self._stored, []
             waiters = self._waiters
@@ -213,6 +220,57 @@ class PrefixKeys:
                 moved = True
         return moved
 
+    def _cut_runs(self, removed: list[int], changed: set[Request]) -> None:
+        """Cut each run that lost a hash of ``removed`` (still out of the index) at its earliest such place.
+
+        One move a request, to its final length, however many of its blocks
+        went (an eviction takes a released run's blocks tail first, so cutting
+        at each in turn would re-index a run once per block), in the order a
+        hash-by-hash walk would first cut them.
+        """
+        holders = self._holders
+        matched = self._matched
+        indexed = self._pool.indexed
+        cuts: dict[Request, int] = {}
+        for h in removed:
+            held = holders.get(h)
+            if held is None or indexed(h):
+                continue  # nobody's run, or back in the index already
+            if isinstance(held, tuple):
+                request, cut = held
+                if cut < cuts.get(request, matched[request]):
+                    cuts[request] = cut
+            else:
+                for request, cut in held.items():
+                    if cut < cuts.get(request, matched[request]):
+                        cuts[request] = cut
+        for request, cut in cuts.items():
+            self._move(request, cut, changed)
+        if self._unheld:
+            self._cut_unheld({h for h in removed if not indexed(h)}, changed)
+
+    def _cut_unheld(self, gone: set[int], changed: set[Request]) -> None:
+        """Cut the runs not in ``_holders`` that hold a hash of ``gone`` at its first place (as ``_holders`` keeps it).
+
+        A run is scanned against ``gone`` in one C-level pass; one scanned
+        :attr:`lazy_checks` times is then entered in ``_holders`` (it waits
+        long enough for the hash-by-hash index to pay).
+        """
+        if not gone:
+            return  # every hash that left is back: nothing to scan for
+        matched = self._matched
+        unheld = self._unheld
+        for request, checks in list(unheld.items()):
+            hashes = request.block_hashes
+            hit = gone.intersection(islice(hashes, matched[request]))
+            if hit:
+                self._move(request, min(map(hashes.index, hit)), changed)
+            if checks + 1 < self.lazy_checks:
+                unheld[request] = checks + 1
+            else:
+                del unheld[request]
+                self._hold_run(request, hashes, 0, matched[request])
+
     def _move(self, request: Request, matched: int, changed: set[Request]) -> None:
         """Set ``request``'s run to its first ``matched`` hashes, re-indexing what joined or left it."""
         old = self._matched[request]
@@ -221,7 +279,9 @@ class PrefixKeys:
         hashes = request.block_hashes
         if old < len(hashes):
             self._leave(self._waiters, hashes[old], request)
-        if matched < old:
+        if request in self._unheld:
+            pass  # not in ``_holders``: its run is scanned when the index loses blocks
+        elif matched < old:
             self._forget_run(request, hashes, matched, old)
         else:
             self._hold_run(request, hashes, old, matched)
@@ -324,6 +384,8 @@ class PrefixKeys:
         problems: list[str] = []
         if set(waiting) != set(self._matched):
             problems.append("the tracked requests are not the waiting ones")
+        if not self._unheld.keys() <= self._matched.keys():
+            problems.append("a request left unindexed is not tracked")
         holders: dict[int, dict[Request, int]] = {}
         waiters: dict[int, set[Request]] = {}
         for request in waiting:
@@ -334,8 +396,9 @@ class PrefixKeys:
                     f"request {request.request_id!r}: tracked cached run {self._matched.get(request)} blocks, "
                     f"the index holds {walked}"
                 )
-            for i, h in enumerate(hashes[:walked]):
-                holders.setdefault(h, {}).setdefault(request, i)
+            if request not in self._unheld:
+                for i, h in enumerate(hashes[:walked]):
+                    holders.setdefault(h, {}).setdefault(request, i)
             if walked < len(hashes):
                 waiters.setdefault(hashes[walked], set()).add(request)
         if holders != {h: dict([v]) if isinstance(v, tuple) else v for h, v in self._holders.items()}:

@@ -414,6 +414,9 @@ class Scheduler:
         retention = self._retention
         now = self.clock() if retention is not None else 0.0
         index = 0  # past a head held back by retention, only retained sessions' next turns may go first
+        # Retained sessions' evictable tails, walked once while the pool stands still (None: not walked since
+        # the last admission changed it), for each request looked at in turn.
+        tails: dict[str, int] | None = None
         while index < len(waiting) and budget > 0 and len(self._running) < cfg.max_running:
             request = waiting.at(index)
             if index and (retention is None or not retention.holds(request.session_id)):
@@ -424,7 +427,9 @@ class Scheduler:
             available = pool.num_free
             protected = 0
             if retention is not None and len(retention) and self._running:  # work-conserving: never idle for it
-                protected = retention.protected_blocks(request, now)
+                if tails is None and now - request.arrival_time < retention.window_s:
+                    tails = retention.tails(now)
+                protected = retention.protected_from(tails, request, now)
                 available -= protected
             if available <= request.blocked_at_free:
                 # nothing was freed since it last did not fit: skip the 12k-block match
@@ -484,6 +489,7 @@ class Scheduler:
             is_sample = cached + n == known
             builder.add(request, blocks, cached, n, NO_BLOCKS, is_sample)
             budget -= n
+            tails = None  # its blocks moved the pool (and its session's protection went)
             if prefix_keys is not None and prefix_keys.flush():
                 index = 0  # its blocks evicted some of the others' cached runs: the head may have changed
 

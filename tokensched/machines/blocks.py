@@ -442,11 +442,14 @@ class BlockPool:
         (almost always) because requests release their blocks tail first; use it
         for estimates, and :meth:`match_prefix` where exactness matters.
         """
+        index = self._index
+        state = self._state
+        refcount = self._refcount
         lo, hi = 0, len(hashes)
-        while lo < hi:
+        while lo < hi:  # each probe is :meth:`cached_block` inline (retention asks twice per session per look)
             mid = (lo + hi + 1) // 2
-            block = self.cached_block(hashes[mid - 1])
-            if block is not None and (not held or self._refcount[block] > 0):
+            block = index.get(hashes[mid - 1])
+            if block is not None and _COMMITTED <= state[block] <= _EVICTABLE and (not held or refcount[block] > 0):
                 lo = mid
             else:
                 hi = mid - 1
@@ -467,7 +470,8 @@ class BlockPool:
         Free blocks go first (the newest freed first), then evicted ones in
         the eviction policy's order; a long eviction (:attr:`bulk_from` or
         more) takes its victims in one :meth:`EvictionPolicy.pop_many` and
-        drops them from the index in C-level passes.
+        drops them from the index in C-level passes, and a long allocation
+        marks its blocks in vectorised passes (a short one block by block).
         """
         if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
@@ -493,10 +497,19 @@ class BlockPool:
                 block = self._evict.pop()
                 self._unindex(block, removed)
                 out.append(block)
-        ids = np.array(out, dtype=np.int64)
-        self._states()[ids] = _OWNED
-        _ints(self._refcount)[ids] = 1
-        self._gen[ids] += 1  # whatever linked to these blocks' old content no longer matches
+        if n < self.bulk_from:  # a few blocks: scalar writes cost less than building an array and three passes
+            state = self._state
+            refcount = self._refcount
+            gen = self._gen
+            for block in out:
+                state[block] = _OWNED
+                refcount[block] = 1
+                gen[block] += 1
+        else:
+            ids = np.array(out, dtype=np.int64)
+            self._states()[ids] = _OWNED
+            _ints(self._refcount)[ids] = 1
+            self._gen[ids] += 1  # whatever linked to these blocks' old content no longer matches
         if removed and self.listener is not None:
             self.listener.blocks_removed(removed)
         return out
@@ -537,7 +550,69 @@ class BlockPool:
         first block); ``first_depth`` is the first one's place in the chain
         (for cost-aware eviction). A block whose content the index confirms it
         holds already stays an unindexed duplicate, freed when its holders let go.
+
+        One block (a decode crossing its block edge: most commits) takes
+        :meth:`_commit_one`, scalar steps with no array built; longer runs
+        :meth:`_commit_run`. Both end in the same state and events.
         """
+        if len(blocks) == 1:
+            self._commit_one(blocks[0], hashes, tokens, after, first_depth)
+        else:
+            self._commit_run(blocks, hashes, tokens, after, first_depth)
+
+    def _commit_one(
+        self,
+        block: int,
+        hashes: Sequence[int],
+        tokens: Sequence[int] | npt.NDArray[np.int32],
+        after: int,
+        first_depth: int,
+    ) -> None:
+        """:meth:`commit` of one block: the same checks, in the same order, and the same outcome as the run's loop."""
+        bs = self.block_size
+        if len(hashes) != 1 or len(tokens) != bs:
+            raise ValueError(f"commit of 1 blocks needs 1 hashes and {bs} tokens")
+        state = self._state
+        if state[block] != _OWNED:
+            raise IllegalTransition(f"block {block}", self.state(block).name, "commit")
+        if not -len(self._roots) <= after < self.num_blocks:
+            raise ValueError(f"commit after unknown block or salt root {after}")
+        if after < 0:
+            link, link_gen, parent_hash = after, 0, None
+        else:
+            link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
+        row = self._tokens[block]
+        row[:] = tokens
+        self._depth[block] = first_depth
+        h = hashes[0]
+        state[block] = _COMMITTED
+        self._hash[block] = h
+        self._link[block] = link
+        self._link_gen[block] = link_gen
+        index = self._index
+        twin = index.get(h)
+        if twin is None:
+            index[h] = block
+            self._indexed[block] = True
+            canon = block
+        elif self._link[twin] == link and self._link_gen[twin] == link_gen and np.array_equal(self._tokens[twin], row):
+            canon = twin  # the same content after the same prefix: successors link to the indexed copy
+        else:
+            canon = block  # a hash collision: this copy stays unfindable, and so do its successors
+        self._canon[block] = canon
+        self._canon_gen[block] = int(self._gen[canon])
+        if twin is None and self.listener is not None:
+            self._announce_run(hashes, self._tokens[block : block + 1], 0, 1, parent_hash)
+
+    def _commit_run(
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        tokens: Sequence[int] | npt.NDArray[np.int32],
+        after: int,
+        first_depth: int,
+    ) -> None:
+        """:meth:`commit` of any number of blocks (the general path; one block here ends as :meth:`_commit_one`)."""
         n = len(blocks)
         bs = self.block_size
         if len(hashes) != n or len(tokens) != n * bs:

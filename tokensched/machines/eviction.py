@@ -33,7 +33,7 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from itertools import repeat
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +99,8 @@ class LRUEviction:
     """
 
     name = "lru"
+    #: Evictions of up to this many blocks walk the queue in Python (:meth:`_pop_few`); longer ones in array passes.
+    few_up_to: ClassVar[int] = 64
     __slots__ = ("_entries", "_front", "_n", "_next", "_runs", "_seq", "_tail", "_tail_start")
 
     def __init__(self) -> None:
@@ -228,6 +230,8 @@ class LRUEviction:
         return np.flatnonzero(view[part] == np.arange(start + first, start + end, dtype=np.int64)) + first
 
     def pop_many(self, k: int) -> list[int]:
+        if 0 < k <= self.few_up_to:
+            return self._pop_few(k)
         out: list[int] = []
         while len(out) < k:
             if not self._runs:
@@ -258,6 +262,35 @@ class LRUEviction:
             self._consumed(upto, n)
         self._n -= k
         return out
+
+    def _pop_few(self, k: int) -> list[int]:
+        """:meth:`pop_many` of a few blocks: one Python pass over the front places, no arrays built.
+
+        Takes the same blocks in the same order; it only leaves any stale
+        places right after the last one taken for a later pop to skip.
+        """
+        seq = self._seq
+        runs = self._runs
+        out: list[int] = []
+        while True:
+            if not runs:
+                self._close_tail()
+            start, ids = runs[0]
+            n = len(ids)
+            i = self._front
+            while i < n:
+                part = ids[i : i + 2 * (k - len(out)) + 8]  # the window a few live places are likely in
+                for block in part if isinstance(part, list) else part.tolist():
+                    place = start + i
+                    i += 1
+                    if seq[block] == place:
+                        seq[block] = -1
+                        out.append(block)
+                        if len(out) == k:
+                            self._consumed(i, n)
+                            self._n -= k
+                            return out
+            self._consumed(n, n)
 
     def hit(self, block_hash: int) -> None:
         return None
