@@ -13,13 +13,14 @@ in single steps (``Engine.step``) and in multi-step decode runs
 counts. ``PYTHONPATH=<older checkout>``
 measures a before with the same script.
 
-    .venv/bin/python bench/bench_sim_hour.py [trtllm retain ...] [--duration 3600] [--profile 30] [--split]
+    .venv/bin/python bench/bench_sim_hour.py [trtllm retain ...] [--duration 3600] [--profile 30] [--split] [--hash]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import pstats
 import time
 from collections.abc import Callable
@@ -67,6 +68,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=300.0)
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest functions instead")
     parser.add_argument("--split", action="store_true", help="CPU s in single steps and in decode runs")
+    parser.add_argument(
+        "--hash", action="store_true", help="also the sha256 of the hour's deterministic JSON (same hour, same hash)"
+    )
     args = parser.parse_args()
     print(f"tokensched from {tokensched.__file__}")
     totals = time_engine_calls() if args.split else None
@@ -82,9 +86,11 @@ def main() -> None:
         if profiler is not None:
             profiler.disable()
         run = result.run
+        digest = hashlib.sha256(result.deterministic_json().encode()).hexdigest()[:16] if args.hash else ""
         print(
             f"{policy:<16} CPU {run.cpu_s:6.1f} s  {run.sim_time_s / run.cpu_s:5.0f}x real time  "
-            f"offered {result.metrics.tpm / 1e6:.2f}M TPM  {run.num_steps:,} steps",
+            f"offered {result.metrics.tpm / 1e6:.2f}M TPM  {run.num_steps:,} steps"
+            + (f"  sha256 {digest}" if digest else ""),
             flush=True,
         )
         if totals is not None:
