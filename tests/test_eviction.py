@@ -96,6 +96,25 @@ def test_lru_compacting_its_stale_places_at_every_chance_keeps_the_order(sequenc
         drive(LRUEviction(), Model("lru"), sequence)
 
 
+# Revivals weighted up, so that most of a released run goes stale and the queue compacts with several runs in it.
+churn_ops = st.lists(
+    st.tuples(st.sampled_from(["add", "add_many", "remove", "remove", "remove", "pop"]), st.integers(0, 11)),
+    min_size=20,
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sequence=churn_ops)
+def test_lru_compacting_under_churn_keeps_the_whole_order(sequence: list[Op]) -> None:
+    """The whole eviction order (not only the next victim) must be the model's after every operation."""
+    with patch.object(eviction_module, "_SLACK", 0):
+        lru, model = LRUEviction(), Model("lru")
+        for op in sequence:
+            drive(lru, model, [op])
+            assert lru.order() == sorted(model.blocks, key=model.blocks.__getitem__)
+
+
 def test_lru_queue_stays_bounded_under_revivals() -> None:
     """A block released, revived and released again many times leaves stale places that are dropped."""
     lru = LRUEviction()

@@ -187,12 +187,23 @@ class PromptMatcher:
             blocks = np.asarray(run, dtype=np.int64)
             request.reuse_run = (blocks, self._pool.generations(blocks))
 
-    def remember_run(self, request: Request, state: Prefilling | Decoding) -> None:
-        """``request`` is finishing while holding ``state``'s blocks: keep what a later request may take over."""
+    def remember_run(
+        self, request: Request, state: Prefilling | Decoding, table: npt.NDArray[np.int64] | None = None
+    ) -> None:
+        """``request`` is finishing while holding ``state``'s blocks: keep what a later request may take over.
+
+        ``table``, if given, is ``state.blocks`` as a read-only int64 array
+        that the caller made for the release as well: the run kept is a view
+        of it, so a 2k-block table is converted from a list once per finish
+        rather than three times (the run, its generations, the release).
+        """
         long_run = state.num_committed >= MIN_REUSE_BLOCKS
         if long_run or (request.session_id is not None and state.num_committed):
-            committed = state.blocks[: state.num_committed]
-            request.kv_run = (np.array(committed, dtype=np.int64), self._pool.generations(committed))
+            if table is None:
+                blocks = np.array(state.blocks[: state.num_committed], dtype=np.int64)
+            else:
+                blocks = table[: state.num_committed]
+            request.kv_run = (blocks, self._pool.generations(blocks))
             if long_run:
                 self._recent_runs.append(request)
 

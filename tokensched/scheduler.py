@@ -794,9 +794,19 @@ class Scheduler:
 
     def _finish(self, request: Request, reason: FinishReason, event: str) -> None:
         state = request.state
-        if self._caching and isinstance(state, Prefilling | Decoding):
-            self.matcher.remember_run(request, state)
-        self.pool.release(held_blocks(request.state), self._hold_for(request))
+        blocks = held_blocks(state)
+        if len(blocks) >= self.pool.bulk_from and isinstance(state, Prefilling | Decoding):
+            # A long table (1.9k blocks at the hour's median): one list->array conversion serves the run the
+            # matcher keeps and the release; read-only, since that run is shared by later requests' views.
+            table = np.array(blocks, dtype=np.int64)
+            table.flags.writeable = False
+            if self._caching:
+                self.matcher.remember_run(request, state, table)
+            self.pool.release_table(table, self._hold_for(request))
+        else:
+            if self._caching and isinstance(state, Prefilling | Decoding):
+                self.matcher.remember_run(request, state)
+            self.pool.release(blocks, self._hold_for(request))
         self._leave_running(request)
         self._retire(request, reason, event)
 

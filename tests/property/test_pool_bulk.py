@@ -4,7 +4,9 @@ exactly where the block-by-block loops do, under every eviction policy.
 Two pools see the same random traffic (admissions sharing prefixes, commits,
 releases held for steps in flight, steps completing, cache clears, pinned
 content): one takes the vectorised path for every run of two blocks or more,
-the other never takes it. After each operation their states, refcounts,
+the other never takes it; a third, like the first, is handed each released
+table as an int64 array (``release_table``, what a finishing request takes).
+After each operation their states, refcounts,
 hashes, links, prefix index, free lists, eviction orders and pending batches
 must be equal, and a refused call must leave both unchanged.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -65,15 +68,17 @@ class Twins:
     def __init__(self, policy: str, num_blocks: int, hasher: BlockHasher = HASHER) -> None:
         self.hasher = hasher
         self.pools = [
-            cls(num_blocks, BS, eviction=make_eviction(policy, pinned_cap=4)) for cls in (BulkPool, OneByOnePool)
+            cls(num_blocks, BS, eviction=make_eviction(policy, pinned_cap=4))
+            for cls in (BulkPool, OneByOnePool, BulkPool)
         ]
         self.holders: list[list[int]] = []
         self.in_flight: list[int] = []
         self.next_step = 0
 
     def same(self) -> None:
-        bulk, single = self.pools
+        bulk, single, table = self.pools
         assert observe(bulk) == observe(single)
+        assert observe(table) == observe(single)
         for pool in self.pools:
             pool.check_invariants()
 
@@ -97,7 +102,7 @@ class Twins:
                     blocks[len(run) : full], hashes[len(run) : full], tokens[len(run) * BS : full * BS], after, len(run)
                 )
             tables.append(blocks)
-        assert tables[0] == tables[1]
+        assert tables[0] == tables[1] == tables[2]
         if tables[0] is not None:
             event("admitted")
             self.holders.append(tables[0])
@@ -108,7 +113,7 @@ class Twins:
         if len(blocks) >= 2:
             event("a run released")
         for pool in self.pools:
-            pool.release(blocks, step)
+            self._release(pool, blocks, step)
 
     def launch(self) -> None:
         self.in_flight.append(self.next_step)
@@ -131,8 +136,16 @@ class Twins:
         before = observe(self.pools[0])
         for pool in self.pools:
             with pytest.raises(IllegalTransition):
-                pool.release(blocks, None)
+                self._release(pool, blocks, None)
         assert observe(self.pools[0]) == before
+
+    def _release(self, pool: BlockPool, blocks: list[int], step: int | None) -> None:
+        if pool is self.pools[2]:
+            table = np.array(blocks, dtype=np.int64)
+            table.flags.writeable = False  # as the scheduler hands it over
+            pool.release_table(table, step)
+        else:
+            pool.release(blocks, step)
 
 
 @settings(

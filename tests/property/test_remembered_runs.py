@@ -107,11 +107,25 @@ class Churn:
     def retry(self, which: int) -> None:
         self.admit(self.waiting.pop(which % len(self.waiting)))
 
-    def finish(self, which: int) -> None:
+    def finish(self, which: int, as_table: bool) -> None:
+        """A request finishes; ``as_table``: as the scheduler finishes a long one, its table handed over as a
+        read-only array that the remembered run is a view of and the release takes as it is."""
         request, blocks = self.held.pop(which % len(self.held))
         size = request.tokens.size
-        self.matcher.remember_run(request, Decoding(blocks, size, size, 0, size // BS))
-        self.pool.release(blocks, None)
+        state = Decoding(blocks, size, size, 0, size // BS)
+        if not as_table:
+            self.matcher.remember_run(request, state)
+            self.pool.release(blocks, None)
+        else:
+            committed = blocks[: size // BS]
+            expected = (committed, self.pool.generations(committed).tolist())
+            table = np.array(blocks, dtype=np.int64)
+            table.flags.writeable = False
+            self.matcher.remember_run(request, state, table)
+            if request.kv_run is not None:
+                event("a remembered run kept as a view of the table")
+                assert (request.kv_run[0].tolist(), request.kv_run[1].tolist()) == expected
+            self.pool.release_table(table, None)
         self.matcher.remember_turn(request)
 
 
@@ -131,5 +145,5 @@ def test_a_remembered_run_is_what_the_index_finds_under_churn(num_blocks: int, d
         elif op == "retry" and churn.waiting:
             churn.retry(data.draw(st.integers(0, 99)))
         elif op == "finish" and churn.held:
-            churn.finish(data.draw(st.integers(0, 99)))
+            churn.finish(data.draw(st.integers(0, 99)), data.draw(st.booleans()))
         churn.pool.check_invariants()
