@@ -156,7 +156,7 @@ class TokenSource:
             return self.sample(plan), BatchShape.from_plan(plan)
         left = self._left
         rand = self._rng.random
-        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        span, eos, alpha = self._span, self.eos_token_id, self.acceptance_rate
         request_ids, samples, plan_drafts = plan.request_ids, plan.sample, plan.draft_token_ids
         computed, offsets = plan.num_computed_tokens, plan.token_offsets
         out: list[list[int]] = []
@@ -214,14 +214,8 @@ class TokenSource:
         stats.num_drafts_verified += verified
         stats.num_drafts_tested += tested
         stats.num_drafts_accepted += accepted_total
-        # All drafts in one draw, then skip over the EOS id, as _sample_speculative does.
-        raw = [int(rand() * span) for _ in range(len(proposing) * k)]
-        flat = list(map(add, raw, map(ge, raw, repeat(eos))))
-        proposals: list[list[int]] = [[] for _ in out]
-        for j, i in enumerate(proposing):
-            proposals[i] = flat[j * k : j * k + k]
         stats.num_sampled_tokens += emitted
-        sampled = Sampled(out, proposals, None, len(proposing), proposing_kv)
+        sampled = Sampled(out, self._draw_proposals(len(out), proposing), None, len(proposing), proposing_kv)
         n, t = len(computed), plan.num_tokens
         if t == n:  # one token each: every request is a decode (BatchShape.from_plan's first case)
             return sampled, BatchShape(t, logits, 0, 0, 0, sum_c + t, sum_c + t, n)
@@ -392,15 +386,23 @@ class TokenSource:
         stats.num_drafts_accepted += accepted_total
         if not k:
             return Sampled(out, None, None, 0, 0)
-        # All drafts in one draw (one comprehension, not one per request), then skip over the EOS id.
+        proposals = self._draw_proposals(len(out), proposing)
+        return Sampled(out, proposals, None, len(proposing), sum(kv_after[i] for i in proposing))
+
+    def _draw_proposals(self, num_rows: int, proposing: list[int]) -> list[list[int]]:
+        """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), in one draw.
+
+        One comprehension for every row's drafts, not one per row, then the
+        EOS id skipped over: the order single steps draw them in, shared by
+        :meth:`_sample_speculative` and :meth:`sample_step`.
+        """
+        k, span, eos, rand = self.num_speculative_tokens, self._span, self.eos_token_id, self._rng.random
         raw = [int(rand() * span) for _ in range(len(proposing) * k)]
         flat = list(map(add, raw, map(ge, raw, repeat(eos))))
-        proposals: list[list[int]] = [[] for _ in out]
-        kv = 0
+        proposals: list[list[int]] = [[] for _ in range(num_rows)]
         for j, i in enumerate(proposing):
             proposals[i] = flat[j * k : j * k + k]
-            kv += kv_after[i]
-        return Sampled(out, proposals, None, len(proposing), kv)
+        return proposals
 
     def _logprobs_of(self, plan: StepPlan, tokens: list[list[int]]) -> list[list[float]] | None:
         """Log-probabilities under the simulator's own distribution: uniform ids; a forced EOS is certain."""
