@@ -99,7 +99,6 @@ class StepBuilder:
             self.slots.append(blocks[pos // bs] * bs + pos % bs)
         else:
             real = n - len(drafts)
-            slots = self.slots
             if n >= BULK_SLOTS and pos + n <= tokens.size and not drafts:
                 # A prefill chunk: its tokens stay an array and its slots are made when first read (parts of
                 # the plan's lazy columns).
@@ -121,18 +120,7 @@ class StepBuilder:
                     token_ids.append(PLACEHOLDER_TOKEN)
                 if drafts:
                     token_ids.extend(drafts)
-                end = pos + n
-                first = pos // bs
-                if (end - 1) // bs == first:  # all in one block
-                    base_slot = blocks[first] * bs - first * bs
-                    slots.extend(range(base_slot + pos, base_slot + end))
-                else:
-                    while pos < end:  # one range per block touched
-                        block_end = min(end, (pos // bs + 1) * bs)
-                        base_slot = blocks[pos // bs] * bs - (pos // bs) * bs
-                        slots.extend(range(base_slot + pos, base_slot + block_end))
-                        pos = block_end
-                    pos = end - n
+                self._extend_slots(blocks, pos, pos + n)
         self.request_ids.append(request.request_id)
         self.num_computed.append(pos)
         self.offsets.append(self._parts_len + len(self.token_ids))
@@ -158,29 +146,17 @@ class StepBuilder:
         drafts)``, without the tests only a prefill chunk needs: a step's decodes outnumber its chunks, and
         ``tests/test_step_builder.py`` checks the two equal.
         """
-        bs = self.block_size
-        first = pos // bs
+        self.token_ids.append(request.last_token if pos == request.tokens.size - 1 else PLACEHOLDER_TOKEN)
         if drafts:
             n = 1 + len(drafts)
-            self.token_ids.append(request.last_token if pos == request.tokens.size - 1 else PLACEHOLDER_TOKEN)
             self.token_ids.extend(drafts)
-            end = pos + n
-            if (end - 1) // bs == first:
-                base_slot = blocks[first] * bs - first * bs
-                self.slots.extend(range(base_slot + pos, base_slot + end))
-            else:
-                at = pos
-                while at < end:  # one range per block touched
-                    block_end = min(end, (at // bs + 1) * bs)
-                    base_slot = blocks[at // bs] * bs - (at // bs) * bs
-                    self.slots.extend(range(base_slot + at, base_slot + block_end))
-                    at = block_end
+            self._extend_slots(blocks, pos, pos + n)
             self.num_tokens.append(n)
             self.num_drafts.append(n - 1)
             request.inflight_samples += n
         else:
-            self.token_ids.append(request.last_token if pos == request.tokens.size - 1 else PLACEHOLDER_TOKEN)
-            self.slots.append(blocks[first] * bs + pos % bs)
+            bs = self.block_size
+            self.slots.append(blocks[pos // bs] * bs + pos % bs)
             self.num_tokens.append(1)
             self.num_drafts.append(0)
             request.inflight_samples += 1
@@ -194,6 +170,20 @@ class StepBuilder:
         self.epochs.append(request.epoch)
         request.planned_in = self.step_id
         request.inflight_steps += 1
+
+    def _extend_slots(self, blocks: Sequence[int], pos: int, end: int) -> None:
+        """Append the slots of positions ``pos .. end-1`` (a row's tokens that are lists, not a chunk's array)."""
+        bs = self.block_size
+        first = pos // bs
+        if (end - 1) // bs == first:  # all in one block
+            base_slot = blocks[first] * bs - first * bs
+            self.slots.extend(range(base_slot + pos, base_slot + end))
+            return
+        while pos < end:  # one range per block touched
+            block_end = min(end, (pos // bs + 1) * bs)
+            base_slot = blocks[pos // bs] * bs - (pos // bs) * bs
+            self.slots.extend(range(base_slot + pos, base_slot + block_end))
+            pos = block_end
 
     def _push(self, tokens: npt.NDArray[np.int32], slots: ChunkSlots) -> None:
         """Close the lists being filled and add a chunk's arrays as the columns' next parts."""
