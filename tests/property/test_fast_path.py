@@ -394,12 +394,15 @@ def drive(
         until = pending[0][0] if pending else float("inf")
         held = {rid: len(r.state.blocks) for rid, r in scheduler.running.items() if type(r.state) is Decoding}
         committed = sum(map(len, (r.block_hashes for r in scheduler.running.values())))
+        short = scheduler.pool.num_free < -(-scheduler.config.max_batched_tokens // RUN_BS) + len(scheduler.running)
         ran = engine.step_run(until) if runs else None
         if ran is None:
             outputs: Sequence[RequestOutput] = engine.step()
             steps.append((executor.now(), list(outputs)))
         else:
             event(f"run of {min(len(ran), 5)}+ steps")
+            if short:
+                event("run while the free blocks are short (rows served by victim key, in admission order)")
             if scheduler.waiting:
                 event("run while a request waits")
                 if scheduler.retained_sessions:
