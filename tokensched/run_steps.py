@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from tokensched.decode_columns import exact_decode
-from tokensched.decode_run import DecodeRun, RunCursor, RunResult
+from tokensched.decode_run import NO_FLOOR, DecodeRun, RunCursor, RunResult
 from tokensched.errors import InvalidRequest
 from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import Decoding, Request
@@ -60,7 +60,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     serving = _serving(sched, n, k)
     if serving is None:
         return None
-    order, reserve = serving
+    order, reserve, floor = serving
     shut_until = math.inf
     if sched.waiting:
         if sched.pool.num_pending:
@@ -123,6 +123,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         launched=len(sched.steps),
         cross_blocks=cross,
         spare_blocks=pool.num_free - reserve,
+        floor_blocks=floor,
         admission_shut_until=shut_until,
     )
     cursor = RunCursor(run)
@@ -139,7 +140,12 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
             for i, count in cursor.allocs[s]:
                 state = _grow(pool, rows[i], count)  # grows tables[i], the row's own list
                 ends[i] = len(state.blocks) * sched._bs
-        run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
+        run = attrs.evolve(
+            run,
+            block_end=ends,
+            spare_blocks=run.spare_blocks - cursor.allocated,
+            floor_blocks=run.floor_blocks - cursor.allocated,
+        )
     sched._removed.clear()
     sched._truncated = {}
     sched._run = (run, rows)
@@ -152,8 +158,8 @@ whether it has its first token): the order they serve a run's rows in cannot mov
 subclass may override ``victim_key``, so only these exact types count."""
 
 
-def _serving(sched: Scheduler, n: int, k: int) -> tuple[list[Request], int] | None:
-    """The order single steps serve the running set in now, and the run's reserve; None: no run now.
+def _serving(sched: Scheduler, n: int, k: int) -> tuple[list[Request], int, int] | None:
+    """The order single steps serve the running set in now, and the run's reserve and floor; None: no run now.
 
     Single steps serve the running set in admission order while the free
     blocks number at least one step's worst case plus a block a row (the
@@ -164,13 +170,9 @@ def _serving(sched: Scheduler, n: int, k: int) -> tuple[list[Request], int] | No
     only the blocks its rows could take in one step (``ceil((1 + k) /
     block_size)`` a row: a step computes at most ``1 + k`` positions past
     those its blocks cover), so no row ever finds too few. Where the two
-    orders differ, the free blocks must also stay short of the first reserve
-    for the whole run (single steps switch back to admission order there).
-    With nothing in flight they do: a rollback gives back only blocks that
-    the plan of its own step took (after every step a row holds exactly the
-    blocks of its computed positions), so the free blocks never rise above
-    those at the run's start; with a step in flight, its rollback could give
-    back a block taken before the run, so such a run is not offered. Victim
+    orders differ, the run must also stop before its rolled-back blocks lift
+    the free blocks back to the first reserve (single steps would switch to
+    admission order there): the floor (``DecodeRun.floor_blocks``). Victim
     keys must not move during the run: only policies whose keys read fields
     fixed while a request decodes qualify. Why: near a full pool (two long
     contexts in a small one) single steps sit below the first reserve for
@@ -181,7 +183,7 @@ def _serving(sched: Scheduler, n: int, k: int) -> tuple[list[Request], int] | No
     running = sched._running
     reserve = -(-sched.config.max_batched_tokens // bs) + n
     if free >= reserve:
-        return list(running.values()), reserve
+        return list(running.values()), reserve, NO_FLOOR
     short = n * -(-(1 + k) // bs)
     policy = sched.policy
     if free < short or type(policy) not in _FIXED_VICTIM_KEYS:
@@ -191,10 +193,8 @@ def _serving(sched: Scheduler, n: int, k: int) -> tuple[list[Request], int] | No
     order = list(running.values())
     keys = [victim_key(r, ctx) for r in order]
     if all(a <= b for a, b in pairwise(keys)):
-        return order, short  # both orders are this one: only preemption could tell them apart
-    if sched.steps:
-        return None  # its rollback could lift the free blocks back to the first reserve (see above)
-    return sorted(order, key=lambda r: victim_key(r, ctx)), short
+        return order, short, NO_FLOOR  # both orders are this one: only preemption could tell them apart
+    return sorted(order, key=lambda r: victim_key(r, ctx)), short, free - reserve
 
 
 def _run_columns(

@@ -400,9 +400,6 @@ def drive(
         held = {rid: len(r.state.blocks) for rid, r in scheduler.running.items() if type(r.state) is Decoding}
         committed = sum(map(len, (r.block_hashes for r in scheduler.running.values())))
         short = scheduler.pool.num_free < -(-scheduler.config.max_batched_tokens // RUN_BS) + len(scheduler.running)
-        ctx = scheduler.policy_context()
-        keys = [scheduler.policy.victim_key(r, ctx) for r in scheduler.running.values()]
-        victim_order = short and keys != sorted(keys)
         ran = engine.step_run(until) if runs else None
         if ran is None:
             outputs: Sequence[RequestOutput] = engine.step()
@@ -411,8 +408,6 @@ def drive(
             event(f"run of {min(len(ran), 5)}+ steps")
             if short:
                 event("run while the free blocks are short (rows served by victim key)")
-                if victim_order:
-                    event("run while the free blocks are short, its rows in victim order (not admission order)")
                 if short_runs is not None:
                     short_runs.append(len(ran))
             if scheduler.waiting:
