@@ -72,9 +72,6 @@ import attrs
 from tokensched.errors import InvalidRequest
 from tokensched.tokens import INT32_MAX
 
-NO_FLOOR = -(1 << 62)
-"""``DecodeRun.floor_blocks`` of a run whose rows single steps serve in that order at any free count."""
-
 
 @attrs.frozen(slots=True)
 class DecodeRun:
@@ -114,10 +111,7 @@ class DecodeRun:
     and the free blocks would be short of one step's worst case plus a block
     a row, where single steps serve the running set by victim key; or, when
     the victim keys keep the rows in the run's order anyway, short of what
-    one step's rows could take, where a row would preempt or wait. A run
-    whose rows are in victim order (not admission order) also needs them to
-    have allocated more than ``floor_blocks`` (rolled-back blocks past it lift
-    the free blocks to where single steps serve admission order again).
+    one step's rows could take, where a row would preempt or wait.
     Without it the run ends before a row needs a new block and with a step
     that fills, hashes or rolls back one. A run crosses blocks
     only when that cannot change admission: nothing waits, or the policy is
@@ -146,7 +140,6 @@ class DecodeRun:
     launched: int = 0
     cross_blocks: bool = False
     spare_blocks: int = 0
-    floor_blocks: int = NO_FLOOR
     admission_shut_until: float = math.inf
     _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
     _depth: int = attrs.field(init=False, repr=False, eq=False)
@@ -243,8 +236,8 @@ class RunCursor:
         if self.special or j >= run.max_steps:
             return None
         cross = run.cross_blocks
-        if cross and j >= run._depth and not run.floor_blocks < self.allocated <= run.spare_blocks:
-            return None  # the free blocks ran short (or, in victim order, came back): single steps differ there
+        if cross and j >= run._depth and self.allocated > run.spare_blocks:
+            return None  # the free blocks ran short: single steps would serve the rows by victim key
         k = self._k
         ends = self.ends
         pos = self.pos

@@ -82,7 +82,7 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
     k = run.num_speculative_tokens
     bs = run.block_size
     cross = run.cross_blocks
-    max_steps, spare, floor = run.max_steps, run.spare_blocks, run.floor_blocks
+    max_steps, spare = run.max_steps, run.spare_blocks
     stops, limits = run.stop_token_ids, run.length_limit
     pos, ends, size, room, drafts = cursor.pos, cursor.ends, cursor.size, cursor.room, cursor.drafts
     planned, allocs = cursor.planned, cursor.allocs
@@ -150,12 +150,7 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
         cursor.special = special
         if plans:
             after = j + depth
-            if (
-                special
-                or after >= max_steps
-                or (cross and not floor < cursor.allocated <= spare)
-                or (needs and not cross)
-            ):
+            if special or after >= max_steps or (cross and cursor.allocated > spare) or (needs and not cross):
                 return False  # the reference's plan(j + depth) gives None: a step past the end
             if needs:
                 for i, blocks in needs:

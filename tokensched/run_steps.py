@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from tokensched.decode_columns import exact_decode
-from tokensched.decode_run import NO_FLOOR, DecodeRun, RunCursor, RunResult
+from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import InvalidRequest
 from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import Decoding, Request
@@ -57,10 +57,9 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     for r in running.values():  # the common refusal, found before the admission walk and the columns
         if type(r.state) is not Decoding:
             return None  # a prompt still prefilling (its state type is right even while decode columns are out)
-    serving = _serving(sched, n, k)
-    if serving is None:
+    reserve = _reserve(sched, n, k)
+    if reserve is None:
         return None
-    order, reserve, floor = serving
     shut_until = math.inf
     if sched.waiting:
         if sched.pool.num_pending:
@@ -87,12 +86,12 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     sched._materialize()
     if flying:
         ids = {r.request_id for r in flying}
-        again = [r for r in order if r.request_id in ids]
+        again = [r for r in running.values() if r.request_id in ids]
         if any(a is not b for a, b in zip(again, flying, strict=True)):
-            return None  # planned in the other order (the free blocks were short then, or are no longer)
-        rows = flying + [r for r in order if r.request_id not in ids]
+            return None  # planned by victim key (blocks were short then): its next step takes admission order
+        rows = flying + [r for r in running.values() if r.request_id not in ids]
     else:
-        rows = order
+        rows = list(running.values())
     columns = _run_columns(sched, rows, planned)
     if columns is None:
         return None
@@ -123,7 +122,6 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         launched=len(sched.steps),
         cross_blocks=cross,
         spare_blocks=pool.num_free - reserve,
-        floor_blocks=floor,
         admission_shut_until=shut_until,
     )
     cursor = RunCursor(run)
@@ -140,12 +138,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
             for i, count in cursor.allocs[s]:
                 state = _grow(pool, rows[i], count)  # grows tables[i], the row's own list
                 ends[i] = len(state.blocks) * sched._bs
-        run = attrs.evolve(
-            run,
-            block_end=ends,
-            spare_blocks=run.spare_blocks - cursor.allocated,
-            floor_blocks=run.floor_blocks - cursor.allocated,
-        )
+        run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
     sched._removed.clear()
     sched._truncated = {}
     sched._run = (run, rows)
@@ -158,43 +151,36 @@ whether it has its first token): the order they serve a run's rows in cannot mov
 subclass may override ``victim_key``, so only these exact types count."""
 
 
-def _serving(sched: Scheduler, n: int, k: int) -> tuple[list[Request], int, int] | None:
-    """The order single steps serve the running set in now, and the run's reserve and floor; None: no run now.
+def _reserve(sched: Scheduler, n: int, k: int) -> int | None:
+    """The free blocks every step of a run must find at its plan, or None when no run may start now.
 
     Single steps serve the running set in admission order while the free
-    blocks number at least one step's worst case plus a block a row (the
-    first reserve); below it they serve it by victim key, and a row that
-    finds fewer free blocks than it needs preempts or waits. So a run keeps
-    that reserve (its rows in admission order), unless the free blocks are
-    short of it now: then its rows take the victim keys' order, and it keeps
-    only the blocks its rows could take in one step (``ceil((1 + k) /
-    block_size)`` a row: a step computes at most ``1 + k`` positions past
-    those its blocks cover), so no row ever finds too few. Where the two
-    orders differ, the run must also stop before its rolled-back blocks lift
-    the free blocks back to the first reserve (single steps would switch to
-    admission order there): the floor (``DecodeRun.floor_blocks``). Victim
-    keys must not move during the run: only policies whose keys read fields
-    fixed while a request decodes qualify. Why: near a full pool (two long
-    contexts in a small one) single steps sit below the first reserve for
-    thousands of steps an hour.
+    blocks number at least one step's worst case plus a block a row;
+    below that they serve it by victim key, and a row that finds fewer free
+    blocks than it needs preempts or waits. A run plans its rows in
+    admission order, so by default it keeps that reserve. When the victim
+    keys put the running set in admission order too (and cannot move while
+    it decodes), both orders are the same and only the preemption matters:
+    the run then keeps the blocks its rows could take in one step
+    (``ceil((1 + k) / block_size)`` a row: a step computes at most ``1 + k``
+    positions past those its blocks cover), so no row ever finds too few.
+    Why: near a full pool (two long contexts in a small pool) single steps
+    sit below the first reserve for thousands of steps an hour.
     """
     bs = sched._bs
     free = sched.pool.num_free
-    running = sched._running
     reserve = -(-sched.config.max_batched_tokens // bs) + n
     if free >= reserve:
-        return list(running.values()), reserve, NO_FLOOR
-    short = n * -(-(1 + k) // bs)
-    policy = sched.policy
-    if free < short or type(policy) not in _FIXED_VICTIM_KEYS:
+        return reserve
+    reserve = n * -(-(1 + k) // bs)
+    if free < reserve or type(sched.policy) not in _FIXED_VICTIM_KEYS:
         return None
     ctx = sched.policy_context()
-    victim_key = policy.victim_key
-    order = list(running.values())
-    keys = [victim_key(r, ctx) for r in order]
-    if all(a <= b for a, b in pairwise(keys)):
-        return order, short, NO_FLOOR  # both orders are this one: only preemption could tell them apart
-    return sorted(order, key=lambda r: victim_key(r, ctx)), short, free - reserve
+    victim_key = sched.policy.victim_key
+    keys = [victim_key(r, ctx) for r in sched._running.values()]
+    if any(a > b for a, b in pairwise(keys)):
+        return None  # sorted by victim key, the rows would run in another order (and draw in it)
+    return reserve
 
 
 def _run_columns(

@@ -407,7 +407,7 @@ def drive(
         else:
             event(f"run of {min(len(ran), 5)}+ steps")
             if short:
-                event("run while the free blocks are short (rows served by victim key)")
+                event("run while the free blocks are short (rows served by victim key, in admission order)")
                 if short_runs is not None:
                     short_runs.append(len(ran))
             if scheduler.waiting:
