@@ -107,9 +107,11 @@ class DecodeRun:
     goes back to the free list), is applied by the per-request code inside
     the run. A step after the first
     ``depth`` may start only while the run's steps have allocated at most
-    ``spare_blocks`` blocks (more, and the free blocks would be short of one
-    step's worst case plus a block a row: single steps would serve the
-    running set by victim key); a rolled-back block counts as given back.
+    ``spare_blocks`` blocks; a rolled-back block counts as given back. More,
+    and the free blocks would be short of one step's worst case plus a block
+    a row, where single steps serve the running set by victim key; or, when
+    the victim keys keep the rows in the run's order anyway, short of what
+    one step's rows could take, where a row would preempt or wait.
     Without it the run ends before a row needs a new block and with a step
     that fills, hashes or rolls back one. A run crosses blocks
     only when that cannot change admission: nothing waits, or the policy is

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import attrs
@@ -25,6 +26,10 @@ from tokensched.machines.request import Decoding, Request
 from tokensched.machines.step import Step
 from tokensched.plan import RequestOutput, StepResult
 from tokensched.policies.base import KeyDependence
+from tokensched.policies.fcfs import FCFSPolicy
+from tokensched.policies.prefix_aware import PrefixAwarePolicy
+from tokensched.policies.priority import PriorityPolicy
+from tokensched.policies.slo import SLOPolicy
 from tokensched.retention import MAX_PASSED_OVER
 from tokensched.run_outputs import PlainStepOutputs
 from tokensched.run_replay import replay
@@ -47,12 +52,14 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         or sched.host is not None
         or sched._events
         or n * (1 + k) > cfg.max_batched_tokens
-        or sched.pool.num_free < -(-cfg.max_batched_tokens // sched._bs) + n
     ):
         return None
     for r in running.values():  # the common refusal, found before the admission walk and the columns
         if type(r.state) is not Decoding:
             return None  # a prompt still prefilling (its state type is right even while decode columns are out)
+    reserve = _reserve(sched, n, k)
+    if reserve is None:
+        return None
     shut_until = math.inf
     if sched.waiting:
         if sched.pool.num_pending:
@@ -114,7 +121,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else [],
         launched=len(sched.steps),
         cross_blocks=cross,
-        spare_blocks=pool.num_free - -(-cfg.max_batched_tokens // sched._bs) - n,
+        spare_blocks=pool.num_free - reserve,
         admission_shut_until=shut_until,
     )
     cursor = RunCursor(run)
@@ -136,6 +143,44 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     sched._truncated = {}
     sched._run = (run, rows)
     return run
+
+
+_FIXED_VICTIM_KEYS: frozenset[type] = frozenset({FCFSPolicy, PriorityPolicy, PrefixAwarePolicy, SLOPolicy})
+"""Policies whose victim key reads only fields fixed while a request decodes (arrival, seq, priority, and
+whether it has its first token): the order they serve a run's rows in cannot move during the run. A
+subclass may override ``victim_key``, so only these exact types count."""
+
+
+def _reserve(sched: Scheduler, n: int, k: int) -> int | None:
+    """The free blocks every step of a run must find at its plan, or None when no run may start now.
+
+    Single steps serve the running set in admission order while the free
+    blocks number at least one step's worst case plus a block a row;
+    below that they serve it by victim key, and a row that finds fewer free
+    blocks than it needs preempts or waits. A run plans its rows in
+    admission order, so by default it keeps that reserve. When the victim
+    keys put the running set in admission order too (and cannot move while
+    it decodes), both orders are the same and only the preemption matters:
+    the run then keeps the blocks its rows could take in one step
+    (``ceil((1 + k) / block_size)`` a row: a step computes at most ``1 + k``
+    positions past those its blocks cover), so no row ever finds too few.
+    Why: near a full pool (two long contexts in a small pool) single steps
+    sit below the first reserve for thousands of steps an hour.
+    """
+    bs = sched._bs
+    free = sched.pool.num_free
+    reserve = -(-sched.config.max_batched_tokens // bs) + n
+    if free >= reserve:
+        return reserve
+    reserve = n * -(-(1 + k) // bs)
+    if free < reserve or type(sched.policy) not in _FIXED_VICTIM_KEYS:
+        return None
+    ctx = sched.policy_context()
+    victim_key = sched.policy.victim_key
+    keys = [victim_key(r, ctx) for r in sched._running.values()]
+    if any(a > b for a, b in pairwise(keys)):
+        return None  # sorted by victim key, the rows would run in another order (and draw in it)
+    return reserve
 
 
 def _run_columns(

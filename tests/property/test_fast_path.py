@@ -366,11 +366,16 @@ def count_rollbacks_inside_runs(scheduler: Scheduler) -> list[int]:
 
 
 def drive(
-    engine: Engine, specs: list[tuple[float, RequestSpec, int]], runs: bool, rollbacks_seen: list[int] | None = None
+    engine: Engine,
+    specs: list[tuple[float, RequestSpec, int]],
+    runs: bool,
+    rollbacks_seen: list[int] | None = None,
+    short_runs: list[int] | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """Step ``engine`` through ``specs``; returns every step's (end time, outputs) and the state at checkpoints.
 
-    ``rollbacks_seen`` gets, per run, how many rollbacks the run applied before its last step.
+    ``rollbacks_seen`` gets, per run, how many rollbacks the run applied before its last step;
+    ``short_runs`` the length of each run that started with the free blocks short of the victim-order reserve.
     """
     scheduler, executor = engine.scheduler, engine.executor
     assert isinstance(executor, SimExecutor)
@@ -394,12 +399,17 @@ def drive(
         until = pending[0][0] if pending else float("inf")
         held = {rid: len(r.state.blocks) for rid, r in scheduler.running.items() if type(r.state) is Decoding}
         committed = sum(map(len, (r.block_hashes for r in scheduler.running.values())))
+        short = scheduler.pool.num_free < -(-scheduler.config.max_batched_tokens // RUN_BS) + len(scheduler.running)
         ran = engine.step_run(until) if runs else None
         if ran is None:
             outputs: Sequence[RequestOutput] = engine.step()
             steps.append((executor.now(), list(outputs)))
         else:
             event(f"run of {min(len(ran), 5)}+ steps")
+            if short:
+                event("run while the free blocks are short (rows served by victim key, in admission order)")
+                if short_runs is not None:
+                    short_runs.append(len(ran))
             if scheduler.waiting:
                 event("run while a request waits")
                 if scheduler.retained_sessions:
@@ -602,7 +612,7 @@ def test_runs_match_single_steps_under_retention_with_requests_waiting(
     """A small pool, sessions and retention: runs go on while requests wait behind retained sessions' caches,
     and stop before a protection lapses or a waiting request outlives the window (then admission may open).
     A budget of 256 tokens makes the free blocks run short often (single steps then serve the running set by
-    victim key, and a run must not start from such a step in flight)."""
+    victim key: a run may go on there only while that is its own order and no row can run out of blocks)."""
     specs = traffic(items)
     single = build(spec_tokens, in_flight, blocks, budget, True, seed, prefix_aware, retention_s)
     multi = build(spec_tokens, in_flight, blocks, budget, True, seed, prefix_aware, retention_s)
@@ -627,6 +637,26 @@ def test_runs_go_on_across_rollbacks_and_match_single_steps() -> None:
         rollbacks: list[int] = []
         steps_multi, marks_multi = drive(multi, specs, runs=True, rollbacks_seen=rollbacks)
         assert sum(rollbacks) > 0, "the traffic should roll back blocks inside runs"
+        assert steps_multi == steps_single
+        after = dict(marks_single)
+        for applied, mark in marks_multi:
+            assert mark == after[applied]
+
+
+def test_runs_go_on_near_a_full_pool_and_match_single_steps() -> None:
+    """Long answers fill a small pool: single steps then serve the running set by victim key, which under FCFS
+    is its admission order until a preempted request comes back. A run goes on there while each step's rows
+    find the blocks they could take (no row preempts or waits) and the victim keys keep the run's order."""
+    items = [(0.0, 20, 200, 0, 0), (0.0, 12, 180, 0, 0), (0.1, 28, 150, 0, 0), (0.2, 16, 120, 0, 0)]
+    specs = traffic(items)
+    for spec_tokens, in_flight in ((0, 1), (3, 1), (3, 2)):
+        single = build(spec_tokens, in_flight, 30, 256, True, 5)
+        multi = build(spec_tokens, in_flight, 30, 256, True, 5)
+        steps_single, marks_single = drive(single, specs, runs=False)
+        short: list[int] = []
+        steps_multi, marks_multi = drive(multi, specs, runs=True, short_runs=short)
+        assert len(short) >= 4, f"runs should take the steps near a full pool, took {short}"
+        assert multi.scheduler._preemptions == 2, "the pool should run out, and a preempted request come back"
         assert steps_multi == steps_single
         after = dict(marks_single)
         for applied, mark in marks_multi:
