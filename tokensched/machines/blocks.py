@@ -540,11 +540,11 @@ class BlockPool:
             indexed = self._indexed
             hashes: list[int] = []
             for block in victims:
-                h = cast("int", hash_of[block])
-                del index[h]
+                h = hash_of[block]  # evictable: hashed, its content's indexed copy
+                del index[h]  # type: ignore[arg-type]
                 hash_of[block] = None
                 indexed[block] = False
-                hashes.append(h)
+                hashes.append(h)  # type: ignore[arg-type]
         else:
             hashes = cast("list[int]", list(map(hash_of.__getitem__, victims)))
             deque(map(self._index.__delitem__, hashes), maxlen=0)
