@@ -22,6 +22,7 @@ must raise the same error in both and change neither.
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tokensched.errors import CapacityError, IllegalTransition
-from tokensched.machines.blocks import BlockPool
+from tokensched.machines.blocks import BlockPool, _count_into
 from tokensched.machines.eviction import EVICTION_POLICIES, LRUEviction, PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher
 
@@ -358,3 +359,24 @@ def test_a_short_lru_eviction_takes_what_the_array_path_takes(data: st.DataObjec
             free += taken
         assert fast.order() == general.order()
         assert len(fast) == len(general)
+
+
+@settings(max_examples=max(1, EXAMPLES // 5), deadline=None)
+@given(
+    size=st.integers(1, 300),
+    lo=st.integers(0, 50),
+    n=st.integers(0, 200),
+    first=st.integers(-5, 1000),
+    step=st.sampled_from((1, -1)),
+)
+def test_a_counted_run_is_written_alike_short_or_long(size: int, lo: int, n: int, first: int, step: int) -> None:
+    """``_count_into`` writes a chunk from a range and a long run through numpy: both give the counted values."""
+    hi = min(size, lo + n)
+    lo = min(lo, hi)
+    counters = array("q", range(size))
+    want = counters.tolist()
+    want[lo:hi] = [first + step * i for i in range(hi - lo)]
+    if hi - lo > 64:
+        event("a long run, through numpy")
+    _count_into(counters, lo, hi, first, step)
+    assert counters.tolist() == want

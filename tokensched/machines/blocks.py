@@ -70,6 +70,15 @@ def _ints(counters: array[int]) -> npt.NDArray[np.int64]:
     return np.frombuffer(counters, dtype=np.int64)
 
 
+def _count_into(counters: array[int], lo: int, hi: int, first: int, step: int) -> None:
+    """Write ``first, first + step, ...`` into ``counters[lo:hi]``: from a range for a chunk, through numpy for more."""
+    n = hi - lo
+    if n <= 64:  # an array built from a short range costs less than a numpy view and an arange
+        counters[lo:hi] = array("q", range(first, first + step * n, step))
+    else:  # a long run (a 200k-token prompt is 3,125 blocks of 64): the range's ints would cost more
+        _ints(counters)[lo:hi] = np.arange(first, first + step * n, step, dtype=np.int64)
+
+
 def _flags(flags: bytearray) -> npt.NDArray[np.bool_]:
     """A numpy view of a ``bytearray`` of per-block flags (writes go through to it)."""
     return np.frombuffer(flags, dtype=np.bool_)
@@ -662,8 +671,7 @@ class BlockPool:
             link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
         # Written in the order of the ids (lo .. hi-1); a descending run's per-block values are reversed.
         self._tokens[lo:hi] = values if step > 0 else values[::-1]
-        depths = range(first_depth, first_depth + n) if step > 0 else range(first_depth + n - 1, first_depth - 1, -1)
-        self._depth[lo:hi] = array("q", depths)
+        _count_into(self._depth, lo, hi, first_depth if step > 0 else first_depth + n - 1, step)
         twins = list(map(self._index.setdefault, hashes, order))
         if twins != order:  # not all new: the general loop, as _commit_run goes on
             self._commit_loop(blocks, hashes, values, link, link_gen, parent_hash, twins)
@@ -674,16 +682,16 @@ class BlockPool:
         gen = self._gen
         if step > 0:  # block lo + i follows lo + i - 1
             self._link[lo] = link
-            self._link[lo + 1 : hi] = array("q", range(lo, hi - 1))
+            _count_into(self._link, lo + 1, hi, lo, 1)
             self._link_gen[lo] = link_gen
             self._link_gen[lo + 1 : hi] = gen[lo : hi - 1]
         else:  # block hi - 1 - i follows hi - i
             self._link[hi - 1] = link
-            self._link[lo : hi - 1] = array("q", range(lo + 1, hi))
+            _count_into(self._link, lo, hi - 1, lo + 1, 1)
             self._link_gen[hi - 1] = link_gen
             self._link_gen[lo : hi - 1] = gen[lo + 1 : hi]
         self._indexed[lo:hi] = _INDEXED_BYTE * n
-        self._canon[lo:hi] = array("q", range(lo, hi))
+        _count_into(self._canon, lo, hi, lo, 1)
         self._canon_gen[lo:hi] = gen[lo:hi]
         if self.listener is not None:
             self._announce(blocks, hashes, values, None, parent_hash)
