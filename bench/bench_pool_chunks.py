@@ -6,7 +6,8 @@ rank under DP attention. The pool is full of cached content released by
 finished 200k-token requests (runs of 3,125 blocks), so every allocation
 evicts from the front of such a run. A listener hears the index change, as
 the PrefixAware queue does. Prints the mean CPU microseconds per call over
-1,500 chunks, for chunks of 32 and 128 blocks. Only the public ``BlockPool``
+1,500 chunks, for chunks of 24, 32 and 40 blocks (a DP rank's chunks: 24-39
+blocks measured in the hour) and of 128. Only the public ``BlockPool``
 API, so ``PYTHONPATH=<older checkout>`` measures a before.
 
     .venv/bin/python bench/bench_pool_chunks.py
@@ -78,7 +79,7 @@ def measure(k: int, chunks: int = 1500) -> dict[str, float]:
 
 def main() -> None:
     print(f"tokensched from {tokensched.__file__}")
-    for k in (32, 128):
+    for k in (24, 32, 40, 128):
         parts = "  ".join(f"{op} {us:6.1f} us" for op, us in measure(k).items())
         print(f"chunk of {k:3d} blocks: {parts}")
 

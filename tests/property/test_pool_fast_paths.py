@@ -1,5 +1,6 @@
 """Fast paths vs the general path: a pool whose one-block commits, short allocations and short evictions take
-scalar shortcuts ends up exactly where the general (array) code puts it, under every eviction policy.
+scalar shortcuts, and whose runs of consecutive block ids are written as slices, ends up exactly where the
+general (array) code puts it, under every eviction policy.
 
 Two pools see the same random traffic: requests admitted with shared prefixes
 (their full blocks committed in runs of random length), decodes that grow a
@@ -8,7 +9,11 @@ decode's block edge), releases held for steps in flight, steps completing,
 cache clears and refused calls. One pool is the pool as shipped; the other
 sends every commit through :meth:`BlockPool._commit_run`, every allocation
 through the vectorised marking and every eviction of several blocks through
-:meth:`LRUEviction.pop_many`'s windowed array path. After each operation their
+:meth:`LRUEviction.pop_many`'s windowed array path, with the lean paths off (no
+slices for a range of ids, no loop for a chunk's victims). The fast pool's
+thresholds are drawn too (the shipped ones, or low enough that the small pools
+here take the range commit, the sliced marking and both ways of evicting a
+chunk's victims). After each operation their
 states, refcounts, hashes, links, prefix index, free lists, eviction orders,
 pending batches and KV events heard so far must be equal, and a refused call
 must raise the same error in both and change neither.
@@ -17,6 +22,7 @@ must raise the same error in both and change neither.
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +33,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tokensched.errors import CapacityError, IllegalTransition
-from tokensched.machines.blocks import BlockPool
+from tokensched.machines.blocks import BlockPool, _count_into
 from tokensched.machines.eviction import EVICTION_POLICIES, LRUEviction, PinnedEviction, make_eviction
 from tokensched.machines.prefix import BlockHasher
 
@@ -70,6 +76,7 @@ class GeneralPool(BlockPool):
     """Commits through the run path whatever their length; allocations marked in vectorised passes."""
 
     bulk_from = 1  # every allocation's blocks (and every release, settle and eviction) in array passes
+    lean_paths = False  # no slices for a range of ids, no loop for a chunk's victims
 
     def commit(
         self,
@@ -132,12 +139,12 @@ def cached_prefix_by_probe(pool: BlockPool, hashes: list[int], held: bool) -> in
 
 
 class Twins:
-    def __init__(self, policy: str, num_blocks: int, hasher: BlockHasher) -> None:
+    def __init__(self, policy: str, num_blocks: int, hasher: BlockHasher, fast: type[BlockPool] = BlockPool) -> None:
         self.hasher = hasher
         self.recorders = [Recorder(), Recorder()]
         self.pools = [
             cls(num_blocks, BS, listener=rec, eviction=make_policy(policy, cls is GeneralPool))
-            for cls, rec in zip((BlockPool, GeneralPool), self.recorders, strict=True)
+            for cls, rec in zip((fast, GeneralPool), self.recorders, strict=True)
         ]
         self.holders: list[Holder] = []
         self.chains: list[list[int]] = []  # every admitted request's hashes, for cached_prefix_length
@@ -176,6 +183,9 @@ class Twins:
             c = holder.committed
             if n == 1:
                 event("a one-block commit")
+            run = holder.blocks[c : c + n]
+            if n >= self.pools[0].bulk_from and abs(run[-1] - run[0]) == n - 1 and len(set(run)) == n:
+                event(f"a commit of consecutive ids, {'ascending' if run[-1] > run[0] else 'descending'}")
             for pool in self.pools:
                 after = holder.blocks[c - 1] if c else pool.root(None)
                 pool.commit(
@@ -183,7 +193,8 @@ class Twins:
                 )
             holder.committed = c + n
 
-    def admit(self, tokens: list[int], sizes: list[int]) -> None:
+    def admit(self, tokens: list[int], sizes: list[int], flip: bool = False) -> None:
+        """Admit a prompt; with ``flip`` its new blocks' table order is reversed (a run of descending ids)."""
         hashes: list[int] = []
         self.hasher.extend(hashes, tokens, self.hasher.root(None))
         tables: list[tuple[list[int], int] | None] = []
@@ -193,7 +204,8 @@ class Twins:
             if need + pool.count_evictable(run) > pool.num_free:
                 tables.append(None)
                 continue
-            tables.append((pool.share_run(run) + pool.allocate(need), len(run)))
+            new = pool.allocate(need)
+            tables.append((pool.share_run(run) + (new[::-1] if flip else new), len(run)))
         assert tables[0] == tables[1]
         if tables[0] is None:
             return
@@ -218,6 +230,13 @@ class Twins:
                 self.hasher.extend(holder.hashes, holder.tokens, self.hasher.root(None))
                 self.commit_chunks(holder, len(holder.tokens) // BS, [1])
 
+    def churn(self, k: int) -> None:
+        """Allocate ``k`` blocks (or fail alike) and release them at once: they go back free, a generation on."""
+        got = self.both(lambda pool: pool.allocate(k))
+        if got[0] == "ok":
+            for pool in self.pools:
+                pool.release(got[1], None)
+
     def release(self, which: int, hold: bool) -> None:
         holder = self.holders.pop(which % len(self.holders))
         step = self.in_flight[-1] if hold and self.in_flight else None
@@ -237,11 +256,19 @@ class Twins:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(policy=st.sampled_from(EVICTION_POLICIES), num_blocks=st.integers(4, 40), weak=st.booleans(), data=st.data())
+@given(
+    policy=st.sampled_from(EVICTION_POLICIES),
+    num_blocks=st.integers(4, 40),
+    weak=st.booleans(),
+    bulk_from=st.sampled_from((BlockPool.bulk_from, 4, 2)),
+    loop_up_to=st.sampled_from((BlockPool.loop_up_to, 3)),
+    data=st.data(),
+)
 def test_fast_paths_end_where_the_general_path_does(
-    policy: str, num_blocks: int, weak: bool, data: st.DataObject
+    policy: str, num_blocks: int, weak: bool, bulk_from: int, loop_up_to: int, data: st.DataObject
 ) -> None:
-    twins = Twins(policy, num_blocks, WEAK if weak else HASHER)
+    fast = type("FastPool", (BlockPool,), {"bulk_from": bulk_from, "loop_up_to": loop_up_to})
+    twins = Twins(policy, num_blocks, WEAK if weak else HASHER, fast)
     if policy == "pinned":
         pinned: list[int] = []
         twins.hasher.extend(pinned, list(PREFIXES[1]), twins.hasher.root(None))
@@ -251,14 +278,29 @@ def test_fast_paths_end_where_the_general_path_does(
     for _ in range(data.draw(st.integers(1, 40))):
         op = data.draw(
             st.sampled_from(
-                ("admit", "admit", "repeat", "decode", "decode", "release", "launch", "complete", "clear", "bad")
+                (
+                    *("admit", "admit", "repeat", "decode", "decode", "release"),
+                    *("launch", "complete", "clear", "bad", "flood", "churn"),
+                )
             )
         )
         if op == "admit":
             prefix = data.draw(st.sampled_from(PREFIXES))
             tail = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=30))
             sizes = data.draw(st.lists(st.integers(1, 20), min_size=1, max_size=4))
-            twins.admit([*prefix, *tail], sizes)
+            twins.admit([*prefix, *tail], sizes, data.draw(st.booleans()))
+        elif op == "flood":  # fresh content as large as what can be handed out: chunks evicting cached runs
+            if data.draw(st.booleans()):  # everyone lets go first: their full blocks stay cached, to be evicted
+                while twins.holders:
+                    twins.release(0, False)
+            seed = data.draw(st.integers(0, 2**32 - 1))
+            size = data.draw(st.integers(1, max(1, twins.pools[0].num_free)))
+            tokens = np.random.default_rng(seed).integers(4, 1000, size * BS).tolist()
+            sizes = data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=3))
+            twins.admit(tokens, sizes, data.draw(st.booleans()))
+        elif op == "churn":  # blocks handed out and let go unwritten: generations that differ from their neighbours'
+            k = data.draw(st.integers(1, max(1, twins.pools[0].num_free)))
+            twins.churn(k)
         elif op == "repeat" and twins.holders:  # the same prompt again: its last full block is recomputed, a twin
             twins.admit(list(twins.holders[data.draw(st.integers(0, 99)) % len(twins.holders)].tokens), [1])
         elif op == "decode" and twins.holders:
@@ -317,3 +359,24 @@ def test_a_short_lru_eviction_takes_what_the_array_path_takes(data: st.DataObjec
             free += taken
         assert fast.order() == general.order()
         assert len(fast) == len(general)
+
+
+@settings(max_examples=max(1, EXAMPLES // 5), deadline=None)
+@given(
+    size=st.integers(1, 300),
+    lo=st.integers(0, 50),
+    n=st.integers(0, 200),
+    first=st.integers(-5, 1000),
+    step=st.sampled_from((1, -1)),
+)
+def test_a_counted_run_is_written_alike_short_or_long(size: int, lo: int, n: int, first: int, step: int) -> None:
+    """``_count_into`` writes a chunk from a range and a long run through numpy: both give the counted values."""
+    hi = min(size, lo + n)
+    lo = min(lo, hi)
+    counters = array("q", range(size))
+    want = counters.tolist()
+    want[lo:hi] = [first + step * i for i in range(hi - lo)]
+    if hi - lo > 64:
+        event("a long run, through numpy")
+    _count_into(counters, lo, hi, first, step)
+    assert counters.tolist() == want

@@ -70,6 +70,15 @@ def _ints(counters: array[int]) -> npt.NDArray[np.int64]:
     return np.frombuffer(counters, dtype=np.int64)
 
 
+def _count_into(counters: array[int], lo: int, hi: int, first: int, step: int) -> None:
+    """Write ``first, first + step, ...`` into ``counters[lo:hi]``: from a range for a chunk, through numpy for more."""
+    n = hi - lo
+    if n <= 64:  # an array built from a short range costs less than a numpy view and an arange
+        counters[lo:hi] = array("q", range(first, first + step * n, step))
+    else:  # a long run (a 200k-token prompt is 3,125 blocks of 64): the range's ints would cost more
+        _ints(counters)[lo:hi] = np.arange(first, first + step * n, step, dtype=np.int64)
+
+
 def _flags(flags: bytearray) -> npt.NDArray[np.bool_]:
     """A numpy view of a ``bytearray`` of per-block flags (writes go through to it)."""
     return np.frombuffer(flags, dtype=np.bool_)
@@ -88,6 +97,10 @@ _OWNED = BlockState.OWNED.value
 _COMMITTED = BlockState.COMMITTED.value
 _EVICTABLE = BlockState.EVICTABLE.value
 _PENDING = BlockState.PENDING.value
+_OWNED_BYTE = bytes((_OWNED,))
+_COMMITTED_BYTE = bytes((_COMMITTED,))
+_INDEXED_BYTE = b"\x01"
+_ONE = array("q", [1])
 
 
 class BlockPoolListener(Protocol):
@@ -146,6 +159,12 @@ class BlockPool:
     #: From this many blocks a release, or a pending batch settling, goes through the vectorised path
     #: (same outcome); below it a few scalar steps a block cost less than a dozen numpy calls.
     bulk_from: ClassVar[int] = 16
+    #: Whether long allocations and commits take the lean paths (off: always the index arrays and C-level maps,
+    #: the reference the tests compare with): blocks that are one range of ids (most prefill chunks: the free
+    #: list hands out ascending ids, an eviction a released run's descending ones) are written as slices, and
+    #: an eviction of up to :attr:`loop_up_to` blocks leaves the index in one Python loop.
+    lean_paths: ClassVar[bool] = True
+    loop_up_to: ClassVar[int] = 64
 
     __slots__ = (
         "_canon",
@@ -189,9 +208,9 @@ class BlockPool:
         self._tokens = np.zeros((num_blocks, block_size), dtype=np.int32)  # what each committed block holds
         # Link of a committed block: the block it was computed after (negative: a salt root) and that
         # block's generation then. A generation is bumped whenever a block is handed out anew.
-        self._link = np.zeros(num_blocks, dtype=np.int64)
-        self._link_gen = np.zeros(num_blocks, dtype=np.int64)
-        self._gen = np.zeros(num_blocks, dtype=np.int64)
+        self._link = _int64s(num_blocks, 0)
+        self._link_gen = _int64s(num_blocks, 0)
+        self._gen = _int64s(num_blocks, 0)
         # Canonical copy of a committed block's content (itself when it is the indexed copy); its
         # successors link to that copy, so they stay findable after a duplicate is freed.
         self._canon = _int64s(num_blocks, 0)
@@ -403,14 +422,14 @@ class BlockPool:
         before[1:] = candidates[:-1]
         before_gen = np.empty(m, dtype=np.int64)
         before_gen[0] = root_gen
-        before_gen[1:] = self._gen[candidates[:-1]]
-        ok &= self._link[candidates] == before
-        ok &= self._link_gen[candidates] == before_gen
+        before_gen[1:] = _ints(self._gen)[candidates[:-1]]
+        ok &= _ints(self._link)[candidates] == before
+        ok &= _ints(self._link_gen)[candidates] == before_gen
         return m if bool(ok.all()) else int(np.argmin(ok))
 
     def generations(self, blocks: Sequence[int] | npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The blocks' allocation generations now: a block whose generation is unchanged still holds what it held."""
-        return self._gen[np.asarray(blocks, dtype=np.int64)]
+        return _ints(self._gen)[np.asarray(blocks, dtype=np.int64)]
 
     def still_cached_run(self, blocks: npt.NDArray[np.int64], generations: npt.NDArray[np.int64]) -> int:
         """How many leading ``blocks`` are shareable and not handed out since they had ``generations``.
@@ -425,7 +444,7 @@ class BlockPool:
         if not len(blocks):
             return 0
         states = self._states()[blocks]
-        ok = (states >= _COMMITTED) & (states <= _EVICTABLE) & (self._gen[blocks] == generations)
+        ok = (states >= _COMMITTED) & (states <= _EVICTABLE) & (_ints(self._gen)[blocks] == generations)
         return len(blocks) if bool(ok.all()) else int(np.argmin(ok))
 
     def match_run_after(
@@ -471,7 +490,10 @@ class BlockPool:
         the eviction policy's order; a long eviction (:attr:`bulk_from` or
         more) takes its victims in one :meth:`EvictionPolicy.pop_many` and
         drops them from the index in C-level passes, and a long allocation
-        marks its blocks in vectorised passes (a short one block by block).
+        marks its blocks in vectorised passes (a short one block by block);
+        blocks that fill one range of ids (a prefill chunk, mostly) are
+        written as slices, which costs less than an index array for the
+        chunk sizes of a DP rank (24-40 blocks).
         """
         if n > len(self._free) + len(self._evict):
             raise CapacityError(f"asked for {n} blocks, {self.num_free} can be handed out")
@@ -484,14 +506,7 @@ class BlockPool:
         del free[len(free) - taken :]
         removed: list[int] | None = [] if self.listener is not None else None
         if n - taken >= self.bulk_from:
-            victims = self._evict.pop_many(n - taken)
-            hashes = cast("list[int]", list(map(self._hash.__getitem__, victims)))  # evictable: hashed
-            deque(map(self._index.__delitem__, hashes), maxlen=0)  # an EVICTABLE block is its content's indexed copy
-            deque(map(self._hash.__setitem__, victims, repeat(None)), maxlen=0)
-            _flags(self._indexed)[victims] = False
-            if removed is not None:
-                removed += hashes
-            out += victims
+            out += self._evict_many(n - taken, removed)
         else:
             for _ in range(n - taken):
                 block = self._evict.pop()
@@ -505,14 +520,67 @@ class BlockPool:
                 state[block] = _OWNED
                 refcount[block] = 1
                 gen[block] += 1
+        elif (span := self._span(out)) is not None:  # one range of ids (mostly): slices, no index array
+            lo, hi = span
+            self._state[lo:hi] = _OWNED_BYTE * n
+            self._refcount[lo:hi] = _ONE * n
+            _ints(self._gen)[lo:hi] += 1  # whatever linked to these blocks' old content no longer matches
         else:
             ids = np.array(out, dtype=np.int64)
             self._states()[ids] = _OWNED
             _ints(self._refcount)[ids] = 1
-            self._gen[ids] += 1  # whatever linked to these blocks' old content no longer matches
+            _ints(self._gen)[ids] += 1
         if removed and self.listener is not None:
             self.listener.blocks_removed(removed)
         return out
+
+    def _evict_many(self, k: int, removed: list[int] | None) -> list[int]:
+        """Take ``k`` blocks in the eviction order out of the index (their hashes join ``removed``) and return them.
+
+        An evictable block is its content's indexed copy, so each victim's
+        hash leaves the index. A prefill chunk's few victims go in one Python
+        loop (cheaper than a C-level map a field and an index array); more go
+        in C-level passes, their flags as slices when they fill one range.
+        """
+        victims = self._evict.pop_many(k)
+        hash_of = self._hash
+        if self.lean_paths and k <= self.loop_up_to:
+            index = self._index
+            indexed = self._indexed
+            hashes: list[int] = []
+            for block in victims:
+                h = hash_of[block]  # evictable: hashed, its content's indexed copy
+                del index[h]  # type: ignore[arg-type]
+                hash_of[block] = None
+                indexed[block] = False
+                hashes.append(h)  # type: ignore[arg-type]
+        else:
+            hashes = cast("list[int]", list(map(hash_of.__getitem__, victims)))
+            deque(map(self._index.__delitem__, hashes), maxlen=0)
+            span = self._span(victims)
+            if span is None:
+                deque(map(hash_of.__setitem__, victims, repeat(None)), maxlen=0)
+                _flags(self._indexed)[victims] = False
+            else:
+                lo, hi = span
+                hash_of[lo:hi] = [None] * (hi - lo)
+                self._indexed[lo:hi] = bytes(hi - lo)
+        if removed is not None:
+            removed += hashes
+        return victims
+
+    def _span(self, blocks: list[int]) -> tuple[int, int] | None:
+        """``(lo, hi)`` if ``blocks`` (distinct ids, as the pool hands them out) are exactly ``lo .. hi-1``, any order.
+
+        Distinct ids whose extremes are ``len - 1`` apart fill that range, so
+        two C-level passes decide it. Only for writes that treat every block
+        alike (the order of ``blocks`` is lost).
+        """
+        if not self.lean_paths:
+            return None
+        lo = min(blocks)
+        hi = max(blocks) + 1
+        return (lo, hi) if hi - lo == len(blocks) else None
 
     def allocate_one(self) -> int:
         """The common case of :meth:`allocate`, without the list."""
@@ -557,8 +625,76 @@ class BlockPool:
         """
         if len(blocks) == 1:
             self._commit_one(blocks[0], hashes, tokens, after, first_depth)
+        elif (
+            len(blocks) >= self.bulk_from
+            and self.lean_paths
+            and type(blocks) is list
+            and abs(blocks[-1] - blocks[0]) == len(blocks) - 1
+        ):
+            self._commit_range(blocks, hashes, tokens, after, first_depth)
         else:
             self._commit_run(blocks, hashes, tokens, after, first_depth)
+
+    def _commit_range(
+        self,
+        blocks: list[int],
+        hashes: Sequence[int],
+        tokens: Sequence[int] | npt.NDArray[np.int32],
+        after: int,
+        first_depth: int,
+    ) -> None:
+        """:meth:`_commit_run` of blocks that may be one run of consecutive ids, ascending or descending.
+
+        A prefill chunk's blocks mostly are (the free list hands out ascending
+        ids, an eviction a released run's descending ones): every per-block
+        array is then written through one slice (a view) instead of gathered
+        and scattered through an index array. Anything else, a refusal
+        included, goes to :meth:`_commit_run`, which names the fault.
+        """
+        n = len(blocks)
+        b0 = blocks[0]
+        step = 1 if blocks[-1] > b0 else -1
+        order = list(range(b0, b0 + step * n, step))
+        bs = self.block_size
+        if blocks != order or len(hashes) != n or len(tokens) != n * bs:
+            self._commit_run(blocks, hashes, tokens, after, first_depth)
+            return
+        lo = b0 if step > 0 else b0 - n + 1
+        if self._state[lo : lo + n].count(_OWNED) != n or not -len(self._roots) <= after < self.num_blocks:
+            self._commit_run(blocks, hashes, tokens, after, first_depth)
+            return
+        hi = lo + n
+        values = np.asarray(tokens, dtype=np.int32).reshape(n, bs)
+        if after < 0:
+            link, link_gen, parent_hash = after, 0, None
+        else:
+            link, link_gen, parent_hash = self._canon[after], self._canon_gen[after], self._hash[after]
+        # Written in the order of the ids (lo .. hi-1); a descending run's per-block values are reversed.
+        self._tokens[lo:hi] = values if step > 0 else values[::-1]
+        _count_into(self._depth, lo, hi, first_depth if step > 0 else first_depth + n - 1, step)
+        twins = list(map(self._index.setdefault, hashes, order))
+        if twins != order:  # not all new: the general loop, as _commit_run goes on
+            self._commit_loop(blocks, hashes, values, link, link_gen, parent_hash, twins)
+            return
+        # Every block its own canonical copy, linked to the one before it in the run (_commit_new as slices).
+        self._state[lo:hi] = _COMMITTED_BYTE * n
+        self._hash[lo:hi] = hashes if step > 0 else hashes[::-1]
+        gen = self._gen
+        if step > 0:  # block lo + i follows lo + i - 1
+            self._link[lo] = link
+            _count_into(self._link, lo + 1, hi, lo, 1)
+            self._link_gen[lo] = link_gen
+            self._link_gen[lo + 1 : hi] = gen[lo : hi - 1]
+        else:  # block hi - 1 - i follows hi - i
+            self._link[hi - 1] = link
+            _count_into(self._link, lo, hi - 1, lo + 1, 1)
+            self._link_gen[hi - 1] = link_gen
+            self._link_gen[lo : hi - 1] = gen[lo + 1 : hi]
+        self._indexed[lo:hi] = _INDEXED_BYTE * n
+        _count_into(self._canon, lo, hi, lo, 1)
+        self._canon_gen[lo:hi] = gen[lo:hi]
+        if self.listener is not None:
+            self._announce(blocks, hashes, values, None, parent_hash)
 
     def _commit_one(
         self,
@@ -657,6 +793,20 @@ class BlockPool:
                     if self.listener is not None:
                         self._announce(blocks, hashes, values, None, parent_hash)
                     return
+        self._commit_loop(blocks, hashes, values, link, link_gen, parent_hash, twins)
+
+    def _commit_loop(
+        self,
+        blocks: Sequence[int],
+        hashes: Sequence[int],
+        values: npt.NDArray[np.int32],
+        link: int,
+        link_gen: int,
+        parent_hash: int | None,
+        twins: list[int] | None,
+    ) -> None:
+        """The block-by-block end of a commit whose tokens and depths are written (``twins``: as in _commit_run)."""
+        index = self._index
         gen = self._gen
         stored: list[int] = []  # position in the run of each newly indexed block, for the listener
         for i, (block, h) in enumerate(zip(blocks, hashes, strict=True)):
@@ -692,7 +842,7 @@ class BlockPool:
     ) -> None:
         """:meth:`commit`'s loop for a run whose every block was just indexed as the copy of its (new) content."""
         n = len(ids)
-        gen = self._gen
+        gen = _ints(self._gen)
         self._states()[ids] = _COMMITTED
         deque(map(self._hash.__setitem__, block_list, hashes), maxlen=0)
         links = np.empty(n, dtype=np.int64)
@@ -701,8 +851,8 @@ class BlockPool:
         link_gens = np.empty(n, dtype=np.int64)
         link_gens[0] = link_gen
         link_gens[1:] = gen[ids[:-1]]
-        self._link[ids] = links
-        self._link_gen[ids] = link_gens
+        _ints(self._link)[ids] = links
+        _ints(self._link_gen)[ids] = link_gens
         _flags(self._indexed)[ids] = True
         _ints(self._canon)[ids] = ids
         _ints(self._canon_gen)[ids] = gen[ids]
