@@ -60,15 +60,14 @@ def schedule_running(sched: Scheduler, builder: StepBuilder) -> tuple[int, bool]
         if budget <= 0:
             break
         state = request.state
-        cls = type(state)
-        if cls is not Decoding and cls is not Prefilling:
+        if type(state) is not Decoding and type(state) is not Prefilling:
             continue  # preempted earlier in this loop
         if k_spec and request.inflight_steps:
             continue  # its drafts come with the result still in flight
         pos = state.num_scheduled
         known = request.tokens.size
         room = request.max_tokens - (known - request.num_prompt_tokens) - request.inflight_samples
-        chunk = pos < known - 1 or (pos == known - 1 and cls is Prefilling)
+        chunk = pos < known - 1 or (pos == known - 1 and type(state) is Prefilling)
         drafts = NO_DRAFTS
         if chunk:
             n = min(known - pos, budget, chunk_cap)  # a prefill chunk (prompt, or recompute)
