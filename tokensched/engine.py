@@ -53,14 +53,18 @@ class Engine:
 
     def launch_ready(self) -> int:
         """Plan and launch steps until the scheduler has nothing more or the in-flight limit is reached."""
+        scheduler = self.scheduler
+        steps = scheduler.steps
         launched = 0
         while True:
-            plan = self.scheduler.plan()
+            plan = scheduler.plan()
             if plan is None:
                 return launched
             self.executor.launch(plan)
             self._launched.append(plan.step_id)
             launched += 1
+            if steps.full:  # plan() would say WINDOW_FULL and change nothing else: not asked
+                return launched
 
     def step(self) -> Sequence[RequestOutput]:
         """Launch what can run, then wait for the oldest step and apply it; [] when nothing is in flight."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import numpy as np
 
-from tokensched import columnar_steps, decode_rows, run_steps
+from tokensched import columnar_steps, decode_rows, plan_rows, run_steps
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
 from tokensched.decode_columns import DecodeColumns
 from tokensched.decode_run import DecodeRun, RunResult
@@ -139,6 +139,8 @@ class Scheduler:
         # The columnar decode path and the decode-row lanes (False: every row through the per-request code,
         # the reference the property tests compare them with).
         self._fast = fast_decode
+        # The columnar path never plans a speculative step or one with a host tier: not asked then.
+        self._columnar = fast_decode and not self._k_spec and self.host is None
         self._cols: DecodeColumns | None = None
         self._run: tuple[DecodeRun, list[Request]] | None = None  # a decode run out (plan_run .. complete_run)
 
@@ -269,7 +271,7 @@ class Scheduler:
         if not (self._running or self.waiting):
             self.last_plan_outcome = PlanOutcome.IDLE
             return None
-        if self._fast:
+        if self._columnar:
             fast = columnar_steps.plan_fast(self)
             if fast is not None:
                 self.last_plan_outcome = PlanOutcome.PLANNED
@@ -308,15 +310,18 @@ class Scheduler:
         that runs short may preempt exactly the requests ranked below it, the
         worst first (see :meth:`_make_room`). Once a request is starved of
         blocks, no request ranked below it takes one in this step, and
-        admission waits too.
+        admission waits too. :func:`tokensched.plan_rows.schedule_running` is the same
+        loop with a decode row's columns appended in place (``fast_decode``).
         """
+        if self._fast:
+            return plan_rows.schedule_running(self, builder)
         bs = self._bs
         pool = self.pool
         budget = self.config.max_batched_tokens
         chunk_cap = self._chunk
         k_spec = self._k_spec
         running = self._running
-        add, add_decode = builder.add, (builder.add_decode if self._fast else None)  # None: the reference path
+        add = builder.add
         if pool.num_free >= -(-budget // bs) + len(running):
             order = list(running.values())
         else:
@@ -368,10 +373,7 @@ class Scheduler:
                 blocks.extend(new_blocks)
             else:
                 new_blocks = NO_BLOCKS
-            if chunk or add_decode is None:
-                add(request, blocks, pos, n, new_blocks, is_sample, drafts)
-            else:
-                add_decode(request, blocks, pos, new_blocks, drafts)
+            add(request, blocks, pos, n, new_blocks, is_sample, drafts)
             state.num_scheduled = pos + n
             budget -= n
         return budget, preempted or starved
@@ -405,9 +407,12 @@ class Scheduler:
         cfg = self.config
         waiting = self.waiting
         prefix_keys = self._prefix_keys
+        resort = self.policy.dynamic and waiting.needs_resort()
+        if self._fast and not resort and len(self._running) >= cfg.max_running:
+            return  # nobody can be admitted: the cache's events wait for the next reader of the queue
         if prefix_keys is not None:
             prefix_keys.flush()  # the cache moved since the last admission: re-key whom it touched
-        if self.policy.dynamic and waiting.needs_resort():  # keys that may move with anything: re-sort them all
+        if resort:  # keys that may move with anything: re-sort them all
             ctx = prefix_keys.context() if prefix_keys is not None else self.policy_context()
             key = self.policy.admission_key
             waiting.resort(lambda r: key(r, ctx))

@@ -120,7 +120,7 @@ class StepBuilder:
                     token_ids.append(PLACEHOLDER_TOKEN)
                 if drafts:
                     token_ids.extend(drafts)
-                self._extend_slots(blocks, pos, pos + n)
+                self.extend_slots(blocks, pos, pos + n)
         self.request_ids.append(request.request_id)
         self.num_computed.append(pos)
         self.offsets.append(self._parts_len + len(self.token_ids))
@@ -150,7 +150,7 @@ class StepBuilder:
         if drafts:
             n = 1 + len(drafts)
             self.token_ids.extend(drafts)
-            self._extend_slots(blocks, pos, pos + n)
+            self.extend_slots(blocks, pos, pos + n)
             self.num_tokens.append(n)
             self.num_drafts.append(n - 1)
             request.inflight_samples += n
@@ -171,7 +171,7 @@ class StepBuilder:
         request.planned_in = self.step_id
         request.inflight_steps += 1
 
-    def _extend_slots(self, blocks: Sequence[int], pos: int, end: int) -> None:
+    def extend_slots(self, blocks: Sequence[int], pos: int, end: int) -> None:
         """Append the slots of positions ``pos .. end-1`` (a row's tokens that are lists, not a chunk's array)."""
         bs = self.block_size
         first = pos // bs

@@ -167,7 +167,7 @@ _SCHEDULER_KNOWN = frozenset(
         "_seq",
         "_retention",
     }  # fingerprinted above (the request tables through the live/running views, which write the columns back)
-    | {"_cols", "_fast"}  # the columnar decode path: empty once the views wrote it back; a constant
+    | {"_cols", "_fast", "_columnar"}  # the columnar decode path: empty once the views wrote it back; constants
     | {"_removed", "_truncated"}  # only what the next plan reports to the executor
     | {"_hit_tokens", "_query_tokens", "_preemptions", "_finished", "_aborted", "_failed_steps"}  # statistics
     | {"_bs", "_caching", "_chunk", "_k_spec", "_admit_reserve"}  # constants
