@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.int_column import IntColumn
-from tokensched.machines.request import Decoding, Prefilling, Request
-from tokensched.step_builder import BULK_SLOTS, StepBuilder
+from tokensched.machines.request import Decoding, Prefilling
+from tokensched.step_builder import BULK_SLOTS
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
 
@@ -66,60 +66,3 @@ def test_a_long_chunk_leaves_its_columns_as_arrays_until_an_executor_indexes_the
     assert arrays.token_ids.tolist() == [5, 6, 7, *range(3, 3 + 2 * BULK_SLOTS)] == plan.token_ids
     as_lists = attrs.evolve(plan, token_ids=list(plan.token_ids), slot_mapping=list(plan.slot_mapping))
     assert as_lists == plan and plan == as_lists
-
-
-def builder_columns(b: StepBuilder) -> tuple[object, ...]:
-    return (
-        b.request_ids,
-        b.num_computed,
-        b.offsets,
-        list(b.token_ids),
-        list(b.slots),
-        b.new_blocks,
-        b.sample,
-        b.drafts,
-        [r.request_id for r in b.requests],
-        b.epochs,
-        b.num_tokens,
-        b.num_drafts,
-    )
-
-
-@settings(max_examples=EXAMPLES, deadline=None)
-@given(
-    block_size=st.sampled_from([1, 2, 4, 16]),
-    rows=st.lists(
-        st.tuples(
-            st.integers(1, 40),  # tokens known
-            st.integers(0, 2),  # position past the newest token (0: the decode's input is known)
-            st.lists(st.integers(0, 99), max_size=4),  # drafts
-            st.integers(0, 1),  # new blocks handed over with the row
-        ),
-        min_size=1,
-        max_size=6,
-    ),
-)
-def test_add_decode_is_add_of_a_decode(block_size: int, rows: list[tuple[int, int, list[int], int]]) -> None:
-    """The decode row's own method builds the same columns and counters as the general one: a decode and its
-    drafts, their slots across block edges, the placeholder input while a step is in flight."""
-    builders = [StepBuilder(3, block_size), StepBuilder(3, block_size)]
-    made: list[list[Request]] = [[], []]
-    for i, (known, ahead, drafts, fresh) in enumerate(rows):
-        pos = known - 1 + ahead
-        n = 1 + len(drafts)
-        blocks = [1000 + 7 * i + 3 * j for j in range(-(-(pos + n) // block_size))]
-        new_blocks = tuple(blocks[-fresh:]) if fresh else ()
-        for which, builder in enumerate(builders):
-            spec = RequestSpec(
-                request_id=f"r{i}", prompt_token_ids=[(5 * j + i) % 50 for j in range(known)], max_tokens=9
-            )
-            request = Request.from_spec(spec, 0.0, i)
-            request.epoch = i % 3
-            made[which].append(request)
-            if which == 0:
-                builder.add(request, blocks, pos, n, new_blocks, True, tuple(drafts))
-            else:
-                builder.add_decode(request, blocks, pos, new_blocks, tuple(drafts))
-    assert builder_columns(builders[0]) == builder_columns(builders[1])
-    counters = [[(r.planned_in, r.inflight_steps, r.inflight_samples) for r in rs] for rs in made]
-    assert counters[0] == counters[1]

@@ -136,41 +136,6 @@ class StepBuilder:
         if is_sample:
             request.inflight_samples += 1 + len(drafts)
 
-    def add_decode(
-        self, request: Request, blocks: Sequence[int], pos: int, new_blocks: tuple[int, ...], drafts: tuple[int, ...]
-    ) -> None:
-        """:meth:`add` of a decode: position ``pos`` (the newest token's, or past it while a step is in flight)
-        and then its ``drafts``, all sampled.
-
-        The same columns and counters as ``add(request, blocks, pos, 1 + len(drafts), new_blocks, True,
-        drafts)``, without the tests only a prefill chunk needs: a step's decodes outnumber its chunks, and
-        ``tests/test_step_builder.py`` checks the two equal.
-        """
-        self.token_ids.append(request.last_token if pos == request.tokens.size - 1 else PLACEHOLDER_TOKEN)
-        if drafts:
-            n = 1 + len(drafts)
-            self.token_ids.extend(drafts)
-            self.extend_slots(blocks, pos, pos + n)
-            self.num_tokens.append(n)
-            self.num_drafts.append(n - 1)
-            request.inflight_samples += n
-        else:
-            bs = self.block_size
-            self.slots.append(blocks[pos // bs] * bs + pos % bs)
-            self.num_tokens.append(1)
-            self.num_drafts.append(0)
-            request.inflight_samples += 1
-        self.request_ids.append(request.request_id)
-        self.num_computed.append(pos)
-        self.offsets.append(self._parts_len + len(self.token_ids))
-        self.new_blocks.append(new_blocks)
-        self.sample.append(True)
-        self.drafts.append(drafts)
-        self.requests.append(request)
-        self.epochs.append(request.epoch)
-        request.planned_in = self.step_id
-        request.inflight_steps += 1
-
     def extend_slots(self, blocks: Sequence[int], pos: int, end: int) -> None:
         """Append the slots of positions ``pos .. end-1`` (a row's tokens that are lists, not a chunk's array)."""
         bs = self.block_size
