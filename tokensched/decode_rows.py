@@ -37,7 +37,6 @@ def apply_rows(
 ) -> None:
     """Apply every row of ``result`` still current (its request's epoch unchanged), in plan order."""
     bs = sched._bs
-    bs_1 = bs - 1
     caching = sched._caching
     k_spec = sched._k_spec
     max_len = sched.config.max_model_len
@@ -45,28 +44,27 @@ def apply_rows(
     rows = result.sampled_token_ids
     drafts_in = result.draft_token_ids
     logprobs_in = result.logprobs
+    samples, num_drafts, num_tokens, epochs = step.samples, step.num_drafts, step.num_tokens, step.epochs
     append = outputs.append
-    i = -1
-    for request, epoch, sample, nd, nt, sampled in zip(
-        step.requests, step.epochs, step.samples, step.num_drafts, step.num_tokens, rows, strict=True
-    ):
-        i += 1
-        if request.epoch != epoch:
+    for i, request in enumerate(step.requests):
+        if request.epoch != epochs[i]:
             continue  # left the running set (finished, aborted, preempted) after this step was planned
         state = request.state
-        if type(state) is not Decoding or not sample:
+        if type(state) is not Decoding or not samples[i]:
             apply_row(i, request, step, result, now, outputs, fills)
             continue
+        sampled = rows[i]
         m = len(sampled)
+        nd = num_drafts[i]
         tokens = request.tokens
         size = tokens.size + m  # the history's length once ``sampled`` is appended
-        computed = state.num_computed + nt - nd + m - 1  # accepted drafts and the bonus's input
+        computed = state.num_computed + num_tokens[i] - nd + m - 1  # accepted drafts and the bonus's input
         limit = request.num_prompt_tokens + request.max_tokens
         eos = request.eos_token_id
         stop = request.stop_token_ids
         if (
             size >= (limit if limit < max_len else max_len)  # the length limit is reached in this row
-            or len(state.blocks) > (computed + bs_1) // bs  # blocks that held only rejected drafts go back
+            or len(state.blocks) > (computed + bs - 1) // bs  # blocks that held only rejected drafts go back
             or (eos is not None and eos in sampled)
             or (stop and not stop.isdisjoint(sampled))
             or (
@@ -83,9 +81,7 @@ def apply_rows(
         state.num_computed = computed
         if nd:
             state.num_scheduled = computed
-            request.inflight_samples -= 1 + nd
-        else:
-            request.inflight_samples -= 1
+        request.inflight_samples -= 1 + nd
         if m == 1:
             tokens.append(sampled[0])
         else:
