@@ -12,7 +12,9 @@ samples, hits no stop id, stays below its length limit, rolls back no block
 and fills no block that would be hashed or committed), does exactly what
 ``_apply_row`` does for it; every other row goes through ``_apply_row``
 itself, in plan order. Nothing is batched across rows, so the order of every
-effect is the reference's.
+effect is the reference's. The step's outputs come back as the columns of an
+:class:`~tokensched.plan.OutputBatch` (a plain row's output built only when
+read; the bench reads the columns), not as one ``RequestOutput`` a row.
 
 The per-request path alone (``Scheduler(fast_decode=False)``) never uses
 this; ``tests/property/test_fast_path.py`` drives both with the same traffic
