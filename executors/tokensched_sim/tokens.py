@@ -408,8 +408,9 @@ class TokenSource:
         """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), in one draw.
 
         One comprehension for every row's drafts, not one per row, then the
-        EOS id skipped over: the order single steps draw them in, shared by
-        :meth:`_sample_speculative` and :meth:`sample_step`.
+        EOS id skipped over: the order single steps draw them in, used by
+        :meth:`_sample_speculative` (:meth:`sample_step` draws the same values in
+        the same order with plain loops, which cost less for a handful of rows).
         """
         k, span, eos, rand = self.num_speculative_tokens, self._span, self.eos_token_id, self._rng.random
         raw = [int(rand() * span) for _ in range(len(proposing) * k)]
