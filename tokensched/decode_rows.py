@@ -12,7 +12,9 @@ samples, hits no stop id, stays below its length limit, rolls back no block
 and fills no block that would be hashed or committed), does exactly what
 ``_apply_row`` does for it; every other row goes through ``_apply_row``
 itself, in plan order. Nothing is batched across rows, so the order of every
-effect is the reference's.
+effect is the reference's. The step's outputs come back as the columns of an
+:class:`~tokensched.plan.OutputBatch` (a plain row's output built only when
+read; the bench reads the columns), not as one ``RequestOutput`` a row.
 
 The per-request path alone (``Scheduler(fast_decode=False)``) never uses
 this; ``tests/property/test_fast_path.py`` drives both with the same traffic
@@ -26,16 +28,21 @@ from typing import TYPE_CHECKING
 
 from tokensched.machines.request import Decoding, Request
 from tokensched.machines.step import Step
-from tokensched.plan import RequestOutput, StepResult
+from tokensched.plan import OutputBatch, RequestOutput, StepResult
 
 if TYPE_CHECKING:
     from tokensched.scheduler import Scheduler
 
 
 def apply_rows(
-    sched: Scheduler, step: Step, result: StepResult, now: float, outputs: list[RequestOutput], fills: list[Request]
-) -> None:
-    """Apply every row of ``result`` still current (its request's epoch unchanged), in plan order."""
+    sched: Scheduler, step: Step, result: StepResult, now: float, events: list[RequestOutput], fills: list[Request]
+) -> OutputBatch:
+    """Apply every row of ``result`` still current (its request's epoch unchanged), in plan order.
+
+    Returns the step's outputs: ``events``, then one per sampling row, as
+    columns; an output that is not plain (a finish, logprobs) is kept whole
+    beside them (see :class:`~tokensched.plan.OutputBatch`).
+    """
     bs = sched._bs
     caching = sched._caching
     k_spec = sched._k_spec
@@ -45,13 +52,20 @@ def apply_rows(
     drafts_in = result.draft_token_ids
     logprobs_in = result.logprobs
     samples, num_drafts, num_tokens, epochs = step.samples, step.num_drafts, step.num_tokens, step.epochs
-    append = outputs.append
+    ids: list[str] = []
+    new_tokens: list[list[int]] = []
+    counts: list[int] = []
+    cached: list[int] = []
+    special: dict[int, RequestOutput] = {}
+    told: list[RequestOutput] = []  # the output _apply_row makes for a row (none for a non-final prefill chunk)
     for i, request in enumerate(step.requests):
         if request.epoch != epochs[i]:
             continue  # left the running set (finished, aborted, preempted) after this step was planned
         state = request.state
         if type(state) is not Decoding or not samples[i]:
-            apply_row(i, request, step, result, now, outputs, fills)
+            apply_row(i, request, step, result, now, told, fills)
+            if told:
+                _add(told.pop(), ids, new_tokens, counts, cached, special)
             continue
         sampled = rows[i]
         m = len(sampled)
@@ -75,7 +89,8 @@ def apply_rows(
                 )
             )
         ):
-            apply_row(i, request, step, result, now, outputs, fills)
+            apply_row(i, request, step, result, now, told, fills)
+            _add(told.pop(), ids, new_tokens, counts, cached, special)
             continue
         request.inflight_steps -= 1
         state.num_computed = computed
@@ -89,13 +104,34 @@ def apply_rows(
         request.last_token = sampled[-1]
         if drafts_in is not None:
             request.draft_tokens = drafts_in[i][:k_spec]
-        append(
-            RequestOutput(
+        if logprobs_in is not None and request.sampling.logprobs:
+            special[len(ids)] = RequestOutput(
                 request.request_id,
                 sampled,
                 None,
-                logprobs_in[i] if logprobs_in is not None and request.sampling.logprobs else None,
+                logprobs_in[i],
                 size - request.num_prompt_tokens,
                 request.num_cached_tokens,
             )
-        )
+        ids.append(request.request_id)
+        new_tokens.append(sampled)
+        counts.append(size - request.num_prompt_tokens)
+        cached.append(request.num_cached_tokens)
+    return OutputBatch(events, ids, new_tokens, counts, cached, special)
+
+
+def _add(
+    output: RequestOutput,
+    ids: list[str],
+    new_tokens: list[list[int]],
+    counts: list[int],
+    cached: list[int],
+    special: dict[int, RequestOutput],
+) -> None:
+    """Add an output ``_apply_row`` made to the columns; one that is not plain is also kept whole."""
+    if output.finish_reason is not None or output.logprobs is not None or output.event is not None:
+        special[len(ids)] = output
+    ids.append(output.request_id)
+    new_tokens.append(output.new_token_ids)
+    counts.append(output.num_output_tokens)
+    cached.append(output.num_cached_tokens)

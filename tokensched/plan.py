@@ -255,6 +255,14 @@ class RequestOutput:
         return self.finish_reason is not None
 
 
+def _as_list(column: npt.NDArray[np.int64] | list[int]) -> list[int]:
+    """A count column as a list: the per-row path's own list, or the columnar path's array converted."""
+    if isinstance(column, list):
+        return column
+    counts: list[int] = column.tolist()
+    return counts
+
+
 _NO_COUNTS = np.zeros(0, np.int64)  # the column counts of a batch built one by one: shared, never written
 _NO_COUNTS.flags.writeable = False
 
@@ -262,9 +270,12 @@ _NO_COUNTS.flags.writeable = False
 class OutputBatch(Sequence[RequestOutput]):
     """One step's outputs: preemption events, then one output per sampling request in plan order.
 
-    The columnar decode path fills it from columns (request ids, the result's
-    rows, output counts) and builds each :class:`RequestOutput` only when it is
-    read, so a step's cost does not include objects nobody looks at. Compares
+    The columnar decode path and the per-row path of a single step
+    (:mod:`tokensched.decode_rows`) fill it from columns (request ids, the
+    result's rows, output counts, cached counts; a row whose output is not
+    plain, in ``special``) and build each :class:`RequestOutput` only when it
+    is read, so a step's cost does not include objects nobody looks at; a
+    consumer that can take the columns reads :meth:`plain_columns`. Compares
     equal to a list of the same outputs.
     """
 
@@ -275,8 +286,8 @@ class OutputBatch(Sequence[RequestOutput]):
         events: list[RequestOutput],
         ids: list[str],
         rows: list[list[int]],
-        num_output: npt.NDArray[np.int64],
-        num_cached: npt.NDArray[np.int64],
+        num_output: npt.NDArray[np.int64] | list[int],
+        num_cached: npt.NDArray[np.int64] | list[int],
         special: dict[int, RequestOutput],
     ) -> None:
         self._events = events
@@ -300,7 +311,7 @@ class OutputBatch(Sequence[RequestOutput]):
             special = self._special
             built = list(self._events)
             for i, (rid, row, count, cached) in enumerate(
-                zip(self._ids, self._rows, self._num_output.tolist(), self._cached.tolist(), strict=True)
+                zip(self._ids, self._rows, _as_list(self._num_output), _as_list(self._cached), strict=True)
             ):
                 out = special.get(i)
                 built.append(out if out is not None else RequestOutput(rid, row, None, None, count, cached))
@@ -309,6 +320,20 @@ class OutputBatch(Sequence[RequestOutput]):
 
     def __len__(self) -> int:
         return len(self._built) if self._built is not None else len(self._events) + len(self._ids)
+
+    def plain_columns(self) -> tuple[list[str], list[list[int]], list[int]] | None:
+        """``(request ids, new tokens, cached counts)``, row by row, when every output is a plain one; else None.
+
+        Plain: no event, and row ``i``'s output is
+        ``RequestOutput(ids[i], tokens[i], None, None, ..., cached[i])`` (no
+        finish, no logprobs). What the bench's metrics and answers read of a
+        step, without building the outputs; the lists are the batch's own (read
+        them, do not change them).
+        """
+        if self._events or self._special:
+            return None
+        cached = self._cached
+        return self._ids, self._rows, cached if type(cached) is list else _as_list(cached)
 
     @overload
     def __getitem__(self, index: int) -> RequestOutput: ...

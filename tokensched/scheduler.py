@@ -519,12 +519,13 @@ class Scheduler:
         outputs = self._take_events()
         fills: list[Request] = []  # requests whose one new full block is hashed and committed in a batch below
         if self._fast:  # the common decode row without the per-row calls; the rest through _apply_row
-            decode_rows.apply_rows(self, step, result, now, outputs, fills)
+            batch = decode_rows.apply_rows(self, step, result, now, outputs, fills)
         else:
             for i, request in enumerate(step.requests):
                 if request.epoch != step.epochs[i]:
                     continue  # left the running set (finished, aborted, preempted) after this step was planned
                 self._apply_row(i, request, step, result, now, outputs, fills)
+            batch = OutputBatch.of(outputs)
         if fills:
             self._commit_fills(fills)
         step.move("apply")
@@ -532,7 +533,7 @@ class Scheduler:
         self.pool.step_completed(step.step_id)
         if self.host is not None:
             self.host.step_completed(step.step_id)
-        return OutputBatch.of(outputs)
+        return batch
 
     def _apply_row(
         self,

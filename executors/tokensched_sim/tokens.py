@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import repeat
+from itertools import islice, repeat
 from operator import add, ge
 
 import attrs
@@ -156,25 +156,26 @@ class TokenSource:
             return self.sample(plan), BatchShape.from_plan(plan)
         left = self._left
         rand = self._rng.random
-        span, eos, alpha = self._span, self.eos_token_id, self.acceptance_rate
-        request_ids, samples, plan_drafts = plan.request_ids, plan.sample, plan.draft_token_ids
-        computed, offsets = plan.num_computed_tokens, plan.token_offsets
+        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        request_ids, computed, offsets = plan.request_ids, plan.num_computed_tokens, plan.token_offsets
         out: list[list[int]] = []
+        append = out.append
         proposing: list[int] = []  # indices of requests that get drafts
         proposing_kv = verified = tested = accepted_total = emitted = 0
-        logits = sum_c = sum_qc = sum_qq = 0
+        logits = sum_qc = sum_qq = 0
         pre_pairs = pre_kv = pre_ctx = pre_q = pre_n = pre_logits = 0
         lo = offsets[0]
+        i = -1
         try:
-            for i, request_id in enumerate(request_ids):
-                hi = offsets[i + 1]
-                q, c, drafts = hi - lo, computed[i], plan_drafts[i]
+            for request_id, c, drafts, sample, hi in zip(
+                request_ids, computed, plan.draft_token_ids, plan.sample, islice(offsets, 1, None), strict=True
+            ):
+                i += 1
+                q = hi - lo
                 lo = hi
                 d = len(drafts)
-                sum_c += c
                 sum_qc += q * c
                 sum_qq += q * q
-                sample = samples[i]
                 if q > d + 1:  # a prefill chunk (a decode computes one token and its drafts)
                     pre_pairs += q * c + q * (q + 1) // 2
                     pre_kv += c + q
@@ -185,7 +186,7 @@ class TokenSource:
                         pre_logits += 1 + d
                 n = left[request_id]
                 if not sample:
-                    out.append([])
+                    append([])
                     continue
                 logits += 1 + d
                 accepted = 0
@@ -196,18 +197,17 @@ class TokenSource:
                     tested += accepted + (accepted < d)
                     accepted_total += accepted
                 if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
-                    tokens = [*drafts[: max(n - 1, 0)], eos]
-                    n = 0
-                else:
-                    t = int(rand() * span)
-                    tokens = [*drafts[:accepted], t + (t >= eos)]
-                    n -= accepted + 1
-                emitted += len(tokens)
-                out.append(tokens)
-                left[request_id] = n
-                if n:
-                    proposing.append(i)
-                    proposing_kv += c + q
+                    tokens = [*drafts[: n - 1], eos] if n > 1 else [eos]
+                    emitted += len(tokens)
+                    append(tokens)
+                    left[request_id] = 0
+                    continue
+                t = int(rand() * span)
+                append([*drafts[:accepted], t + (t >= eos)] if accepted else [t + (t >= eos)])
+                emitted += accepted + 1
+                left[request_id] = n = n - accepted - 1
+                proposing.append(i)
+                proposing_kv += c + q
         except KeyError as exc:
             raise InvalidRequest(f"step {plan.step_id}: request {exc.args[0]!r} was never sent in full") from None
         stats = self.stats
@@ -215,8 +215,23 @@ class TokenSource:
         stats.num_drafts_tested += tested
         stats.num_drafts_accepted += accepted_total
         stats.num_sampled_tokens += emitted
-        sampled = Sampled(out, self._draw_proposals(len(out), proposing), None, len(proposing), proposing_kv)
+        # The drafts, row after row, after every row's acceptance and token (the order _draw_proposals draws in):
+        # plain loops, as in sample_run_step (a comprehension is a function call in 3.11).
+        ks = range(k)
+        every_row = len(proposing) == len(out)
+        proposals: list[list[int]] = [] if every_row else [[] for _ in out]
+        for i in proposing:
+            row: list[int] = []
+            for _ in ks:
+                t = int(rand() * span)
+                row.append(t + (t >= eos))
+            if every_row:
+                proposals.append(row)
+            else:
+                proposals[i] = row
+        sampled = Sampled(out, proposals, None, len(proposing), proposing_kv)
         n, t = len(computed), plan.num_tokens
+        sum_c = sum(computed)
         if t == n:  # one token each: every request is a decode (BatchShape.from_plan's first case)
             return sampled, BatchShape(t, logits, 0, 0, 0, sum_c + t, sum_c + t, n)
         pairs = sum_qc + (sum_qq + t) // 2
@@ -393,8 +408,9 @@ class TokenSource:
         """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), in one draw.
 
         One comprehension for every row's drafts, not one per row, then the
-        EOS id skipped over: the order single steps draw them in, shared by
-        :meth:`_sample_speculative` and :meth:`sample_step`.
+        EOS id skipped over: the order single steps draw them in, used by
+        :meth:`_sample_speculative` (:meth:`sample_step` draws the same values in
+        the same order with plain loops, which cost less for a handful of rows).
         """
         k, span, eos, rand = self.num_speculative_tokens, self._span, self.eos_token_id, self._rng.random
         raw = [int(rand() * span) for _ in range(len(proposing) * k)]

@@ -52,7 +52,7 @@ import attrs
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from tokensched.errors import InvalidRequest, UnknownRequest
-from tokensched.plan import RequestOutput
+from tokensched.plan import OutputBatch, RequestOutput
 from tokensched.run_outputs import PlainStepOutputs
 
 _TIMELINE_POINTS = 200
@@ -246,8 +246,10 @@ class MetricsCollector:
         The same as :meth:`on_outputs` step by step, in one loop: a simulated
         hour records ~100k steps of one to three outputs each, so the calls
         and lookups around each step cost more than the outputs themselves.
-        A run's step of appends (:class:`~tokensched.run_outputs.PlainStepOutputs`)
-        is read from its columns, its requests looked up once for the run.
+        A step of appends is read from its columns: a run's
+        (:class:`~tokensched.run_outputs.PlainStepOutputs`, its requests looked
+        up once for the run) and a single step's
+        (:meth:`OutputBatch.plain_columns <tokensched.plan.OutputBatch.plain_columns>`).
         """
         requests = self._requests
         itl = self._itl
@@ -258,7 +260,28 @@ class MetricsCollector:
         try:
             for now, outputs in steps:
                 counted = start <= now < end
-                if type(outputs) is PlainStepOutputs:  # a run's step of appends: read from its columns
+                if type(outputs) is OutputBatch:
+                    plain = outputs.plain_columns()
+                    if plain is not None:  # a single step of appends (no finish, no event): its columns
+                        ids, tokens, cached = plain
+                        for request_id, row, num_cached in zip(ids, tokens, cached, strict=True):
+                            request = requests.get(request_id)
+                            if request is None:
+                                raise UnknownRequest(f"output for request {request_id!r}, which never arrived")
+                            delivered = len(row)
+                            if delivered:
+                                if request.num_output == 0:
+                                    request.first_token = now
+                                elif request.in_window:
+                                    itl.append((now - request.last_token) / delivered)
+                                request.last_token = now
+                                request.num_output += delivered
+                                if counted:
+                                    window_tokens += delivered
+                            if num_cached > request.num_cached:
+                                request.num_cached = num_cached
+                        continue
+                elif type(outputs) is PlainStepOutputs:  # a run's step of appends: read from its columns
                     ids, tokens, cached = outputs.request_ids, outputs.tokens, outputs.num_cached
                     if ids is not run_ids:
                         run_ids, found = ids, [requests.get(request_id) for request_id in ids]

@@ -40,7 +40,7 @@ from tokensched.config import SchedulerConfig
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
 from tokensched.executor import executor_package
-from tokensched.plan import FinishReason, RequestOutput
+from tokensched.plan import FinishReason, OutputBatch, RequestOutput
 from tokensched.run_outputs import PlainStepOutputs
 from tokensched.scheduler import Scheduler
 
@@ -409,6 +409,13 @@ def record_steps(
             for i, row in zip(outputs.rows, outputs.tokens, strict=True):
                 answers[ids[i]].extend(row)
             continue
+        if type(outputs) is OutputBatch:
+            plain = outputs.plain_columns()
+            if plain is not None:  # a single step of appends: its columns, no finish or event among them
+                for request_id, row in zip(plain[0], plain[1], strict=True):
+                    if row:
+                        answers[request_id].extend(row)
+                continue
         for output in outputs:
             if output.new_token_ids:
                 answers[output.request_id].extend(output.new_token_ids)
