@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import islice, repeat
-from operator import add, ge
+from itertools import islice
 
 import attrs
 
@@ -156,7 +155,7 @@ class TokenSource:
             return self.sample(plan), BatchShape.from_plan(plan)
         left = self._left
         rand = self._rng.random
-        span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
+        span, eos, alpha = self._span, self.eos_token_id, self.acceptance_rate
         request_ids, computed, offsets = plan.request_ids, plan.num_computed_tokens, plan.token_offsets
         out: list[list[int]] = []
         append = out.append
@@ -215,20 +214,7 @@ class TokenSource:
         stats.num_drafts_tested += tested
         stats.num_drafts_accepted += accepted_total
         stats.num_sampled_tokens += emitted
-        # The drafts, row after row, after every row's acceptance and token (the order _draw_proposals draws in):
-        # plain loops, as in sample_run_step (a comprehension is a function call in 3.11).
-        ks = range(k)
-        every_row = len(proposing) == len(out)
-        proposals: list[list[int]] = [] if every_row else [[] for _ in out]
-        for i in proposing:
-            row: list[int] = []
-            for _ in ks:
-                t = int(rand() * span)
-                row.append(t + (t >= eos))
-            if every_row:
-                proposals.append(row)
-            else:
-                proposals[i] = row
+        proposals = self._draw_proposals(len(out), proposing)
         sampled = Sampled(out, proposals, None, len(proposing), proposing_kv)
         n, t = len(computed), plan.num_tokens
         sum_c = sum(computed)
@@ -405,19 +391,26 @@ class TokenSource:
         return Sampled(out, proposals, None, len(proposing), sum(kv_after[i] for i in proposing))
 
     def _draw_proposals(self, num_rows: int, proposing: list[int]) -> list[list[int]]:
-        """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), in one draw.
+        """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), row after row.
 
-        One comprehension for every row's drafts, not one per row, then the
-        EOS id skipped over: the order single steps draw them in, used by
-        :meth:`_sample_speculative` (:meth:`sample_step` draws the same values in
-        the same order with plain loops, which cost less for a handful of rows).
+        Drawn after every row's acceptance and token, the order single steps
+        draw them in, shared by :meth:`_sample_speculative` and
+        :meth:`sample_step`. Plain loops, not a comprehension: in 3.11 a
+        comprehension is a function call, and a step has a handful of rows.
         """
         k, span, eos, rand = self.num_speculative_tokens, self._span, self.eos_token_id, self._rng.random
-        raw = [int(rand() * span) for _ in range(len(proposing) * k)]
-        flat = list(map(add, raw, map(ge, raw, repeat(eos))))
-        proposals: list[list[int]] = [[] for _ in range(num_rows)]
-        for j, i in enumerate(proposing):
-            proposals[i] = flat[j * k : j * k + k]
+        ks = range(k)
+        every_row = len(proposing) == num_rows
+        proposals: list[list[int]] = [] if every_row else [[] for _ in range(num_rows)]
+        for i in proposing:
+            row: list[int] = []
+            for _ in ks:
+                t = int(rand() * span)
+                row.append(t + (t >= eos))
+            if every_row:
+                proposals.append(row)
+            else:
+                proposals[i] = row
         return proposals
 
     def _logprobs_of(self, plan: StepPlan, tokens: list[list[int]]) -> list[list[float]] | None:

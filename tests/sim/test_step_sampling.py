@@ -76,6 +76,10 @@ def test_sample_step_is_sample_and_from_plan(
         sampled, shape = fused.sample_step(plan)
         assert sampled == expected
         assert shape == expected_shape
+        for row in sampled.drafts or []:  # proposals skip the EOS id: a draft never ends a request by chance
+            assert all(0 <= t < VOCAB and t != eos for t in row)
+        for toks in sampled.tokens:  # every sampled token is a vocabulary id
+            assert all(0 <= t < VOCAB for t in toks)
         assert fused.stats == one.stats
         assert fused._left == one._left
     assert fused._rng.getstate() == one._rng.getstate()
