@@ -119,6 +119,11 @@ class DecodeRun:
 
     ``admission_shut_until``: no step of the run may start at or after this
     clock (single steps might admit a waiting request from then on).
+    ``admission_slack``: by how many blocks the free blocks may rise above
+    their number at the run's plan before single steps might admit a waiting
+    request; a step whose plan would leave more free (a rollback gave back a
+    block the step in flight at the run's start took, and no row takes it
+    again) is not planned by the run.
     """
 
     first_step_id: int
@@ -141,6 +146,7 @@ class DecodeRun:
     cross_blocks: bool = False
     spare_blocks: int = 0
     admission_shut_until: float = math.inf
+    admission_slack: float = math.inf
     _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
     _depth: int = attrs.field(init=False, repr=False, eq=False)
 
@@ -260,11 +266,14 @@ class RunCursor:
                     needs = []
                 needs.append((i, -(-top // run.block_size) - ends[i] // run.block_size))
             out.append(step)
+        taken = sum(n for _, n in needs) if needs else 0
+        if self.allocated + taken < 0 and self.allocated + taken < -run.admission_slack:
+            return None  # more free blocks than at the run's plan: single steps would try a waiting request
         if needs:
             bs = run.block_size
             for i, n in needs:
                 ends[i] += n * bs
-                self.allocated += n
+            self.allocated += taken
             self.allocs[j] = needs
         self.planned[j] = out
         return out
