@@ -10,8 +10,11 @@ tries it (here it fits). The run must not plan that step itself.
 
 from __future__ import annotations
 
+import pytest
+
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.decode_run import RunCursor, RunResult
+from tokensched.errors import InvalidRequest
 from tokensched.plan import StepPlan
 
 
@@ -69,6 +72,10 @@ def test_a_run_stops_where_a_rollback_lets_single_steps_admit() -> None:
     assert cursor.plan(0) == [[8, 9]] and cursor.plan(1) == [[]]
     cursor.take(0, [[6]], [[]])
     assert cursor.plan(2) is None  # single steps would try c there
+    past = RunResult(run.first_step_id, [[[6]], [[6]]], [[[]], [[]]], [None, None])
+    with pytest.raises(InvalidRequest, match="past the end of the run"):
+        multi.complete_run(past)  # a result that goes on past that step is refused whole
+    assert multi.pool.num_free == 13 and [r.request_id for r in multi.waiting] == ["c"]
     multi.complete_run(RunResult(run.first_step_id, [[[6]]], [[[]]], [None]))
     assert multi.pool.num_free == 14
     again = multi.plan()
