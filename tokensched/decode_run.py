@@ -30,7 +30,8 @@ and any executor with a ``launch_run`` method, see
    finished a row, at ``max_steps``, once the run's new blocks would leave
    the free blocks short, and, without ``cross_blocks``, once a row would
    need a block it does not hold or after a step that filled, hashed or
-   rolled back one) and its clock is still before the
+   rolled back one; with requests waiting, once rollbacks would leave more
+   free blocks than ``admission_slack`` allows) and its clock is still before the
    caller's ``until`` (the next arrival or metrics sample: the moments the
    caller acts between steps) and before ``admission_shut_until``. It
    returns the completed steps as a :class:`RunResult` (with two groups the
