@@ -30,7 +30,8 @@ and any executor with a ``launch_run`` method, see
    finished a row, at ``max_steps``, once the run's new blocks would leave
    the free blocks short, and, without ``cross_blocks``, once a row would
    need a block it does not hold or after a step that filled, hashed or
-   rolled back one) and its clock is still before the
+   rolled back one; with requests waiting, once rollbacks would leave more
+   free blocks than ``admission_slack`` allows) and its clock is still before the
    caller's ``until`` (the next arrival or metrics sample: the moments the
    caller acts between steps) and before ``admission_shut_until``. It
    returns the completed steps as a :class:`RunResult` (with two groups the
@@ -119,6 +120,11 @@ class DecodeRun:
 
     ``admission_shut_until``: no step of the run may start at or after this
     clock (single steps might admit a waiting request from then on).
+    ``admission_slack``: by how many blocks the free blocks may rise above
+    their number at the run's plan before single steps might admit a waiting
+    request; a step whose plan would leave more free (a rollback gave back a
+    block the step in flight at the run's start took, and no row takes it
+    again) is not planned by the run.
     """
 
     first_step_id: int
@@ -141,6 +147,7 @@ class DecodeRun:
     cross_blocks: bool = False
     spare_blocks: int = 0
     admission_shut_until: float = math.inf
+    admission_slack: float = math.inf
     _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
     _depth: int = attrs.field(init=False, repr=False, eq=False)
 
@@ -260,11 +267,14 @@ class RunCursor:
                     needs = []
                 needs.append((i, -(-top // run.block_size) - ends[i] // run.block_size))
             out.append(step)
+        taken = sum(n for _, n in needs) if needs else 0
+        if self.allocated + taken < 0 and self.allocated + taken < -run.admission_slack:
+            return None  # more free blocks than at the run's plan: single steps would try a waiting request
         if needs:
             bs = run.block_size
             for i, n in needs:
                 ends[i] += n * bs
-                self.allocated += n
+            self.allocated += taken
             self.allocs[j] = needs
         self.planned[j] = out
         return out

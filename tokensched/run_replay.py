@@ -82,7 +82,7 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
     k = run.num_speculative_tokens
     bs = run.block_size
     cross = run.cross_blocks
-    max_steps, spare = run.max_steps, run.spare_blocks
+    max_steps, spare, slack = run.max_steps, run.spare_blocks, run.admission_slack
     stops, limits = run.stop_token_ids, run.length_limit
     pos, ends, size, room, drafts = cursor.pos, cursor.ends, cursor.size, cursor.room, cursor.drafts
     planned, allocs = cursor.planned, cursor.allocs
@@ -152,10 +152,13 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             after = j + depth
             if special or after >= max_steps or (cross and cursor.allocated > spare) or (needs and not cross):
                 return False  # the reference's plan(j + depth) gives None: a step past the end
+            taken = sum(n for _, n in needs) if needs else 0
+            if cursor.allocated + taken < 0 and cursor.allocated + taken < -slack:
+                return False  # admission might open at plan(j + depth): a step past the end
             if needs:
                 for i, blocks in needs:
                     ends[i] += blocks * bs
-                    cursor.allocated += blocks
+                cursor.allocated += taken
                 allocs[after] = needs
             planned[after] = following
     return set(map(type, seen)) == {int} and min(seen) >= 0 and max(seen) <= INT32_MAX

@@ -60,14 +60,14 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
     reserve = _reserve(sched, n, k)
     if reserve is None:
         return None
-    shut_until = math.inf
+    shut_until = slack = math.inf
     if sched.waiting:
         if sched.pool.num_pending:
             return None  # a step in flight frees blocks when it completes: a head may fit then
         shut = _admission_stays_shut(sched)
         if shut is None:
             return None
-        shut_until = shut
+        shut_until, slack = shut
     flying: list[Request] = []
     planned: list[int] = []
     if sched.steps:
@@ -123,6 +123,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         cross_blocks=cross,
         spare_blocks=pool.num_free - reserve,
         admission_shut_until=shut_until,
+        admission_slack=slack,
     )
     cursor = RunCursor(run)
     for j in range(run.depth):
@@ -235,14 +236,19 @@ def _run_columns(
     return pos_l, last, drafts, tables, ends, rooms, limits, stops
 
 
-def _admission_stays_shut(sched: Scheduler) -> float | None:
-    """Until when every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`.
+def _admission_stays_shut(sched: Scheduler) -> tuple[float, float] | None:
+    """Until when every step of a run would admit nothing and change nothing in :meth:`_admit_waiting`, and by
+    how many blocks the free blocks may rise above their number now before it might (``admission_slack``).
 
     Walks the waiting queue as :meth:`_admit_waiting` would now, without
     admitting: admission stays shut while every request it looks at is one
     that did not fit with the free blocks there are now (less the blocks
     retention protects from it), since a run that crosses no block frees,
-    commits and evicts none. Returns the moment that may change (a
+    commits and evicts none. A run that crosses blocks may free some: a
+    rollback gives back a block that the step in flight at the run's start
+    took for drafts, and the row may not take it again (it proposed fewer
+    drafts); the slack is the fewest blocks more than now that some request
+    looked at did not fit with. Returns the moment that may change (a
     retained session's protection lapsing, or a request it looks at
     having waited the retention window: inf when none applies), or None
     when admission may open now. A policy keyed on the cached prefix only
@@ -252,7 +258,7 @@ def _admission_stays_shut(sched: Scheduler) -> float | None:
     sessions are dropped at the clock now, as the next plan would.
     """
     if len(sched._running) >= sched.config.max_running:
-        return math.inf
+        return math.inf, math.inf
     if sched._key_dependence is KeyDependence.ANY:
         return None
     if sched._prefix_keys is not None:
@@ -262,7 +268,7 @@ def _admission_stays_shut(sched: Scheduler) -> float | None:
     protects = retention is not None and len(retention) > 0
     now = sched.clock() if protects else 0.0
     free = sched.pool.num_free
-    shut_until = math.inf
+    shut_until = slack = math.inf
     tails: dict[str, int] | None = None  # the retained sessions' tails, walked once: the pool stands still here
     index = 0
     while index < len(waiting):
@@ -281,10 +287,11 @@ def _admission_stays_shut(sched: Scheduler) -> float | None:
                 shut_until = min(shut_until, retention.next_expiry(), request.arrival_time + retention.window_s)
         if free - protected > request.blocked_at_free:
             return None  # it may fit: the next plan tries it
+        slack = min(slack, request.blocked_at_free - (free - protected))
         if not (protected and index < MAX_PASSED_OVER):
             break
         index += 1
-    return shut_until
+    return shut_until, slack
 
 
 def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOutput]]:

@@ -29,6 +29,7 @@ from tokensched.errors import CapacityError, InvalidRequest, TokenschedError
 from tokensched.machines.request import Decoding, Prefilling
 from tokensched.plan import RequestOutput, StepPlan
 from tokensched.policies import PrefixAwarePolicy
+from tokensched.run_replay import replay
 from tokensched_sim import Deployment, SimExecutor
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
@@ -365,6 +366,31 @@ def count_rollbacks_inside_runs(scheduler: Scheduler) -> list[int]:
     return count
 
 
+def flag_runs_past_a_heads_miss(scheduler: Scheduler) -> list[int]:
+    """Count the runs whose last step left the free blocks above what the waiting head last missed with.
+
+    Wraps the scheduler's ``complete_run``: replaying the result (as it
+    does) gives the run's blocks allocated less those rolled back; below
+    ``-admission_slack``, a rollback gave back a block the step in flight at
+    the run's start took, and single steps would try the head at the next
+    plan (the run must end there). Returns the one-item counter.
+    """
+    count = [0]
+    complete_run = scheduler.complete_run
+
+    def flagged(result: RunResult) -> Any:
+        out = scheduler._run
+        if out is not None:
+            run = out[0]
+            with contextlib.suppress(InvalidRequest):
+                if replay(run, result).allocated < -run.admission_slack:
+                    count[0] += 1
+        return complete_run(result)
+
+    scheduler.complete_run = flagged  # type: ignore[method-assign]
+    return count
+
+
 def drive(
     engine: Engine,
     specs: list[tuple[float, RequestSpec, int]],
@@ -380,6 +406,7 @@ def drive(
     scheduler, executor = engine.scheduler, engine.executor
     assert isinstance(executor, SimExecutor)
     rollbacks = count_rollbacks_inside_runs(scheduler)
+    past_a_miss = flag_runs_past_a_heads_miss(scheduler)
     lengths: dict[str, int] = executor.tokens._lengths  # type: ignore[assignment]
     pending = list(specs)
     steps: list[Any] = []
@@ -423,6 +450,9 @@ def drive(
                     event("a run hashed blocks")
             if rollbacks[0]:
                 event("a run went on across a rollback")
+            if past_a_miss[0]:
+                event("a run ended where a rollback lifted the free blocks past a waiting head's last miss")
+                past_a_miss[0] = 0
             if rollbacks_seen is not None:
                 rollbacks_seen.append(rollbacks[0])
             rollbacks[0] = 0
