@@ -308,20 +308,7 @@ class TokenSource:
             stats.num_drafts_accepted += accepted_total
         if not k:
             return out, None, 0, 0, num_tokens, pairs, kv_tokens
-        # The drafts, row after row, after every row's acceptance and token (skipping over the EOS id). Plain
-        # loops: a comprehension is a function call in 3.11, and one per row cost more than its k draws.
-        ks = range(k)
-        every_row = len(proposing) == len(out)
-        proposals: list[list[int]] = [] if every_row else [[] for _ in out]
-        for r in proposing:
-            row: list[int] = []
-            for _ in ks:
-                t = int(rand() * span)
-                row.append(t + (t >= eos))
-            if every_row:
-                proposals.append(row)
-            else:
-                proposals[r] = row
+        proposals = self._draw_proposals(len(out), proposing)
         return out, proposals, len(proposing), proposing_kv, num_tokens, pairs, kv_tokens
 
     def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
@@ -394,8 +381,8 @@ class TokenSource:
         """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), row after row.
 
         Drawn after every row's acceptance and token, the order single steps
-        draw them in, shared by :meth:`_sample_speculative` and
-        :meth:`sample_step`. Plain loops, not a comprehension: in 3.11 a
+        draw them in, shared by :meth:`_sample_speculative`, :meth:`sample_step`
+        and :meth:`sample_run_step`. Plain loops, not a comprehension: in 3.11 a
         comprehension is a function call, and a step has a handful of rows.
         """
         k, span, eos, rand = self.num_speculative_tokens, self._span, self.eos_token_id, self._rng.random
