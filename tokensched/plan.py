@@ -332,8 +332,7 @@ class OutputBatch(Sequence[RequestOutput]):
         """
         if self._events or self._special:
             return None
-        cached = self._cached
-        return self._ids, self._rows, cached if type(cached) is list else _as_list(cached)
+        return self._ids, self._rows, _as_list(self._cached)
 
     @overload
     def __getitem__(self, index: int) -> RequestOutput: ...

@@ -262,30 +262,22 @@ class MetricsCollector:
                 counted = start <= now < end
                 if type(outputs) is OutputBatch:
                     plain = outputs.plain_columns()
-                    if plain is not None:  # a single step of appends (no finish, no event): its columns
+                    if plain is None:
+                        columns = False  # a finish, an event or logprobs among them: output by output below
+                    else:  # a single step of appends: its columns, its requests looked up for this step
                         ids, tokens, cached = plain
-                        for request_id, row, num_cached in zip(ids, tokens, cached, strict=True):
-                            request = requests.get(request_id)
-                            if request is None:
-                                raise UnknownRequest(f"output for request {request_id!r}, which never arrived")
-                            delivered = len(row)
-                            if delivered:
-                                if request.num_output == 0:
-                                    request.first_token = now
-                                elif request.in_window:
-                                    itl.append((now - request.last_token) / delivered)
-                                request.last_token = now
-                                request.num_output += delivered
-                                if counted:
-                                    window_tokens += delivered
-                            if num_cached > request.num_cached:
-                                request.num_cached = num_cached
-                        continue
+                        rows: Iterable[int] = range(len(ids))
+                        run_ids, found = None, [requests.get(request_id) for request_id in ids]
+                        columns = True
                 elif type(outputs) is PlainStepOutputs:  # a run's step of appends: read from its columns
-                    ids, tokens, cached = outputs.request_ids, outputs.tokens, outputs.num_cached
+                    ids, tokens, cached, rows = outputs.request_ids, outputs.tokens, outputs.num_cached, outputs.rows
                     if ids is not run_ids:
                         run_ids, found = ids, [requests.get(request_id) for request_id in ids]
-                    for r, i in enumerate(outputs.rows):
+                    columns = True
+                else:
+                    columns = False
+                if columns:  # row r of the step is request i of the columns
+                    for r, i in enumerate(rows):
                         request = found[i]
                         if request is None:
                             raise UnknownRequest(f"output for request {ids[i]!r}, which never arrived")
