@@ -56,6 +56,37 @@ def test_hashes_do_not_depend_on_how_tokens_arrive(tokens: list[int], cuts: list
     assert pieces == whole and len(whole) == len(tokens) // 4
 
 
+@given(
+    tokens=st.lists(st.integers(0, 2**31 - 1), min_size=30, max_size=120),
+    block_size=st.integers(1, 9),
+    steps=st.lists(st.integers(1, 2), min_size=1, max_size=40),
+    salt=st.none() | st.text(min_size=1, max_size=5),
+)
+def test_one_or_two_blocks_at_a_time_from_an_array_give_the_pure_python_chain(
+    tokens: list[int], block_size: int, steps: list[int], salt: str | None
+) -> None:
+    """The short path's ``x_b`` from an int32 array (one dot product) is the pure-Python sum's, odd block sizes too.
+
+    A decode extends a request's chain one block (or two) at a time from its
+    int32 token buffer; the reference is the same extension from a list (the
+    Python sum over the block's words) and the whole chain in one pass.
+    """
+    hasher = BlockHasher(block_size, secret=b"k")
+    root = hasher.root(salt)
+    array = np.array(tokens, dtype=np.int32)
+    from_array: list[int] = []
+    from_list: list[int] = []
+    end = 0
+    for step in steps:
+        end = min(end + step * block_size, len(tokens))
+        hasher.extend(from_array, array[:end], root)
+        hasher.extend(from_list, tokens[:end], root)
+        assert from_array == from_list
+    whole: list[int] = []
+    hasher.extend(whole, tokens[:end], root)
+    assert from_array == whole and len(whole) == end // block_size
+
+
 def test_hashes_are_keyed_salted_and_chained() -> None:
     tokens = list(range(12))
     chains = {}
