@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from tokensched import columnar_steps, decode_rows, plan_rows, run_steps
 from tokensched.config import RequestSpec, SchedulerConfig, StepFailurePolicy
@@ -76,6 +77,10 @@ from tokensched.views import PlanOutcome, RequestView
 class Scheduler:
     """Owns every machine and is the only thing that moves them; never waits on a device."""
 
+    #: A request admitted with a matched run of at least this many blocks keeps that run as an array (the head
+    #: of its table at its finish). The reference, tables converted whole at the finish: ``sys.maxsize``.
+    head_runs_from: int = 16
+
     def __init__(
         self,
         config: SchedulerConfig,
@@ -115,6 +120,10 @@ class Scheduler:
         self._running: dict[str, Request] = {}
         self._removed: list[str] = []
         self._truncated: dict[str, int] = {}
+        # The matched run each running request was admitted with (its table's head, int64, a copy of its own),
+        # kept when that run is long: at its finish the table's array is that head plus the blocks after it,
+        # so only the blocks added since admission go through a list->array conversion (see _finish).
+        self._head_runs: dict[str, npt.NDArray[np.int64]] = {}
         self._seq = 0
         self._bs = config.block_size
         self._caching = config.enable_prefix_caching
@@ -473,6 +482,8 @@ class Scheduler:
             if retention is not None:
                 retention.forget(request.session_id)
             blocks = pool.share_run(run)  # a new list: the allocated blocks join it in place (no 12.5k-item copy)
+            if n_matched >= self.head_runs_from:
+                self._head_runs[request.request_id] = np.array(run, dtype=np.int64)  # a copy: nobody else writes it
             blocks += pool.allocate(need)
             if loads:  # the loaded blocks stay OWNED (unmatchable) until this step completes and commits them
                 self.host.load(loads, blocks[n_matched : n_matched + len(loads)])  # type: ignore[union-attr]
@@ -804,7 +815,17 @@ class Scheduler:
         if len(blocks) >= self.pool.bulk_from and isinstance(state, Prefilling | Decoding):
             # A long table (1.9k blocks at the hour's median): one list->array conversion serves the run the
             # matcher keeps and the release; read-only, since that run is shared by later requests' views.
-            table = np.array(blocks, dtype=np.int64)
+            # Its head is the run it was admitted with (a table only grows at its end while it runs, and a
+            # rollback never reaches its computed head), kept as an array: only the blocks after it are
+            # converted, ~20 us instead of ~160 us for a 1.9k-block table of which 1.7k were matched.
+            head = self._head_runs.get(request.request_id)
+            if head is None:
+                table = np.array(blocks, dtype=np.int64)
+            else:
+                n = len(head)
+                table = np.empty(len(blocks), dtype=np.int64)
+                table[:n] = head
+                table[n:] = blocks[n:]
             table.flags.writeable = False
             if self._caching:
                 self.matcher.remember_run(request, state, table)
@@ -820,6 +841,7 @@ class Scheduler:
         del self._running[request.request_id]
         self._removed.append(request.request_id)
         self._truncated.pop(request.request_id, None)
+        self._head_runs.pop(request.request_id, None)
         request.epoch += 1
         request.inflight_steps = 0
         request.inflight_samples = 0

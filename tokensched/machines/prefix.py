@@ -195,7 +195,7 @@ class BlockHasher:
         if self.block_size % 2:
             values.append(0)
         words = [lo | hi << 32 for lo, hi in zip(values[0::2], values[1::2], strict=True)]
-        return sum((w ^ ki) * mi for w, ki, mi in zip(words, self._kl, self._ml, strict=True)) & _MASK
+        return int(sum((w ^ ki) * mi for w, ki, mi in zip(words, self._kl, self._ml, strict=True)) & _MASK)
 
     def _powers(self, n: int) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
         """``R^0..R^n`` and ``R^-0..R^-n`` (mod 2^64), grown by doubling and kept."""
