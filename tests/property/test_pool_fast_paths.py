@@ -204,8 +204,9 @@ class Twins:
             if need + pool.count_evictable(run) > pool.num_free:
                 tables.append(None)
                 continue
+            shared = pool.share_run(run)  # first, as the scheduler does: an allocation must not evict the run
             new = pool.allocate(need)
-            tables.append((pool.share_run(run) + (new[::-1] if flip else new), len(run)))
+            tables.append((shared + (new[::-1] if flip else new), len(run)))
         assert tables[0] == tables[1]
         if tables[0] is None:
             return
