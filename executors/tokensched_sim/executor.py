@@ -202,14 +202,15 @@ class SimExecutor(VirtualClock):
         """
         sample = self.tokens.run_sampler(run.request_ids)  # sample(rows, drafts, pos): the run's lookups made once
         price = pricer.run_step_time  # step_time, then draft_time of the rows that propose
-        group, plan = run.group, cursor.plan
+        plan, depth = cursor.plan, run.depth
+        groups = [run.group(g) for g in range(depth)]  # step j's rows are run.group(j): groups[j % depth]
         k, stats = self.num_speculative_tokens, self.stats
 
         def launch(j: int) -> _Step | None:
             drafts = plan(j)
             if drafts is None:
                 return None
-            rows = group(j)
+            rows = groups[j % depth]
             tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(rows, drafts, cursor.pos)
             duration = price(len(rows), t, pairs, kv, num_proposing, proposing_kv, k)
             start = self._busy_until if self._busy_until > self._clock else self._clock
