@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 
 from tokensched import RequestSpec
@@ -54,11 +57,16 @@ def test_a_run_stepped_by_its_caller_equals_launch_run(spec_tokens: int, in_flig
 
 
 @pytest.mark.parametrize(("spec_tokens", "in_flight"), [(0, 1), (3, 1), (3, 2)])
-@pytest.mark.parametrize("stop_after", [1.5, 2.5, 5.5, 1000.0])
-def test_launch_run_stops_where_the_stepped_loop_stops(spec_tokens: int, in_flight: int, stop_after: float) -> None:
+@pytest.mark.parametrize(
+    "stop", [("at the end of step", 0), ("at the end of step", 3), ("steps", 1.5), ("steps", 5.5), ("steps", 1e3)]
+)
+def test_launch_run_stops_where_the_stepped_loop_stops(
+    spec_tokens: int, in_flight: int, stop: tuple[str, float]
+) -> None:
     """``SimRun.drive`` (what ``launch_run`` runs) against ``collect``/``launch_next`` with the clock checked between
     them, over every run of a workload (one group, and two with two steps in flight): the same results, clocks,
-    steps in flight, counters and outputs, with ``until`` falling a few steps into a run and past its end."""
+    steps in flight, counters and outputs, with ``until`` a few steps into a run, past its end, or exactly at a
+    step's end (a copy of the engine runs the run first to find it: no step may start there)."""
     engines = [_engine(spec_tokens, in_flight) for _ in range(2)]
     one, stepped = engines
     ex1, ex2 = one.executor, stepped.executor
@@ -68,6 +76,7 @@ def test_launch_run_stops_where_the_stepped_loop_stops(spec_tokens: int, in_flig
             for e in engines:  # others' (two groups)
                 e.launch_ready()
                 e.scheduler.submit(RequestSpec(request_id="d", prompt_token_ids=[4, 5, 6], max_tokens=60))
+        probe = copy.deepcopy(one)
         plans = [e.scheduler.plan_run(16, cross_blocks=True) if e.num_in_flight <= 1 else None for e in engines]
         run, same = plans
         assert (run is None) == (same is None)
@@ -77,8 +86,14 @@ def test_launch_run_stops_where_the_stepped_loop_stops(spec_tokens: int, in_flig
             assert one.step() == stepped.step()
             continue
         depths.append(run.depth)
-        unit = ex1.stats.busy_s / ex1.stats.num_steps  # type: ignore[attr-defined]
-        until = ex1.now() + stop_after * unit
+        kind, amount = stop
+        if kind == "steps":
+            until = ex1.now() + amount * ex1.stats.busy_s / ex1.stats.num_steps  # type: ignore[attr-defined]
+        else:
+            ahead = probe.scheduler.plan_run(16, cross_blocks=True)
+            assert ahead is not None
+            ends = probe.executor.launch_run(ahead, math.inf).end_times  # type: ignore[attr-defined]
+            until = ends[min(int(amount), len(ends) - 1)]
         whole = ex1.launch_run(run, until)  # type: ignore[attr-defined]
         steps = ex2.begin_run(same)  # type: ignore[attr-defined]
         steps.start()
