@@ -17,7 +17,7 @@ bench's :meth:`MetricsCollector.on_steps
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from typing import overload
 
 from tokensched.plan import RequestOutput
 
@@ -84,31 +84,3 @@ class PlainStepOutputs(Sequence[RequestOutput]):
 
     def __repr__(self) -> str:
         return f"PlainStepOutputs({self._list()!r})"
-
-
-def plain_stretch(steps: Sequence[tuple[float, Any]], lo: int) -> int:
-    """The end of the stretch of ``steps`` from ``lo`` that are :class:`PlainStepOutputs` of the same rows of one run.
-
-    ``steps[lo:hi]`` are then all plain steps sharing their ``request_ids``,
-    ``rows`` and ``num_cached`` lists (a run's steps of one group, in a
-    row); ``lo`` itself when ``steps[lo]`` is not a plain step. Why: a
-    consumer reads such a stretch row by row, each row's tokens over the
-    steps at once, instead of step by step (see :meth:`MetricsCollector.on_steps
-    <tokensched.benchmark.metrics.MetricsCollector.on_steps>`).
-    """
-    outputs = steps[lo][1]
-    if type(outputs) is not PlainStepOutputs:
-        return lo
-    ids, rows, cached = outputs.request_ids, outputs.rows, outputs.num_cached
-    hi, n = lo + 1, len(steps)
-    while hi < n:
-        following = steps[hi][1]
-        if (
-            type(following) is not PlainStepOutputs
-            or following.rows is not rows
-            or following.request_ids is not ids
-            or following.num_cached is not cached
-        ):
-            break
-        hi += 1
-    return hi

@@ -46,8 +46,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from itertools import compress, islice
-from operator import itemgetter, sub, truediv
 from typing import Annotated, Protocol
 
 import attrs
@@ -55,7 +53,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from tokensched.errors import InvalidRequest, UnknownRequest
 from tokensched.plan import OutputBatch, RequestOutput
-from tokensched.run_outputs import PlainStepOutputs, plain_stretch
+from tokensched.run_outputs import PlainStepOutputs
 
 _TIMELINE_POINTS = 200
 OVERLOAD_MIN_GROWTH_S = 2.0
@@ -252,26 +250,17 @@ class MetricsCollector:
         (:class:`~tokensched.run_outputs.PlainStepOutputs`, its requests looked
         up once for the run) and a single step's
         (:meth:`OutputBatch.plain_columns <tokensched.plan.OutputBatch.plain_columns>`).
-        A stretch of a run's steps of the same rows
-        (:func:`~tokensched.run_outputs.plain_stretch`) is read row by row
-        (:meth:`_on_stretch`): the same records, window tokens and ITL samples
-        (in another order, which the summary, sorting them, does not see).
         """
-        if not isinstance(steps, list | tuple):
-            steps = list(steps)
         requests = self._requests
         itl = self._itl
         start, end = self.window_start, self.window_end
         window_tokens = 0
         run_ids: list[str] | None = None  # the run whose requests ``found`` holds (looked up once a run)
         found: list[_Request | None] = []
-        s, num_steps = 0, len(steps)
         try:
-            while s < num_steps:
-                now, outputs = steps[s]
+            for now, outputs in steps:
                 counted = start <= now < end
                 if type(outputs) is OutputBatch:
-                    s += 1
                     plain = outputs.plain_columns()
                     if plain is None:
                         columns = False  # a finish, an event or logprobs among them: output by output below
@@ -284,15 +273,8 @@ class MetricsCollector:
                     ids, tokens, cached, rows = outputs.request_ids, outputs.tokens, outputs.num_cached, outputs.rows
                     if ids is not run_ids:
                         run_ids, found = ids, [requests.get(request_id) for request_id in ids]
-                    stretch = plain_stretch(steps, s)
-                    if stretch - s > 1:  # several steps of the same rows: row by row
-                        window_tokens += self._on_stretch(steps, s, stretch, found)
-                        s = stretch
-                        continue
-                    s += 1
                     columns = True
                 else:
-                    s += 1
                     columns = False
                 if columns:  # row r of the step is request i of the columns
                     for r, i in enumerate(rows):
@@ -332,72 +314,6 @@ class MetricsCollector:
                         request.finished = True
         finally:
             self._window_output_tokens += window_tokens
-
-    def _on_stretch(
-        self,
-        steps: Sequence[tuple[float, Iterable[RequestOutput]]],
-        lo: int,
-        hi: int,
-        found: list[_Request | None],
-    ) -> int:
-        """Deliver ``steps[lo:hi]``, plain steps of the same rows of one run, row by row; returns the window tokens.
-
-        Why: a run's step of a row or two cost ~30 bytecodes a row in the
-        step-by-step loop; here each row's deliveries over the stretch are
-        read at once, in C loops (``map``): a row that delivered at every step
-        of the stretch and had its first token before it waited, at each
-        step, since the step before, so its ITL samples are the gaps between
-        the steps' times (the same subtractions) over its tokens. Another
-        row (a first token, a step that delivered nothing) goes step by step
-        by the same rule as :meth:`on_steps`. Its cached tokens are one
-        count for the whole stretch (the run's column). An unknown request
-        is refused before any row is recorded.
-        """
-        head = steps[lo][1]
-        assert type(head) is PlainStepOutputs
-        ids, rows, cached = head.request_ids, head.rows, head.num_cached
-        times: list[float] = []
-        tokens: list[list[list[int]]] = []
-        for now, outputs in steps[lo:hi]:
-            times.append(now)
-            tokens.append(outputs.tokens)  # type: ignore[attr-defined]  # plain_stretch checked the type
-        members = [found[i] for i in rows]
-        for r, member in enumerate(members):
-            if member is None:
-                raise UnknownRequest(f"output for request {ids[rows[r]]!r}, which never arrived")
-        start, end = self.window_start, self.window_end
-        counted = [start <= now < end for now in times]
-        every = all(counted)
-        gaps = list(map(sub, islice(times, 1, None), times))  # step s + 1's time less step s's
-        itl = self._itl
-        first, last = times[0], times[-1]
-        window = 0
-        for r, request in enumerate(members):
-            assert request is not None
-            delivered = list(map(len, map(itemgetter(r), tokens)))
-            if request.num_output and 0 not in delivered:  # at every step, the first token before the stretch
-                if request.in_window:
-                    itl.append((first - request.last_token) / delivered[0])
-                    itl.extend(map(truediv, gaps, islice(delivered, 1, None)))
-                request.last_token = last
-                total = sum(delivered)
-                request.num_output += total
-                window += total if every else sum(compress(delivered, counted))
-            else:  # step by step, as on_steps
-                for now, count, inside in zip(times, delivered, counted, strict=True):
-                    if count:
-                        if request.num_output == 0:
-                            request.first_token = now
-                        elif request.in_window:
-                            itl.append((now - request.last_token) / count)
-                        request.last_token = now
-                        request.num_output += count
-                        if inside:
-                            window += count
-            i = rows[r]
-            if cached[i] > request.num_cached:
-                request.num_cached = cached[i]
-        return window
 
     def on_stats(self, now: float, stats: StatsLike) -> None:
         """Record a sample of the scheduler's state (call when ``now >= next_sample_time``, and at the end)."""

@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from itertools import chain
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -43,7 +41,7 @@ from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, QueueFull, TokenschedError
 from tokensched.executor import executor_package
 from tokensched.plan import FinishReason, OutputBatch, RequestOutput
-from tokensched.run_outputs import PlainStepOutputs, plain_stretch
+from tokensched.run_outputs import PlainStepOutputs
 from tokensched.scheduler import Scheduler
 
 EOS_TOKEN_ID = 0  # the simulator's EOS; the scheduler stops on it, never knowing answer lengths up front
@@ -405,25 +403,12 @@ def record_steps(
 ) -> None:
     """Steps' outputs, each delivered at its time: into the metrics, the answers, and finished turns to the workload."""
     metrics.on_steps(steps)
-    s, num_steps = 0, len(steps)
-    while s < num_steps:
-        t, outputs = steps[s]
+    for t, outputs in steps:
         if type(outputs) is PlainStepOutputs:  # a run's step of appends: its columns, no finish among them
             ids = outputs.request_ids
-            stretch = plain_stretch(steps, s)
-            if stretch - s > 1:  # several steps of the same rows: each row's tokens over them at once
-                tokens = [later.tokens for _, later in steps[s:stretch]]  # type: ignore[attr-defined]
-                for r, i in enumerate(outputs.rows):
-                    answer = list(chain.from_iterable(map(itemgetter(r), tokens)))
-                    if answer:  # as for an output: a row with no token does not touch its answer
-                        answers[ids[i]].extend(answer)
-            else:
-                for i, row in zip(outputs.rows, outputs.tokens, strict=True):
-                    if row:
-                        answers[ids[i]].extend(row)
-            s = stretch
+            for i, row in zip(outputs.rows, outputs.tokens, strict=True):
+                answers[ids[i]].extend(row)
             continue
-        s += 1
         if type(outputs) is OutputBatch:
             plain = outputs.plain_columns()
             if plain is not None:  # a single step of appends: its columns, no finish or event among them
