@@ -328,10 +328,12 @@ class SimRun:
     def drive(self, until: float) -> None:
         """``while collect() and clock < until and launch_next()``, in one loop (what ``launch_run`` runs).
 
-        Why: a run of a row or two spends as much on the two calls a step
-        and their lookups as on the step; here the run's fixed parts are
-        looked up once. ``tests/sim/test_stepped_run.py`` checks the loop
-        against the calls.
+        Why: a run's step of a row or two is a few hundred bytecodes, and
+        the two method calls a step (with their lookups of the run's deque,
+        cursor and launcher) were a share of them worth saving; the DP
+        lockstep, which acts between the steps, still makes the calls.
+        ``tests/sim/test_stepped_run.py`` checks the loop against the calls,
+        ``until`` falling inside a run, past it, and exactly at a step's end.
         """
         executor = self._executor
         pending, done = self.pending, self.done
