@@ -67,6 +67,45 @@ class DecodeCost:
             base += c if c > m else m
         return base + mlp + moe + head
 
+    def run_step_time(
+        self, num_requests: int, num_tokens: int, pairs: int, kv_tokens: int, proposing: int, proposing_kv: int, k: int
+    ) -> float:
+        """:meth:`step_time` of the step, plus :meth:`draft_time` of its ``proposing`` rows if any: a run step's price.
+
+        The same floats added in the same order as the two calls (the
+        executor's single steps price a step and then its drafts so), in one
+        call: a run prices a step of a row or two tens of thousands of times
+        per simulated hour, and the second call and its lookups cost more
+        than its arithmetic. ``tests/sim/test_decode_cost.py`` checks it
+        against the two calls.
+        """
+        if not self._exact:
+            duration = self.step_time(num_requests, num_tokens, pairs, kv_tokens)
+            if proposing:
+                duration += self.draft_time(proposing, proposing_kv, k)
+            return duration
+        if num_tokens:
+            parts = self._parts.get((num_requests, num_tokens))
+            if parts is None:
+                parts = self._parts[num_requests, num_tokens] = self._parts_of(num_requests, num_tokens)
+            base, dec_c, share, kv, mlp, moe, head = parts
+            if pairs:
+                c, m = pairs * dec_c * share, kv_tokens * kv
+                base += c if c > m else m
+            duration = base + mlp + moe + head
+        else:
+            duration = 0.0
+        if not proposing:
+            return duration
+        model = self.model
+        if not k or model.draft is None:
+            return duration + 0.0
+        cached = self._drafts.get(proposing)
+        if cached is None:
+            cached = self._draft_parts(proposing, k)
+        passes, triangle = cached
+        return duration + (passes + model._f_draft_attn * (k * proposing_kv + triangle))
+
     def draft_time(self, num_requests: int, kv_tokens: int, num_drafts: int) -> float:
         """``model.draft_time(num_requests, kv_tokens, num_drafts)``, its per-pass part cached by request count.
 
@@ -79,13 +118,18 @@ class DecodeCost:
             return 0.0
         cached = self._drafts.get(num_requests)
         if cached is None:
-            r = num_requests
-            c, m = model._f_draft
-            net, latency = model._f_draft_net
-            once = (r * c if r * c > m else m) + r * net + latency
-            cached = self._drafts[r] = (num_drafts * once, r * num_drafts * (num_drafts - 1) // 2)
+            cached = self._draft_parts(num_requests, num_drafts)
         passes, triangle = cached
         return passes + model._f_draft_attn * (num_drafts * kv_tokens + triangle)
+
+    def _draft_parts(self, r: int, num_drafts: int) -> tuple[float, int]:
+        """``draft_time``'s passes over ``r`` requests and its triangle of draft pairs, cached by ``r``."""
+        model = self.model
+        c, m = model._f_draft
+        net, latency = model._f_draft_net
+        once = (r * c if r * c > m else m) + r * net + latency
+        cached = self._drafts[r] = (num_drafts * once, r * num_drafts * (num_drafts - 1) // 2)
+        return cached
 
     def _parts_of(self, n: int, t: int) -> _Parts:
         """The terms of ``step_time`` that depend on the counts only; adding 0.0 for an absent term is exact."""

@@ -177,8 +177,7 @@ class SimExecutor(VirtualClock):
         until = min(until, run.admission_shut_until)  # past it, single steps might admit a waiting request
         steps = self.begin_run(run)
         steps.start()
-        while steps.collect() and self._clock < until and steps.launch_next():
-            pass
+        steps.drive(until)
         return steps.result()
 
     def begin_run(self, run: DecodeRun) -> SimRun:
@@ -201,20 +200,19 @@ class SimExecutor(VirtualClock):
         :meth:`BatchShape.decodes` takes, which the sampler adds up on its
         walk over the rows.
         """
-        sample = self.tokens.sample_run_step
-        step_time, draft_time = pricer.step_time, pricer.draft_time
-        ids, group, plan = run.request_ids, run.group, cursor.plan
+        sample = self.tokens.run_sampler(run.request_ids)  # sample(rows, drafts, pos): the run's lookups made once
+        price = pricer.run_step_time  # step_time, then draft_time of the rows that propose
+        plan, depth = cursor.plan, run.depth
+        groups = [run.group(g) for g in range(depth)]  # step j's rows are run.group(j): groups[j % depth]
         k, stats = self.num_speculative_tokens, self.stats
 
         def launch(j: int) -> _Step | None:
             drafts = plan(j)
             if drafts is None:
                 return None
-            rows = group(j)
-            tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(ids, rows, drafts, cursor.pos)
-            duration = step_time(len(rows), t, pairs, kv)
-            if num_proposing:
-                duration += draft_time(num_proposing, proposing_kv, k)
+            rows = groups[j % depth]
+            tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(rows, drafts, cursor.pos)
+            duration = price(len(rows), t, pairs, kv, num_proposing, proposing_kv, k)
             start = self._busy_until if self._busy_until > self._clock else self._clock
             end = self._busy_until = start + duration
             stats.num_steps += 1
@@ -326,6 +324,34 @@ class SimRun:
         if step[0] > executor._clock:
             executor._clock = step[0]
         return self.cursor.take(j, step[1], step[2])
+
+    def drive(self, until: float) -> None:
+        """``while collect() and clock < until and launch_next()``, in one loop (what ``launch_run`` runs).
+
+        Why: a run's step of a row or two is a few hundred bytecodes, and
+        the two method calls a step (with their lookups of the run's deque,
+        cursor and launcher) were a share of them worth saving; the DP
+        lockstep, which acts between the steps, still makes the calls.
+        ``tests/sim/test_stepped_run.py`` checks the loop against the calls,
+        ``until`` falling inside a run, past it, and exactly at a step's end.
+        """
+        executor = self._executor
+        pending, done = self.pending, self.done
+        take, launch = self.cursor.take, self.launch_step
+        j = len(done)
+        ahead = self.run.depth - 1
+        while True:
+            step = pending.popleft()
+            done.append(step)
+            if step[0] > executor._clock:
+                executor._clock = step[0]
+            if not take(j, step[1], step[2]) or not executor._clock < until:
+                return
+            j += 1
+            following = launch(j + ahead)
+            if following is None:
+                return
+            pending.append(following)
 
     def result(self) -> RunResult:
         """The steps collected, for ``Scheduler.complete_run``; the steps launched after them go back in flight."""

@@ -51,6 +51,9 @@ RunStep = tuple[list[list[int]], list[list[int]] | None, int, int, int, int, int
 :class:`Sampled`'s fields, then the step's query tokens, query-key pairs and KV tokens read, the sums
 :meth:`BatchShape.decodes <tokensched_sim.shape.BatchShape.decodes>` takes (a plain tuple: one a step)."""
 
+RunSampler = Callable[[list[int], Sequence[Sequence[int]], list[int]], RunStep]
+"""``sample(rows, drafts, pos)``: one step of a run's rows (:meth:`TokenSource.run_sampler`)."""
+
 
 @attrs.frozen(slots=True)
 class Sampled:
@@ -252,64 +255,108 @@ class TokenSource:
         """:meth:`sample_decodes` for the rows ``rows`` of a run (``request_ids[i]``, context ``pos[i]``).
 
         The same draws, in the same order, as ``sample_decodes`` of the step
-        (``tests/sim/test_run_sampling.py`` checks it), without the per-step
-        lists and objects that need not exist, and, on the same walk over the
-        rows, the sums the cost model prices the step from (see
-        :data:`RunStep`). Why: a run samples a step of one or two rows tens of
-        thousands of times per simulated hour, so the work around the draws,
-        not the draws, was the cost. Without speculation and drafts it is
+        (``tests/sim/test_run_sampling.py`` checks it), and, on the same walk
+        over the rows, the sums the cost model prices the step from (see
+        :data:`RunStep`). One step through :meth:`run_sampler`, which a run
+        binds once for all its steps.
+        """
+        return self.run_sampler(request_ids)(rows, drafts, pos)
+
+    def run_sampler(self, request_ids: list[str]) -> RunSampler:
+        """``sample(rows, drafts, pos)``: :meth:`sample_run_step` of ``request_ids``, bound once for a run.
+
+        Why: a run samples a step of one or two rows tens of thousands of
+        times per simulated hour, so the work around the draws, not the
+        draws, is the cost: here what stays fixed for the run (the RNG, the
+        vocabulary, the counters, the targets left) is looked up once, not
+        every step, and a step's drafts are proposed in the same call (what
+        :meth:`_draw_proposals` does for single steps: after every row's
+        acceptances and token, row after row). Without the per-step lists and
+        objects that need not exist; without speculation and drafts it is
         :meth:`_sample_plain`'s rule (a row with no drafts accepts nothing and
-        draws one token).
+        draws one token). The sampler reads the targets and counters as they
+        are at each call (single steps between two runs move them).
         """
         left = self._left
         rand = self._rng.random
         span, eos, alpha, k = self._span, self.eos_token_id, self.acceptance_rate, self.num_speculative_tokens
-        out: list[list[int]] = []
-        proposing: list[int] = []  # positions in ``rows`` of the rows that get drafts
-        proposing_kv = verified = tested = accepted_total = emitted = 0
-        num_tokens = pairs = kv_tokens = 0
-        try:
-            for r, i in enumerate(rows):
-                request_id = request_ids[i]
-                n = left[request_id]
-                step = drafts[r]
-                d = len(step)
-                c, q = pos[i], 1 + d  # q tokens after c of context: q*c + q*(q+1)/2 pairs, c + q tokens read
-                num_tokens += q
-                pairs += q * c + q * (q + 1) // 2
-                kv_tokens += c + q
-                accepted = 0
-                if d:
-                    while accepted < d and rand() < alpha:
-                        accepted += 1
-                    verified += d
-                    tested += accepted + (accepted < d)
-                    accepted_total += accepted
-                if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
-                    tokens = [*step[: n - 1], eos] if n > 1 else [eos]
-                    n = 0
-                else:
-                    t = int(rand() * span)
-                    tokens = [*step[:accepted], t + (t >= eos)] if accepted else [t + (t >= eos)]
-                    n -= accepted + 1
-                emitted += len(tokens)
-                out.append(tokens)
-                left[request_id] = n
-                if n:
-                    proposing.append(r)
-                    proposing_kv += c + q
-        except KeyError as exc:
-            raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
+        ks = range(k)
         stats = self.stats
-        stats.num_sampled_tokens += emitted
-        if verified:
-            stats.num_drafts_verified += verified
-            stats.num_drafts_tested += tested
-            stats.num_drafts_accepted += accepted_total
-        if not k:
-            return out, None, 0, 0, num_tokens, pairs, kv_tokens
-        proposals = self._draw_proposals(len(out), proposing)
-        return out, proposals, len(proposing), proposing_kv, num_tokens, pairs, kv_tokens
+
+        def sample(rows: list[int], drafts: Sequence[Sequence[int]], pos: list[int]) -> RunStep:
+            out: list[list[int]] = []
+            proposing: list[int] = []  # positions in ``rows`` of the rows that get drafts
+            proposing_kv = verified = tested = accepted_total = emitted = 0
+            num_tokens = pairs = kv_tokens = 0
+            r = 0
+            try:
+                for i in rows:
+                    request_id = request_ids[i]
+                    n = left[request_id]
+                    step = drafts[r]
+                    d = len(step)
+                    c, q = pos[i], 1 + d  # q tokens after c of context: q*c + q*(q+1)/2 pairs, c + q tokens read
+                    num_tokens += q
+                    pairs += q * c + q * (q + 1) // 2
+                    kv_tokens += c + q
+                    if d:
+                        accepted = 0
+                        while accepted < d and rand() < alpha:
+                            accepted += 1
+                        verified += d
+                        tested += accepted + (accepted < d)
+                        accepted_total += accepted
+                        if accepted + 1 >= n:  # the target length falls in this step: end there with EOS
+                            tokens = [*step[: n - 1], eos] if n > 1 else [eos]
+                            n = 0
+                        else:
+                            t = int(rand() * span)
+                            tokens = [*step[:accepted], t + (t >= eos)] if accepted else [t + (t >= eos)]
+                            n -= accepted + 1
+                    elif n > 1:
+                        t = int(rand() * span)
+                        tokens = [t + (t >= eos)]
+                        n -= 1
+                    else:  # the target length is this token: EOS
+                        tokens = [eos]
+                        n = 0
+                    emitted += len(tokens)
+                    out.append(tokens)
+                    left[request_id] = n
+                    if n:
+                        proposing.append(r)
+                        proposing_kv += c + q
+                    r += 1
+            except KeyError as exc:
+                raise InvalidRequest(f"request {exc.args[0]!r} was never sent in full") from None
+            stats.num_sampled_tokens += emitted
+            if verified:
+                stats.num_drafts_verified += verified
+                stats.num_drafts_tested += tested
+                stats.num_drafts_accepted += accepted_total
+            if not k:
+                return out, None, 0, 0, num_tokens, pairs, kv_tokens
+            # _draw_proposals(len(out), proposing), inline: k drafts for each proposing row, row after row
+            if len(proposing) == r:
+                proposals: list[list[int]] = []
+                for _ in proposing:
+                    row: list[int] = []
+                    for _ in ks:
+                        t = int(rand() * span)
+                        row.append(t + (t >= eos))
+                    proposals.append(row)
+            else:
+                proposals = []
+                for _ in out:
+                    proposals.append([])
+                for p in proposing:
+                    row = proposals[p]
+                    for _ in ks:
+                        t = int(rand() * span)
+                        row.append(t + (t >= eos))
+            return out, proposals, len(proposing), proposing_kv, num_tokens, pairs, kv_tokens
+
+        return sample
 
     def _sample_plain(self, request_ids: list[str], samples: Iterable[bool]) -> Sampled:
         """The hot path: one token per sampling request, no drafts."""
@@ -381,8 +428,8 @@ class TokenSource:
         """``num_speculative_tokens`` drafts for each row in ``proposing`` (others get none), row after row.
 
         Drawn after every row's acceptance and token, the order single steps
-        draw them in, shared by :meth:`_sample_speculative`, :meth:`sample_step`
-        and :meth:`sample_run_step`. Plain loops, not a comprehension: in 3.11 a
+        draw them in, shared by :meth:`_sample_speculative` and :meth:`sample_step`
+        (:meth:`run_sampler` draws them inline, the same way). Plain loops, not a comprehension: in 3.11 a
         comprehension is a function call, and a step has a handful of rows.
         """
         k, span, eos, rand = self.num_speculative_tokens, self._span, self.eos_token_id, self._rng.random

@@ -56,6 +56,34 @@ def test_draft_time_is_the_same_float_as_the_models(model: CostModel, calls: lis
         assert cost.draft_time(requests, kv, drafts) == model.draft_time(requests, kv, drafts)
 
 
+def _two_calls(cost: DecodeCost, batch: list[tuple[int, int]], proposing: int, proposing_kv: int, k: int) -> float:
+    """What the executor paid before ``run_step_time``: ``step_time``, then ``draft_time`` if any row proposes."""
+    duration = cost.step_time(*sums(batch))
+    if proposing:
+        duration += cost.draft_time(proposing, proposing_kv, k)
+    return duration
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(range(len(MODELS))),
+    st.lists(st.tuples(rows, st.integers(0, 70), st.integers(0, 10**7)), min_size=1, max_size=4),
+    st.integers(0, 4),
+)
+def test_run_step_time_is_the_same_float_as_step_time_then_draft_time(which: int, steps: list[Any], k: int) -> None:
+    """A run step's price in one call: to the bit what the two calls add up to (cached or not, with or without
+    proposing rows, with or without a draft head, and on a model that is not a CostModel)."""
+    model = MODELS[which]
+    models: list[Any] = [model, _Doubled(model)]
+    for priced in models:
+        one, two = DecodeCost(priced), DecodeCost(priced)
+        for batch, proposing, kv in steps + steps:  # each shape twice: computed, then from the cache
+            proposing = min(proposing, len(batch))
+            expected = _two_calls(two, batch, proposing, kv, k)
+            assert one.run_step_time(*sums(batch), proposing, kv, k) == expected
+    assert DecodeCost(model).run_step_time(0, 0, 0, 0, 0, 0, k) == 0.0  # an empty step costs nothing
+
+
 class _Doubled:
     """A stand-in for a wrapped model (the disaggregated bench's decode-only one): it prices its own way."""
 
