@@ -262,9 +262,11 @@ class PrefixKeys:
         unheld = self._unheld
         for request, checks in list(unheld.items()):
             hashes = request.block_hashes
-            hit = gone.intersection(islice(hashes, matched[request]))
-            if hit:
-                self._move(request, min(map(hashes.index, hit)), changed)
+            run = matched[request]
+            if not gone.isdisjoint(islice(hashes, run)):
+                # The first place that lost its hash, in one C-level pass over the run (``min`` of each lost
+                # hash's ``hashes.index`` scanned the run once per hash: an eviction takes hundreds at once).
+                self._move(request, list(map(gone.__contains__, islice(hashes, run))).index(True), changed)
             if checks + 1 < self.lazy_checks:
                 unheld[request] = checks + 1
             else:
