@@ -106,3 +106,20 @@ def test_a_body_sent_slowly_but_whole_within_the_timeout_is_served() -> None:
         finally:
             conn.close()
         assert scrape(live).get('tokensched:shed_total{kind="body_timeout"}', 0.0) == 0
+
+
+def test_a_client_still_sending_when_answered_408_reads_the_408_not_a_reset() -> None:
+    """The race behind a flaky run: bytes reaching a closed socket (or left unread in it) make the kernel
+    reset the connection, and the reset discards the 408 before the client reads it. Here the client sends
+    a byte every few milliseconds through the timeout and reads only afterwards, so an unlingering close
+    resets it every time."""
+    with live_server(*sim(), body_timeout_s=BODY_TIMEOUT_S) as live, connected(live) as sock:
+        sock.sendall(head("/v1/completions", 10_000) + b"{")
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 0.5
+        while time.monotonic() < deadline:
+            sock.sendall(b" ")  # the server only half-closes: its read side still takes these
+            time.sleep(0.005)
+        answer = read_all(sock)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"request_timeout" in answer
+        assert completion(live).status_code == 200

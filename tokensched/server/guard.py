@@ -16,7 +16,8 @@ protocol uvicorn builds per connection is wrapped here:
   its head gets a bare 408 and its connection is closed. The deadline is for
   the whole body, not between chunks: a client trickling a byte now and then
   (slowloris on the body) would reset a per-chunk timer forever, and a
-  connection inside a request is never evicted by the cap;
+  connection inside a request is never evicted by the cap. The close lingers
+  (see :data:`LINGER_S`), so the client can read the 408;
 * refusals are counted and written as one line per interval, never one per
   connection.
 """
@@ -43,6 +44,12 @@ _SHED_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
     b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY)
 )
+LINGER_S = 2.0
+"""How long a connection answered 408 keeps reading, and dropping, what its client still sends before it is
+closed (sooner if the client closes). Closing a socket with unread bytes, or one that bytes still reach, makes
+the kernel send a reset, and a reset that arrives before the client has read the 408 discards it: the client
+sees "connection reset", not the answer. So the server half-closes (its FIN follows the 408) and drains, as
+HTTP servers' lingering close does."""
 _BODY_TIMEOUT_BODY = (
     b'{"error":{"message":"the request body did not arrive in time","type":"invalid_request_error",'
     b'"code":"request_timeout"}}'
@@ -135,6 +142,7 @@ class GuardedH11Protocol(H11Protocol):
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _body_timed_cycle: object = None  # the request cycle the body timer runs for (one timer per request)
+    _linger_timer: asyncio.TimerHandle | None = None  # set once answered 408: closes the connection at LINGER_S
     _admitted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -151,11 +159,13 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._cancel_head_timer()
         self._cancel_body_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self.guard.forget(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
+        if not self._admitted or self._linger_timer is not None:  # lingering after a 408: dropped unread
             return
         super().data_received(data)
         self._watch_body()
@@ -168,9 +178,9 @@ class GuardedH11Protocol(H11Protocol):
 
     @property
     def in_request(self) -> bool:
-        """A request head has arrived and its response is not complete."""
+        """A request head has arrived and its response is not complete (one answered 408 is done with)."""
         cycle = self.cycle
-        return cycle is not None and not cycle.response_complete
+        return cycle is not None and not cycle.response_complete and self._linger_timer is None
 
     @property
     def awaiting_body(self) -> bool:
@@ -220,10 +230,21 @@ class GuardedH11Protocol(H11Protocol):
         self._body_timer = None
         if self.awaiting_body and not self.transport.is_closing():
             self.guard.shed.count("body_timeout")
-            # Nothing was sent on this request, so the 408 is the whole answer; closing makes the app's
-            # pending receive() return http.disconnect, and the half-read request never runs.
+            # Nothing was sent on this request, so the 408 is the whole answer. The app's pending receive()
+            # returns http.disconnect, as at a lost connection, and the half-read request never runs.
+            cycle = self.cycle
+            assert cycle is not None  # awaiting_body says so
+            cycle.disconnected = True
+            cycle.message_event.set()
             self.transport.write(_BODY_TIMEOUT_408)
-            self.transport.close()
+            self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Half-close after the answer already written, drop what still arrives, close at the client's EOF
+        (asyncio closes the transport then) or at :data:`LINGER_S`, whichever is first."""
+        self._linger_timer = self.loop.call_later(LINGER_S, self.close)
+        self.flow.resume_reading()  # bytes left unread in the kernel would make the close a reset too
+        self.transport.write_eof()
 
 
 def guarded_protocol(guard: ConnectionGuard) -> type[GuardedH11Protocol]:
