@@ -265,7 +265,7 @@ class _RankRun:
         if rank.engine.num_in_flight:
             return None
         scheduler = rank.scheduler
-        plan = scheduler.plan_run(_RUN_STEPS, cross_blocks=True)
+        plan = scheduler.plan_run(_RUN_STEPS, cross_blocks=True, chunks=True)
         if plan is None:
             return None
         steps = executor.begin_run(plan)
