@@ -26,8 +26,8 @@ from tokensched.executor import VirtualClock
 from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
 from tokensched_sim.decode_cost import DecodeCost
-from tokensched_sim.shape import BatchShape
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
+from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
 from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
 

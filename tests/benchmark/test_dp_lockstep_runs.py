@@ -189,7 +189,8 @@ def test_the_lockstep_with_runs_equals_the_lockstep_in_single_steps(
             event(f"steps taken from runs: {'none' if not took[0] else '1-19' if took[0] < 20 else '20+'}")
             if took[1]:
                 event("a sample with a run out that had taken blocks since it began")
-            event(f"steps taken from runs with a prefill chunk: {'none' if not took[2] else '1-9' if took[2] < 10 else '10+'}")
+            chunked = "none" if not took[2] else "1-9" if took[2] < 10 else "10+"
+            event(f"steps taken from runs with a prefill chunk: {chunked}")
         ranks_state = [(_state(r.scheduler), r.now, r.engine.executor.stats) for r in ranks]  # type: ignore[attr-defined]
         results.append((rejected, workload.finished, metrics.summarize(STOP).model_dump_json(), ranks_state))
     single, with_runs = results

@@ -20,6 +20,8 @@ import contextlib
 import os
 from typing import Any
 
+import attrs
+import pytest
 from hypothesis import HealthCheck, currently_in_test_context, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
@@ -29,8 +31,8 @@ from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.kv_events import KVEventRecorder
 from tokensched.machines.request import Decoding, Prefilling
-from tokensched.run_replay import reference_replay
 from tokensched.policies import PrefixAwarePolicy
+from tokensched.run_replay import reference_replay
 from tokensched_sim import Deployment, SimExecutor
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
@@ -72,8 +74,14 @@ def _traffic(items: list[tuple[float, int, int, int]]) -> list[tuple[float, Requ
 def _build(
     engine: str, spec_tokens: int, blocks: int, budget: int, cap: int | None, caching: bool, seed: int, aware: bool
 ) -> tuple[Engine, KVEventRecorder]:
+    """``engine`` names the serving engine; with ``"sglang-mla"`` SGLang over the default MLA model (a chunk's
+    cached context then costs an up-projection of its own), else a dense model."""
+    if engine == "sglang-mla":
+        deployment = Deployment(engine="sglang", tp=8)
+    else:
+        deployment = Deployment(model="dense-8b", gpu="h100", tp=1, engine=engine)
     executor = SimExecutor(
-        Deployment(model="dense-8b", gpu="h100", tp=1, engine=engine),
+        deployment,
         block_size=BS,
         num_kv_blocks=blocks,
         num_speculative_tokens=spec_tokens,
@@ -134,7 +142,8 @@ def _drive(engine: Engine, recorder: KVEventRecorder, specs: list[tuple[float, R
                     event("a run with a prefill chunk while a request waits")
         marks.append((len(steps), _state(engine, recorder)))
     if runs:
-        event(f"steps taken from runs with a prefill chunk: {'none' if not chunk_steps else '1-9' if chunk_steps < 10 else '10+'}")
+        chunked = "none" if not chunk_steps else "1-9" if chunk_steps < 10 else "10+"
+        event(f"steps taken from runs with a prefill chunk: {chunked}")
     return steps, marks
 
 
@@ -179,7 +188,7 @@ def _state(engine: Engine, recorder: KVEventRecorder) -> Any:
 )
 @given(
     items=traffic_items,
-    engine=st.sampled_from(["vllm", "sglang"]),
+    engine=st.sampled_from(["vllm", "sglang", "sglang-mla"]),
     spec_tokens=st.sampled_from([0, 3]),
     blocks=st.integers(30, 120),
     budget=st.sampled_from([8, 16, 32]),
@@ -211,3 +220,67 @@ def test_runs_with_a_prefill_chunk_match_single_steps(
     assert [e for es in events_multi for e in es] == [e for es in events_single for e in es]
     for applied, mark in marks_multi:
         assert mark[:-1] == after[applied][:-1]
+
+
+def _a_chunk_run() -> tuple[Engine, Any]:
+    """An engine with one decode running and a long prompt prefilling beside it, and the chunk run it offers."""
+    engine, _ = _build("sglang", 3, 80, 8, None, True, 1, False)
+    lengths = engine.executor.tokens._lengths  # type: ignore[attr-defined]
+    lengths["a"], lengths["b"] = 40, 5
+    scheduler = engine.scheduler
+    scheduler.submit(RequestSpec(request_id="a", prompt_token_ids=[5, 6, 7], max_tokens=40, eos_token_id=0))
+    engine.step()
+    scheduler.submit(RequestSpec(request_id="b", prompt_token_ids=list(range(8, 108)), max_tokens=5, eos_token_id=0))
+    for _ in range(5):
+        run = scheduler.plan_run(64, cross_blocks=True, chunks=True)
+        if run is not None and run.chunk_tokens:
+            return engine, run
+        if run is not None:
+            raise AssertionError("a decode run where a chunk run was expected")
+        engine.step()
+    raise AssertionError("no chunk run offered")
+
+
+def test_a_chunk_run_moves_the_prompt_by_its_chunks_and_leaves_the_last_chunk() -> None:
+    engine, run = _a_chunk_run()
+    executor = engine.executor
+    assert isinstance(executor, SimExecutor)
+    b = engine.scheduler.running["b"]
+    start = b.state.num_computed  # type: ignore[union-attr]
+    result = executor.launch_run(run, float("inf"))
+    chunks = reference_replay(run, result).chunks
+    assert len(result.sampled_token_ids) >= 2
+    assert sorted(chunks) == list(range(len(result.sampled_token_ids)))  # every step carries a chunk
+    assert all(n == 8 - 1 - len(d) for n, d in zip(chunks.values(), run_drafts(run, result), strict=True))
+    engine.scheduler.complete_run(result)
+    assert type(b.state) is Prefilling
+    assert b.state.num_computed == start + sum(chunks.values()) < b.tokens.size
+
+
+def run_drafts(run: Any, result: Any) -> list[int]:
+    """Per step, the drafts its one decode row verified."""
+    planned = reference_replay(run, result).planned
+    return [planned[j][0] for j in range(len(result.sampled_token_ids))]
+
+
+def test_a_malformed_chunk_run_result_changes_nothing() -> None:
+    engine, run = _a_chunk_run()
+    executor = engine.executor
+    assert isinstance(executor, SimExecutor)
+    result = executor.launch_run(run, float("inf"))
+    before = _requests(engine.scheduler), _pool(engine.scheduler)
+    bad_token = attrs.evolve(result, sampled_token_ids=[[[-1]], *result.sampled_token_ids[1:]])
+    extra_row = attrs.evolve(
+        result, sampled_token_ids=[[*result.sampled_token_ids[0], []], *result.sampled_token_ids[1:]]
+    )
+    too_long = attrs.evolve(
+        result,
+        sampled_token_ids=[*result.sampled_token_ids, [[3]]],
+        draft_token_ids=[*result.draft_token_ids, None],
+        elapsed=[*result.elapsed, 0.01],
+    )
+    for bad in (bad_token, extra_row, too_long):
+        with pytest.raises(InvalidRequest):
+            engine.scheduler.complete_run(bad)
+        assert (_requests(engine.scheduler), _pool(engine.scheduler)) == before
+    engine.scheduler.complete_run(result)
