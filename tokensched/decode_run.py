@@ -58,6 +58,22 @@ run the steps on the device (sampling, drafting and verifying there, the
 cursor deciding when to stop) and hand back ``scheduler.complete_run(result)``.
 While a run is out the scheduler plans nothing else and refuses ``abort``.
 
+A run may also carry a prefill chunk (``plan_run(..., chunks=True)``, see
+:func:`tokensched.run_steps.plan_chunk_run`): its last row is the one request
+still prefilling, in no group; each step computes the decodes and then the
+next ``min(tokens left, budget the decodes leave, chunk cap)`` positions of
+its prompt, which sample nothing. :meth:`RunCursor.plan` plans such a step
+only while its chunk spends the whole budget (a single step with budget left
+would try to admit) and stops short of the prompt's end (the last chunk
+samples the first token: a single step's), and counts the chunk's new blocks
+with the decodes'. The executor prices the step as the single step
+(``RunCursor.chunks`` says each step's chunk); :meth:`complete_run` computes
+the positions, allocates the blocks and commits the full ones per step, in
+the single steps' order.
+
+Why: on a DP-attention rank most single steps are a few speculative decodes
+beside a chunk of a long prompt, and each costs about ten times a run's step.
+
 Rows with drafts follow the scheduler's rule: a step verifies the drafts
 proposed by the previous step, at most ``num_speculative_tokens`` and at most
 ``room - 1`` (tokens the row may still emit, less the bonus token).
