@@ -58,6 +58,22 @@ run the steps on the device (sampling, drafting and verifying there, the
 cursor deciding when to stop) and hand back ``scheduler.complete_run(result)``.
 While a run is out the scheduler plans nothing else and refuses ``abort``.
 
+A run may also carry a prefill chunk (``plan_run(..., chunks=True)``, see
+:func:`tokensched.run_steps.plan_chunk_run`): its last row is the one request
+still prefilling, in no group; each step computes the decodes and then the
+next ``min(tokens left, budget the decodes leave, chunk cap)`` positions of
+its prompt, which sample nothing. :meth:`RunCursor.plan` plans such a step
+only while its chunk spends the whole budget (a single step with budget left
+would try to admit) and stops short of the prompt's end (the last chunk
+samples the first token: a single step's), and counts the chunk's new blocks
+with the decodes'. The executor prices the step as the single step
+(``RunCursor.chunks`` says each step's chunk); :meth:`complete_run` computes
+the positions, allocates the blocks and commits the full ones per step, in
+the single steps' order.
+
+Why: on a DP-attention rank most single steps are a few speculative decodes
+beside a chunk of a long prompt, and each costs about ten times a run's step.
+
 Rows with drafts follow the scheduler's rule: a step verifies the drafts
 proposed by the previous step, at most ``num_speculative_tokens`` and at most
 ``room - 1`` (tokens the row may still emit, less the bonus token).
@@ -148,12 +164,21 @@ class DecodeRun:
     spare_blocks: int = 0
     admission_shut_until: float = math.inf
     admission_slack: float = math.inf
+    chunk_tokens: int = 0  # >0: the last row prefills, up to (not reaching) this many known tokens
+    chunk_budget: int = 0  # the step's token budget (max_batched_tokens) its chunk fills to the last token
+    chunk_cap: int = 0  # the most tokens a chunk takes (the scheduler's chunk size)
     _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
     _depth: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_every_row", list(range(len(self.request_ids))))  # one group's rows, made once
+        rows = len(self.request_ids) - (1 if self.chunk_tokens else 0)  # the chunk row is in no group
+        object.__setattr__(self, "_every_row", list(range(rows)))  # one group's rows, made once
         object.__setattr__(self, "_depth", max(1, len(self.groups)))  # read on every step a cursor plans
+
+    @property
+    def chunk_row(self) -> int:
+        """The row that prefills a chunk in every step (the last), or -1 when the run carries no chunk."""
+        return len(self.request_ids) - 1 if self.chunk_tokens else -1
 
     def group(self, j: int) -> list[int]:
         """The rows step ``j`` of the run schedules (a shared list: read it, do not change it)."""
@@ -212,6 +237,7 @@ class RunCursor:
         "_k",
         "allocated",
         "allocs",
+        "chunks",
         "drafts",
         "ends",
         "planned",
@@ -236,6 +262,7 @@ class RunCursor:
         self.allocated = 0  # blocks the run's steps allocated so far, less those rolled back
         self.allocs: dict[int, list[tuple[int, int]]] = {}  # step -> (row, blocks) its plan allocates, in row order
         self.touched: list[int] = []  # steps that filled, hashed or rolled back a block (per-request code for those)
+        self.chunks: dict[int, int] = {}  # step -> the tokens its chunk row prefills (a run with a chunk row)
 
     def plan(self, j: int) -> list[list[int]] | None:
         """The drafts each row of step ``j``'s group verifies, or None when the run ends before step ``j``."""
@@ -267,6 +294,19 @@ class RunCursor:
                     needs = []
                 needs.append((i, -(-top // run.block_size) - ends[i] // run.block_size))
             out.append(step)
+        chunk = 0
+        if run.chunk_tokens:
+            c = len(run.request_ids) - 1
+            budget = run.chunk_budget - sum(map(len, out)) - len(out)  # what the decode rows leave
+            at = pos[c]
+            chunk = min(run.chunk_tokens - at, budget, run.chunk_cap)
+            if at + chunk >= run.chunk_tokens or chunk < budget or chunk < 2:
+                return None  # the last chunk samples (and may leave budget to admit): single steps take it
+            top = at + chunk
+            if top > ends[c]:
+                if needs is None:
+                    needs = []
+                needs.append((c, -(-top // run.block_size) - ends[c] // run.block_size))
         taken = sum(n for _, n in needs) if needs else 0
         if self.allocated + taken < 0 and self.allocated + taken < -run.admission_slack:
             return None  # more free blocks than at the run's plan: single steps would try a waiting request
@@ -276,6 +316,8 @@ class RunCursor:
                 ends[i] += n * bs
             self.allocated += taken
             self.allocs[j] = needs
+        if chunk:
+            self.chunks[j] = chunk
         self.planned[j] = out
         return out
 
@@ -318,6 +360,9 @@ class RunCursor:
                 self.touched.append(j)
             else:
                 special = True
+        chunk = self.chunks.get(j)
+        if chunk:
+            pos[-1] += chunk  # the chunk row samples nothing: its positions move by the chunk
         self.special = special
         return not special
 

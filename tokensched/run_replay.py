@@ -32,6 +32,8 @@ from tokensched.tokens import INT32_MAX
 
 def replay(run: DecodeRun, result: RunResult) -> RunCursor:
     """The cursor after ``result``'s steps, as :func:`reference_replay` leaves it; raises its InvalidRequest."""
+    if run.chunk_tokens:
+        return reference_replay(run, result)  # a run with a chunk row: the lean pass plans no chunks
     cursor = RunCursor(run)
     try:
         accepted = _lean_replay(run, result, cursor)

@@ -22,7 +22,7 @@ from tokensched.decode_columns import exact_decode
 from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.errors import InvalidRequest
 from tokensched.machines.blocks import BlockPool
-from tokensched.machines.request import Decoding, Request
+from tokensched.machines.request import Decoding, Prefilling, Request
 from tokensched.machines.step import Step
 from tokensched.plan import RequestOutput, StepResult
 from tokensched.policies.base import KeyDependence
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from tokensched.scheduler import Scheduler
 
 
-def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) -> DecodeRun | None:
+def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False, chunks: bool = False) -> DecodeRun | None:
     """:meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`: when a run is offered is said there."""
     if max_steps < 1:
         raise InvalidRequest(f"plan_run: max_steps must be >= 1, got {max_steps}")
@@ -54,9 +54,14 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
         or n * (1 + k) > cfg.max_batched_tokens
     ):
         return None
+    prefill: Request | None = None
     for r in running.values():  # the common refusal, found before the admission walk and the columns
         if type(r.state) is not Decoding:
-            return None  # a prompt still prefilling (its state type is right even while decode columns are out)
+            if not (chunks and cross_blocks) or prefill is not None or type(r.state) is not Prefilling:
+                return None  # a prompt still prefilling (its state type is right even while decode columns are out)
+            prefill = r
+    if prefill is not None:
+        return plan_chunk_run(sched, max_steps, prefill)
     reserve = _reserve(sched, n, k)
     if reserve is None:
         return None
@@ -140,6 +145,91 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False) ->
                 state = _grow(pool, rows[i], count)  # grows tables[i], the row's own list
                 ends[i] = len(state.blocks) * sched._bs
         run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
+    sched._removed.clear()
+    sched._truncated = {}
+    sched._run = (run, rows)
+    return run
+
+
+def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> DecodeRun | None:
+    """A run whose steps are the decodes and a chunk of ``prefill``'s prompt, or None (see :class:`DecodeRun`).
+
+    Why: on a DP-attention rank most single steps are a few decodes beside a
+    prefill chunk that a run of decodes alone could not take, and a prompt
+    takes tens of such steps. Offered only where single steps would plan
+    exactly the run's steps: one step at a time (``max_steps_in_flight == 1``,
+    nothing in flight, no block pending), ``prefill`` the only request still
+    prefilling and the last of the running set (admission order serves it
+    last), and free blocks for one step's worst case plus a block a row
+    (single steps serve admission order then, and no row can run short of
+    blocks). The cursor takes a step only while its chunk fills the budget
+    the decodes leave and does not reach the prompt's end: a step whose
+    budget is spent never calls admission (so nothing a waiting request or
+    the clock could change matters), and the last chunk, which samples, is a
+    single step's. The blocks each step takes are allocated when the run is
+    applied, in the single steps' order (step 0's now, as :meth:`plan` would).
+    """
+    running = sched._running
+    cfg = sched.config
+    pool = sched.pool
+    bs = sched._bs
+    state = prefill.state
+    assert type(state) is Prefilling
+    if (
+        cfg.max_steps_in_flight != 1
+        or sched.steps
+        or pool.num_pending
+        or prefill.inflight_steps
+        or state.num_scheduled != state.num_computed
+        or next(reversed(running.values())) is not prefill
+    ):
+        return None
+    reserve = -(-cfg.max_batched_tokens // bs) + len(running)
+    if pool.num_free < reserve:
+        return None  # single steps might serve by victim key, or a row might run short of blocks
+    sched._materialize()
+    rows = list(running.values())
+    columns = _run_columns(sched, rows[:-1], [])
+    if columns is None:
+        return None
+    pos, last, drafts, tables, ends, rooms, limits, stops = columns
+    pos.append(state.num_computed)
+    last.append(0)  # the chunk row's columns below are read by no decode loop (it is in no group)
+    drafts.append([])
+    tables.append(state.blocks)
+    ends.append(len(state.blocks) * bs)
+    rooms.append(0)
+    limits.append(0)
+    stops.append(frozenset())
+    run = DecodeRun(
+        first_step_id=sched.steps.next_step_id,
+        max_steps=max_steps,
+        block_size=bs,
+        num_speculative_tokens=sched._k_spec,
+        request_ids=[r.request_id for r in rows],
+        removed_request_ids=tuple(sched._removed),
+        truncated_block_tables=sched._truncated,
+        num_computed_tokens=pos,
+        last_token_ids=last,
+        draft_token_ids=drafts,
+        block_tables=tables,
+        block_end=ends,
+        room=rooms,
+        length_limit=limits,
+        stop_token_ids=stops,
+        cross_blocks=True,
+        spare_blocks=pool.num_free - reserve,  # less step 0's blocks below (the run's tables will hold them)
+        chunk_tokens=prefill.tokens.size,
+        chunk_budget=cfg.max_batched_tokens,
+        chunk_cap=sched._chunk,
+    )
+    cursor = RunCursor(run)
+    if cursor.plan(0) is None:
+        return None  # its chunk would end the prompt or leave budget: a single step
+    ends = list(ends)
+    for i, count in cursor.allocs.get(0, ()):  # step 0's blocks now, as plan() would take them
+        ends[i] = len(_grow(pool, rows[i], count).blocks) * bs
+    run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
     sched._removed.clear()
     sched._truncated = {}
     sched._run = (run, rows)
@@ -321,16 +411,26 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
         step.move("complete")
         step.move("apply")
         tracker.close(step)
+    chunks = cursor.chunks
     for s in range(bulk, count + depth - 1):  # planned and still in flight (or the special step)
         members = [rows[i] for i in run.group(s)]
         ns = _mark_planned(members, cursor.planned[s], first + s)
+        nd = [q - 1 for q in ns]
+        samples = [True] * len(ns)
+        if s in chunks:  # the chunk row, last, planned as the single step plans it (it samples nothing)
+            members.append(_mark_chunk(rows[-1], chunks[s], first + s))
+            ns.append(chunks[s])
+            nd.append(0)
+            samples.append(False)
         if s >= run.launched:
             tracker.next_step_id = first + s
-            tracker.open(
-                Step(first + s, members, [r.epoch for r in members], ns, [q - 1 for q in ns], [True] * len(ns))
-            )
+            tracker.open(Step(first + s, members, [r.epoch for r in members], ns, nd, samples))
     if special:
-        last = StepResult(first + bulk, steps[bulk], proposals[bulk], None, result.elapsed[bulk])
+        sampled, proposed = steps[bulk], proposals[bulk]
+        if bulk in chunks:  # the chunk row's empty row, as the single step's result has it
+            sampled = [*sampled, []]
+            proposed = None if proposed is None else [*proposed, []]
+        last = StepResult(first + bulk, sampled, proposed, None, result.elapsed[bulk])
         outputs.append(sched.complete(last))
     return outputs
 
@@ -372,6 +472,8 @@ def _apply_steps(
     planned = cursor.planned
     pending = pool.num_pending  # only step_completed and a touched step's per-request code change it here
     groups = [run.group(g) for g in range(depth)]
+    chunks = cursor.chunks  # step -> its chunk's tokens (the last row's), for a run with a chunk row
+    chunk_request = rows[-1]
     for j in range(bulk):
         sampled = result.sampled_token_ids[j]
         proposed = result.draft_token_ids[j]
@@ -407,6 +509,8 @@ def _apply_steps(
                     told.append(RequestOutput(ids[i], tokens, None, None, count, cached[i]))
                     if proposed is not None:
                         drafts[i] = proposed[slot]
+            if j in chunks:  # the chunk row commits its full blocks before the decodes' fills, as complete() does
+                _apply_chunk(sched, chunk_request, chunks[j])
             if fills:
                 sched._commit_fills(fills)
             outputs.append(told)
@@ -425,6 +529,8 @@ def _apply_steps(
                 for slot, i in enumerate(group):
                     drafts[i] = proposed[slot]
             outputs.append(PlainStepOutputs(ids, group, sampled, step_counts, cached))
+            if j in chunks:
+                _apply_chunk(sched, chunk_request, chunks[j])
         if pending:
             pool.step_completed(first + j)
             pending = pool.num_pending
@@ -434,6 +540,8 @@ def _apply_steps(
     for i, r in enumerate(rows):
         if last_step[i] >= 0:
             _catch_up(sched, r, new[i], drafts[i], first + last_step[i])
+    if chunks:
+        chunk_request.planned_in = first + bulk - 1
     sched.steps.next_step_id = max(sched.steps.next_step_id, first + bulk)
     sched.pool.step_completed(first + bulk - 1)
 
@@ -454,6 +562,26 @@ def _catch_up(sched: Scheduler, request: Request, tokens: list[int], drafts: lis
         request.draft_tokens = drafts[: sched._k_spec]
 
 
+def _apply_chunk(sched: Scheduler, request: Request, n: int) -> None:
+    """Apply a run's step to its chunk row as :meth:`Scheduler._apply_row` applies a non-final chunk: ``n`` more
+    positions computed, its full blocks committed; nothing sampled, nothing told."""
+    state = request.state
+    assert type(state) is Prefilling
+    state.num_computed = state.num_scheduled = state.num_computed + n
+    if sched._caching:
+        sched._commit_full_blocks(request, state)
+
+
+def _mark_chunk(request: Request, n: int, step_id: int) -> Request:
+    """Record on the chunk row that step ``step_id`` schedules its next ``n`` positions (left open); returns it."""
+    state = request.state
+    assert type(state) is Prefilling
+    state.num_scheduled = state.num_computed + n
+    request.planned_in = step_id
+    request.inflight_steps = 1
+    return request
+
+
 def _mark_planned(members: list[Request], drafts: list[list[int]], step_id: int) -> list[int]:
     """Record on each decode of ``members`` that step ``step_id`` schedules it with ``drafts``; returns its tokens."""
     ns = [1 + len(d) for d in drafts]
@@ -467,10 +595,10 @@ def _mark_planned(members: list[Request], drafts: list[list[int]], step_id: int)
     return ns
 
 
-def _grow(pool: BlockPool, request: Request, count: int) -> Decoding:
-    """Give a decode of a run ``count`` new blocks, taken as the single step would take them; returns its state."""
+def _grow(pool: BlockPool, request: Request, count: int) -> Decoding | Prefilling:
+    """Give a row of a run ``count`` new blocks, taken as the single step would take them; returns its state."""
     state = request.state
-    assert type(state) is Decoding
+    assert type(state) is Decoding or type(state) is Prefilling
     if count == 1:
         state.blocks.append(pool.allocate_one())
     else:

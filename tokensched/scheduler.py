@@ -706,7 +706,7 @@ class Scheduler:
             self._truncated[request.request_id] = keep
 
     # ================================================== multi-step decode runs
-    def plan_run(self, max_steps: int, *, cross_blocks: bool = False) -> DecodeRun | None:
+    def plan_run(self, max_steps: int, *, cross_blocks: bool = False, chunks: bool = False) -> DecodeRun | None:
         """A run of up to ``max_steps`` decode steps of the running set, or None (plan single steps).
 
         See :mod:`tokensched.decode_run`. A run is offered only when single
@@ -729,8 +729,12 @@ class Scheduler:
         policy's keys are static and no retention window is kept (a run only
         takes free blocks, so a head that did not fit still does not), and no
         block is pending a step in flight.
+
+        ``chunks`` (with ``cross_blocks``): the running set may also hold one
+        request still prefilling, served last, whose non-final chunks fill
+        each step's budget (see :func:`tokensched.run_steps.plan_chunk_run`).
         """
-        return run_steps.plan_run(self, max_steps, cross_blocks=cross_blocks)
+        return run_steps.plan_run(self, max_steps, cross_blocks=cross_blocks, chunks=chunks)
 
     def complete_run(self, result: RunResult) -> list[Sequence[RequestOutput]]:
         """Apply the steps an executor completed of the run out; returns each step's outputs, in step order.

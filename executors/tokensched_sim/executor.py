@@ -27,6 +27,7 @@ from tokensched.plan import StepPlan, StepResult
 from tokensched_sim.cost import CostModel, Deployment
 from tokensched_sim.decode_cost import DecodeCost
 from tokensched_sim.draft import KIMI_EAGLE3_ACCEPT_LENGTH, KIMI_EAGLE3_NUM_DRAFTS, acceptance_rate_for_length
+from tokensched_sim.shape import BatchShape
 from tokensched_sim.tokens import OutputLengths, SimStats, TokenSource
 from tokensched_sim.transfer import HOST_LINKS, HostLink, TransferModel
 
@@ -200,6 +201,8 @@ class SimExecutor(VirtualClock):
         :meth:`BatchShape.decodes` takes, which the sampler adds up on its
         walk over the rows.
         """
+        if run.chunk_tokens:
+            return self._chunk_run_launcher(run, cursor)
         sample = self.tokens.run_sampler(run.request_ids)  # sample(rows, drafts, pos): the run's lookups made once
         price = pricer.run_step_time  # step_time, then draft_time of the rows that propose
         plan, depth = cursor.plan, run.depth
@@ -218,6 +221,44 @@ class SimExecutor(VirtualClock):
             stats.num_steps += 1
             stats.busy_s += duration
             stats.num_tokens += t
+            return end, tokens, proposals, duration
+
+        return launch
+
+    def _chunk_run_launcher(self, run: DecodeRun, cursor: RunCursor) -> Callable[[int], _Step | None]:
+        """``launch(j)`` for a run whose steps carry a prefill chunk (the last row, which samples nothing).
+
+        The decodes are drawn as in a decode run (the chunk row, last in the
+        single step's plan, draws nothing and proposes nothing, so the draws
+        are the same), and the step is priced as :meth:`_run` prices the
+        single step: the :class:`BatchShape` that ``sample_step`` builds for
+        the plan (the chunk a prefill of ``n`` tokens after ``c`` computed),
+        ``split_step_time`` where the engine runs prefill and decodes as two
+        passes, and the draft head for the proposing rows.
+        """
+        sample = self.tokens.run_sampler(run.request_ids)
+        model = self.cost_model
+        mixed = model.engine.mixed_batches
+        group, plan, pos, chunks = run.group, cursor.plan, cursor.pos, cursor.chunks
+        k, stats = self.num_speculative_tokens, self.stats
+
+        def launch(j: int) -> _Step | None:
+            drafts = plan(j)
+            if drafts is None:
+                return None
+            rows = group(j)
+            tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(rows, drafts, pos)
+            n = chunks[j]
+            c = pos[-1]
+            shape = BatchShape(t + n, t, n * c + n * (n + 1) // 2, c + n, c, pairs, kv, len(rows) + 1, n, 1, 0)
+            duration = model.step_time(shape) if mixed or not t else model.split_step_time(shape)
+            if num_proposing:
+                duration += model.draft_time(num_proposing, proposing_kv, k)
+            start = self._busy_until if self._busy_until > self._clock else self._clock
+            end = self._busy_until = start + duration
+            stats.num_steps += 1
+            stats.busy_s += duration
+            stats.num_tokens += t + n
             return end, tokens, proposals, duration
 
         return launch

@@ -189,6 +189,8 @@ def test_the_lockstep_with_runs_equals_the_lockstep_in_single_steps(
             event(f"steps taken from runs: {'none' if not took[0] else '1-19' if took[0] < 20 else '20+'}")
             if took[1]:
                 event("a sample with a run out that had taken blocks since it began")
+            chunked = "none" if not took[2] else "1-9" if took[2] < 10 else "10+"
+            event(f"steps taken from runs with a prefill chunk: {chunked}")
         ranks_state = [(_state(r.scheduler), r.now, r.engine.executor.stats) for r in ranks]  # type: ignore[attr-defined]
         results.append((rejected, workload.finished, metrics.summarize(STOP).model_dump_json(), ranks_state))
     single, with_runs = results
@@ -203,11 +205,13 @@ def _count_run_steps() -> tuple[list[int], Any]:
 
     Returns the counters and the methods to restore.
     """
-    counter = [0, 0]
+    counter = [0, 0, 0]
     collect_before, stats_before = _RankRun.collect, _RankRun.stats
 
     def collect(self: _RankRun, rank: _Replica) -> None:
         counter[0] += 1
+        steps = self._steps
+        counter[2] += len(steps.done) in steps.cursor.chunks  # type: ignore[attr-defined]
         collect_before(self, rank)
 
     def stats(self: _RankRun, stats: Any) -> Any:

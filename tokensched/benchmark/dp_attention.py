@@ -246,7 +246,10 @@ class _RankRun:
     the end, a metrics sample that :meth:`stats` cannot answer for it); a
     run that ends there ended with a plain step, whose application reads no
     clock. Runs start only with no step in flight (one group): with two
-    groups in flight the rank takes single steps.
+    groups in flight the rank takes single steps. A run may carry the
+    non-final chunks of the one prompt the rank is prefilling beside its
+    decodes (``plan_run(..., chunks=True)``): most of a rank's steps are
+    such steps, and a run's step costs a fraction of a single step's.
     """
 
     __slots__ = ("_base", "_outputs", "_sampled", "_shut", "_steps", "_times")
@@ -265,7 +268,7 @@ class _RankRun:
         if rank.engine.num_in_flight:
             return None
         scheduler = rank.scheduler
-        plan = scheduler.plan_run(_RUN_STEPS, cross_blocks=True)
+        plan = scheduler.plan_run(_RUN_STEPS, cross_blocks=True, chunks=True)
         if plan is None:
             return None
         steps = executor.begin_run(plan)
