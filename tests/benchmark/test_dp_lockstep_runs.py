@@ -46,6 +46,7 @@ class _Sessions:
         self._sessions = sessions
         self._prompts: dict[int, list[int]] = {}
         self._due: list[tuple[float, str, RequestSpec]] = []
+        self.released_at: list[float] = []  # the times turns were released (to report coverage)
         for s, (start, _, turns) in enumerate(sessions):
             self._queue(s, 0, start, [])
             for t, (_, answer) in enumerate(turns):
@@ -75,6 +76,8 @@ class _Sessions:
         out = []
         while self._due and self._due[0][0] <= now:
             out.append(self._due.pop(0)[2])
+        if out:
+            self.released_at.append(now)
         return out
 
     def on_finished(self, request_id: str, tokens: Any, t: float, reason: FinishReason) -> None:
@@ -184,13 +187,15 @@ def test_the_lockstep_with_runs_equals_the_lockstep_in_single_steps(
         try:
             rejected = drive_lockstep(ranks, router, workload, metrics, _Chains(BS), STOP, runs=runs)  # type: ignore[arg-type]
         finally:
-            _RankRun.collect, _RankRun.stats = original  # type: ignore[method-assign]
+            _RankRun.collect, _RankRun.stats, _RankRun.ended, _RankRun.complete = original  # type: ignore[method-assign]
         if runs:
             event(f"steps taken from runs: {'none' if not took[0] else '1-19' if took[0] < 20 else '20+'}")
             if took[1]:
                 event("a sample with a run out that had taken blocks since it began")
             chunked = "none" if not took[2] else "1-9" if took[2] < 10 else "10+"
             event(f"steps taken from runs with a prefill chunk: {chunked}")
+            if any(first < t < last for first, last in took[3] for t in workload.released_at):
+                event("a turn released (to another rank) while a rank's run went on")
         ranks_state = [(_state(r.scheduler), r.now, r.engine.executor.stats) for r in ranks]  # type: ignore[attr-defined]
         results.append((rejected, workload.finished, metrics.summarize(STOP).model_dump_json(), ranks_state))
     single, with_runs = results
@@ -205,8 +210,9 @@ def _count_run_steps() -> tuple[list[int], Any]:
 
     Returns the counters and the methods to restore.
     """
-    counter = [0, 0, 0]
+    counter: list[Any] = [0, 0, 0, []]  # run steps, samples reading a run's blocks, chunk steps, run spans
     collect_before, stats_before = _RankRun.collect, _RankRun.stats
+    ended_before, complete_before = _RankRun.ended, _RankRun.complete
 
     def collect(self: _RankRun, rank: _Replica) -> None:
         counter[0] += 1
@@ -220,5 +226,20 @@ def _count_run_steps() -> tuple[list[int], Any]:
             counter[1] += 1
         return seen
 
+    def span(run: _RankRun) -> None:
+        if run._times:
+            counter[3].append((run._times[0], run._times[-1]))
+
+    def ended(self: _RankRun, end: float, *args: Any) -> Any:
+        going_on = ended_before(self, end, *args)
+        if going_on is None:
+            span(self)
+        return going_on
+
+    def complete(self: _RankRun, *args: Any) -> None:
+        complete_before(self, *args)
+        span(self)
+
     _RankRun.collect, _RankRun.stats = collect, stats  # type: ignore[method-assign]
-    return counter, (collect_before, stats_before)
+    _RankRun.ended, _RankRun.complete = ended, complete  # type: ignore[method-assign]
+    return counter, (collect_before, stats_before, ended_before, complete_before)

@@ -277,11 +277,18 @@ def _submit(
     chains: _Chains,
     metrics: MetricsCollector,
     workload: SessionWorkload,
+    before_submit: Callable[[int], None] | None = None,
 ) -> int:
-    """Route one turn and submit it; 1 if its replica refused it (the session ends), else 0."""
+    """Route one turn and submit it; 1 if its replica refused it (the session ends), else 0.
+
+    ``before_submit(index)`` runs between the routing decision and the submit
+    to the chosen replica (the DP lockstep applies that rank's run there).
+    """
     arrival = spec.arrival_time if spec.arrival_time is not None else 0.0
     chain = chains.of(spec) if router.reads_block_hashes else ()  # hashing a long prompt is not free
     index = router.choose(spec.session_id, chain, [r.load for r in replicas])
+    if before_submit is not None:
+        before_submit(index)
     replica = replicas[index]
     if not replica.scheduler.has_work and replica.now < arrival:
         replica.engine.executor.wait_until(arrival)  # an idle replica's clock catches up with the world

@@ -166,9 +166,13 @@ def drive_lockstep(
     takes its lockstep steps from the run (:class:`_RankRun`), the others
     single steps, in the same rounds: the same plans, tokens and times as
     single steps everywhere (``runs=False``), with less CPU a decode step.
-    Every run is applied before turns are released (a submit and a routing
-    decision read the schedulers) and at the end; a metrics sample reads a
-    rank with a run out as single steps would have it (:func:`_sample`).
+    A released turn's rank has its run applied before the turn is submitted
+    to it (the run was planned without that turn in the queue), and every
+    run is applied at the end; the other ranks' runs go on, since routing
+    reads only a rank's running and waiting counts, which no step inside a
+    run changes (a run ends at the step that finishes a row). A metrics
+    sample reads a rank with a run out as single steps would have it
+    (:func:`_sample`).
     """
     rejected = 0
     steps = 0
@@ -176,19 +180,22 @@ def drive_lockstep(
     out: list[_RankRun | None] = [None] * len(ranks)  # each rank's run, while it has one
     stepped = [_stepped(rank) if runs else None for rank in ranks]
     last_round = math.inf  # the previous round's length (a rank's step with a prefill makes it long)
+
+    def apply_run(i: int) -> None:
+        run = out[i]
+        if run is not None:
+            run.complete(ranks[i], metrics, workload)
+            out[i] = None
+
     while True:
         due = workload.next_release_time()
-        released = due is not None and due <= now
-        if now >= stop or released:
-            for i, run in enumerate(out):
-                if run is not None:
-                    run.complete(ranks[i], metrics, workload)
-                    out[i] = None
-            if now >= stop:
-                return rejected
-        if released:
+        if now >= stop:
+            for i in range(len(ranks)):
+                apply_run(i)
+            return rejected
+        if due is not None and due <= now:
             for spec in workload.release(now):
-                rejected += _submit(spec, ranks, router, chains, metrics, workload)
+                rejected += _submit(spec, ranks, router, chains, metrics, workload, apply_run)
             continue
         if now >= metrics.next_sample_time:
             metrics.on_stats(now, _sample(ranks, out, metrics, workload))
@@ -242,7 +249,7 @@ class _RankRun:
     step its cursor stops it at (the clock then at that step's own end, where
     a single step's ``complete`` would read it for a finish), or before a
     round it may not run: one at or after its ``admission_shut_until``, one
-    its cursor plans no step for, or one the driver acts before (a release,
+    its cursor plans no step for, or one the driver acts before (a turn routed to its rank,
     the end, a metrics sample that :meth:`stats` cannot answer for it); a
     run that ends there ended with a plain step, whose application reads no
     clock. Runs start only with no step in flight (one group): with two
