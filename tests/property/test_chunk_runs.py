@@ -26,11 +26,12 @@ from hypothesis import HealthCheck, currently_in_test_context, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-from tokensched import RequestSpec, Scheduler
+from tests.twins import pool_key, request_key
+from tokensched import RequestSpec
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.kv_events import KVEventRecorder
-from tokensched.machines.request import Decoding, Prefilling
+from tokensched.machines.request import Prefilling
 from tokensched.policies import PrefixAwarePolicy
 from tokensched.run_replay import reference_replay
 from tokensched_sim import Deployment, SimExecutor
@@ -151,34 +152,9 @@ def _chunks_of(run: Any, result: Any) -> dict[int, int]:
     return reference_replay(run, result).chunks
 
 
-def _pool(s: Scheduler) -> Any:
-    pool = s.pool
-    n = s.config.num_blocks
-    return (
-        [(int(pool.state(b)), pool.refcount(b), pool.block_hash(b)) for b in range(n)],
-        pool.num_free,
-        pool.num_pending,
-        pool.eviction.order(),
-    )
-
-
-def _requests(s: Scheduler) -> Any:
-    out = []
-    for rid, r in s.live.items():
-        state = r.state
-        cursor = (
-            (state.num_computed, state.num_scheduled, state.num_committed, list(state.blocks))
-            if type(state) is Prefilling or type(state) is Decoding
-            else ()
-        )
-        out.append((rid, type(state).__name__, cursor, r.tokens.tolist(), r.last_token, list(r.block_hashes)))
-        out.append((r.epoch, r.inflight_steps, r.inflight_samples, r.planned_in, list(r.draft_tokens)))
-    return out, list(s.running), [r.request_id for r in s.waiting]
-
-
 def _state(engine: Engine, recorder: KVEventRecorder) -> Any:
     s = engine.scheduler
-    return s.steps.next_step_id, _pool(s), _requests(s), s.stats(), engine.executor.stats, recorder.take()  # type: ignore[attr-defined]
+    return s.steps.next_step_id, pool_key(s), request_key(s), s.stats(), engine.executor.stats, recorder.take()  # type: ignore[attr-defined]
 
 
 @settings(
@@ -268,7 +244,7 @@ def test_a_malformed_chunk_run_result_changes_nothing() -> None:
     executor = engine.executor
     assert isinstance(executor, SimExecutor)
     result = executor.launch_run(run, float("inf"))
-    before = _requests(engine.scheduler), _pool(engine.scheduler)
+    before = request_key(engine.scheduler), pool_key(engine.scheduler)
     bad_token = attrs.evolve(result, sampled_token_ids=[[[-1]], *result.sampled_token_ids[1:]])
     extra_row = attrs.evolve(
         result, sampled_token_ids=[[*result.sampled_token_ids[0], []], *result.sampled_token_ids[1:]]
@@ -282,5 +258,5 @@ def test_a_malformed_chunk_run_result_changes_nothing() -> None:
     for bad in (bad_token, extra_row, too_long):
         with pytest.raises(InvalidRequest):
             engine.scheduler.complete_run(bad)
-        assert (_requests(engine.scheduler), _pool(engine.scheduler)) == before
+        assert (request_key(engine.scheduler), pool_key(engine.scheduler)) == before
     engine.scheduler.complete_run(result)

@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, currently_in_test_context, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
+from tests.twins import pool_key, request_key
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.engine import Engine
 from tokensched.errors import CapacityError, InvalidRequest, TokenschedError
-from tokensched.machines.request import Decoding, Prefilling
+from tokensched.machines.request import Decoding
 from tokensched.plan import RequestOutput, StepPlan
 from tokensched.policies import PrefixAwarePolicy
 from tokensched.run_replay import replay
@@ -88,33 +89,6 @@ def plan_key(plan: StepPlan | None) -> Any:
         list(plan.draft_token_ids),
         plan.truncated_block_tables,
     )
-
-
-def pool_key(s: Scheduler) -> Any:
-    pool = s.pool
-    n = s.config.num_blocks
-    return (
-        [int(pool.state(b)) for b in range(n)],
-        [pool.refcount(b) for b in range(n)],
-        [pool.block_hash(b) for b in range(n)],
-        pool.num_free,
-        pool.num_pending,
-        pool.eviction.order(),
-    )
-
-
-def request_key(s: Scheduler) -> Any:
-    out = []
-    for rid, r in s.live.items():
-        state = r.state
-        cursor = (
-            (state.num_computed, state.num_scheduled, state.num_committed, list(state.blocks))
-            if type(state) is Prefilling or type(state) is Decoding
-            else ()
-        )
-        out.append((rid, type(state).__name__, cursor, r.tokens.tolist(), r.last_token, list(r.block_hashes)))
-        out.append((r.epoch, r.inflight_steps, r.inflight_samples, r.planned_in, list(r.draft_tokens)))
-    return out, list(s.running), [r.request_id for r in s.waiting]
 
 
 def call(s: Scheduler, f: Any, *args: Any) -> Any:

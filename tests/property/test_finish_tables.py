@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
-from tokensched.errors import TokenschedError
+from tests.twins import call, complete_oldest, pool_key, request_key
+from tokensched import RequestSpec, Scheduler, SchedulerConfig
 from tokensched.machines.blocks import BlockPool
-from tokensched.machines.request import Decoding, Prefilling, held_blocks
+from tokensched.machines.request import held_blocks
 from tokensched.plan import StepPlan
 
 EXAMPLES = int(os.environ.get("TOKENSCHED_STATEFUL_EXAMPLES", "500"))
@@ -66,19 +66,6 @@ def plan_key(plan: StepPlan | None) -> Any:
     )
 
 
-def pool_key(s: Scheduler) -> Any:
-    pool = s.pool
-    n = s.config.num_blocks
-    return (
-        [int(pool.state(b)) for b in range(n)],
-        [pool.refcount(b) for b in range(n)],
-        [pool.block_hash(b) for b in range(n)],
-        pool.num_free,
-        pool.num_pending,
-        pool.eviction.order(),
-    )
-
-
 def kept_runs(s: Scheduler) -> Any:
     """The runs the matcher keeps for later requests (recent long runs and sessions' last turns)."""
     runs = []
@@ -86,19 +73,6 @@ def kept_runs(s: Scheduler) -> Any:
         run = r.kv_run
         runs.append((r.request_id, None if run is None else (run[0].tolist(), run[1].tolist(), run[0].flags.writeable)))
     return runs
-
-
-def request_key(s: Scheduler) -> Any:
-    out = []
-    for rid, r in s.live.items():
-        state = r.state
-        cursor = (
-            (state.num_computed, state.num_committed, list(state.blocks))
-            if type(state) is Prefilling or type(state) is Decoding
-            else ()
-        )
-        out.append((rid, type(state).__name__, cursor, r.tokens.tolist(), list(r.block_hashes)))
-    return out, list(s.running), [r.request_id for r in s.waiting]
 
 
 _EXPECTED: dict[int, list[list[int]]] = {}  # per pool (by id): the block list of the finish under way
@@ -127,29 +101,6 @@ def watch_finishes(s: Scheduler, heads_used: list[int]) -> None:
         expected.pop()
 
     s._finish = checked_finish  # type: ignore[method-assign]
-
-
-def call(f: Any, *args: Any) -> Any:
-    try:
-        return ("ok", f(*args))
-    except TokenschedError as e:
-        return ("error", type(e).__name__, str(e))
-
-
-def complete(s: Scheduler, plans: list[StepPlan], seed: int) -> Any:
-    plan = plans.pop(0)
-    rng = np.random.default_rng(seed)
-    rows = []
-    drafts = []
-    for i in range(plan.num_requests):
-        if not plan.sample[i]:
-            rows.append([])
-        else:
-            accepted = int(rng.integers(0, len(plan.draft_token_ids[i]) + 1))
-            rows.append([int(t) for t in rng.integers(0, VOCAB, 1 + accepted)])
-        drafts.append([int(t) for t in rng.integers(0, VOCAB, int(rng.integers(0, 3)))])
-    result = StepResult(plan.step_id, rows, drafts if s.config.num_speculative_tokens else None)
-    return [(o.request_id, list(o.new_token_ids), o.finish_reason, o.num_output_tokens) for o in s.complete(result)]
 
 
 def drive_pair(ops: list[tuple[Any, ...]], num_blocks: int, in_flight: int, k_spec: int, budget: int) -> int:
@@ -204,9 +155,9 @@ def _drive(pair: list[Scheduler], plans: list[list[StepPlan]], ops: list[tuple[A
                 got.append(plan_key(plan))
                 if plan is not None:
                     plans[which].append(plan)
-                    got.append(complete(s, plans[which], op[1]))
+                    got.append(complete_oldest(s, plans[which], op[1], vocab=VOCAB, max_drafts=2))
             elif kind == "complete":
-                got.append(complete(s, plans[which], op[1]) if plans[which] else None)
+                got.append(complete_oldest(s, plans[which], op[1], vocab=VOCAB, max_drafts=2) if plans[which] else None)
             elif kind == "abort":
                 live = sorted(s._live)
                 got.append(call(s.abort, live[op[1] % len(live)]) if live else None)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
-from tokensched.errors import TokenschedError
+from tests.twins import call, complete_oldest, pool_key
+from tokensched import RequestSpec, Scheduler, SchedulerConfig
 from tokensched.machines.request import Decoding, Prefilling, Request
 from tokensched.plan import StepPlan
 from tokensched.policies import FCFSPolicy, PrefixAwarePolicy
@@ -88,21 +87,6 @@ def plan_key(plan: StepPlan | None) -> Any:
     )
 
 
-def pool_key(s: Scheduler) -> Any:
-    pool = s.pool
-    n = s.config.num_blocks
-    return (
-        [int(pool.state(b)) for b in range(n)],
-        [pool.refcount(b) for b in range(n)],
-        [pool.block_hash(b) for b in range(n)],
-        pool.num_free,
-        pool.num_pending,
-        pool.eviction.order(),
-        s.stats(),
-        s.last_plan_outcome,
-    )
-
-
 def request_key(s: Scheduler) -> Any:
     out = []
     for rid, r in s.live.items():
@@ -115,30 +99,6 @@ def request_key(s: Scheduler) -> Any:
         out.append((rid, type(state).__name__, cursor, r.tokens.tolist(), list(r.draft_tokens), r.blocked_at_free))
         out.append((r.epoch, r.inflight_steps, r.inflight_samples, r.planned_in))
     return out, list(s.running), [r.request_id for r in s.waiting]
-
-
-def call(f: Any, *args: Any) -> Any:
-    try:
-        return ("ok", f(*args))
-    except TokenschedError as e:
-        return ("error", type(e).__name__, str(e))
-
-
-def complete(s: Scheduler, plans: list[StepPlan], seed: int) -> Any:
-    """Complete the oldest step in flight with tokens drawn from ``seed`` (accepting some drafts)."""
-    plan = plans.pop(0)
-    rng = np.random.default_rng(seed)
-    rows = []
-    drafts = []
-    for i in range(plan.num_requests):
-        if not plan.sample[i]:
-            rows.append([])
-        else:
-            accepted = int(rng.integers(0, len(plan.draft_token_ids[i]) + 1))
-            rows.append([int(t) for t in rng.integers(0, VOCAB, 1 + accepted)])
-        drafts.append([int(t) for t in rng.integers(0, VOCAB, int(rng.integers(0, 4)))])
-    result = StepResult(plan.step_id, rows, drafts if s.config.num_speculative_tokens else None)
-    return [(o.request_id, list(o.new_token_ids), o.finish_reason, o.num_output_tokens) for o in s.complete(result)]
 
 
 def drive_pair(ops: list[tuple[Any, ...]], config: SchedulerConfig, policy: str) -> None:
@@ -168,9 +128,9 @@ def drive_pair(ops: list[tuple[Any, ...]], config: SchedulerConfig, policy: str)
                 if plan is not None:
                     plans[which].append(plan)
                     if kind == "step":
-                        got.append(complete(s, plans[which], op[1]))
+                        got.append(complete_oldest(s, plans[which], op[1], vocab=VOCAB, max_drafts=3))
             elif kind == "complete":
-                got.append(complete(s, plans[which], op[1]) if plans[which] else None)
+                got.append(complete_oldest(s, plans[which], op[1], vocab=VOCAB, max_drafts=3) if plans[which] else None)
             elif kind == "abort":
                 live = sorted(s._live)
                 got.append(call(s.abort, live[op[1] % len(live)]) if live else None)
