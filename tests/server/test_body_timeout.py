@@ -14,8 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from tests.server.conftest import MODEL, idle_and_empty, live_server, scrape, sim, wait_for
 from tests.server.test_edge import SOCKET_TIMEOUT_S, completion, connected, head, read_all
+from tokensched.server import guard
 
 BODY_TIMEOUT_S = 1.0
 TICK_S = 0.2  # one body byte this often: a fifth of the timeout
@@ -122,4 +125,22 @@ def test_a_client_still_sending_when_answered_408_reads_the_408_not_a_reset() ->
         answer = read_all(sock)
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert b"request_timeout" in answer
+        assert completion(live).status_code == 200
+
+
+def test_a_client_that_never_closes_after_the_408_is_closed_at_the_linger_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lingering close is bounded: a client that reads the 408 and then neither closes nor stops sending
+    finds the connection gone (its bytes get a reset) once LINGER_S has passed, and not before."""
+    monkeypatch.setattr(guard, "LINGER_S", 0.5)
+    with live_server(*sim(), body_timeout_s=BODY_TIMEOUT_S) as live, connected(live) as sock:
+        sock.sendall(head("/v1/completions", 10_000) + b"{")
+        assert read_all(sock).startswith(b"HTTP/1.1 408 ")  # the answer, then the server's half-close
+        sock.sendall(b" ")  # still lingering: taken and dropped
+        time.sleep(1.0)  # past the bound
+        with pytest.raises(OSError):  # the first byte draws the reset, the next fails on it
+            for _ in range(20):
+                sock.sendall(b" ")
+                time.sleep(0.05)
         assert completion(live).status_code == 200
