@@ -175,11 +175,6 @@ class DecodeRun:
         object.__setattr__(self, "_every_row", list(range(rows)))  # one group's rows, made once
         object.__setattr__(self, "_depth", max(1, len(self.groups)))  # read on every step a cursor plans
 
-    @property
-    def chunk_row(self) -> int:
-        """The row that prefills a chunk in every step (the last), or -1 when the run carries no chunk."""
-        return len(self.request_ids) - 1 if self.chunk_tokens else -1
-
     def group(self, j: int) -> list[int]:
         """The rows step ``j`` of the run schedules (a shared list: read it, do not change it)."""
         groups = self.groups

@@ -139,16 +139,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False, ch
             or (j < run.launched and [1 + len(d) for d in step_drafts] != planned)
         ):
             return None  # the next step needs a block (or the step in flight is not the run's)
-    if cursor.allocs:  # the steps planned now take their blocks now, as plan() would
-        for s in sorted(cursor.allocs):
-            for i, count in cursor.allocs[s]:
-                state = _grow(pool, rows[i], count)  # grows tables[i], the row's own list
-                ends[i] = len(state.blocks) * sched._bs
-        run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
-    sched._removed.clear()
-    sched._truncated = {}
-    sched._run = (run, rows)
-    return run
+    return _hand_out(sched, run, rows, cursor, ends)
 
 
 def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> DecodeRun | None:
@@ -226,10 +217,22 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
     cursor = RunCursor(run)
     if cursor.plan(0) is None:
         return None  # its chunk would end the prompt or leave budget: a single step
-    ends = list(ends)
-    for i, count in cursor.allocs.get(0, ()):  # step 0's blocks now, as plan() would take them
-        ends[i] = len(_grow(pool, rows[i], count).blocks) * bs
-    run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
+    return _hand_out(sched, run, rows, cursor, ends)
+
+
+def _hand_out(sched: Scheduler, run: DecodeRun, rows: list[Request], cursor: RunCursor, ends: list[int]) -> DecodeRun:
+    """Mark ``run`` out and return it: the steps ``cursor`` planned now take their blocks now, as plan() would.
+
+    ``ends`` is the run's ``block_end`` column, moved to the rows' grown
+    tables; the plan's removed ids and truncations go to the run, and the
+    scheduler plans nothing else until the run is applied.
+    """
+    if cursor.allocs:
+        for s in sorted(cursor.allocs):
+            for i, count in cursor.allocs[s]:
+                state = _grow(sched.pool, rows[i], count)  # grows tables[i], the row's own list
+                ends[i] = len(state.blocks) * sched._bs
+        run = attrs.evolve(run, block_end=ends, spare_blocks=run.spare_blocks - cursor.allocated)
     sched._removed.clear()
     sched._truncated = {}
     sched._run = (run, rows)
