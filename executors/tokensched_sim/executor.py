@@ -231,16 +231,14 @@ class SimExecutor(VirtualClock):
         The decodes are drawn as in a decode run (the chunk row, last in the
         single step's plan, draws nothing and proposes nothing, so the draws
         are the same), and the step is priced as :meth:`_run` prices the
-        single step: the :class:`BatchShape` that ``sample_step`` builds for
-        the plan (the chunk a prefill of ``n`` tokens after ``c`` computed),
-        ``split_step_time`` where the engine runs prefill and decodes as two
-        passes, and the draft head for the proposing rows.
+        single step: :meth:`_price` of the :class:`BatchShape` that
+        ``sample_step`` builds for the plan (the chunk a prefill of ``n``
+        tokens after ``c`` computed).
         """
         sample = self.tokens.run_sampler(run.request_ids)
-        model = self.cost_model
-        mixed = model.engine.mixed_batches
+        price = self._price
         group, plan, pos, chunks = run.group, cursor.plan, cursor.pos, cursor.chunks
-        k, stats = self.num_speculative_tokens, self.stats
+        stats = self.stats
 
         def launch(j: int) -> _Step | None:
             drafts = plan(j)
@@ -251,9 +249,7 @@ class SimExecutor(VirtualClock):
             n = chunks[j]
             c = pos[-1]
             shape = BatchShape(t + n, t, n * c + n * (n + 1) // 2, c + n, c, pairs, kv, len(rows) + 1, n, 1, 0)
-            duration = model.step_time(shape) if mixed or not t else model.split_step_time(shape)
-            if num_proposing:
-                duration += model.draft_time(num_proposing, proposing_kv, k)
+            duration = price(shape, num_proposing, proposing_kv)
             start = self._busy_until if self._busy_until > self._clock else self._clock
             end = self._busy_until = start + duration
             stats.num_steps += 1
@@ -277,17 +273,26 @@ class SimExecutor(VirtualClock):
         """The length at which ``request_id`` gets its EOS, as the workload gave it (None: never)."""
         return self.tokens.target_output_length(request_id)
 
-    def _run(self, plan: StepPlan) -> tuple[StepResult, float]:
-        """The step's tokens from the RNG and its duration from the cost model."""
-        sampled, shape = self.tokens.sample_step(plan)  # sample(plan) and BatchShape.from_plan(plan)
+    def _price(self, shape: BatchShape, num_proposing: int, proposing_kv_tokens: int) -> float:
+        """A step's duration on the cost model (host copies aside): its batch, then the draft head's passes.
+
+        One pass where the engine mixes prefill and decodes in a batch (or the
+        batch is one kind), else two; single steps and a run's steps with a
+        prefill chunk are priced here alike.
+        """
         model = self.cost_model
         if model.engine.mixed_batches or not shape.num_prefill_tokens or shape.num_tokens == shape.num_prefill_tokens:
             duration = model.step_time(shape)
         else:  # the engine runs the prefill chunks and the decodes as two forward passes
             duration = model.split_step_time(shape)  # step_time of each half of shape.split(), added
-        if sampled.num_proposing:
-            k = self.num_speculative_tokens
-            duration += model.draft_time(sampled.num_proposing, sampled.proposing_kv_tokens, k)
+        if num_proposing:
+            duration += model.draft_time(num_proposing, proposing_kv_tokens, self.num_speculative_tokens)
+        return duration
+
+    def _run(self, plan: StepPlan) -> tuple[StepResult, float]:
+        """The step's tokens from the RNG and its duration from the cost model."""
+        sampled, shape = self.tokens.sample_step(plan)  # sample(plan) and BatchShape.from_plan(plan)
+        duration = self._price(shape, sampled.num_proposing, sampled.proposing_kv_tokens)
         duration = self.transfers.step_time(duration, plan)  # host KV copies, overlapped
         result = StepResult(
             step_id=plan.step_id,
