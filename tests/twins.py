@@ -40,7 +40,44 @@ def complete_oldest(s: Scheduler, plans: list[StepPlan], seed: int, *, vocab: in
             rows.append([int(t) for t in rng.integers(0, vocab, 1 + accepted)])
         drafts.append([int(t) for t in rng.integers(0, vocab, int(rng.integers(0, max_drafts + 1)))])
     result = StepResult(plan.step_id, rows, drafts if s.config.num_speculative_tokens else None)
-    return [(o.request_id, list(o.new_token_ids), o.finish_reason, o.num_output_tokens) for o in s.complete(result)]
+    return [
+        (o.request_id, list(o.new_token_ids), o.finish_reason, o.num_output_tokens, o.num_cached_tokens, o.event)
+        for o in s.complete(result)
+    ]
+
+
+def plan_key(plan: StepPlan | None) -> Any:
+    """Everything a plan tells an executor (its arrays checked against its lists on the way)."""
+    if plan is None:
+        return None
+    a = plan.arrays()
+    assert a.token_ids.tolist() == list(plan.token_ids)
+    assert a.slot_mapping.tolist() == list(plan.slot_mapping)
+    assert a.token_offsets.tolist() == list(plan.token_offsets)
+    assert a.num_computed_tokens.tolist() == list(plan.num_computed_tokens)
+    positions = [
+        c + j
+        for c, lo, hi in zip(plan.num_computed_tokens, plan.token_offsets, plan.token_offsets[1:], strict=False)
+        for j in range(hi - lo)
+    ]
+    assert a.positions.tolist() == positions
+    return (
+        plan.step_id,
+        [
+            (n.request_id, list(n.token_ids), n.block_ids, n.num_cached_tokens, n.num_output_tokens)
+            for n in plan.new_requests
+        ],
+        plan.removed_request_ids,
+        list(plan.request_ids),
+        list(plan.num_computed_tokens),
+        list(plan.token_offsets),
+        list(plan.token_ids),
+        list(plan.slot_mapping),
+        list(plan.new_block_ids),
+        list(plan.sample),
+        list(plan.draft_token_ids),
+        plan.truncated_block_tables,
+    )
 
 
 def pool_key(s: Scheduler) -> Any:

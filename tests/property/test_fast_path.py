@@ -16,17 +16,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, currently_in_test_context, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-from tests.twins import pool_key, request_key
+from tests.twins import call, complete_oldest, plan_key, pool_key, request_key
 from tokensched import RequestSpec, Scheduler, SchedulerConfig, StepResult
 from tokensched.decode_run import DecodeRun, RunCursor, RunResult
 from tokensched.engine import Engine
-from tokensched.errors import CapacityError, InvalidRequest, TokenschedError
+from tokensched.errors import CapacityError, InvalidRequest
 from tokensched.machines.request import Decoding
 from tokensched.plan import RequestOutput, StepPlan
 from tokensched.policies import PrefixAwarePolicy
@@ -56,46 +55,6 @@ def event(text: str) -> None:
     """A hypothesis event when a hypothesis test is running (``drive`` also serves plain tests)."""
     if currently_in_test_context():
         hypothesis_event(text)
-
-
-def plan_key(plan: StepPlan | None) -> Any:
-    if plan is None:
-        return None
-    a = plan.arrays()
-    assert a.token_ids.tolist() == list(plan.token_ids)
-    assert a.slot_mapping.tolist() == list(plan.slot_mapping)
-    assert a.token_offsets.tolist() == list(plan.token_offsets)
-    assert a.num_computed_tokens.tolist() == list(plan.num_computed_tokens)
-    positions = [
-        c + j
-        for c, lo, hi in zip(plan.num_computed_tokens, plan.token_offsets, plan.token_offsets[1:], strict=False)
-        for j in range(hi - lo)
-    ]
-    assert a.positions.tolist() == positions
-    return (
-        plan.step_id,
-        [
-            (n.request_id, list(n.token_ids), n.block_ids, n.num_cached_tokens, n.num_output_tokens)
-            for n in plan.new_requests
-        ],
-        plan.removed_request_ids,
-        list(plan.request_ids),
-        list(plan.num_computed_tokens),
-        list(plan.token_offsets),
-        list(plan.token_ids),
-        list(plan.slot_mapping),
-        list(plan.new_block_ids),
-        list(plan.sample),
-        list(plan.draft_token_ids),
-        plan.truncated_block_tables,
-    )
-
-
-def call(s: Scheduler, f: Any, *args: Any) -> Any:
-    try:
-        return ("ok", f(*args))
-    except TokenschedError as e:
-        return ("error", type(e).__name__, str(e))
 
 
 @settings(
@@ -175,19 +134,19 @@ def drive_pair(
                     stop_token_ids=frozenset({5}) if seq % 3 == 0 else frozenset(),
                     session_id=f"s{prefix}" if seq % 2 else None,
                 )
-                got.append(call(s, s.submit, spec))
+                got.append(call(s.submit, spec))
             elif kind in ("step", "plan"):
                 plan = s.plan()
                 got.append(plan_key(plan))
                 if plan is not None:
                     plans[which].append(plan)
                 if kind == "step" and plan is not None:
-                    got.append(complete(s, plans[which], op[1]))
+                    got.append(complete_oldest(s, plans[which], op[1], vocab=VOCAB, max_drafts=2))
             elif kind == "complete":
-                got.append(complete(s, plans[which], op[1]) if plans[which] else None)
+                got.append(complete_oldest(s, plans[which], op[1], vocab=VOCAB, max_drafts=2) if plans[which] else None)
             elif kind == "abort":
                 live = sorted(s._live)
-                got.append(call(s, s.abort, live[op[1] % len(live)]) if live else None)
+                got.append(call(s.abort, live[op[1] % len(live)]) if live else None)
             elif kind == "fail":
                 if plans[which]:
                     got.append(list(s.fail(plans[which].pop(0).step_id, RuntimeError("lost"))))
@@ -202,27 +161,6 @@ def drive_pair(
     for s in pair:
         s.check_invariants()
     return fast_steps
-
-
-def complete(s: Scheduler, plans: list[StepPlan], seed: int) -> Any:
-    """Complete the oldest step in flight with tokens drawn from ``seed`` (accepting some drafts)."""
-    plan = plans.pop(0)
-    rng = np.random.default_rng(seed)
-    rows = []
-    drafts = []
-    for i in range(plan.num_requests):
-        if not plan.sample[i]:
-            rows.append([])
-        else:
-            accepted = int(rng.integers(0, len(plan.draft_token_ids[i]) + 1))
-            rows.append([int(t) for t in rng.integers(0, VOCAB, 1 + accepted)])
-        drafts.append([int(t) for t in rng.integers(0, VOCAB, int(rng.integers(0, 3)))])
-    with_drafts = s.config.num_speculative_tokens > 0
-    result = StepResult(plan.step_id, rows, drafts if with_drafts else None)
-    return [
-        (o.request_id, list(o.new_token_ids), o.finish_reason, o.num_output_tokens, o.num_cached_tokens, o.event)
-        for o in s.complete(result)
-    ]
 
 
 # ======================================================= multi-step decode runs

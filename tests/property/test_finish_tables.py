@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 
-from tests.twins import call, complete_oldest, pool_key, request_key
+from tests.twins import call, complete_oldest, plan_key, pool_key, request_key
 from tokensched import RequestSpec, Scheduler, SchedulerConfig
 from tokensched.machines.blocks import BlockPool
 from tokensched.machines.request import held_blocks
@@ -47,23 +47,6 @@ ops = st.lists(
     min_size=20,
     max_size=120,
 )
-
-
-def plan_key(plan: StepPlan | None) -> Any:
-    if plan is None:
-        return None
-    return (
-        plan.step_id,
-        [(n.request_id, n.block_ids, n.num_cached_tokens) for n in plan.new_requests],
-        plan.removed_request_ids,
-        list(plan.request_ids),
-        list(plan.num_computed_tokens),
-        list(plan.token_ids),
-        list(plan.slot_mapping),
-        list(plan.new_block_ids),
-        list(plan.sample),
-        plan.truncated_block_tables,
-    )
 
 
 def kept_runs(s: Scheduler) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.twins import call, complete_oldest, pool_key
+from tests.twins import call, complete_oldest, plan_key, pool_key
 from tokensched import RequestSpec, Scheduler, SchedulerConfig
 from tokensched.machines.request import Decoding, Prefilling, Request
 from tokensched.plan import StepPlan
@@ -66,25 +66,6 @@ ops = st.lists(
     min_size=30,
     max_size=80,
 )
-
-
-def plan_key(plan: StepPlan | None) -> Any:
-    if plan is None:
-        return None
-    return (
-        plan.step_id,
-        [(n.request_id, list(n.token_ids), n.block_ids, n.num_cached_tokens) for n in plan.new_requests],
-        plan.removed_request_ids,
-        list(plan.request_ids),
-        list(plan.num_computed_tokens),
-        list(plan.token_offsets),
-        list(plan.token_ids),
-        list(plan.slot_mapping),
-        list(plan.new_block_ids),
-        list(plan.sample),
-        list(plan.draft_token_ids),
-        plan.truncated_block_tables,
-    )
 
 
 def request_key(s: Scheduler) -> Any:
