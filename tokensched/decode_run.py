@@ -57,6 +57,13 @@ An embedding engine drives it as :meth:`Engine.step_run
 run the steps on the device (sampling, drafting and verifying there, the
 cursor deciding when to stop) and hand back ``scheduler.complete_run(result)``.
 While a run is out the scheduler plans nothing else and refuses ``abort``.
+If the device fails the run with nothing to hand back, ``scheduler.fail_run(error)``
+fails the steps the run held when it was handed out (the step in flight
+before it, if any, and those it planned then) as :meth:`fail
+<tokensched.scheduler.Scheduler.fail>` fails single steps, oldest first: their
+requests are rolled back for a retry or finished with an error, their blocks
+go back, and planning goes on (``tests/property/test_failed_runs.py`` checks
+it against single steps failing).
 
 A run may also carry a prefill chunk (``plan_run(..., chunks=True)``, see
 :func:`tokensched.run_steps.plan_chunk_run`): its last row is the one request

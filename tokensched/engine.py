@@ -90,14 +90,19 @@ class Engine:
         ``cross_blocks`` lets a run go on where a row needs a new block (see
         :meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`):
         pass False for an executor that needs the ids of new blocks before it
-        runs a step.
+        runs a step. A run the executor fails (ExecutorError) fails its
+        requests as :meth:`Scheduler.fail_run` says: one entry, their outputs.
         """
         if self._runs is None or len(self._launched) > 1:
             return None
         run = self.scheduler.plan_run(max_steps, cross_blocks=cross_blocks)
         if run is None:
             return None
-        result = self._runs.launch_run(run, until)
+        try:
+            result = self._runs.launch_run(run, until)
+        except ExecutorError as error:  # the run and the steps in flight when it began failed together
+            self._launched.clear()
+            return [(self.executor.now(), self.scheduler.fail_run(error))]
         outputs = self.scheduler.complete_run(result)
         done = len(result.sampled_token_ids)
         self._launched.clear()

@@ -68,6 +68,11 @@ class RunExecutor(Protocol):
         steps of the same plans would be (tokens, drafts, durations). A run
         with ``cross_blocks`` gets the ids of its new blocks only when it
         completes: an executor that needs them earlier refuses such a run.
+
+        Raises :class:`~tokensched.errors.ExecutorError` when the run failed
+        with no step to hand back: the steps in flight at the call are lost
+        with it, and none is in flight afterwards (the caller then calls
+        :meth:`Scheduler.fail_run <tokensched.scheduler.Scheduler.fail_run>`).
         """
 
 

@@ -414,8 +414,51 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
         step.move("complete")
         step.move("apply")
         tracker.close(step)
+    _open_planned(sched, run, rows, cursor, range(bulk, count + depth - 1))  # in flight (or the special step)
+    if special:
+        sampled, proposed = steps[bulk], proposals[bulk]
+        if bulk in cursor.chunks:  # the chunk row's empty row, as the single step's result has it
+            sampled = [*sampled, []]
+            proposed = None if proposed is None else [*proposed, []]
+        last = StepResult(first + bulk, sampled, proposed, None, result.elapsed[bulk])
+        outputs.append(sched.complete(last))
+    return outputs
+
+
+def fail_run(sched: Scheduler, error: BaseException) -> list[RequestOutput]:
+    """:meth:`Scheduler.fail_run <tokensched.scheduler.Scheduler.fail_run>`: the run's first steps, failed singly.
+
+    The steps a run holds when it fails are those it planned at its start
+    (``depth`` of them: the one launched before it, if any, and those it
+    launched itself), and a single-step engine would hold the same plans.
+    So the run's planned steps are opened in the tracker as :meth:`plan`
+    would have left them and each goes through :meth:`Scheduler.fail`,
+    oldest first: every request in them is rolled back for a retry or
+    finished with an error, and its blocks (those the run took at its start
+    included) go back to the pool.
+    """
+    if sched._run is None:
+        raise InvalidRequest("fail_run, but no decode run is out")
+    run, rows = sched._run
+    cursor = RunCursor(run)
+    for j in range(run.depth):
+        cursor.plan(j)  # planned when the run was handed out: the same drafts and chunk, no block taken again
+    sched._run = None
+    run.let_go_of_tables()
+    _open_planned(sched, run, rows, cursor, range(run.depth))
+    outputs: list[RequestOutput] = []
+    for s in range(run.depth):
+        outputs += sched.fail(run.first_step_id + s, error)
+    return outputs
+
+
+def _open_planned(sched: Scheduler, run: DecodeRun, rows: list[Request], cursor: RunCursor, steps: range) -> None:
+    """Leave the run's ``steps`` (planned by ``cursor``) as single steps' plans leave them: their requests
+    marked scheduled and, for a step launched by the run itself, the step open in the tracker."""
+    tracker = sched.steps
+    first = run.first_step_id
     chunks = cursor.chunks
-    for s in range(bulk, count + depth - 1):  # planned and still in flight (or the special step)
+    for s in steps:
         members = [rows[i] for i in run.group(s)]
         ns = _mark_planned(members, cursor.planned[s], first + s)
         nd = [q - 1 for q in ns]
@@ -428,14 +471,6 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
         if s >= run.launched:
             tracker.next_step_id = first + s
             tracker.open(Step(first + s, members, [r.epoch for r in members], ns, nd, samples))
-    if special:
-        sampled, proposed = steps[bulk], proposals[bulk]
-        if bulk in chunks:  # the chunk row's empty row, as the single step's result has it
-            sampled = [*sampled, []]
-            proposed = None if proposed is None else [*proposed, []]
-        last = StepResult(first + bulk, sampled, proposed, None, result.elapsed[bulk])
-        outputs.append(sched.complete(last))
-    return outputs
 
 
 def _apply_steps(

@@ -748,6 +748,18 @@ class Scheduler:
         """
         return run_steps.complete_run(self, result)
 
+    def fail_run(self, error: BaseException) -> list[RequestOutput]:
+        """The executor could not run the decode run out: none of its steps has a result to apply.
+
+        Fails the steps the run held when it was handed out (the step in
+        flight before it, if any, and those it planned), oldest first, as
+        :meth:`fail` fails a single step: each of their requests is rolled
+        back for a retry or finished with an error, per
+        ``on_step_failure``. Afterwards nothing is in flight and planning
+        goes on. Raises InvalidRequest when no run is out.
+        """
+        return run_steps.fail_run(self, error)
+
     def fail(self, step_id: int, error: BaseException) -> list[RequestOutput]:
         """The executor could not run ``step_id`` (the oldest in flight): retry its requests or finish them."""
         step = self.steps.oldest(step_id, "fail")
