@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import httpx
+import pytest
 
 from tests.server.conftest import MODEL, Live, idle_and_empty, live_server, scrape, sim, wait_for
+from tokensched.server import guard
 
 SOCKET_TIMEOUT_S = 10.0
 
@@ -72,14 +75,20 @@ def test_past_the_cap_the_oldest_idle_connection_makes_room() -> None:
         assert scrape(live)['tokensched:shed_total{kind="idle_connection_evicted"}'] >= 1
 
 
+def make_busy(live: Live, stack: ExitStack, count: int) -> list[socket.socket]:
+    """``count`` connections inside a request (a whole head, no body yet), so the cap cannot evict them."""
+    busy_sockets = []
+    for _ in range(count):
+        busy = stack.enter_context(connected(live))
+        busy_sockets.append(busy)
+        busy.sendall(head("/v1/completions", 50, extra="Expect: 100-continue\r\n"))
+        assert busy.recv(64).startswith(b"HTTP/1.1 100 ")  # the server has read the head and waits for the body
+    return busy_sockets
+
+
 def test_past_the_cap_with_every_connection_busy_a_new_one_gets_503() -> None:
     with live_server(*sim(), max_connections=2) as live, ExitStack() as stack:
-        busy_sockets = []
-        for _ in range(2):  # a whole head and no body yet: inside a request, so not idle
-            busy = stack.enter_context(connected(live))
-            busy_sockets.append(busy)
-            busy.sendall(head("/v1/completions", 50, extra="Expect: 100-continue\r\n"))
-            assert busy.recv(64).startswith(b"HTTP/1.1 100 ")  # the server has read the head and waits for the body
+        busy_sockets = make_busy(live, stack, 2)
         with connected(live) as extra:
             answer = read_all(extra)
         assert answer.startswith(b"HTTP/1.1 503 ")
@@ -87,6 +96,49 @@ def test_past_the_cap_with_every_connection_busy_a_new_one_gets_503() -> None:
         for sock in busy_sockets:
             sock.close()  # make room for the scrape
         assert wait_for(lambda: scrape(live).get('tokensched:shed_total{kind="connection_refused_503"}') == 1)
+
+
+def test_a_refused_client_that_sent_its_request_reads_the_503_not_a_reset() -> None:
+    """Refused while its request is on the way (a megabyte here, more than the socket buffers hold): a close
+    on those bytes would reset the connection and discard the 503, so the client could not tell "overloaded,
+    retry" from a crash. The refusal lingers instead: the bytes are taken and dropped, then the 503 is read."""
+    with live_server(*sim(), max_connections=2) as live, ExitStack() as stack:
+        busy_sockets = make_busy(live, stack, 2)
+        with connected(live) as extra:
+            extra.sendall(head("/v1/completions", 1 << 20) + b" " * (1 << 20))
+            answer = read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"too many open connections" in answer
+        for sock in busy_sockets:
+            sock.close()
+        assert wait_for(lambda: completion(live).status_code == 200)
+
+
+def test_refused_connections_linger_only_up_to_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At most REFUSED_LINGERING_MAX refused connections linger, each for at most LINGER_S: past the bound a
+    refused connection is closed at once (its bytes draw a reset), and a lingering one is closed at LINGER_S."""
+    monkeypatch.setattr(guard, "REFUSED_LINGERING_MAX", 1)
+    monkeypatch.setattr(guard, "LINGER_S", 1.5)
+    with live_server(*sim(), max_connections=2) as live, ExitStack() as stack:
+        make_busy(live, stack, 2)
+        lingering = stack.enter_context(connected(live))
+        assert read_all(lingering).startswith(b"HTTP/1.1 503 ")  # the answer, then the server's half-close
+        closed = stack.enter_context(connected(live))
+        assert read_all(closed).startswith(b"HTTP/1.1 503 ")
+        lingering.sendall(b" ")  # taken and dropped
+        with pytest.raises(OSError):  # past the bound: the first byte draws the reset, the next fails on it
+            keep_sending(closed, 1.0)
+        keep_sending(lingering, 0.5)  # still lingering (well inside LINGER_S of its refusal)
+        with pytest.raises(OSError):
+            keep_sending(lingering, 3.0)
+
+
+def keep_sending(sock: socket.socket, seconds: float) -> None:
+    """A byte every 50 ms for ``seconds`` (an OSError once the server has reset the connection)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.sendall(b" ")
+        time.sleep(0.05)
 
 
 class Records(logging.Handler):

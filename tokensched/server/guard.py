@@ -7,7 +7,8 @@ protocol uvicorn builds per connection is wrapped here:
 
 * at most ``limit`` connections are open; a new one past it closes the oldest
   connection that is not inside a request (idle, or still sending its head),
-  and if every one is busy the new one gets a bare 503 and is closed. The
+  and if every one is busy the new one gets a bare 503 and is closed, lingering
+  like the 408 below (up to :data:`REFUSED_LINGERING_MAX` at once). The
   limit is also kept below the file-descriptor limit, so ``accept`` never
   fails for lack of one;
 * a connection that has not sent a whole request head within
@@ -36,20 +37,23 @@ log = logging.getLogger("tokensched.server")
 LISTEN_BACKLOG = 128
 """The listen backlog, which is also how many connections asyncio accepts per wake-up
 (``selector_events._accept_connection`` loops ``backlog`` times) before any of them reaches the guard."""
-FD_RESERVE = 3 * LISTEN_BACKLOG + 64
+REFUSED_LINGERING_MAX = LISTEN_BACKLOG
+"""How many connections refused with 503 may linger at once (see :data:`LINGER_S`); one refused past that is
+closed at once (its client may then see a reset: under such a flood, giving the descriptors back comes first)."""
+FD_RESERVE = 3 * LISTEN_BACKLOG + REFUSED_LINGERING_MAX + 64
 """Descriptors kept free below the limit: up to three accept batches in flight (accepted, being evicted, being
-closed) and 64 for the listener, logs and the executor."""
+closed), the refused connections lingering, and 64 for the listener, logs and the executor."""
 _SHED_BODY = b'{"error":{"message":"too many open connections","type":"server_overloaded","code":"overloaded"}}'
 _SHED_503 = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
     b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_SHED_BODY), _SHED_BODY)
 )
 LINGER_S = 2.0
-"""How long a connection answered 408 keeps reading, and dropping, what its client still sends before it is
-closed (sooner if the client closes). Closing a socket with unread bytes, or one that bytes still reach, makes
-the kernel send a reset, and a reset that arrives before the client has read the 408 discards it: the client
-sees "connection reset", not the answer. So the server half-closes (its FIN follows the 408) and drains, as
-HTTP servers' lingering close does."""
+"""How long a connection answered 408 (or refused with 503) keeps reading, and dropping, what its client still
+sends before it is closed (sooner if the client closes). Closing a socket with unread bytes, or one that bytes
+still reach, makes the kernel send a reset, and a reset that arrives before the client has read the answer
+discards it: the client sees "connection reset", not the answer. So the server half-closes (its FIN follows the
+answer) and drains, as HTTP servers' lingering close does."""
 _BODY_TIMEOUT_BODY = (
     b'{"error":{"message":"the request body did not arrive in time","type":"invalid_request_error",'
     b'"code":"request_timeout"}}'
@@ -116,6 +120,7 @@ class ConnectionGuard:
         self.body_timeout_s = body_timeout_s
         self.shed = shed
         self.open: dict[GuardedH11Protocol, None] = {}  # insertion-ordered: the oldest first
+        self.refused_lingering = 0  # refused connections not closed yet (bounded by REFUSED_LINGERING_MAX)
 
     def admit(self, protocol: GuardedH11Protocol) -> bool:
         """Make room for ``protocol`` (closing the oldest idle connection) or refuse it."""
@@ -142,13 +147,12 @@ class GuardedH11Protocol(H11Protocol):
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
     _body_timed_cycle: object = None  # the request cycle the body timer runs for (one timer per request)
-    _linger_timer: asyncio.TimerHandle | None = None  # set once answered 408: closes the connection at LINGER_S
+    _linger_timer: asyncio.TimerHandle | None = None  # set once answered 408 or refused: closes it at LINGER_S
     _admitted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not self.guard.admit(self):
-            transport.write(_SHED_503)
-            transport.close()
+            self._refuse(transport)
             return
         self._admitted = True
         super().connection_made(transport)
@@ -156,6 +160,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted:
+            if self._linger_timer is not None:  # a refused connection that lingered
+                self._linger_timer.cancel()
+                self.guard.refused_lingering -= 1
             return
         self._cancel_head_timer()
         self._cancel_body_timer()
@@ -238,6 +245,18 @@ class GuardedH11Protocol(H11Protocol):
             cycle.message_event.set()
             self.transport.write(_BODY_TIMEOUT_408)
             self._close_lingering()
+
+    def _refuse(self, transport: asyncio.Transport) -> None:
+        """Answer 503 and close lingering, as after a 408: the client has often sent its request already, and
+        closing on those unread bytes would reset the connection before it reads why it was refused."""
+        guard = self.guard
+        transport.write(_SHED_503)
+        if guard.refused_lingering >= REFUSED_LINGERING_MAX or not transport.can_write_eof():
+            transport.close()
+            return
+        guard.refused_lingering += 1
+        self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
+        transport.write_eof()  # reading goes on (dropped in data_received); the client's EOF closes it
 
     def _close_lingering(self) -> None:
         """Half-close after the answer already written, drop what still arrives, close at the client's EOF
