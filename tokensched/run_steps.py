@@ -151,8 +151,10 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
     (the TensorRT-LLM and vLLM profiles) a long prompt's chunks alternate
     with the other half of the decodes, two single steps a chunk.
     Offered only where single steps would plan exactly the run's steps:
-    ``prefill`` the only request still prefilling and the last of the
-    running set (admission order serves it last), no block pending, and
+    ``prefill`` the only request still prefilling and the last its steps
+    serve (admission order serves it after the decodes admitted before it,
+    and a decode admitted after it would find no budget left: with two
+    groups such decodes must be in the other one), no block pending, and
     free blocks for one step's worst case plus a block a row (single steps
     serve admission order then, and no row can run short of blocks). Either
     nothing is in flight (one group: one step at a time, or, under
@@ -178,15 +180,16 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
     k = sched._k_spec
     state = prefill.state
     assert type(state) is Prefilling
-    if pool.num_pending or next(reversed(running.values())) is not prefill:
+    if pool.num_pending:
         return None
+    newest = next(reversed(running.values()))
     flying: list[Request] = []  # the decodes of the step in flight (two groups)
     planned: list[int] = []
     chunk_flying = False
     ahead = 0  # the chunk of the step in flight
     shut_until = slack = math.inf
     if not sched.steps:  # one group (with speculation a second step would find every row in flight)
-        if prefill.inflight_steps or state.num_scheduled != state.num_computed:
+        if newest is not prefill or prefill.inflight_steps or state.num_scheduled != state.num_computed:
             return None
         if cfg.max_steps_in_flight != 1 and not k:
             return None  # without drafts the engine would keep several steps of every row in flight
@@ -209,6 +212,12 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
         elif prefill.inflight_steps or state.num_scheduled != state.num_computed:
             return None
         flying = members[:count]
+        if newest is not prefill:
+            # Decodes admitted after the prompt are served after its chunk, which leaves them no budget: they
+            # may only be in the other group (in flight now exactly when the prompt is not), never in its steps.
+            ids = {r.request_id for r in flying}
+            if any((r.request_id in ids) is chunk_flying for r in _admitted_after(running, prefill)):
+                return None
         for i, r in enumerate(flying):
             if not step.samples[i] or step.epochs[i] != r.epoch or step.num_tokens[i] != 1 + step.num_drafts[i]:
                 return None
@@ -286,6 +295,13 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
         if j < run.launched and ([1 + len(d) for d in step_drafts] != planned or cursor.chunks.get(j, 0) != ahead):
             return None  # the step in flight is not the run's
     return _hand_out(sched, run, rows, cursor, ends)
+
+
+def _admitted_after(running: dict[str, Request], prefill: Request) -> list[Request]:
+    """The running requests admitted after ``prefill`` (the running set is in admission order)."""
+    rows = list(running.values())
+    at = next(i for i, r in enumerate(rows) if r is prefill)
+    return rows[at + 1 :]
 
 
 def _hand_out(sched: Scheduler, run: DecodeRun, rows: list[Request], cursor: RunCursor, ends: list[int]) -> DecodeRun:

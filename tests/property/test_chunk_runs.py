@@ -139,6 +139,7 @@ def _drive(engine: Engine, recorder: KVEventRecorder, specs: list[tuple[float, R
         until = pending[0][0] if pending else float("inf")
         offered.clear()
         waiting = len(scheduler.waiting)
+        newest = next(reversed(scheduler.running), None)  # the request admitted last
         ran = engine.step_run(until, 64, chunks=True) if runs else None
         if ran is None:
             outputs = list(engine.step())
@@ -153,6 +154,8 @@ def _drive(engine: Engine, recorder: KVEventRecorder, specs: list[tuple[float, R
                 event(f"a run with a prefill chunk ({shape}) of {min(took, 5)}+ chunk steps")
                 if run.depth == 2:
                     event(f"two groups, the chunk in the step in flight: {run.chunk_group == 0}")
+                    if run.request_ids[-1] != newest:
+                        event("two groups, a decode admitted after the prompt")
                 if waiting:
                     event(f"a run with a prefill chunk while a request waits ({shape})")
         marks.append((len(steps), _state(engine, recorder)))
