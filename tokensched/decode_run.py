@@ -67,25 +67,19 @@ it against single steps failing).
 
 A run may also carry a prefill chunk (``plan_run(..., chunks=True)``, see
 :func:`tokensched.run_steps.plan_chunk_run`): its last row is the one request
-still prefilling, in no group; each step (with two groups, each step of the
-group ``chunk_group``, since under speculation a request is planned again only
-once its step in flight is applied) computes the decodes and then the
+still prefilling, in no group; each step computes the decodes and then the
 next ``min(tokens left, budget the decodes leave, chunk cap)`` positions of
 its prompt, which sample nothing. :meth:`RunCursor.plan` plans such a step
 only while its chunk spends the whole budget (a single step with budget left
 would try to admit) and stops short of the prompt's end (the last chunk
 samples the first token: a single step's), and counts the chunk's new blocks
-with the decodes'. The other group's steps are plain decode steps, with
-budget left: admission stays shut for them as for any run with two groups.
-The executor prices each step as the single step (``RunCursor.chunks`` says
-each step's chunk); :meth:`complete_run` computes
+with the decodes'. The executor prices the step as the single step
+(``RunCursor.chunks`` says each step's chunk); :meth:`complete_run` computes
 the positions, allocates the blocks and commits the full ones per step, in
 the single steps' order.
 
 Why: on a DP-attention rank most single steps are a few speculative decodes
-beside a chunk of a long prompt, and each costs about ten times a run's step;
-with two steps in flight (the TensorRT-LLM and vLLM profiles) most single
-steps are such a step or the other group's decodes beside it.
+beside a chunk of a long prompt, and each costs about ten times a run's step.
 
 Rows with drafts follow the scheduler's rule: a step verifies the drafts
 proposed by the previous step, at most ``num_speculative_tokens`` and at most
@@ -180,7 +174,6 @@ class DecodeRun:
     chunk_tokens: int = 0  # >0: the last row prefills, up to (not reaching) this many known tokens
     chunk_budget: int = 0  # the step's token budget (max_batched_tokens) its chunk fills to the last token
     chunk_cap: int = 0  # the most tokens a chunk takes (the scheduler's chunk size)
-    chunk_group: int = 0  # with two groups: the group whose steps carry the chunk (the other group's do not)
     _every_row: list[int] = attrs.field(init=False, repr=False, eq=False)
     _depth: int = attrs.field(init=False, repr=False, eq=False)
 
@@ -304,7 +297,7 @@ class RunCursor:
                 needs.append((i, -(-top // run.block_size) - ends[i] // run.block_size))
             out.append(step)
         chunk = 0
-        if run.chunk_tokens and (not groups or j % len(groups) == run.chunk_group):
+        if run.chunk_tokens:
             c = len(run.request_ids) - 1
             budget = run.chunk_budget - sum(map(len, out)) - len(out)  # what the decode rows leave
             at = pos[c]

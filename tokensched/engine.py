@@ -79,7 +79,7 @@ class Engine:
         return self.scheduler.complete(result)
 
     def step_run(
-        self, until: float, max_steps: int = 256, *, cross_blocks: bool = True, chunks: bool = False
+        self, until: float, max_steps: int = 256, *, cross_blocks: bool = True
     ) -> list[tuple[float, Sequence[RequestOutput]]] | None:
         """Several decode steps in one call when the scheduler and executor allow it, else None.
 
@@ -90,15 +90,12 @@ class Engine:
         ``cross_blocks`` lets a run go on where a row needs a new block (see
         :meth:`Scheduler.plan_run <tokensched.scheduler.Scheduler.plan_run>`):
         pass False for an executor that needs the ids of new blocks before it
-        runs a step. ``chunks`` (with ``cross_blocks``) lets a run carry a
-        prefill chunk of the one prompt still prefilling (see
-        :func:`tokensched.run_steps.plan_chunk_run`): pass True only for an
-        executor that runs a run's chunk row (the simulator's does). A run the executor fails (ExecutorError) fails its
+        runs a step. A run the executor fails (ExecutorError) fails its
         requests as :meth:`Scheduler.fail_run` says: one entry, their outputs.
         """
         if self._runs is None or len(self._launched) > 1:
             return None
-        run = self.scheduler.plan_run(max_steps, cross_blocks=cross_blocks, chunks=chunks)
+        run = self.scheduler.plan_run(max_steps, cross_blocks=cross_blocks)
         if run is None:
             return None
         try:

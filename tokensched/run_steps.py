@@ -147,107 +147,40 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
 
     Why: on a DP-attention rank most single steps are a few decodes beside a
     prefill chunk that a run of decodes alone could not take, and a prompt
-    takes tens of such steps; with two steps in flight under speculation
-    (the TensorRT-LLM and vLLM profiles) a long prompt's chunks alternate
-    with the other half of the decodes, two single steps a chunk.
-    Offered only where single steps would plan exactly the run's steps:
-    ``prefill`` the only request still prefilling and the last its steps
-    serve (admission order serves it after the decodes admitted before it,
-    and a decode admitted after it would find no budget left: with two
-    groups such decodes must be in the other one), no block pending, and
-    free blocks for one step's worst case plus a block a row (single steps
-    serve admission order then, and no row can run short of blocks). Either
-    nothing is in flight (one group: one step at a time, or, under
-    speculation, two steps in flight whose second would find every row in
-    flight), or two steps in flight under speculation with one of them in
-    flight, as :func:`plan_run`'s two groups: the step in flight (its
-    decodes, and the chunk if it carries one) is the run's step 0, and the
-    chunk row joins the steps of the group it is in. With two steps in
-    flight some plan leaves budget (the other group's steps, or the second
-    plan of one group), so with requests waiting admission must stay shut
-    as for a run of decodes (a static policy, no retention). The cursor takes a
-    chunk step only while its chunk fills the budget the decodes leave and
-    does not reach the prompt's end: a step whose budget is spent never
-    calls admission, and the last chunk, which samples, is a single step's.
-    The blocks each step takes are allocated when the run is applied, in
-    the single steps' order (the steps planned now take theirs now, as
-    :meth:`plan` would).
+    takes tens of such steps. Offered only where single steps would plan
+    exactly the run's steps: one step at a time (``max_steps_in_flight == 1``,
+    nothing in flight, no block pending), ``prefill`` the only request still
+    prefilling and the last of the running set (admission order serves it
+    last), and free blocks for one step's worst case plus a block a row
+    (single steps serve admission order then, and no row can run short of
+    blocks). The cursor takes a step only while its chunk fills the budget
+    the decodes leave and does not reach the prompt's end: a step whose
+    budget is spent never calls admission (so nothing a waiting request or
+    the clock could change matters), and the last chunk, which samples, is a
+    single step's. The blocks each step takes are allocated when the run is
+    applied, in the single steps' order (step 0's now, as :meth:`plan` would).
     """
     running = sched._running
     cfg = sched.config
     pool = sched.pool
     bs = sched._bs
-    k = sched._k_spec
     state = prefill.state
     assert type(state) is Prefilling
-    if pool.num_pending:
+    if (
+        cfg.max_steps_in_flight != 1
+        or sched.steps
+        or pool.num_pending
+        or prefill.inflight_steps
+        or state.num_scheduled != state.num_computed
+        or next(reversed(running.values())) is not prefill
+    ):
         return None
-    newest = next(reversed(running.values()))
-    flying: list[Request] = []  # the decodes of the step in flight (two groups)
-    planned: list[int] = []
-    chunk_flying = False
-    ahead = 0  # the chunk of the step in flight
-    shut_until = slack = math.inf
-    if not sched.steps:  # one group (with speculation a second step would find every row in flight)
-        if newest is not prefill or prefill.inflight_steps or state.num_scheduled != state.num_computed:
-            return None
-        if cfg.max_steps_in_flight != 1 and not k:
-            return None  # without drafts the engine would keep several steps of every row in flight
-    else:
-        if cfg.max_steps_in_flight != 2 or not k or len(sched.steps) != 1:
-            return None
-        step = next(iter(sched.steps))
-        members = step.requests
-        chunk_flying = bool(members) and members[-1] is prefill
-        count = len(members) - 1 if chunk_flying else len(members)
-        if chunk_flying:
-            ahead = step.num_tokens[-1]
-            if (
-                step.samples[-1]
-                or step.epochs[-1] != prefill.epoch
-                or prefill.inflight_steps != 1
-                or state.num_scheduled != state.num_computed + ahead
-            ):
-                return None
-        elif prefill.inflight_steps or state.num_scheduled != state.num_computed:
-            return None
-        flying = members[:count]
-        if newest is not prefill:
-            # Decodes admitted after the prompt are served after its chunk, which leaves them no budget: they
-            # may only be in the other group (in flight now exactly when the prompt is not), never in its steps.
-            ids = {r.request_id for r in flying}
-            if any((r.request_id in ids) is chunk_flying for r in _admitted_after(running, prefill)):
-                return None
-        for i, r in enumerate(flying):
-            if not step.samples[i] or step.epochs[i] != r.epoch or step.num_tokens[i] != 1 + step.num_drafts[i]:
-                return None
-        planned = step.num_tokens[:count]
-        rest = len(running) - 1 - count  # the other group's decodes
-        if rest < 0 or (chunk_flying and not rest) or (not chunk_flying and not count):
-            return None  # a group with nothing in it: single steps would not alternate
-    if cfg.max_steps_in_flight != 1 and sched.waiting:
-        # The other group's steps leave budget, and with one group the engine plans again while a step is in
-        # flight (a plan with every row in flight and the whole budget): admission must stay shut through them.
-        if sched._key_dependence is not KeyDependence.STATIC or sched._retention is not None:
-            return None
-        shut = _admission_stays_shut(sched)
-        if shut is None:
-            return None
-        shut_until, slack = shut
     reserve = -(-cfg.max_batched_tokens // bs) + len(running)
     if pool.num_free < reserve:
         return None  # single steps might serve by victim key, or a row might run short of blocks
     sched._materialize()
-    if flying:
-        ids = {r.request_id for r in flying}
-        decodes = [r for r in running.values() if r is not prefill]
-        again = [r for r in decodes if r.request_id in ids]
-        if any(a is not b for a, b in zip(again, flying, strict=True)):
-            return None  # planned by victim key (blocks were short then): its next step takes admission order
-        rows = flying + [r for r in decodes if r.request_id not in ids] + [prefill]
-    else:
-        rows = list(running.values())
-    columns = _run_columns(sched, rows[:-1], planned)
+    rows = list(running.values())
+    columns = _run_columns(sched, rows[:-1], [])
     if columns is None:
         return None
     pos, last, drafts, tables, ends, rooms, limits, stops = columns
@@ -259,12 +192,11 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
     rooms.append(0)
     limits.append(0)
     stops.append(frozenset())
-    decoding = len(rows) - 1
     run = DecodeRun(
-        first_step_id=sched.steps.next_step_id - len(sched.steps),
+        first_step_id=sched.steps.next_step_id,
         max_steps=max_steps,
         block_size=bs,
-        num_speculative_tokens=k,
+        num_speculative_tokens=sched._k_spec,
         request_ids=[r.request_id for r in rows],
         removed_request_ids=tuple(sched._removed),
         truncated_block_tables=sched._truncated,
@@ -276,32 +208,16 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
         room=rooms,
         length_limit=limits,
         stop_token_ids=stops,
-        groups=[list(range(len(flying))), list(range(len(flying), decoding))] if sched.steps else [],
-        launched=len(sched.steps),
         cross_blocks=True,
-        spare_blocks=pool.num_free - reserve,  # less the blocks of the steps planned now (the run's tables hold them)
-        admission_shut_until=shut_until,
-        admission_slack=slack,
+        spare_blocks=pool.num_free - reserve,  # less step 0's blocks below (the run's tables will hold them)
         chunk_tokens=prefill.tokens.size,
         chunk_budget=cfg.max_batched_tokens,
         chunk_cap=sched._chunk,
-        chunk_group=0 if chunk_flying or not sched.steps else 1,
     )
     cursor = RunCursor(run)
-    for j in range(run.depth):
-        step_drafts = cursor.plan(j)
-        if step_drafts is None or any(s < run.launched for s in cursor.allocs):
-            return None  # its chunk would end the prompt or leave budget (a single step), or the step in flight
-        if j < run.launched and ([1 + len(d) for d in step_drafts] != planned or cursor.chunks.get(j, 0) != ahead):
-            return None  # the step in flight is not the run's
+    if cursor.plan(0) is None:
+        return None  # its chunk would end the prompt or leave budget: a single step
     return _hand_out(sched, run, rows, cursor, ends)
-
-
-def _admitted_after(running: dict[str, Request], prefill: Request) -> list[Request]:
-    """The running requests admitted after ``prefill`` (the running set is in admission order)."""
-    rows = list(running.values())
-    at = next(i for i, r in enumerate(rows) if r is prefill)
-    return rows[at + 1 :]
 
 
 def _hand_out(sched: Scheduler, run: DecodeRun, rows: list[Request], cursor: RunCursor, ends: list[int]) -> DecodeRun:
@@ -662,7 +578,7 @@ def _apply_steps(
     for i, r in enumerate(rows):
         if last_step[i] >= 0:
             _catch_up(sched, r, new[i], drafts[i], first + last_step[i])
-    if bulk - 1 in chunks:  # else (two groups) the chunk row's next step is the one left in flight, marked below
+    if chunks:
         chunk_request.planned_in = first + bulk - 1
     sched.steps.next_step_id = max(sched.steps.next_step_id, first + bulk)
     sched.pool.step_completed(first + bulk - 1)
@@ -690,7 +606,6 @@ def _apply_chunk(sched: Scheduler, request: Request, n: int) -> None:
     state = request.state
     assert type(state) is Prefilling
     state.num_computed = state.num_scheduled = state.num_computed + n
-    request.inflight_steps = 0  # its step applied (in flight when the run began, with two groups)
     if sched._caching:
         sched._commit_full_blocks(request, state)
 

@@ -732,8 +732,7 @@ class Scheduler:
 
         ``chunks`` (with ``cross_blocks``): the running set may also hold one
         request still prefilling, served last, whose non-final chunks fill
-        the budget of each step it is in (every step, or with two groups
-        every step of its group; see :func:`tokensched.run_steps.plan_chunk_run`).
+        each step's budget (see :func:`tokensched.run_steps.plan_chunk_run`).
         """
         return run_steps.plan_run(self, max_steps, cross_blocks=cross_blocks, chunks=chunks)
 

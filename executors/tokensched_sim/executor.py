@@ -202,7 +202,7 @@ class SimExecutor(VirtualClock):
         walk over the rows.
         """
         if run.chunk_tokens:
-            return self._chunk_run_launcher(run, cursor, pricer)
+            return self._chunk_run_launcher(run, cursor)
         sample = self.tokens.run_sampler(run.request_ids)  # sample(rows, drafts, pos): the run's lookups made once
         price = pricer.run_step_time  # step_time, then draft_time of the rows that propose
         plan, depth = cursor.plan, run.depth
@@ -225,23 +225,20 @@ class SimExecutor(VirtualClock):
 
         return launch
 
-    def _chunk_run_launcher(
-        self, run: DecodeRun, cursor: RunCursor, pricer: DecodeCost
-    ) -> Callable[[int], _Step | None]:
+    def _chunk_run_launcher(self, run: DecodeRun, cursor: RunCursor) -> Callable[[int], _Step | None]:
         """``launch(j)`` for a run whose steps carry a prefill chunk (the last row, which samples nothing).
 
         The decodes are drawn as in a decode run (the chunk row, last in the
         single step's plan, draws nothing and proposes nothing, so the draws
-        are the same), and a step with the chunk is priced as :meth:`_run`
-        prices the single step: :meth:`_price` of the :class:`BatchShape`
-        that ``sample_step`` builds for the plan (the chunk a prefill of
-        ``n`` tokens after ``c`` computed). With two groups the other group's
-        steps carry no chunk and are priced as a decode run's.
+        are the same), and the step is priced as :meth:`_run` prices the
+        single step: :meth:`_price` of the :class:`BatchShape` that
+        ``sample_step`` builds for the plan (the chunk a prefill of ``n``
+        tokens after ``c`` computed).
         """
         sample = self.tokens.run_sampler(run.request_ids)
-        price, price_decodes = self._price, pricer.run_step_time
+        price = self._price
         group, plan, pos, chunks = run.group, cursor.plan, cursor.pos, cursor.chunks
-        stats, k = self.stats, self.num_speculative_tokens
+        stats = self.stats
 
         def launch(j: int) -> _Step | None:
             drafts = plan(j)
@@ -249,13 +246,10 @@ class SimExecutor(VirtualClock):
                 return None
             rows = group(j)
             tokens, proposals, num_proposing, proposing_kv, t, pairs, kv = sample(rows, drafts, pos)
-            n = chunks.get(j, 0)
-            if n:
-                c = pos[-1]
-                shape = BatchShape(t + n, t, n * c + n * (n + 1) // 2, c + n, c, pairs, kv, len(rows) + 1, n, 1, 0)
-                duration = price(shape, num_proposing, proposing_kv)
-            else:
-                duration = price_decodes(len(rows), t, pairs, kv, num_proposing, proposing_kv, k)
+            n = chunks[j]
+            c = pos[-1]
+            shape = BatchShape(t + n, t, n * c + n * (n + 1) // 2, c + n, c, pairs, kv, len(rows) + 1, n, 1, 0)
+            duration = price(shape, num_proposing, proposing_kv)
             start = self._busy_until if self._busy_until > self._clock else self._clock
             end = self._busy_until = start + duration
             stats.num_steps += 1
@@ -347,10 +341,6 @@ class SimRun:
         self.pending: deque[_Step] = deque(
             (f.end, f.result.sampled_token_ids, f.result.draft_token_ids, f.result.elapsed) for f in in_flight
         )
-        for j in range(run.launched):
-            if j in cursor.chunks:  # the single step's result has the chunk row's empty row last: not the run's
-                end, tokens, proposals, seconds = self.pending[j]
-                self.pending[j] = (end, tokens[:-1], None if proposals is None else proposals[:-1], seconds)
         self.done: list[_Step] = []
 
     def start(self) -> None:
@@ -413,12 +403,8 @@ class SimRun:
         """The steps collected, for ``Scheduler.complete_run``; the steps launched after them go back in flight."""
         first = self.run.first_step_id
         in_flight = self._executor._in_flight
-        chunks = self.cursor.chunks
-        for j, (end, tokens, proposals, seconds) in enumerate(self.pending, start=len(self.done)):
-            if j in chunks:  # back to a single step's result: the chunk row's empty row last
-                tokens = [*tokens, []]
-                proposals = None if proposals is None else [*proposals, []]
-            in_flight.append(_InFlight(end, StepResult(first + j, tokens, proposals, None, seconds)))
+        for later, (end, tokens, proposals, seconds) in enumerate(self.pending, start=first + len(self.done)):
+            in_flight.append(_InFlight(end, StepResult(later, tokens, proposals, None, seconds)))
         self.pending.clear()
         ends, sampled, drafts, elapsed = zip(*self.done, strict=True)
         return RunResult(first, list(sampled), list(drafts), list(elapsed), list(ends))

@@ -344,18 +344,13 @@ def drive(
     metrics: MetricsCollector,
     stop: float,
     progress: Callable[[float], None] | None = None,
-    *,
-    chunk_runs: bool = True,
 ) -> int:
     """Drive one scheduler + engine from a workload until ``stop``; returns the requests refused at submit.
 
     Submits the turns the workload releases, steps the engine, records every
     output in ``metrics`` and feeds finished answers back to the workload. It
     knows nothing of profiles or deployments, so a caller can build its own
-    engine (another executor, several replicas behind a router) and reuse it;
-    ``chunk_runs`` (``Engine.step_run``'s ``chunks``) is for the simulator's
-    executor, which runs a decode run's prefill chunk: pass False for one
-    that does not.
+    engine (another executor, several replicas behind a router) and reuse it.
     """
     scheduler, executor = engine.scheduler, engine.executor
     answers: dict[str, list[int]] = {}
@@ -383,7 +378,7 @@ def drive(
                 return rejected
             executor.wait_until(min(wake, max(metrics.next_sample_time, now), stop))
             continue
-        ran = engine.step_run(min(workload.next_event_time(), metrics.next_sample_time, stop), chunks=chunk_runs)
+        ran = engine.step_run(min(workload.next_event_time(), metrics.next_sample_time, stop))
         if ran is not None:  # several decode steps at once, the same as single steps (tokensched.decode_run)
             record_steps(ran, metrics, workload, answers)
             before, steps = steps, steps + len(ran)
