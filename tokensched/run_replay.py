@@ -32,8 +32,6 @@ from tokensched.tokens import INT32_MAX
 
 def replay(run: DecodeRun, result: RunResult) -> RunCursor:
     """The cursor after ``result``'s steps, as :func:`reference_replay` leaves it; raises its InvalidRequest."""
-    if run.chunk_tokens:
-        return reference_replay(run, result)  # a run with a chunk row: the lean pass plans no chunks
     cursor = RunCursor(run)
     try:
         accepted = _lean_replay(run, result, cursor)
@@ -87,7 +85,11 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
     max_steps, spare, slack = run.max_steps, run.spare_blocks, run.admission_slack
     stops, limits = run.stop_token_ids, run.length_limit
     pos, ends, size, room, drafts = cursor.pos, cursor.ends, cursor.size, cursor.room, cursor.drafts
-    planned, allocs = cursor.planned, cursor.allocs
+    planned, allocs, chunks = cursor.planned, cursor.allocs, cursor.chunks
+    # A run with a chunk row (one group: its last row, in no group's rows) plans each step's chunk as
+    # RunCursor.plan does, after the decode rows: what their tokens leave of the budget, to the last token.
+    chunk_tokens, chunk_budget, chunk_cap = run.chunk_tokens, run.chunk_budget, run.chunk_cap
+    c = len(run.request_ids) - 1
     touched_steps = cursor.touched
     seen: list[int] = []  # every sampled and proposed token, checked in bulk below
     last = count - 1
@@ -150,10 +152,23 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
             else:
                 special = True
         cursor.special = special
+        if chunk_tokens:
+            pos[c] += chunks[j]  # the chunk row samples nothing: its positions move by the chunk
         if plans:
             after = j + depth
             if special or after >= max_steps or (cross and cursor.allocated > spare) or (needs and not cross):
                 return False  # the reference's plan(j + depth) gives None: a step past the end
+            chunk = 0
+            if chunk_tokens:
+                budget = chunk_budget - sum(map(len, following)) - len(following)
+                at = pos[c]
+                chunk = min(chunk_tokens - at, budget, chunk_cap)
+                if at + chunk >= chunk_tokens or chunk < budget or chunk < 2:
+                    return False  # the last chunk, or budget left: the reference's plan gives None
+                if at + chunk > ends[c]:
+                    if needs is None:
+                        needs = []
+                    needs.append((c, -(-(at + chunk) // bs) - ends[c] // bs))
             taken = sum(n for _, n in needs) if needs else 0
             if cursor.allocated + taken < 0 and cursor.allocated + taken < -slack:
                 return False  # admission might open at plan(j + depth): a step past the end
@@ -162,5 +177,7 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
                     ends[i] += blocks * bs
                 cursor.allocated += taken
                 allocs[after] = needs
+            if chunk:
+                chunks[after] = chunk
             planned[after] = following
     return set(map(type, seen)) == {int} and min(seen) >= 0 and max(seen) <= INT32_MAX

@@ -11,6 +11,7 @@ same error.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -37,6 +38,8 @@ def runs(draw: st.DrawFn) -> DecodeRun:
     room = [draw(st.integers(1, 40)) for _ in range(n)]
     two = n > 1 and draw(st.booleans())
     split = draw(st.integers(1, n - 1)) if two else 0
+    if not two and draw(st.integers(0, 2)):
+        return _with_a_chunk_row(draw, n, bs, k, pos, room)
     return DecodeRun(
         first_step_id=draw(st.integers(0, 5)),
         max_steps=draw(st.integers(1, 20)),
@@ -60,6 +63,38 @@ def runs(draw: st.DrawFn) -> DecodeRun:
     )
 
 
+def _with_a_chunk_row(draw: st.DrawFn, n: int, bs: int, k: int, pos: list[int], room: list[int]) -> DecodeRun:
+    """A run of ``n`` decode rows and a prompt prefilling last (one group), its chunks filling a small budget."""
+    at = draw(st.integers(0, 40))
+    left = draw(st.integers(1, 12))  # what the decodes leave of the budget when each verifies k drafts
+    # The prompt ends exactly where a whole number of full-budget chunks does, or anywhere near.
+    exact = draw(st.booleans())
+    tokens = at + (left * draw(st.integers(1, 6)) if exact else draw(st.integers(1, 160)))
+    return DecodeRun(
+        first_step_id=draw(st.integers(0, 5)),
+        max_steps=draw(st.integers(1, 20)),
+        block_size=bs,
+        num_speculative_tokens=k,
+        request_ids=[f"r{i}" for i in range(n + 1)],
+        removed_request_ids=(),
+        truncated_block_tables={},
+        num_computed_tokens=[*pos, at],
+        last_token_ids=[1] * n + [0],
+        draft_token_ids=[*(draw(st.lists(st.integers(0, VOCAB), max_size=k)) for _ in range(n)), []],
+        block_tables=[() for _ in range(n + 1)],
+        block_end=[(p // bs + draw(st.integers(1, 2))) * bs for p in [*pos, at]],
+        room=[*room, 0],
+        length_limit=[*(p + 1 + r + draw(st.integers(0, 3)) for p, r in zip(pos, room, strict=True)), 0],
+        stop_token_ids=[*(frozenset(draw(st.sets(st.integers(0, 3), max_size=2))) for _ in range(n)), frozenset()],
+        cross_blocks=True,
+        spare_blocks=draw(st.integers(0, 12)),
+        admission_slack=draw(st.sampled_from([math.inf, 0, 1])),
+        chunk_tokens=tokens,
+        chunk_budget=n * (1 + k) + left,
+        chunk_cap=draw(st.sampled_from([4, 8, 1000, 1000])),  # below the budget: a step leaves budget
+    )
+
+
 @st.composite
 def results(draw: st.DrawFn, run: DecodeRun) -> RunResult:
     """A result an executor could return: steps walked through a cursor until it or the draw stops."""
@@ -73,7 +108,11 @@ def results(draw: st.DrawFn, run: DecodeRun) -> RunResult:
     while True:
         verified = cursor.planned[j]
         rows = [draw(st.lists(st.integers(0, VOCAB), min_size=1, max_size=1 + len(d))) for d in verified]
-        proposals = [draw(st.lists(st.integers(0, VOCAB), min_size=k, max_size=k + 1)) for _ in verified] if k else None
+        # Mostly k drafts a row (what the simulator proposes), now and then fewer (a drafter may).
+        fewest = draw(st.sampled_from([k, k, k, 0]))
+        proposals = (
+            [draw(st.lists(st.integers(0, VOCAB), min_size=fewest, max_size=k + 1)) for _ in verified] if k else None
+        )
         sampled.append(rows)
         drafts.append(proposals)
         if not cursor.take(j, rows, proposals) or cursor.plan(j + run.depth) is None or not draw(st.integers(0, 15)):
@@ -139,7 +178,7 @@ def outcome(replay_fn: Any, run: DecodeRun, result: RunResult) -> Any:
         c = replay_fn(run, result)
     except Exception as error:  # the same error, whatever it is, is what is compared
         return type(error), str(error)
-    return (c.pos, c.ends, c.size, c.room, c.drafts, c.special, c.planned, c.allocated, c.allocs, c.touched)
+    return (c.pos, c.ends, c.size, c.room, c.drafts, c.special, c.planned, c.allocated, c.allocs, c.touched, c.chunks)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -148,12 +187,16 @@ def test_lean_replay_accepts_and_refuses_exactly_what_the_cursor_replay_does(dat
     run = data.draw(runs())
     result = data.draw(corrupted(run, data.draw(results(run))))
     expected = outcome(reference_replay, run, result)
+    if run.chunk_tokens:
+        event(f"a chunk row, {'refused' if isinstance(expected[0], type) else 'accepted'}")
     if isinstance(expected[0], type):
         event("refused")
     else:
         event("accepted")
         event(f"accepted, {'allocating' if expected[8] else 'no block taken'}")
         event(f"accepted, {'crossing a filled block' if expected[9] else 'no block filled'}")
+        if run.chunk_tokens:
+            event(f"accepted, a chunk row, {min(len(expected[10]), 4)}+ chunks")
     assert outcome(replay, run, result) == expected
 
 
@@ -174,5 +217,22 @@ def test_a_step_whose_rows_would_need_a_block_is_past_the_end_of_a_run_that_does
     one = RunResult(0, [[[1, 2, 3, 4]]], [[[4, 5, 6]]], [None])  # 5 computed: step 1 would verify 5..8
     assert replay(run, one).planned == {0: [[1, 2, 3]]}
     two = RunResult(0, [[[1, 2, 3, 4]], [[1]]], [[[4, 5, 6]], [[4, 5, 6]]], [None, None])
+    refused = (InvalidRequest, "run from step 0: step 1 is past the end of the run")
+    assert outcome(replay, run, two) == outcome(reference_replay, run, two) == refused
+
+
+def test_a_chunk_that_would_leave_budget_is_past_the_end_of_the_run() -> None:
+    """Step 0's row verifies 3 drafts and the chunk fills the 8 tokens left; the row then proposes none, so step 1
+    would leave 11 tokens to a chunk capped at 8: a single step with budget left (it may admit), not the run's."""
+    run = DecodeRun(
+        0, 8, 4, 3, ["a", "p"], (), {}, [5, 40], [1, 0], [[1, 2, 3], []], [(), ()], [12, 48], [20, 0], [99, 0],
+        [frozenset[int](), frozenset[int]()], cross_blocks=True, spare_blocks=10,
+        chunk_tokens=200, chunk_budget=12, chunk_cap=8,
+    )  # fmt: skip
+    one = RunResult(0, [[[5]]], [[[]]], [None])
+    cursor = replay(run, one)
+    assert (cursor.chunks, cursor.pos) == ({0: 8}, [6, 48])
+    assert outcome(replay, run, one) == outcome(reference_replay, run, one)
+    two = RunResult(0, [[[5]], [[6]]], [[[]], [[]]], [None, None])
     refused = (InvalidRequest, "run from step 0: step 1 is past the end of the run")
     assert outcome(replay, run, two) == outcome(reference_replay, run, two) == refused
