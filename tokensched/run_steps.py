@@ -33,7 +33,6 @@ from tokensched.policies.slo import SLOPolicy
 from tokensched.retention import MAX_PASSED_OVER
 from tokensched.run_outputs import PlainStepOutputs
 from tokensched.run_replay import replay
-from tokensched.run_stats import RunStats
 
 if TYPE_CHECKING:
     from tokensched.scheduler import Scheduler
@@ -408,19 +407,7 @@ def complete_run(sched: Scheduler, result: RunResult) -> list[Sequence[RequestOu
     special = cursor.special
     bulk = count - 1 if special else count
     outputs: list[Sequence[RequestOutput]] = []
-    pools: list[tuple[int, int, int]] = []
-    counters = (
-        len(sched._running),
-        len(sched.waiting),
-        sched._hit_tokens,
-        sched._query_tokens,
-        sched._preemptions,
-        sched._finished,
-        sched._aborted,
-        sched._failed_steps,
-    )
-    sched.last_run_stats = RunStats(counters, pools, sched.config.num_blocks, first, depth)
-    _apply_steps(sched, run, rows, result, cursor, bulk, outputs, pools)
+    _apply_steps(sched, run, rows, result, cursor, bulk, outputs)
     tracker = sched.steps
     if run.launched and bulk:  # the step launched before the run was applied above
         step = tracker.oldest(first, "complete")
@@ -453,7 +440,6 @@ def fail_run(sched: Scheduler, error: BaseException) -> list[RequestOutput]:
     if sched._run is None:
         raise InvalidRequest("fail_run, but no decode run is out")
     run, rows = sched._run
-    sched.last_run_stats = None
     cursor = RunCursor(run)
     for j in range(run.depth):
         cursor.plan(j)  # planned when the run was handed out: the same drafts and chunk, no block taken again
@@ -495,14 +481,8 @@ def _apply_steps(
     cursor: RunCursor,
     bulk: int,
     outputs: list[Sequence[RequestOutput]],
-    pools: list[tuple[int, int, int]],
 ) -> None:
     """Apply the first ``bulk`` steps of ``result`` (none of which finished a row) in single-step order.
-
-    After each step (its completion applied, the next plan not yet made)
-    the pool's free, evictable and pending blocks join ``pools`` (see
-    :class:`~tokensched.run_stats.RunStats`), counted again only after a
-    step that may have moved them.
 
     Steps that only appended tokens are gathered per row and applied in
     one pass; in a step that filled, hashed or rolled back a block, the rows
@@ -532,14 +512,11 @@ def _apply_steps(
     groups = [run.group(g) for g in range(depth)]
     chunks = cursor.chunks  # step -> its chunk's tokens (the last row's), for a run with a chunk row
     chunk_request = rows[-1]
-    moved = True  # the pool's counts may have moved since ``counts_now`` (see ``pools``)
-    counts_now = (0, 0, 0)
     for j in range(bulk):
         sampled = result.sampled_token_ids[j]
         proposed = result.draft_token_ids[j]
         group = groups[j % depth]
         if j in touched:  # the rows that fill, hash or roll back a block go through the per-request code
-            moved = True
             members = [rows[i] for i in group]
             verified = planned[j]
             ns = [1 + len(d) for d in verified]
@@ -595,17 +572,9 @@ def _apply_steps(
         if pending:
             pool.step_completed(first + j)
             pending = pool.num_pending
-            moved = True
-        if moved:  # a touched step, a completion that freed blocks, or the last plan's blocks: count again
-            counts_now = (pool.num_free, pool.num_evictable, pending)
-            moved = False
-        pools.append(counts_now)
         if allocs:
-            grows = allocs.get(j + depth)  # the plan of step j + depth, made once step j completed
-            if grows:
-                for i, n in grows:
-                    _grow(pool, rows[i], n)
-                moved = True
+            for i, n in allocs.get(j + depth, ()):  # the plan of step j + depth, made once step j completed
+                _grow(pool, rows[i], n)
     for i, r in enumerate(rows):
         if last_step[i] >= 0:
             _catch_up(sched, r, new[i], drafts[i], first + last_step[i])

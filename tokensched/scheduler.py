@@ -68,7 +68,6 @@ from tokensched.prefix_keys import PrefixKeys
 from tokensched.prompt_match import PromptMatcher
 from tokensched.queue import WaitingQueue
 from tokensched.retention import MAX_PASSED_OVER, SessionRetention
-from tokensched.run_stats import RunStats
 from tokensched.stats import SchedulerStats
 from tokensched.step_builder import StepBuilder
 from tokensched.validation import validate_result
@@ -153,7 +152,6 @@ class Scheduler:
         self._columnar = fast_decode and not self._k_spec and self.host is None
         self._cols: DecodeColumns | None = None
         self._run: tuple[DecodeRun, list[Request]] | None = None  # a decode run out (plan_run .. complete_run)
-        self.last_run_stats: RunStats | None = None  # the stats between the steps of the run applied last
 
     @property
     def live(self) -> dict[str, Request]:
@@ -747,8 +745,6 @@ class Scheduler:
         the per-request code; a final step that finished a request goes
         through :meth:`complete`, as it would have as a single step. With two
         groups, the step after the last completed one stays open (in flight).
-        :attr:`last_run_stats` then tells what :meth:`stats` would have read
-        between the run's steps (see :class:`~tokensched.run_stats.RunStats`).
         """
         return run_steps.complete_run(self, result)
 

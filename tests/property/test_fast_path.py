@@ -309,14 +309,11 @@ def drive(
     runs: bool,
     rollbacks_seen: list[int] | None = None,
     short_runs: list[int] | None = None,
-    between: list[tuple[int, Any]] | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """Step ``engine`` through ``specs``; returns every step's (end time, outputs) and the state at checkpoints.
 
     ``rollbacks_seen`` gets, per run, how many rollbacks the run applied before its last step;
-    ``short_runs`` the length of each run that started with the free blocks short of the victim-order reserve;
-    ``between`` the stats ``Scheduler.last_run_stats`` tells after each step of a run but its last, each with
-    the number of steps applied by then (its last step's, if it has one, must be the stats after the run).
+    ``short_runs`` the length of each run that started with the free blocks short of the victim-order reserve.
     """
     scheduler, executor = engine.scheduler, engine.executor
     assert isinstance(executor, SimExecutor)
@@ -371,14 +368,6 @@ def drive(
             if rollbacks_seen is not None:
                 rollbacks_seen.append(rollbacks[0])
             rollbacks[0] = 0
-            if between is not None:
-                told = scheduler.last_run_stats
-                assert told is not None and len(ran) - 1 <= len(told) <= len(ran)
-                between.extend((len(steps) + j + 1, told.after(j)) for j in range(len(ran) - 1))
-                if len(told) == len(ran):  # no finish in its last step: applied in bulk too
-                    assert told.after(len(ran) - 1) == scheduler.stats()
-                if len(ran) > 1 and told.pools[0] != told.pools[-1]:
-                    event("a run's pool moved between its steps")
             steps.extend((t, list(o)) for t, o in ran)
         marks.append((len(steps), checkpoint(engine)))
     return steps, marks
@@ -426,15 +415,12 @@ def test_runs_match_single_steps(
     single = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware, retention_s)
     multi = build(spec_tokens, in_flight, blocks, budget, caching, seed, prefix_aware, retention_s)
     steps_single, marks_single = drive(single, specs, runs=False)
-    between: list[tuple[int, Any]] = []
-    steps_multi, marks_multi = drive(multi, specs, runs=True, between=between)
+    steps_multi, marks_multi = drive(multi, specs, runs=True)
     assert steps_multi == steps_single
     after = dict(marks_single)  # state after each number of steps applied
     for applied, mark in marks_multi:
         assert mark == after[applied]
     assert marks_multi[-1] == marks_single[-1]
-    for applied, stats in between:  # what a reading between a run's steps would have seen with single steps
-        assert stats == after[applied][3]
 
 
 def _a_run() -> tuple[Engine, DecodeRun]:

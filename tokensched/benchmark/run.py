@@ -378,10 +378,8 @@ def drive(
                 return rejected
             executor.wait_until(min(wake, max(metrics.next_sample_time, now), stop))
             continue
-        ran = engine.step_run(min(workload.next_event_time(), stop))  # a sample does not end a run: below
+        ran = engine.step_run(min(workload.next_event_time(), metrics.next_sample_time, stop))
         if ran is not None:  # several decode steps at once, the same as single steps (tokensched.decode_run)
-            if len(ran) > 1 and ran[-2][0] >= metrics.next_sample_time:  # samples due between its steps
-                _sample_between(ran, scheduler, metrics)
             record_steps(ran, metrics, workload, answers)
             before, steps = steps, steps + len(ran)
             if progress is not None and steps // _PROGRESS_EVERY != before // _PROGRESS_EVERY:
@@ -395,26 +393,6 @@ def drive(
         steps += 1
         if progress is not None and steps % _PROGRESS_EVERY == 0:
             progress(min(t / stop, 1.0))
-
-
-def _sample_between(
-    ran: Sequence[tuple[float, Sequence[RequestOutput]]], scheduler: Scheduler, metrics: MetricsCollector
-) -> None:
-    """The samples due at the ends of a run's steps but its last, read as single steps would have had them.
-
-    A sample is due at the end of the first step at or after ``next_sample_time``
-    (as the loop reads the clock between single steps); between a run's steps
-    the scheduler's stats are :attr:`Scheduler.last_run_stats
-    <tokensched.scheduler.Scheduler.last_run_stats>`' (the loop reads a sample
-    due at the last step itself, from the stats after the run).
-    """
-    told = scheduler.last_run_stats
-    if told is None:
-        raise TokenschedError("a run was applied but the scheduler tells no stats between its steps")
-    for j in range(len(ran) - 1):
-        t = ran[j][0]
-        if t >= metrics.next_sample_time:
-            metrics.on_stats(t, told.after(j))
 
 
 def record_steps(
