@@ -100,31 +100,18 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False, ch
     columns = _run_columns(sched, rows, planned)
     if columns is None:
         return None
-    pos, last, drafts, tables, ends, rooms, limits, stops = columns
     pool = sched.pool
     cross = (
         cross_blocks
         and not pool.num_pending
         and (not sched.waiting or (sched._key_dependence is KeyDependence.STATIC and sched._retention is None))
     )
-    run = DecodeRun(
-        first_step_id=sched.steps.next_step_id - len(sched.steps),
-        max_steps=max_steps,
-        block_size=sched._bs,
-        num_speculative_tokens=k,
-        request_ids=[r.request_id for r in rows],
-        removed_request_ids=tuple(sched._removed),
-        truncated_block_tables=sched._truncated,
-        num_computed_tokens=pos,
-        last_token_ids=last,
-        draft_token_ids=drafts,
-        block_tables=tables,
-        block_end=ends,
-        room=rooms,
-        length_limit=limits,
-        stop_token_ids=stops,
-        groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else [],
-        launched=len(sched.steps),
+    run = _decode_run(
+        sched,
+        max_steps,
+        rows,
+        columns,
+        groups=[list(range(len(flying))), list(range(len(flying), n))] if flying else None,
         cross_blocks=cross,
         spare_blocks=pool.num_free - reserve,
         admission_shut_until=shut_until,
@@ -139,7 +126,7 @@ def plan_run(sched: Scheduler, max_steps: int, *, cross_blocks: bool = False, ch
             or (j < run.launched and [1 + len(d) for d in step_drafts] != planned)
         ):
             return None  # the next step needs a block (or the step in flight is not the run's)
-    return _hand_out(sched, run, rows, cursor, ends)
+    return _hand_out(sched, run, rows, cursor)
 
 
 def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> DecodeRun | None:
@@ -192,41 +179,24 @@ def plan_chunk_run(sched: Scheduler, max_steps: int, prefill: Request) -> Decode
     rooms.append(0)
     limits.append(0)
     stops.append(frozenset())
-    run = DecodeRun(
-        first_step_id=sched.steps.next_step_id,
-        max_steps=max_steps,
-        block_size=bs,
-        num_speculative_tokens=sched._k_spec,
-        request_ids=[r.request_id for r in rows],
-        removed_request_ids=tuple(sched._removed),
-        truncated_block_tables=sched._truncated,
-        num_computed_tokens=pos,
-        last_token_ids=last,
-        draft_token_ids=drafts,
-        block_tables=tables,
-        block_end=ends,
-        room=rooms,
-        length_limit=limits,
-        stop_token_ids=stops,
-        cross_blocks=True,
-        spare_blocks=pool.num_free - reserve,  # less step 0's blocks below (the run's tables will hold them)
-        chunk_tokens=prefill.tokens.size,
-        chunk_budget=cfg.max_batched_tokens,
-        chunk_cap=sched._chunk,
+    # Less step 0's blocks below (the run's tables will hold them); nothing in flight: one group.
+    run = _decode_run(
+        sched, max_steps, rows, columns, spare_blocks=pool.num_free - reserve, chunk_tokens=prefill.tokens.size
     )
     cursor = RunCursor(run)
     if cursor.plan(0) is None:
         return None  # its chunk would end the prompt or leave budget: a single step
-    return _hand_out(sched, run, rows, cursor, ends)
+    return _hand_out(sched, run, rows, cursor)
 
 
-def _hand_out(sched: Scheduler, run: DecodeRun, rows: list[Request], cursor: RunCursor, ends: list[int]) -> DecodeRun:
+def _hand_out(sched: Scheduler, run: DecodeRun, rows: list[Request], cursor: RunCursor) -> DecodeRun:
     """Mark ``run`` out and return it: the steps ``cursor`` planned now take their blocks now, as plan() would.
 
-    ``ends`` is the run's ``block_end`` column, moved to the rows' grown
-    tables; the plan's removed ids and truncations go to the run, and the
-    scheduler plans nothing else until the run is applied.
+    The run's ``block_end`` column moves to the rows' grown tables; the
+    plan's removed ids and truncations go to the run, and the scheduler
+    plans nothing else until the run is applied.
     """
+    ends = run.block_end
     if cursor.allocs:
         for s in sorted(cursor.allocs):
             for i, count in cursor.allocs[s]:
@@ -277,21 +247,63 @@ def _reserve(sched: Scheduler, n: int, k: int) -> int | None:
     return reserve
 
 
-def _run_columns(
-    sched: Scheduler, rows: list[Request], planned: list[int]
-) -> (
-    tuple[
-        list[int],
-        list[int],
-        list[list[int]],
-        list[list[int]],
-        list[int],
-        list[int],
-        list[int],
-        list[frozenset[int]],
-    ]
-    | None
-):
+_Columns = tuple[
+    list[int], list[int], list[list[int]], list[list[int]], list[int], list[int], list[int], list[frozenset[int]]
+]
+"""A run's per-row columns: positions, last tokens, drafts, block tables, block ends, room, length limits,
+stop ids (the :class:`DecodeRun` fields of the same names, in that order)."""
+
+
+def _decode_run(
+    sched: Scheduler,
+    max_steps: int,
+    rows: list[Request],
+    columns: _Columns,
+    *,
+    spare_blocks: int,
+    cross_blocks: bool = True,
+    groups: list[list[int]] | None = None,
+    admission_shut_until: float = math.inf,
+    admission_slack: float = math.inf,
+    chunk_tokens: int = 0,
+) -> DecodeRun:
+    """The :class:`DecodeRun` over ``rows`` with ``columns``, starting at the step in flight (if any) or the next.
+
+    What every run takes from the scheduler as it stands (its step ids, block
+    size, speculation, the removed ids and truncated tables the next plan
+    would carry) is filled in here; a chunk run's chunk row is the last row,
+    prefilling up to ``chunk_tokens`` under the step budget and chunk size.
+    """
+    pos, last, drafts, tables, ends, rooms, limits, stops = columns
+    return DecodeRun(
+        first_step_id=sched.steps.next_step_id - len(sched.steps),
+        max_steps=max_steps,
+        block_size=sched._bs,
+        num_speculative_tokens=sched._k_spec,
+        request_ids=[r.request_id for r in rows],
+        removed_request_ids=tuple(sched._removed),
+        truncated_block_tables=sched._truncated,
+        num_computed_tokens=pos,
+        last_token_ids=last,
+        draft_token_ids=drafts,
+        block_tables=tables,
+        block_end=ends,
+        room=rooms,
+        length_limit=limits,
+        stop_token_ids=stops,
+        groups=groups or [],
+        launched=len(sched.steps),
+        cross_blocks=cross_blocks,
+        spare_blocks=spare_blocks,
+        admission_shut_until=admission_shut_until,
+        admission_slack=admission_slack,
+        chunk_tokens=chunk_tokens,
+        chunk_budget=sched.config.max_batched_tokens if chunk_tokens else 0,
+        chunk_cap=sched._chunk if chunk_tokens else 0,
+    )
+
+
+def _run_columns(sched: Scheduler, rows: list[Request], planned: list[int]) -> _Columns | None:
     """The per-row columns of a run over ``rows`` (the first ``len(planned)`` in flight), or None."""
     bs = sched._bs
     caching = sched._caching
