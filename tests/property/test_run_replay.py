@@ -15,6 +15,7 @@ import math
 import os
 from typing import Any
 
+import attrs
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
@@ -38,9 +39,7 @@ def runs(draw: st.DrawFn) -> DecodeRun:
     room = [draw(st.integers(1, 40)) for _ in range(n)]
     two = n > 1 and draw(st.booleans())
     split = draw(st.integers(1, n - 1)) if two else 0
-    if not two and draw(st.integers(0, 2)):
-        return _with_a_chunk_row(draw, n, bs, k, pos, room)
-    return DecodeRun(
+    run = DecodeRun(
         first_step_id=draw(st.integers(0, 5)),
         max_steps=draw(st.integers(1, 20)),
         block_size=bs,
@@ -61,31 +60,30 @@ def runs(draw: st.DrawFn) -> DecodeRun:
         cross_blocks=draw(st.sampled_from([True, True, False])),
         spare_blocks=draw(st.integers(0, 6)),
     )
+    if not two and draw(st.integers(0, 2)):
+        return _with_a_chunk_row(draw, run)
+    return run
 
 
-def _with_a_chunk_row(draw: st.DrawFn, n: int, bs: int, k: int, pos: list[int], room: list[int]) -> DecodeRun:
-    """A run of ``n`` decode rows and a prompt prefilling last (one group), its chunks filling a small budget."""
+def _with_a_chunk_row(draw: st.DrawFn, run: DecodeRun) -> DecodeRun:
+    """``run`` (one group) with a prompt prefilling last, its chunks filling a small budget, crossing blocks."""
+    n, bs, k = len(run.request_ids), run.block_size, run.num_speculative_tokens
     at = draw(st.integers(0, 40))
     left = draw(st.integers(1, 12))  # what the decodes leave of the budget when each verifies k drafts
     # The prompt ends exactly where a whole number of full-budget chunks does, or anywhere near.
     exact = draw(st.booleans())
     tokens = at + (left * draw(st.integers(1, 6)) if exact else draw(st.integers(1, 160)))
-    return DecodeRun(
-        first_step_id=draw(st.integers(0, 5)),
-        max_steps=draw(st.integers(1, 20)),
-        block_size=bs,
-        num_speculative_tokens=k,
-        request_ids=[f"r{i}" for i in range(n + 1)],
-        removed_request_ids=(),
-        truncated_block_tables={},
-        num_computed_tokens=[*pos, at],
-        last_token_ids=[1] * n + [0],
-        draft_token_ids=[*(draw(st.lists(st.integers(0, VOCAB), max_size=k)) for _ in range(n)), []],
-        block_tables=[() for _ in range(n + 1)],
-        block_end=[(p // bs + draw(st.integers(1, 2))) * bs for p in [*pos, at]],
-        room=[*room, 0],
-        length_limit=[*(p + 1 + r + draw(st.integers(0, 3)) for p, r in zip(pos, room, strict=True)), 0],
-        stop_token_ids=[*(frozenset(draw(st.sets(st.integers(0, 3), max_size=2))) for _ in range(n)), frozenset()],
+    return attrs.evolve(
+        run,
+        request_ids=[*run.request_ids, f"r{n}"],
+        num_computed_tokens=[*run.num_computed_tokens, at],
+        last_token_ids=[*run.last_token_ids, 0],
+        draft_token_ids=[*run.draft_token_ids, []],
+        block_tables=[*run.block_tables, ()],
+        block_end=[*run.block_end, (at // bs + draw(st.integers(1, 2))) * bs],
+        room=[*run.room, 0],
+        length_limit=[*run.length_limit, 0],
+        stop_token_ids=[*run.stop_token_ids, frozenset()],
         cross_blocks=True,
         spare_blocks=draw(st.integers(0, 12)),
         admission_slack=draw(st.sampled_from([math.inf, 0, 1])),
