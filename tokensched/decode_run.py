@@ -206,6 +206,21 @@ class DecodeRun:
         """Steps in flight at once: 1, or 2 when two groups alternate."""
         return self._depth
 
+    def next_chunk(self, at: int, drafts: list[list[int]]) -> int:
+        """The chunk row's tokens in a step whose decode rows verify ``drafts``, from its position ``at``.
+
+        The chunk takes what the decode rows leave of the step's budget, up to
+        the prompt's last token, as a single step's plan would; 0 when the run
+        ends before that step: the last chunk samples, and a chunk capped below
+        the budget leaves room a single step would admit into. The one rule
+        :meth:`RunCursor.plan` and the scheduler's lean replay both plan by.
+        """
+        budget = self.chunk_budget - sum(map(len, drafts)) - len(drafts)
+        chunk = min(self.chunk_tokens - at, budget, self.chunk_cap)
+        if at + chunk >= self.chunk_tokens or chunk < budget or chunk < 2:
+            return 0
+        return chunk
+
 
 @attrs.frozen(slots=True)
 class RunResult:
@@ -299,12 +314,10 @@ class RunCursor:
         chunk = 0
         if run.chunk_tokens:
             c = len(run.request_ids) - 1
-            budget = run.chunk_budget - sum(map(len, out)) - len(out)  # what the decode rows leave
-            at = pos[c]
-            chunk = min(run.chunk_tokens - at, budget, run.chunk_cap)
-            if at + chunk >= run.chunk_tokens or chunk < budget or chunk < 2:
+            chunk = run.next_chunk(pos[c], out)
+            if not chunk:
                 return None  # the last chunk samples (and may leave budget to admit): single steps take it
-            top = at + chunk
+            top = pos[c] + chunk
             if top > ends[c]:
                 if needs is None:
                     needs = []

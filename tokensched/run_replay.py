@@ -87,8 +87,8 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
     pos, ends, size, room, drafts = cursor.pos, cursor.ends, cursor.size, cursor.room, cursor.drafts
     planned, allocs, chunks = cursor.planned, cursor.allocs, cursor.chunks
     # A run with a chunk row (one group: its last row, in no group's rows) plans each step's chunk as
-    # RunCursor.plan does, after the decode rows: what their tokens leave of the budget, to the last token.
-    chunk_tokens, chunk_budget, chunk_cap = run.chunk_tokens, run.chunk_budget, run.chunk_cap
+    # RunCursor.plan does, after the decode rows (DecodeRun.next_chunk).
+    chunk_tokens = run.chunk_tokens
     c = len(run.request_ids) - 1
     touched_steps = cursor.touched
     seen: list[int] = []  # every sampled and proposed token, checked in bulk below
@@ -160,15 +160,14 @@ def _lean_replay(run: DecodeRun, result: RunResult, cursor: RunCursor) -> bool:
                 return False  # the reference's plan(j + depth) gives None: a step past the end
             chunk = 0
             if chunk_tokens:
-                budget = chunk_budget - sum(map(len, following)) - len(following)
-                at = pos[c]
-                chunk = min(chunk_tokens - at, budget, chunk_cap)
-                if at + chunk >= chunk_tokens or chunk < budget or chunk < 2:
+                chunk = run.next_chunk(pos[c], following)
+                if not chunk:
                     return False  # the last chunk, or budget left: the reference's plan gives None
-                if at + chunk > ends[c]:
+                top = pos[c] + chunk
+                if top > ends[c]:
                     if needs is None:
                         needs = []
-                    needs.append((c, -(-(at + chunk) // bs) - ends[c] // bs))
+                    needs.append((c, -(-top // bs) - ends[c] // bs))
             taken = sum(n for _, n in needs) if needs else 0
             if cursor.allocated + taken < 0 and cursor.allocated + taken < -slack:
                 return False  # admission might open at plan(j + depth): a step past the end
